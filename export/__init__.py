@@ -1,0 +1,1 @@
+"""From a PyTorch model to ONNX and TensorRT: load, export, simplify, mixed precision, target checks, parity."""

@@ -1,0 +1,1 @@
+"""Custom operators across runtimes: DeformConv lowerings' op contracts and CPU reference implementations."""

@@ -1,0 +1,36 @@
+"""Shared test helpers: ONNX export of a module and running it in onnxruntime (CPU, one thread)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+
+def ort_session(model_bytes: bytes, threads: int = 1) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+
+
+def export_dynamic(module: torch.nn.Module, example: torch.Tensor, opset: int = 18, dynamo: bool = True) -> bytes:
+    """Export ``module`` with dynamic batch, H and W; return the serialized ONNX model."""
+    module = module.eval()
+    if dynamo:
+        b, h, w = torch.export.Dim("batch", min=1), torch.export.Dim("h", min=1), torch.export.Dim("w", min=1)
+        prog = torch.onnx.export(module, (example,), dynamo=True, opset_version=opset,
+                                 dynamic_shapes={"x": {0: b, 2: h, 3: w}}, input_names=["x"],
+                                 output_names=["y"], verbose=False)
+        return prog.model_proto.SerializeToString()
+    buf = io.BytesIO()
+    torch.onnx.export(module, (example,), buf, dynamo=False, opset_version=opset, input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "b", 2: "h", 3: "w"}, "y": {0: "b", 2: "h2", 3: "w2"}})
+    return buf.getvalue()
+
+
+def run_ort(model_bytes: bytes, x: torch.Tensor) -> np.ndarray:
+    sess = ort_session(model_bytes)
+    return sess.run(None, {sess.get_inputs()[0].name: x.detach().numpy()})[0]

@@ -18,7 +18,7 @@ from .acmix import ACmix, ACmixExport
 from .context_block import CB2d, CB2dExport, ContextBlock
 from .coord_attn import CA, CoordAtt, CoordAttExport, h_sigmoid, h_swish
 from .dcn import DCN, DCNExport
-from .spd import Conv, SPDConv, SpaceToDepth, SpaceToDepthExport, space_to_depth
+from .spd import Conv, SpaceToDepth, SpaceToDepthExport, SPDConv, SPDConvExport, space_to_depth
 
 Conversion = Callable[[nn.Module], nn.Module]
 
@@ -27,6 +27,7 @@ CONVERSIONS: Mapping[type[nn.Module], Conversion] = MappingProxyType({
     CB2d: context_block.to_export,
     CA: coord_attn.to_export,
     space_to_depth: spd.to_export,
+    SPDConv: spd.to_export,
     DCN: dcn.to_export,
 })
 
@@ -40,8 +41,11 @@ def to_export(module: nn.Module, table: Mapping[type[nn.Module], Conversion] = C
     return conversion(module)
 
 
+# Imported after the table: the rewriter's defaults are ``CONVERSIONS`` and ``to_export`` above.
+from .rewrite import RewriteReport, rewrite_model  # noqa: E402
+
 __all__ = [
     "ACmix", "ACmixExport", "CA", "CB2d", "CB2dExport", "CONVERSIONS", "Conv", "ContextBlock", "CoordAtt",
-    "CoordAttExport", "Conversion", "DCN", "DCNExport", "SPDConv", "SpaceToDepth", "SpaceToDepthExport",
-    "h_sigmoid", "h_swish", "randomize_", "space_to_depth", "to_export",
+    "CoordAttExport", "Conversion", "DCN", "DCNExport", "RewriteReport", "SPDConv", "SPDConvExport", "SpaceToDepth", "SpaceToDepthExport",
+    "h_sigmoid", "h_swish", "randomize_", "rewrite_model", "space_to_depth", "to_export",
 ]

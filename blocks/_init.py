@@ -19,7 +19,7 @@ def randomize_(module: nn.Module, seed: int = 0, scale: float = 0.5) -> nn.Modul
     """
     g = torch.Generator().manual_seed(seed)
     for m in module.modules():
-        for name, p in m.named_parameters(recurse=False):
+        for p in m.parameters(recurse=False):
             fan_in = p[0].numel() if p.dim() > 1 else 1
             std = scale / max(fan_in, 1) ** 0.5 if p.dim() > 1 else scale
             p.copy_((torch.randn(p.shape, generator=g, dtype=torch.float64) * std).to(p.dtype))

@@ -16,6 +16,7 @@ Where the original code crashes (its shapes stop lining up), this module raises 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -162,8 +163,183 @@ class ACmix(nn.Module):
 
 
 class ACmixExport(nn.Module):
-    """Export twin of ``ACmix`` (placeholder until the twin lands)."""
+    """Export twin of ``ACmix``: the same function in eval mode, for any batch/H/W, in export-friendly ops.
+
+    input [N, in_planes, H, W] -> output [N, out_planes, H / stride, W / stride]. Build it with ``to_export``.
+
+    Rewrites of the reference (each exact; tests compare both in float64):
+
+    * **One 1x1 projection.** ``proj`` holds, per head, the scaled query and two position channels ``u``
+      (see below), then ``k``, ``rate1 * v`` and the conv path's ``f``. All are affine in ``x``, so their
+      weights fold: ``f = fc(cat(q, k, v))`` permuted to channel ``e * 9 + m`` is the 1x1 conv of ``x`` with
+      weights ``sum_{s,g} fc[m, s*head+g] W_s[g*d+e]`` (and the same sum of biases). ``dep_conv`` zero-pads
+      ``f`` *after* the bias is added in both graphs, so borders stay exact; ``rate2`` folds into its weights.
+    * **Position term.** The reference's logit for query ``i`` and window tap ``n`` is
+      ``q_i . (k_n + pe_i - pe_n)`` with ``pe = W_p loc + b_p``. ``q_i . pe_i`` is the same for all taps and
+      ``b_p`` cancels in ``pe_i - pe_n``: softmax is shift-invariant, so what is left is
+      ``q_i . k_n + u_i . loc_n`` with ``u = -W_p^T q`` (a 1x1 conv of ``x``). ``loc`` is ``linspace(-1, 1)``
+      along W and H, built in-graph from a ramp (cumsum of ones, scaled by 2 / (n - 1)) and reflect-padded
+      exactly like ``k``, so reflected neighbours at the borders get the reflected coordinate, as in the
+      reference. It rides along as two extra key channels, ``u`` as two extra query channels.
+    * **Window attention as blocked dense attention.** Output pixels are tiled in ``B x B`` blocks; each block
+      attends to its ``L x L`` halo (``L = stride * B + kernel_att - 1``) of the reflect-padded keys, and an
+      additive constant mask (0 inside each query's ``kernel_att^2`` window, ``-inf`` outside) makes the
+      softmax over the halo equal to the softmax over the window. Keys, values and queries are cut into
+      blocks with Pad + Reshape + Slice/Concat (reflect padding is linear, so padding ``k`` equals
+      projecting the padded ``x``); H and W are zero-padded up to whole blocks and the extra rows/columns
+      are dropped at the end. The halos hold only finite numbers, so ``exp(-inf) = 0`` removes masked ones exactly.
+
+    Why this form: the window attention becomes two batched MatMuls (``Q^T K`` and ``V att^T``), one
+    pointwise mask Add and one Softmax over the last axis. No ``(N*head, d, kernel_att^2, H, W)`` unfold is
+    materialised: the largest tensor is the logits, ``L^2 / kernel_att^2`` times the reference's attention
+    map (4x at kernel_att 7), and the halos are ``L^2 / B^2`` (3x) the size of ``k`` and ``v``. Every
+    Transpose keeps a contiguous inner axis, and onnxruntime folds the transposed MatMul operands into
+    ``FusedMatMul`` (``MatmulTransposeFusion``, onnxruntime/core/optimizer/matmul_transpose_fusion.cc).
+    TensorRT takes the transposes as MatMul operand flags (``IMatrixMultiplyLayer`` with
+    ``MatrixOperation::kTRANSPOSE``) and the rest are pointwise ops, Softmax, Pad, Slice and Conv; the
+    masked form is the blocked local attention of HaloNet (Vaswani et al. 2021, https://arxiv.org/abs/2103.12731).
+    The alternative, ``kernel_att^2`` shifted slices with Mul/ReduceSum per tap, materialises as many
+    full-size tensors and measured 2-3x slower than this form in onnxruntime.
+
+    Export: all sizes are read from the input in-graph (TorchScript exporter with ``dynamic_axes``, or the
+    dynamo exporter with ``Dim.DYNAMIC``; give the latter an example with batch > 1 and H, W > 2 * block so
+    torch.export does not specialise a size of 1). Input checks run in eager mode only.
+    """
+
+    def __init__(self, in_planes: int, out_planes: int, kernel_att: int = 7, head: int = 4, stride: int = 1) -> None:
+        super().__init__()
+        check_acmix_config(out_planes, kernel_att, head, 3, stride, 1)
+        self.in_planes = in_planes
+        self.out_planes = out_planes
+        self.head = head
+        self.head_dim = out_planes // head
+        self.kernel_att = kernel_att
+        self.stride = stride
+        self.padding_att = (kernel_att - 1) // 2
+        # Block edge: smallest with stride * block > kernel_att - 1, so a halo spans one block and part of the next.
+        self.block = -(-(kernel_att + 1) // stride) if kernel_att > 1 else 1
+        d = self.head_dim
+        self.split_sizes = [head * (d + 2), out_planes, out_planes, 9 * d]
+        self.proj = nn.Conv2d(in_planes, sum(self.split_sizes), kernel_size=1)
+        self.dep_conv = nn.Conv2d(9 * d, out_planes, kernel_size=3, padding=1, stride=stride, groups=d, bias=False)
+        self.register_buffer("window_mask", window_mask(self.block, stride, kernel_att), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+            check_acmix_input(x.shape[-2], x.shape[-1], self.kernel_att, 1, self.stride)
+        s, B = self.stride, self.block
+        hd, d = self.head, self.head_dim
+        n, h, w = x.shape[0], x.shape[2], x.shape[3]
+        qu, k, v, f = torch.split(self.proj(x), self.split_sizes, dim=1)
+        out_conv = self.dep_conv(f)  # (N, out, Ho, Wo)
+        if self.kernel_att == 1:  # one-tap window: softmax is 1, attention returns v
+            return (v[:, :, ::s, ::s] if s > 1 else v) + out_conv
+        if s > 1:
+            qu = qu[:, :, ::s, ::s]
+        ho, wo = qu.shape[-2], qu.shape[-1]
+        rh, rw = (-ho) % B, (-wo) % B  # zero rows/columns up to whole blocks
+        qu = _split(_split(F.pad(qu, (0, rw, 0, rh)), 3, B), 2, B)  # (N, hd*(d+2), nh, B, nw, B)
+        qt = _split(qu, 1, d + 2).permute(0, 1, 3, 5, 2, 4, 6)  # (N, hd, nh, nw, d+2, B, B)
+        qt = qt.flatten(5, 6)  # (N, hd, nh, nw, d+2, B*B)
+        loc = _coordinates(x)  # (1, 1, 2, H, W)
+        k = torch.cat([_split(k, 1, d), loc.expand(n, hd, 2, h, w)], dim=2).flatten(1, 2)  # (N, hd*(d+2), H, W)
+        kt = self._halo(k, d + 2, rh, rw)  # (N, hd, nh, nw, d+2, L*L)
+        vt = self._halo(v, d, rh, rw)  # (N, hd, nh, nw, d, L*L)
+        logits = torch.matmul(qt.transpose(-1, -2), kt) + self.window_mask  # (N, hd, nh, nw, B*B, L*L)
+        att = torch.softmax(logits, dim=-1)
+        o = torch.matmul(vt, att.transpose(-1, -2))  # (N, hd, nh, nw, d, B*B)
+        o = _split(o, 5, B).permute(0, 1, 4, 2, 5, 3, 6)  # (N, hd, d, nh, B, nw, B)
+        o = o.flatten(5, 6).flatten(3, 4).flatten(1, 2)  # (N, out, nh*B, nw*B)
+        return o[:, :, :ho, :wo] + out_conv
+
+    def _halo(self, t: torch.Tensor, c: int, rh: int, rw: int) -> torch.Tensor:
+        """Overlapping key blocks: [N, hd*c, H, W] -> [N, hd, nh, nw, c, L*L], L = stride * block + 2 * pad."""
+        p, S = self.padding_att, self.stride * self.block
+        e = 2 * p  # a halo is one block of S plus the first 2p rows/columns of the next block
+        t = F.pad(t, (p, p, p, p), mode="reflect")  # (N, hd*c, H+2p, W+2p), as the reference's pad_att
+        # Zeros up to (nh + 1) * S: only ever seen through the -inf mask.
+        t = F.pad(t, (0, S - e + self.stride * rw, 0, S - e + self.stride * rh))
+        t = _split(t, 2, S)  # (N, hd*c, nh+1, S, Wp)
+        t = torch.cat([t[:, :, :-1], t[:, :, 1:, :e]], dim=3)  # (N, hd*c, nh, L, Wp)
+        t = _split(t, 4, S)  # (N, hd*c, nh, L, nw+1, S)
+        t = torch.cat([t[:, :, :, :, :-1], t[:, :, :, :, 1:, :e]], dim=5)  # (N, hd*c, nh, L, nw, L)
+        t = _split(t, 1, c).permute(0, 1, 3, 5, 2, 4, 6)  # (N, hd, nh, nw, c, L, L)
+        return t.flatten(5, 6)
 
 
-def to_export(module: ACmix) -> nn.Module:
-    raise NotImplementedError("ACmix twin")
+def _split(t: torch.Tensor, dim: int, size: int) -> torch.Tensor:
+    """Split axis ``dim`` into (-1, size) with a Reshape whose other sizes are read from ``t``.
+
+    Unlike ``unflatten``, the sizes stay in-graph for both ONNX exporters (the TorchScript tracer records
+    ``t.shape`` reads; ``unflatten`` would bake the export-time sizes in).
+    """
+    shape = list(t.shape)
+    return t.reshape(shape[:dim] + [-1, size] + shape[dim + 1:])
+
+
+def window_mask(block: int, stride: int, kernel: int) -> torch.Tensor:
+    """Additive mask [block^2, L^2]: 0 where a halo pixel lies in the query's kernel x kernel window, else -inf.
+
+    Query ``(i, j)`` of a block sees halo pixels ``(stride*i + a, stride*j + c)``, ``0 <= a, c < kernel``:
+    the pixels the reference's strided unfold visits. Depends on the configuration only, never on H or W.
+    """
+    L = stride * block + kernel - 1
+    rel = torch.arange(L)[None, :] - stride * torch.arange(block)[:, None]  # (block, L)
+    inside = (rel >= 0) & (rel < kernel)
+    inside = inside[:, None, :, None] & inside[None, :, None, :]  # (block, block, L, L)
+    mask = torch.zeros(inside.shape).masked_fill(~inside, float("-inf"))
+    return mask.reshape(block * block, L * L)
+
+
+def _coordinates(x: torch.Tensor) -> torch.Tensor:
+    """The reference's ``position(H, W)`` [1, 1, 2, H, W], from the input's own (symbolic) size.
+
+    ``loc = ramp * (2 / (n - 1)) - 1`` with ``ramp`` = 0 .. n-1 from a cumulative sum of ones: the values of
+    ``linspace(-1, 1, n)`` (to rounding). Used only for kernel_att > 1, where n > 1.
+    """
+    one = torch.ones_like(x[:1, :1])  # (1, 1, H, W)
+    ramp_w = torch.cumsum(one, dim=3) - 1.0
+    ramp_h = torch.cumsum(one, dim=2) - 1.0
+    loc_w = ramp_w * (2.0 / ramp_w[:, :, :, -1:]) - 1.0
+    loc_h = ramp_h * (2.0 / ramp_h[:, :, -1:, :]) - 1.0
+    return torch.cat([loc_w, loc_h], dim=1).unsqueeze(1)
+
+
+@torch.no_grad()
+def to_export(module: ACmix) -> ACmixExport:
+    """Fold the reference's weights into an ``ACmixExport`` (in float64, then cast to the module's dtype).
+
+    ``proj`` rows, in order: per head ``[scaling * q_g, u_g]`` with ``u_g = -W_p^T (scaling * q_g)`` (2 rows),
+    then ``k``, ``rate1 * v``, and ``f`` (channel ``e * 9 + m``, the reference's permute + reshape order).
+    ``dep_conv`` keeps the reference's kernel times ``rate2``; it has no bias (see the module docstring).
+    """
+    if not isinstance(module, ACmix):
+        raise TypeError(f"to_export: expected ACmix, got {type(module).__name__}")
+    m = module
+    dtype = m.conv1.weight.dtype
+    twin = ACmixExport(m.in_planes, m.out_planes, m.kernel_att, m.head, m.stride).to(dtype)
+    head, d = m.head, m.head_dim
+
+    def weight_bias(conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor]:
+        return conv.weight.double().flatten(1), conv.bias.double()  # (out, in), (out,)
+
+    (wq, bq), (wk, bk), (wv, bv) = weight_bias(m.conv1), weight_bias(m.conv2), weight_bias(m.conv3)
+    scaling = float(d) ** -0.5
+    wq, bq = (scaling * wq).view(head, d, -1), (scaling * bq).view(head, d)  # (head, d, in), (head, d)
+    wp = m.conv_p.weight.double().flatten(1)  # (d, 2): columns act on loc_w, loc_h
+    wu = -torch.einsum("ea,gei->gai", wp, wq)  # (head, 2, in)
+    bu = -torch.einsum("ea,ge->ga", wp, bq)  # (head, 2)
+    w_qu = torch.cat([wq, wu], dim=1).flatten(0, 1)  # (head*(d+2), in)
+    b_qu = torch.cat([bq, bu], dim=1).flatten()
+    fc = m.fc.weight.double().view(9, 3, head)  # (k_conv^2, [q, k, v], head)
+    w_src = torch.stack([wq / scaling, wk.view(head, d, -1), wv.view(head, d, -1)])  # (3, head, d, in)
+    b_src = torch.stack([bq / scaling, bk.view(head, d), bv.view(head, d)])  # (3, head, d)
+    w_f = torch.einsum("msg,sgei->emi", fc, w_src).flatten(0, 1)  # (d*9, in)
+    b_f = torch.einsum("msg,sge->em", fc, b_src).flatten()
+    rate1, rate2 = m.rate1.double(), m.rate2.double()
+    weight = torch.cat([w_qu, wk, rate1 * wv, w_f])
+    bias = torch.cat([b_qu, bk, rate1 * bv, b_f])
+    twin.proj.weight.copy_(weight.view_as(twin.proj.weight))
+    twin.proj.bias.copy_(bias)
+    twin.dep_conv.weight.copy_(rate2 * m.dep_conv.weight.double())
+    return twin.train(module.training)

@@ -9,8 +9,8 @@ arguments, attribute names, ``state_dict`` keys and numerics). ``ContextBlock`` 
 
 from __future__ import annotations
 
-from torch import nn
 import torch
+from torch import nn
 
 
 def kaiming_init(module, a=0, mode="fan_out", nonlinearity="relu", bias=0, distribution="normal"):
@@ -126,9 +126,112 @@ class CB2d(nn.Module):
 ContextBlock = CB2d
 
 
+class ChannelTransform(nn.Module):
+    """The bottleneck transform of ``CB2d`` on the pooled context, as [N, C] -> [N, C].
+
+    The reference applies ``Conv1x1 -> LayerNorm([P, 1, 1]) -> ReLU -> Conv1x1`` to an [N, C, 1, 1] map. On a
+    1x1 map a 1x1 convolution is a linear layer (``weight[:, :, 0, 0]``), and LayerNorm over [P, 1, 1]
+    averages the same P values as LayerNorm over [P]: the same numbers on [N, C]. LayerNorm stays
+    ``nn.LayerNorm`` (ONNX ``LayerNormalization``, opset 17); targets without that op replace it later.
+    """
+
+    def __init__(self, fc1: nn.Linear, norm: nn.LayerNorm, fc2: nn.Linear):
+        super().__init__()
+        if fc1.out_features < 1:
+            raise ValueError(
+                f"ChannelTransform: bottleneck of {fc1.out_features} channels; inplanes={fc1.in_features} "
+                "must be >= 4 (the bottleneck has inplanes // 4 channels)")
+        self.fc1 = fc1
+        self.norm = norm
+        self.act = nn.ReLU()
+        self.fc2 = fc2
+
+    def forward(self, context: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.norm(self.fc1(context))))  # (N, C)
+
+    @classmethod
+    def from_reference(cls, seq: nn.Sequential) -> ChannelTransform:
+        """Copy the weights of the reference's ``Sequential(Conv2d, LayerNorm([P, 1, 1]), ReLU, Conv2d)``."""
+        conv1, ln, conv2 = seq[0], seq[1], seq[3]
+        if not (isinstance(conv1, nn.Conv2d) and isinstance(ln, nn.LayerNorm)
+                and isinstance(conv2, nn.Conv2d)):
+            raise ValueError(
+                f"ChannelTransform.from_reference: expected Conv2d, LayerNorm, ReLU, Conv2d; got {seq}")
+        ref = conv1.weight
+        norm = nn.LayerNorm(conv1.out_channels, eps=ln.eps, elementwise_affine=ln.elementwise_affine,
+                            bias=ln.bias is not None, device=ref.device, dtype=ref.dtype)
+        with torch.no_grad():
+            if ln.weight is not None:
+                norm.weight.copy_(ln.weight.reshape(-1))  # (P, 1, 1) -> (P,)
+            if ln.bias is not None:
+                norm.bias.copy_(ln.bias.reshape(-1))
+        return cls(_linear(conv1), norm, _linear(conv2))
+
+
+def _linear(conv: nn.Conv2d) -> nn.Linear:
+    """The 1x1 ``conv`` as a linear layer on [N, C_in] (exact on a 1x1 map)."""
+    fc = nn.Linear(conv.in_channels, conv.out_channels, bias=False)
+    fc.weight = nn.Parameter(conv.weight.detach()[:, :, 0, 0].clone())  # (out, in, 1, 1) -> (out, in)
+    if conv.bias is not None:
+        fc.bias = nn.Parameter(conv.bias.detach().clone())
+    return fc
+
+
 class CB2dExport(nn.Module):
-    """Export twin of ``CB2d`` (placeholder until the twin lands)."""
+    """Export twin of ``CB2d``: [N, C, H, W] -> [N, C, H, W], the same function in eval mode at any shape.
+
+    Why each rewrite is exact:
+
+    - Attention pooling: the reference views x as [N, 1, C, H*W] and the mask as [N, 1, H*W, 1] with sizes
+      read from ``x.size()``; the twin flattens once (``flatten(2)``, no sizes read) and computes the same
+      softmax over H*W and the same product [N, C, H*W] @ [N, H*W, 1]. Any batch, any H and W.
+    - The mask convolution (1x1, one output channel) is the product ``w [1, C] @ x [N, C, H*W]``, and its
+      bias is dropped: it adds the same number to every logit, and softmax is shift-invariant
+      (``softmax(z + b) = softmax(z)``). One flatten of x serves both products; in onnxruntime this was the
+      fastest form measured (the Conv + second Reshape form was slower than the stock export).
+    - Average pooling: ``AdaptiveAvgPool2d(1)`` is the mean over (H, W).
+    - The channel transforms run on the [N, C] context (``ChannelTransform``), and their result is broadcast
+      back with ``[:, :, None, None]``; the fusions (multiply first, then add) are applied in the
+      reference's order.
+    """
+
+    def __init__(self, mask_weight: torch.Tensor | None, channel_mul: ChannelTransform | None,
+                 channel_add: ChannelTransform | None):
+        super().__init__()
+        if channel_mul is None and channel_add is None:
+            raise ValueError("CB2dExport: at least one of channel_mul and channel_add must be given")
+        if mask_weight is not None and (mask_weight.dim() != 2 or mask_weight.shape[0] != 1):
+            raise ValueError(f"CB2dExport: mask_weight of shape {tuple(mask_weight.shape)} must be [1, C]")
+        # [1, C], the attention-pool mask convolution; None: average pooling
+        self.mask_weight = nn.Parameter(mask_weight.detach().clone()) if mask_weight is not None else None
+        self.channel_mul = channel_mul
+        self.channel_add = channel_add
+
+    def spatial_pool(self, x: torch.Tensor) -> torch.Tensor:
+        """Context vector [N, C] of x [N, C, H, W]."""
+        if self.mask_weight is None:
+            return x.mean((2, 3))  # (N, C)
+        x_flat = x.flatten(2)  # (N, C, H*W)
+        mask = torch.softmax(torch.matmul(self.mask_weight, x_flat), dim=2)  # (N, 1, H*W)
+        return torch.matmul(x_flat, mask.transpose(1, 2)).squeeze(2)  # (N, C, H*W) @ (N, H*W, 1) -> (N, C)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        context = self.spatial_pool(x)  # (N, C)
+        out = x
+        if self.channel_mul is not None:
+            out = out * torch.sigmoid(self.channel_mul(context))[:, :, None, None]  # (N, C, 1, 1)
+        if self.channel_add is not None:
+            out = out + self.channel_add(context)[:, :, None, None]  # (N, C, 1, 1)
+        return out
 
 
-def to_export(module: CB2d) -> nn.Module:
-    raise NotImplementedError("CB2d twin")
+def to_export(module: CB2d) -> CB2dExport:
+    """The eval-mode twin of ``module`` (copies of its weights; ``module`` is left unchanged)."""
+    if not isinstance(module, CB2d):
+        raise TypeError(f"context_block.to_export: expected CB2d, got {type(module).__name__}")
+    # (1, C, 1, 1) -> (1, C)
+    mask_weight = module.conv_mask.weight[:, :, 0, 0] if module.pool == "att" else None
+    mul_conv, add_conv = module.channel_mul_conv, module.channel_add_conv
+    mul = ChannelTransform.from_reference(mul_conv) if mul_conv is not None else None
+    add = ChannelTransform.from_reference(add_conv) if add_conv is not None else None
+    return CB2dExport(mask_weight, mul, add).eval()

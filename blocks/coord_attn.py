@@ -9,8 +9,18 @@ arguments, attribute names, ``state_dict`` keys and numerics). ``CoordAtt`` is a
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
+
+
+def check_ca_channels(inp: int, oup: int) -> None:
+    # The output is x [N, inp, H, W] times attention maps with oup channels: they broadcast only when
+    # oup == inp, oup == 1 or inp == 1; otherwise the original fails in its forward pass.
+    if oup != inp and oup != 1 and inp != 1:
+        raise ValueError(
+            f"CA: oup={oup} must equal inp={inp} (or one of them be 1): the attention maps multiply x")
 
 
 class h_sigmoid(nn.Module):
@@ -38,6 +48,7 @@ class CA(nn.Module):
         super().__init__()
         if reduction < 1:
             raise ValueError(f"CA: reduction={reduction} must be >= 1")
+        check_ca_channels(inp, oup)
 
         mip = max(8, inp // reduction)
 
@@ -76,9 +87,76 @@ class CA(nn.Module):
 CoordAtt = CA
 
 
+def fold_batchnorm_weights(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight [C_out, C_in/g, kh, kw] and bias [C_out] of ``conv`` followed by the eval-mode ``bn``.
+
+    Exact (up to rounding): in eval mode BatchNorm is a per-channel affine map
+    ``y = (z - mean) * s + beta`` with ``s = gamma / sqrt(var + eps)``, and ``z = W x + b`` is linear in
+    ``x``, so ``y = (s * W) x + (s * (b - mean) + beta)``. The products are formed in float64, then cast to
+    ``conv``'s dtype.
+    """
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError(f"fold_batchnorm: {bn} has no running statistics (track_running_stats=False)")
+    w = conv.weight.detach().to(torch.float64)
+    mean = bn.running_mean.detach().to(torch.float64)
+    b = conv.bias.detach().to(torch.float64) if conv.bias is not None else torch.zeros_like(mean)
+    var = bn.running_var.detach().to(torch.float64)
+    gamma = bn.weight.detach().to(torch.float64) if bn.weight is not None else torch.ones_like(mean)
+    beta = bn.bias.detach().to(torch.float64) if bn.bias is not None else torch.zeros_like(mean)
+    s = gamma / torch.sqrt(var + bn.eps)
+    dtype = conv.weight.dtype
+    return (w * s.view(-1, 1, 1, 1)).to(dtype), (s * (b - mean) + beta).to(dtype)
+
+
+def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """Copy of ``conv`` computing ``bn(conv(x))`` in eval mode (``fold_batchnorm_weights``)."""
+    weight, bias = fold_batchnorm_weights(conv, bn)
+    fused = copy.deepcopy(conv)
+    fused.weight = nn.Parameter(weight)
+    fused.bias = nn.Parameter(bias)
+    return fused
+
+
 class CoordAttExport(nn.Module):
-    """Export twin of ``CA`` (placeholder until the twin lands)."""
+    """Export twin of ``CA``: [N, inp, H, W] -> [N, C_out, H, W], the same function in eval mode at any shape.
+
+    Why each rewrite is exact:
+
+    - ``AdaptiveAvgPool2d((h, 1))`` on an ``h``-row input averages each row over W: it is ``x.mean(3)``;
+      ``AdaptiveAvgPool2d((1, w))`` is ``x.mean(2)``. The means need no size, so ONNX gets ``ReduceMean``
+      over one axis instead of an ``AveragePool`` whose kernel is baked in at the export shape.
+    - The reference concatenates the two pooled maps along H, applies conv1 + BN + h_swish and splits them
+      again. A 1x1 convolution, eval BatchNorm and h_swish act on each spatial position separately, so
+      applying them to each branch on its own gives the same values: no concat, split or permute.
+    - BatchNorm is folded into conv1 (``fold_batchnorm``: eval BN is a per-channel affine map).
+    - ``h_swish(x) = x * relu6(x + 3) / 6`` is ``nn.Hardswish``; they differ only in rounding (the tests
+      compare them in float64). It exports as one ONNX ``HardSwish`` node (opset 14), which TensorRT 8.5's
+      parser supports (onnx-tensorrt ``docs/operators.md``, 8.5 branch: HardSwish FP32/FP16/INT8).
+
+    The product ``x * a_w * a_h`` broadcasts exactly as the reference's does (``C_out`` is ``inp`` when
+    ``oup == inp`` or ``oup == 1``, and ``oup`` when ``inp == 1``).
+    """
+
+    def __init__(self, conv1: nn.Conv2d, conv_h: nn.Conv2d, conv_w: nn.Conv2d):
+        super().__init__()
+        check_ca_channels(conv1.in_channels, conv_h.out_channels)
+        self.conv1 = conv1  # BatchNorm already folded in
+        self.act = nn.Hardswish()
+        self.conv_h = conv_h
+        self.conv_w = conv_w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_h = x.mean(3, keepdim=True)  # (N, inp, H, 1)
+        x_w = x.mean(2, keepdim=True)  # (N, inp, 1, W)
+        a_h = self.conv_h(self.act(self.conv1(x_h))).sigmoid()  # (N, oup, H, 1)
+        a_w = self.conv_w(self.act(self.conv1(x_w))).sigmoid()  # (N, oup, 1, W)
+        return x * a_w * a_h
 
 
-def to_export(module: CA) -> nn.Module:
-    raise NotImplementedError("CA twin")
+def to_export(module: CA) -> CoordAttExport:
+    """The eval-mode twin of ``module`` (copies of its weights; ``module`` is left unchanged)."""
+    if not isinstance(module, CA):
+        raise TypeError(f"coord_attn.to_export: expected CA, got {type(module).__name__}")
+    twin = CoordAttExport(fold_batchnorm(module.conv1, module.bn1), copy.deepcopy(module.conv_h),
+                          copy.deepcopy(module.conv_w))
+    return twin.eval()

@@ -13,9 +13,11 @@ Offset channel layout is torchvision's: for deformable group ``g`` and kernel ta
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
-from torchvision.ops import DeformConv2d
+from torchvision.ops import DeformConv2d, deform_conv2d
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
@@ -59,8 +61,40 @@ class DCN(nn.Module):
 
 
 class DCNExport(nn.Module):
-    """Export twin of ``DCN`` (placeholder until the twin lands)."""
+    """Export twin of ``DCN`` [N, c1, H, W] -> [N, c2, H_out, W_out]; the same function in eval mode.
+
+    The offset convolution feeds ``torchvision.ops.deform_conv2d`` called functionally with the deformable
+    weights as plain parameters: the graph then holds one ``torchvision::deform_conv2d`` op whose export the
+    DeformConv symbolic chooses (``blocks_export.export.deform_conv``: ``std``, ``portable`` or ``plugin``).
+    Offsets and mask are channel slices of the one offset convolution, as in ``DCN``; for v1 no mask is
+    passed, so the ``plugin`` lowering builds its ones mask in-graph and ``std`` omits the optional input.
+    Nothing depends on the input's size in Python, so batch, H and W stay dynamic.
+    """
+
+    def __init__(self, offset: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, int],
+                 padding: tuple[int, int], dilation: tuple[int, int], deformable_groups: int, modulated: bool):
+        super().__init__()
+        self.offset = offset
+        self.weight = nn.Parameter(weight)
+        self.bias = None if bias is None else nn.Parameter(bias)
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self.n_offset = 2 * deformable_groups * weight.shape[2] * weight.shape[3]
+        self.modulated = modulated
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.offset(x)  # (N, (2 or 3) * G * kh * kw, Ho, Wo)
+        offset = out[:, :self.n_offset]
+        mask = out[:, self.n_offset:].sigmoid() if self.modulated else None
+        return deform_conv2d(x, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask)
 
 
-def to_export(module: DCN) -> nn.Module:
-    raise NotImplementedError("DCN twin")
+def to_export(module: DCN) -> DCNExport:
+    """``DCNExport`` sharing copies of ``module``'s parameters (``module`` is left untouched)."""
+    if not isinstance(module, DCN):
+        raise TypeError(f"dcn.to_export expects a DCN, got {type(module).__name__}")
+    dcn = module.dcn
+    offset = copy.deepcopy(module.offset)
+    bias = None if dcn.bias is None else dcn.bias.detach().clone()
+    twin = DCNExport(offset, dcn.weight.detach().clone(), bias, _pair(dcn.stride), _pair(dcn.padding),
+                     _pair(dcn.dilation), module.deformable_groups, module.modulated)
+    return twin.train(module.training)

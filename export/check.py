@@ -1,0 +1,416 @@
+"""Static check of an ONNX graph against one target's ONNX support, before anyone copies a file to a Jetson.
+
+``check_model(model, target)`` visits every node (subgraphs and local functions included) and reports what
+that runtime's parser would reject: the opset, operator types (tables in ``trt_ops``), the attributes and modes
+the parser documents as unsupported, constant-input requirements, custom domains and plugin versions, and data
+types. Each issue names the node, its op, why, and the fix. ``bool(report)`` is pass.
+
+Sources (cited per rule below): onnx-tensorrt ``docs/operators.md`` of the 8.5-GA, 8.6-GA and 10.1-GA branches
+(``../shared/reference/onnx-tensorrt/``), onnx-tensorrt ``docs/Changelog.md``, TensorRT's Python API docs
+(``IGridSampleLayer``), NVIDIA TensorRT release notes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import onnx
+from onnx import TensorProto
+
+from . import trt_ops
+from .targets import Target, get_target, ort_deform_conv
+
+STANDARD_DOMAINS = ("", "ai.onnx")
+# Domains onnxruntime itself implements (https://onnxruntime.ai/docs/reference/operators/ContribOperators.html).
+ORT_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
+PLUGIN_OP = "ModulatedDeformConv2d"
+
+
+class Issue(NamedTuple):
+    """One thing the target cannot run: where (node name), what (op type), why, and what to do."""
+
+    node_name: str
+    op_type: str
+    why: str
+    fix: str
+
+    def line(self) -> str:
+        return f"{self.node_name} | {self.op_type} | {self.why} | fix: {self.fix}"
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """Result of ``check_model``: ``bool(report)`` is pass; warnings never fail a check."""
+
+    target: str
+    issues: list[Issue] = field(default_factory=list)
+    warnings: list[Issue] = field(default_factory=list)
+    nodes_checked: int = 0
+
+    def __bool__(self) -> bool:
+        return not self.issues
+
+    def lines(self) -> list[str]:
+        head = (f"PASSED | target {self.target} | {self.nodes_checked} nodes" if self else
+                f"FAILED | target {self.target} | {len(self.issues)} issue(s) in {self.nodes_checked} nodes")
+        return [head, *(f"FAILED | {i.line()}" for i in self.issues), *(f"WARNING | {w.line()}" for w in self.warnings)]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "passed": bool(self), "nodes_checked": self.nodes_checked,
+                "issues": [i._asdict() for i in self.issues], "warnings": [w._asdict() for w in self.warnings]}
+
+
+@dataclass
+class _Context:
+    target: Target
+    table: str
+    opset: int
+    constants: set[str]  # initializers and Constant outputs: what the parser sees as weights
+    ranks: dict[str, int]
+    issues: list[Issue] = field(default_factory=list)
+    warnings: list[Issue] = field(default_factory=list)
+
+    def fail(self, node: onnx.NodeProto, why: str, fix: str) -> None:
+        self.issues.append(Issue(_name(node), node.op_type, why, fix))
+
+    def warn(self, node: onnx.NodeProto, why: str, fix: str) -> None:
+        self.warnings.append(Issue(_name(node), node.op_type, why, fix))
+
+    @property
+    def trt(self) -> str:
+        return f"TensorRT {self.target.trt_version}"
+
+
+def _name(node: onnx.NodeProto) -> str:
+    return node.name or (f"<unnamed, output {node.output[0]}>" if node.output else "<unnamed>")
+
+
+def _attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+    for a in node.attribute:
+        if a.name == name:
+            value = onnx.helper.get_attribute_value(a)
+            return value.decode() if isinstance(value, bytes) else value
+    return default
+
+
+def _input(node: onnx.NodeProto, index: int) -> str:
+    return node.input[index] if len(node.input) > index else ""
+
+
+def _require_constant(ctx: _Context, node: onnx.NodeProto, index: int, what: str, source: str) -> None:
+    name = _input(node, index)
+    if name and name not in ctx.constants:
+        ctx.fail(node, f"`{what}` is computed at run time; {ctx.trt}'s parser needs it as an initializer ({source})",
+                 "constant-fold the graph (simplify is on by default: drop --no-simplify) or export at static "
+                 "shapes")
+
+
+# ---- per-operator rules: the parser's documented restrictions --------------------------------------------------
+
+def _rule_pad(ctx: _Context, node: onnx.NodeProto) -> None:
+    mode = _attr(node, "mode", "constant")
+    # Pad modes: edge and reflect from 8.2, wrap from 10.0 EA (onnx-tensorrt docs/Changelog.md).
+    modes = {"constant", "reflect", "edge"} | ({"wrap"} if ctx.table in ("10.3", "10", "11") else set())
+    if mode not in modes:
+        ctx.fail(node, f"Pad mode {mode!r} is not imported by {ctx.trt} (supported: {', '.join(sorted(modes))})",
+                 "use constant, reflect or edge padding in the model" if "wrap" not in modes
+                 else "use a supported padding mode")
+    # "`axes` must be an initializer" (operators-10.1-GA.md); tensor axes from 10.4 (Changelog "10.4 GA").
+    if ctx.table in ("10.3", "10"):
+        _require_constant(ctx, node, 3, "axes", "operators-10.1-GA.md, Pad")
+
+
+def _rule_grid_sample(ctx: _Context, node: onnx.NodeProto) -> None:
+    # IGridSampleLayer: rank-4 input and grid, interpolation NEAREST/LINEAR/CUBIC, sample modes FILL (zeros),
+    # CLAMP (border), REFLECT (TensorRT Python API, IGridSampleLayer); "Input must be 4D" (operators-10.1-GA.md).
+    mode = _attr(node, "mode", "bilinear" if ctx.opset < 20 else "linear")
+    padding = _attr(node, "padding_mode", "zeros")
+    if mode not in ("bilinear", "linear", "nearest", "bicubic", "cubic"):
+        ctx.fail(node, f"GridSample mode {mode!r} has no TensorRT interpolation mode", "use mode bilinear")
+    if padding not in ("zeros", "border", "reflection"):
+        ctx.fail(node, f"GridSample padding_mode {padding!r} has no TensorRT sample mode", "use zeros padding")
+    rank = ctx.ranks.get(_input(node, 0))
+    if rank is not None and rank != 4:
+        ctx.fail(node, f"GridSample input has rank {rank}; TensorRT's grid sample layer takes rank 4 only",
+                 "sample 2-D feature maps (N, C, H, W)")
+
+
+def _rule_deform_conv(ctx: _Context, node: onnx.NodeProto) -> None:
+    # "`input` must have 1D or 2D spatial dimensions. `pads` for the beginning and end along each spatial axis
+    # must be the same" (operators-10.1-GA.md, DeformConv).
+    pads = list(_attr(node, "pads", []) or [])
+    kernel = list(_attr(node, "kernel_shape", []) or [])
+    rank = ctx.ranks.get(_input(node, 0))
+    spatial = len(kernel) if kernel else (rank - 2 if rank else None)
+    if spatial is not None and spatial not in (1, 2):
+        ctx.fail(node, f"DeformConv with {spatial} spatial dimensions; {ctx.trt} imports 1-D and 2-D only",
+                 "use a 2-D deformable convolution")
+    half = len(pads) // 2
+    if pads and pads[:half] != pads[half:]:
+        ctx.fail(node, f"DeformConv pads {pads}: begin and end differ; {ctx.trt} needs them equal",
+                 "export with --deform-conv portable, or use symmetric padding")
+
+
+def _rule_reduce(ctx: _Context, node: onnx.NodeProto) -> None:
+    # Reduce ops take `axes` as an input from opset 18 (ReduceSum from 13): "`axes` must be an initializer"
+    # (operators-10.1-GA.md); the 8.x importers read it as weights as well.
+    _require_constant(ctx, node, 1, "axes", "operators-10.1-GA.md, " + node.op_type)
+
+
+def _rule_resize(ctx: _Context, node: onnx.NodeProto) -> None:
+    # Supported transformation modes, modes, nearest modes, aspect ratio policy `stretch`, no antialiasing
+    # (operators-8.5-GA.md and operators-10.1-GA.md, Resize).
+    mode = _attr(node, "mode", "nearest")
+    ctm = _attr(node, "coordinate_transformation_mode", "half_pixel")
+    allowed_ctm = ("half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners")
+    if mode not in ("nearest", "linear"):
+        ctx.fail(node, f"Resize mode {mode!r} is not supported by {ctx.trt} (nearest, linear)",
+                 "use bilinear or nearest upsampling")
+    if ctm not in allowed_ctm:
+        ctx.fail(node, f"Resize coordinate_transformation_mode {ctm!r} is not supported by {ctx.trt}",
+                 f"use one of {', '.join(allowed_ctm)}")
+    nearest = _attr(node, "nearest_mode", "round_prefer_floor")
+    if mode == "nearest" and nearest not in ("floor", "ceil", "round_prefer_floor", "round_prefer_ceil"):
+        ctx.fail(node, f"Resize nearest_mode {nearest!r} is not supported by {ctx.trt}", "use nearest_mode floor")
+    if _attr(node, "antialias", 0):
+        ctx.fail(node, "Resize with antialias=1: antialiasing is not supported", "resize without antialiasing")
+    if _attr(node, "keep_aspect_ratio_policy", "stretch") != "stretch":
+        ctx.fail(node, "Resize keep_aspect_ratio_policy other than stretch", "give explicit sizes or scales")
+
+
+def _rule_pool(ctx: _Context, node: onnx.NodeProto) -> None:
+    # "2D or 3D Pooling only", "`dilations` must be empty or all ones", MaxPool "`Indices` output tensor
+    # unsupported" (operators-8.5-GA.md, operators-10.1-GA.md).
+    kernel = list(_attr(node, "kernel_shape", []) or [])
+    if kernel and len(kernel) not in (2, 3):
+        ctx.fail(node, f"{len(kernel)}-D pooling; TensorRT pools 2-D or 3-D only", "pool 2-D feature maps")
+    dilations = list(_attr(node, "dilations", []) or [])
+    if any(d != 1 for d in dilations):
+        ctx.fail(node, f"pooling with dilations {dilations}; TensorRT needs all ones", "use undilated pooling")
+    if node.op_type == "MaxPool" and len(node.output) > 1 and node.output[1]:
+        ctx.fail(node, "MaxPool `Indices` output is not supported", "drop return_indices=True")
+
+
+def _rule_layer_norm(ctx: _Context, node: onnx.NodeProto) -> None:
+    # "Only the first output `Y` is supported." (operators-10.1-GA.md, LayerNormalization)
+    if any(node.output[1:]):
+        ctx.fail(node, "LayerNormalization Mean/InvStdDev outputs are not supported", "use only the output Y")
+
+
+def _rule_slice(ctx: _Context, node: onnx.NodeProto) -> None:
+    # "`axes` must be an initializer" (8.5, 8.6, 10.1 tables); tensor axes from 10.3 (Changelog "10.3 GA").
+    if ctx.table in ("8.5", "8.6", "10"):
+        _require_constant(ctx, node, 3, "axes", f"operators-{'10.1' if ctx.table == '10' else ctx.table}-GA.md")
+
+
+def _rule_squeeze(ctx: _Context, node: onnx.NodeProto) -> None:
+    # Squeeze "`axes` must be an initializer", Unsqueeze "`axes` must be a constant tensor" (8.5 to 10.1
+    # tables); dynamic axes from 10.7 (Changelog "10.7 GA").
+    if ctx.table != "11":
+        _require_constant(ctx, node, 1, "axes", f"{node.op_type} in operators-8.5/8.6/10.1-GA.md")
+
+
+def _rule_topk(ctx: _Context, node: onnx.NodeProto) -> None:
+    if ctx.table == "8.5":  # "`K` input must be an initializer" (operators-8.5-GA.md)
+        _require_constant(ctx, node, 1, "K", "operators-8.5-GA.md, TopK")
+    if ctx.table not in ("8.5", "8.6") and _attr(node, "sorted", 1) != 1:  # "`sorted` must be 1" (10.1 table)
+        ctx.fail(node, "TopK with sorted=0 is not supported", "use sorted TopK")
+
+
+def _rule_cumsum(ctx: _Context, node: onnx.NodeProto) -> None:
+    _require_constant(ctx, node, 1, "axis", "CumSum in operators-8.5/8.6/10.1-GA.md")
+
+
+def _rule_dropout(ctx: _Context, node: onnx.NodeProto) -> None:
+    # "`is_traning` must be an initializer and evaluate to False" (operators-10.1-GA.md, Dropout)
+    _require_constant(ctx, node, 2, "training_mode", "operators-10.1-GA.md, Dropout")
+
+
+_REDUCE_OPS = ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin",
+               "ReduceProd", "ReduceSum", "ReduceSumSquare")
+RULES: dict[str, Callable[[_Context, onnx.NodeProto], None]] = {
+    "Pad": _rule_pad, "GridSample": _rule_grid_sample, "DeformConv": _rule_deform_conv, "Resize": _rule_resize,
+    "MaxPool": _rule_pool, "AveragePool": _rule_pool, "LayerNormalization": _rule_layer_norm,
+    "Slice": _rule_slice, "Squeeze": _rule_squeeze, "Unsqueeze": _rule_squeeze, "TopK": _rule_topk,
+    "CumSum": _rule_cumsum, "Dropout": _rule_dropout, **{op: _rule_reduce for op in _REDUCE_OPS},
+}
+
+
+# ---- operator-type, domain and plugin rules --------------------------------------------------------------------
+
+def _unsupported_fix(ctx: _Context, op: str) -> str:
+    if op == "DeformConv":
+        return ("export with --deform-conv portable" if ctx.table == "8.5"
+                else "export with --deform-conv plugin (or --deform-conv portable)")
+    if op == "LayerNormalization":
+        return "export with --target jetpack5 (LayerNormalization written as ReduceMean/Sub/Pow/Sqrt/Div)"
+    newer = [t for t in ("8.6", "10", "11") if op in trt_ops.SUPPORTED[t]]
+    if newer:
+        return f"rewrite the op with supported ones, or deploy with TensorRT {newer[0]}+"
+    return "rewrite the op with supported ones"
+
+
+def _check_plugin(ctx: _Context, node: onnx.NodeProto) -> None:
+    versions = trt_ops.BUILTIN_PLUGINS[node.op_type][ctx.table]
+    if not versions:
+        ctx.fail(node, f"{ctx.trt} ships no {node.op_type} plugin (built in from TensorRT 8.6)",
+                 "export with --deform-conv portable")
+        return
+    version = str(_attr(node, "plugin_version", "1"))
+    if version not in versions:
+        ctx.fail(node, f"plugin {node.op_type} version {version} is not in {ctx.trt} "
+                 f"(has {', '.join(sorted(versions))})", "export with --deform-conv plugin (writes version 1)")
+    if node.domain == "trt.plugins":
+        # onnxruntime's TensorRT EP wants this domain; the parser itself reads a node's domain as the plugin
+        # namespace from 10.10 (onnx-tensorrt docs/Changelog.md, "10.10 GA").
+        ctx.warn(node, "domain 'trt.plugins' is the onnxruntime TensorRT EP form of the plugin node",
+                 "build the engine from the exported graph (plugin nodes in the default domain)")
+
+
+def _check_trt_node(ctx: _Context, node: onnx.NodeProto) -> None:
+    supported = trt_ops.SUPPORTED[ctx.table]
+    if node.op_type in trt_ops.BUILTIN_PLUGINS and node.domain in ("", "trt.plugins"):
+        _check_plugin(ctx, node)
+    elif node.domain not in STANDARD_DOMAINS:
+        if node.domain == "ai.onnx.contrib":
+            ctx.fail(node, "node in domain 'ai.onnx.contrib': this is the CPU-reference copy of a plugin graph",
+                     "check and build the exported graph, not its onnxruntime CPU copy")
+        else:
+            ctx.fail(node, f"custom domain {node.domain!r}: {ctx.trt}'s parser has no importer and no built-in "
+                     f"plugin for {node.op_type}", "replace the op, or register a plugin library that provides it")
+    elif node.op_type not in supported:
+        ctx.fail(node, f"{node.op_type} is not supported by {ctx.trt}'s ONNX parser "
+                 f"({trt_ops.SOURCES[ctx.table]})", _unsupported_fix(ctx, node.op_type))
+    elif node.op_type in RULES:
+        RULES[node.op_type](ctx, node)
+
+
+def _check_ort_node(ctx: _Context, node: onnx.NodeProto) -> None:
+    if node.op_type == PLUGIN_OP:
+        ctx.fail(node, "TensorRT plugin node: stock onnxruntime has no kernel for it",
+                 "export with --deform-conv std (or portable)")
+    elif node.domain not in ORT_DOMAINS:
+        ctx.fail(node, f"custom domain {node.domain!r} is not implemented by onnxruntime",
+                 "replace the op, or register a custom-op library in the session")
+    elif node.op_type == "DeformConv" and ort_deform_conv() != "std":
+        ctx.fail(node, "the installed onnxruntime has no DeformConv kernel (added in 1.25.0)",
+                 "export with --deform-conv portable, or upgrade onnxruntime to >= 1.25")
+
+
+# ---- graph traversal -------------------------------------------------------------------------------------------
+
+def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            yield a.g
+        elif a.type == onnx.AttributeProto.GRAPHS:
+            yield from a.graphs
+
+
+def _constants(graph: onnx.GraphProto) -> set[str]:
+    names = {t.name for t in graph.initializer}
+    names |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    for n in graph.node:
+        for g in _subgraphs(n):
+            names |= _constants(g)
+    return names
+
+
+def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(model)
+    except Exception:  # shape inference is best effort here: ranks and types of intermediate tensors
+        return model
+
+
+def _ranks(inferred: onnx.ModelProto) -> dict[str, int]:
+    g = inferred.graph
+    ranks: dict[str, int] = {}
+    for v in (*g.input, *g.value_info, *g.output):
+        t = v.type.tensor_type
+        if t.HasField("shape"):
+            ranks[v.name] = len(t.shape.dim)
+    for init in g.initializer:
+        ranks[init.name] = len(init.dims)
+    return ranks
+
+
+_BAD_TYPES_ALL = {TensorProto.STRING, TensorProto.COMPLEX64, TensorProto.COMPLEX128, TensorProto.UINT16,
+                  TensorProto.UINT32, TensorProto.UINT64, TensorProto.INT16}
+# The 8.5/8.6 tables list DOUBLE, FLOAT32, FLOAT16, INT8, BOOL (+ limited INT32/INT64, UINT8 IO); BFLOAT16,
+# FP8 and INT4 arrive with 9.x/10.0 (operators-10.1-GA.md data types).
+_BAD_TYPES_8 = {TensorProto.BFLOAT16, TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E4M3FNUZ, TensorProto.FLOAT8E5M2,
+                TensorProto.FLOAT8E5M2FNUZ, TensorProto.INT4, TensorProto.UINT4}
+
+
+def _check_types(ctx: _Context, model: onnx.ModelProto) -> None:
+    g = model.graph
+    typed = [(v.name, v.type.tensor_type.elem_type) for v in (*g.input, *g.output, *g.value_info)]
+    typed += [(t.name, t.data_type) for t in g.initializer]
+    bad = _BAD_TYPES_ALL | (_BAD_TYPES_8 if ctx.table in ("8.5", "8.6") else set())
+    reported: set[int] = set()
+    for name, dtype in typed:
+        type_name = TensorProto.DataType.Name(dtype) if dtype else "UNDEFINED"
+        if dtype in bad and dtype not in reported:
+            reported.add(dtype)
+            ctx.issues.append(Issue(name, "tensor", f"data type {type_name} is not a {ctx.trt} type",
+                                    "cast the tensor to float32/float16/int32 in the model"))
+        elif dtype == TensorProto.DOUBLE and dtype not in reported:
+            reported.add(dtype)
+            # "TensorRT will attempt to cast ... DOUBLE down to FLOAT" (operators-8.5-GA.md, 10.1-GA.md)
+            ctx.warnings.append(Issue(name, "tensor", "DOUBLE tensors are cast down to float32 by the parser",
+                                      "export in float32"))
+
+
+def _visit(ctx: _Context, graph: onnx.GraphProto, functions: dict[tuple[str, str], onnx.FunctionProto],
+           check_node: Callable[[_Context, onnx.NodeProto], None], seen: set[tuple[str, str]]) -> int:
+    count = 0
+    for node in graph.node:
+        count += 1
+        key = (node.domain, node.op_type)
+        if key in functions:
+            if ctx.target.is_tensorrt and ctx.table in ("8.5", "8.6"):
+                # Local functions are parsed from TensorRT 9.0 EA (onnx-tensorrt docs/Changelog.md).
+                ctx.fail(node, f"ONNX local function {node.domain}::{node.op_type}: {ctx.trt} cannot import "
+                         "local functions", "inline them (onnx.inliner.inline_local_functions) before building")
+            elif key not in seen:
+                seen.add(key)
+                fn_graph = onnx.helper.make_graph(list(functions[key].node), node.op_type, [], [])
+                count += _visit(ctx, fn_graph, functions, check_node, seen)
+            continue
+        check_node(ctx, node)
+        for sub in _subgraphs(node):
+            count += _visit(ctx, sub, functions, check_node, seen)
+    return count
+
+
+def _load(model: onnx.ModelProto | str | os.PathLike[str]) -> onnx.ModelProto:
+    if isinstance(model, onnx.ModelProto):
+        return model
+    # The weights are not needed to check operators; large external data stays on disk.
+    return onnx.load(os.fspath(model), load_external_data=False)
+
+
+def check_model(model: onnx.ModelProto | str | os.PathLike[str], target: str) -> CheckReport:
+    """Check every node of ``model`` against ``target``'s ONNX support (see the module docstring)."""
+    tgt = get_target(target)
+    proto = _load(model)
+    opset = next((o.version for o in proto.opset_import if o.domain in STANDARD_DOMAINS), 0)
+    inferred = _infer(proto)
+    ctx = _Context(tgt, tgt.parser_table, opset, _constants(proto.graph), _ranks(inferred))
+    if tgt.max_opset and opset > tgt.max_opset:
+        ctx.issues.append(Issue("(model)", "opset_import", f"default-domain opset {opset} is newer than "
+                                f"{ctx.trt}'s parser supports (up to {tgt.max_opset})",
+                                f"export with --target {tgt.name} (opset {tgt.opset})"))
+    functions = {(f.domain, f.name): f for f in proto.functions}
+    check_node = _check_trt_node if tgt.is_tensorrt else _check_ort_node
+    count = _visit(ctx, proto.graph, functions, check_node, set())
+    if tgt.is_tensorrt:
+        _check_types(ctx, inferred)
+    return CheckReport(tgt.name, ctx.issues, ctx.warnings, count)
+
+
+__all__ = ["CheckReport", "Issue", "RULES", "check_model"]

@@ -1,0 +1,287 @@
+"""``blocks-export``: the command line. Parse, build ``ExportOptions``, call the library, print, set the exit code.
+
+``blocks-export MODEL --to onnx`` works as written: ``export`` is the default subcommand (``main`` inserts it
+when the first argument is not a subcommand). Exit codes: ``errors.py``. torch is imported only by the steps
+that need it, so ``blocks-export model.onnx --to trt`` runs where torch is absent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .errors import EXIT_FAILED, EXIT_SIGINT, EXIT_USAGE, ExportError, Interrupted, RuntimeMissing, UsageError
+from .pipeline import Progress  # light: torch and onnx are imported by the steps, not here
+
+PROG = "blocks-export"
+COMMANDS = ("export", "inspect", "check")
+_TOP_LEVEL_FLAGS = ("--help", "-h")
+
+app = typer.Typer(name=PROG, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]},
+                  help="Export PyTorch models with ACmix, GCNet, Coordinate Attention, SPD and DCN blocks to "
+                       "ONNX and TensorRT, with parity checks.")
+
+
+def with_default_command(argv: list[str]) -> list[str]:
+    """Insert ``export`` unless the first argument names a subcommand or asks for top-level help."""
+    if not argv or argv[0] in COMMANDS or argv[0] in _TOP_LEVEL_FLAGS:
+        return argv
+    return ["export", *argv]
+
+
+def _stderr() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _stdout() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+class RichProgress(Progress):
+    """Step progress on stderr: a spinner while a step runs, one line with its time when it ends."""
+
+    _MARK = {"ok": "[green]✓[/]", "failed": "[red]✗[/]", "warning": "[yellow]![/]", "skipped": "[dim]-[/]"}
+
+    def __init__(self, console: Any) -> None:
+        self.console = console
+        self._status: Any = None
+
+    def start(self, name: str) -> None:
+        self._stop()
+        self._status = self.console.status(f"{name} ...")
+        self._status.start()
+
+    def done(self, step: Any) -> None:
+        self._stop()
+        note = f"  [dim]{step.note}[/]" if step.note else ""
+        self.console.print(f"{self._MARK.get(step.status, '?')} {step.name:<9} {step.seconds:7.2f}s{note}")
+
+    def message(self, text: str) -> None:
+        from rich.markup import escape
+
+        self.console.print(f"  [dim]{escape(text)}[/]")
+
+    def _stop(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+
+
+@contextlib.contextmanager
+def _sigterm_as_exception() -> Iterator[None]:
+    """SIGTERM raises ``Interrupted`` so that atomic writes clean up, as SIGINT does with KeyboardInterrupt."""
+    def handler(signum: int, frame: Any) -> None:
+        raise Interrupted()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. inside a test runner thread): nothing to install
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _error_json(message: str, code: int) -> str:
+    import json
+
+    return json.dumps({"format": "blocks-export-report/1", "status": "ERROR", "exit_code": code, "error": message})
+
+
+def _run(fn: Callable[[], int], *, debug: bool, json_out: bool) -> None:
+    """Run a command body; map exceptions to one line on stderr and the documented exit code."""
+    err = _stderr()
+    try:
+        with _sigterm_as_exception():
+            code = fn()
+    except ExportError as e:
+        if debug:
+            traceback.print_exc()
+        code = e.exit_code
+        _refuse(str(e), code, json_out, err)
+    except KeyboardInterrupt:
+        code = EXIT_SIGINT
+        _refuse("interrupted (SIGINT); nothing was left half-written", code, json_out, err)
+    except Interrupted as e:
+        code = e.exit_code
+        _refuse("interrupted (SIGTERM); nothing was left half-written", code, json_out, err)
+    except Exception as e:  # an unexpected failure: still one line unless --debug
+        if debug:
+            traceback.print_exc()
+        code = EXIT_FAILED
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        _refuse(f"unexpected error: {type(e).__name__}: {first} (rerun with --debug for the traceback)", code,
+                json_out, err)
+    raise typer.Exit(code)
+
+
+def _refuse(message: str, code: int, json_out: bool, err: Any) -> None:
+    from rich.markup import escape
+
+    err.print(f"{PROG}: error: {escape(message)}")
+    if json_out:
+        print(_error_json(message, code))
+
+
+ModelArg = Annotated[Path, typer.Argument(help="model file: .pt/.pth (module, checkpoint or state_dict), "
+                                               "TorchScript, torch.export .pt2, or .onnx (with --to trt)",
+                                          show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print only the JSON report on stdout")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="show tracebacks")]
+TargetOpt = Annotated[str | None, typer.Option("--target", help="jetpack5, jetpack6.0, jetpack6, trt10, trt11, ort "
+                                                                "(default: ort; jetpack6 with --to trt)")]
+
+
+@app.command("export")
+def export_command(
+    model: ModelArg,
+    to: Annotated[str, typer.Option("--to", help="onnx or trt")] = "onnx",
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="output file (default: beside the input)")] = None,
+    imgsz: Annotated[str | None, typer.Option("--imgsz", help="N or H,W (default: the model's own, else 640)")] = None,
+    batch: Annotated[int, typer.Option("--batch", help="batch size of the export shape")] = 1,
+    dynamic: Annotated[bool, typer.Option("--dynamic", help="dynamic batch, H and W")] = False,
+    opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset (default: the target's)")] = None,
+    target: TargetOpt = None,
+    deform_conv: Annotated[str, typer.Option("--deform-conv", help="auto, std, portable or plugin")] = "auto",
+    fp16: Annotated[bool, typer.Option("--fp16", help="mixed-precision fp16 graph")] = False,
+    fp16_io: Annotated[bool, typer.Option("--fp16-io", help="with --fp16: fp16 inputs and outputs too")] = False,
+    exporter: Annotated[str, typer.Option("--exporter", help="dynamo or torchscript")] = "dynamo",
+    no_simplify: Annotated[bool, typer.Option("--no-simplify", help="skip onnxslim")] = False,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="skip the parity check (exit 0 proves less)")] = False,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="allow unpickling that runs code from the "
+                                                                      "file (only for files you trust)")] = False,
+    arch: Annotated[str | None, typer.Option("--arch", help="MODULE:CALLABLE building the model for a "
+                                                            "state_dict file")] = None,
+    json_out: JsonOpt = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress or tables")] = False,
+    force: Annotated[bool, typer.Option("--force", help="overwrite an existing output")] = False,
+    debug: DebugOpt = False,
+    min_shape: Annotated[str | None, typer.Option("--min-shape", help="engine profile, e.g. 1x3x320x320")] = None,
+    opt_shape: Annotated[str | None, typer.Option("--opt-shape", help="engine profile, e.g. 1x3x640x640")] = None,
+    max_shape: Annotated[str | None, typer.Option("--max-shape", help="engine profile, e.g. 4x3x1280x1280")] = None,
+    workspace_mb: Annotated[int | None, typer.Option("--workspace-mb", help="TensorRT workspace limit")] = None,
+) -> None:
+    """Export MODEL to ONNX (and a TensorRT engine with --to trt), then prove parity with the original."""
+    def body() -> int:
+        from .options import ExportOptions, parse_imgsz, parse_shape
+        from .pipeline import run_export
+        from .report import render, to_json
+
+        options = ExportOptions(
+            to=to, output=output, imgsz=parse_imgsz(imgsz) if imgsz else None, batch=batch, dynamic=dynamic,
+            opset=opset, target=target, deform_conv=deform_conv, fp16=fp16, fp16_io=fp16_io, exporter=exporter,
+            simplify=not no_simplify, verify=not no_verify, trust_pickle=trust_pickle, arch=arch, force=force,
+            quiet=quiet, json=json_out,
+            min_shape=parse_shape("--min-shape", min_shape) if min_shape else None,
+            opt_shape=parse_shape("--opt-shape", opt_shape) if opt_shape else None,
+            max_shape=parse_shape("--max-shape", max_shape) if max_shape else None, workspace_mb=workspace_mb)
+        progress = None if quiet else RichProgress(_stderr())
+        # Anything the model or a library prints goes to stderr: stdout carries only the report.
+        with contextlib.redirect_stdout(sys.stderr):
+            result = run_export(model, options, progress)
+        if json_out:
+            print(to_json(result.report))
+        elif not quiet:
+            render(result.report, _stdout())
+        return result.exit_code
+
+    _run(body, debug=debug, json_out=json_out)
+
+
+@app.command("inspect")
+def inspect_command(
+    model: ModelArg,
+    imgsz: Annotated[str | None, typer.Option("--imgsz", help="N or H,W (default: the model's own, else 640)")] = None,
+    batch: Annotated[int, typer.Option("--batch")] = 1,
+    target: TargetOpt = None,
+    deform_conv: Annotated[str, typer.Option("--deform-conv")] = "auto",
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle")] = False,
+    arch: Annotated[str | None, typer.Option("--arch")] = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Show the blocks and export hazards of MODEL and what export would do, without exporting."""
+    def body() -> int:
+        from .options import ExportOptions, parse_imgsz
+        from .pipeline import inspect_file
+
+        options = ExportOptions(imgsz=parse_imgsz(imgsz) if imgsz else None, batch=batch, target=target,
+                                deform_conv=deform_conv, trust_pickle=trust_pickle, arch=arch)
+        with contextlib.redirect_stdout(sys.stderr):
+            info = inspect_file(model, options)
+        if json_out:
+            from .report import to_json
+
+            print(to_json(info))
+        else:
+            out = _stdout()
+            from rich.markup import escape
+
+            for line in info["lines"]:
+                out.print(escape(line))
+        return 0
+
+    _run(body, debug=debug, json_out=json_out)
+
+
+@app.command("check")
+def check_command(
+    model: Annotated[Path, typer.Argument(help="ONNX file to check", show_default=False)],
+    target: Annotated[str, typer.Option("--target", help="TensorRT target profile to check against")] = "jetpack6",
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Check every node of an ONNX file against a TensorRT version's ONNX parser support."""
+    def body() -> int:
+        try:
+            from .check import check_model
+        except ImportError as e:
+            raise RuntimeMissing("`check` is not available: the static TensorRT check (blocks_export.export.check) "
+                                 "is not installed in this build") from e
+        from .errors import InputError
+
+        if not model.is_file():
+            raise InputError(f"{model}: no such file; check the path")
+        try:
+            result = check_model(model, target)
+        except ValueError as e:
+            raise UsageError(str(e)) from e
+        if json_out:
+            from .report import to_json
+
+            print(to_json({**result.as_dict(), "lines": result.lines()}))
+        else:
+            from rich.markup import escape
+
+            out = _stdout()
+            for line in result.lines():
+                out.print(escape(line))
+        return 0 if result else EXIT_FAILED
+
+    _run(body, debug=debug, json_out=json_out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point (``blocks-export``)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    app(args=with_default_command(args), prog_name=PROG)
+
+
+if __name__ == "__main__":
+    main()
+
+__all__ = ["EXIT_USAGE", "app", "main", "with_default_command"]

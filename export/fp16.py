@@ -1,0 +1,251 @@
+"""Mixed-precision fp16 ONNX: fp16 weights and activations, precision-sensitive parts kept fp32 behind Casts.
+
+The conversion is onnxconverter-common's ``float16.convert_float_to_float16`` (its ``node_block_list`` keeps
+nodes in fp32 and inserts the Casts). What stays fp32 is decided by a small, explicit walk over the graph:
+
+1. op types whose fp16 error is large or amplified: ``Softmax``/``LogSoftmax`` (exp of logits),
+   ``LayerNormalization``/``GroupNormalization``/``InstanceNormalization`` (variance of small differences),
+   ``DeformConv``, ``ModulatedDeformConv2d``, ``GridSample`` (sampling coordinates: above 512 px half precision's
+   spacing is 0.5 px, above 1024 px 1 px, so fractional offsets are lost; DESIGN.md on the TensorRT plugin kernel),
+   and onnxconverter-common's own default block list (ops it cannot convert);
+2. the logits of every softmax: walking backwards from a ``Softmax`` input through the arithmetic and layout
+   ops that produce it (MatMul, Mul, Add, ReduceSum, Reshape, ...), so GCNet's spatial logits and ACmix's window
+   logits are computed in fp32, and forward one step into the MatMul/Mul/ReduceSum that applies the weights;
+3. reductions over large extents (ReduceMean/ReduceSum over more than ``LARGE_REDUCTION`` elements or an
+   unknown extent): an fp16 sum of thousands of terms loses the low bits of every term;
+4. the sampling-coordinate chain of the portable DeformConv lowering: backwards from the ``grid`` of every
+   GridSample and from every ``Floor``/``Ceil`` (the Gather-based bilinear sampling) through element-wise ops,
+   then forward to element-wise ops fed only by that chain (the bilinear weights ``y - floor(y)``).
+
+The walks stop at weights, graph inputs and non-element-wise ops (Conv, Gemm, ...), so the bulk of the compute
+(convolutions) runs in fp16. IO stays fp32 by default (``keep_io_types``).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+
+import onnx
+from onnx import TensorProto
+
+from ..plugins.plugin_node import plugin_trt_domain
+
+BLOCKED_OPS = frozenset({
+    "Softmax", "LogSoftmax", "LayerNormalization", "GroupNormalization", "InstanceNormalization",
+    "DeformConv", "ModulatedDeformConv2d", "GridSample",
+})
+# Ops through which the logits of a softmax are produced (walk 2).
+LOGIT_OPS = frozenset({
+    "MatMul", "Gemm", "Einsum", "Mul", "Div", "Add", "Sub", "ReduceSum", "Neg",
+    "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Concat", "Slice", "Split", "Gather", "Expand",
+    "Identity", "Cast",
+})
+# Ops that apply softmax weights (one step forward from a softmax, walk 2).
+WEIGHTING_OPS = frozenset({"MatMul", "Mul", "ReduceSum", "Einsum"})
+LARGE_REDUCTION = 1024
+REDUCTIONS = frozenset({"ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2"})
+# Element-wise and layout ops of coordinate arithmetic (walk 4).
+COORD_OPS = frozenset({
+    "Add", "Sub", "Mul", "Div", "Neg", "Floor", "Ceil", "Clip", "Min", "Max", "Where", "Concat", "Reshape",
+    "Transpose", "Unsqueeze", "Squeeze", "Slice", "Split", "Expand", "Tile", "Gather", "Identity", "Cast",
+    "Range", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Not", "Equal",
+})
+
+
+def name_nodes(model: onnx.ModelProto) -> None:
+    """Give every node a unique name (the block list names nodes)."""
+    seen: set[str] = set()
+    for i, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_fp16_{i}"
+        seen.add(node.name)
+
+
+def dedupe_value_info(model: onnx.ModelProto) -> None:
+    """Keep one ``value_info`` entry per tensor name (the first).
+
+    Exported and simplified graphs can carry two entries for one tensor; the converter retypes only one of
+    them, and onnxruntime then rejects the Cast that produces the tensor ("Type (tensor(float)) of output arg
+    ... does not match expected type (tensor(float16))").
+    """
+    seen: set[str] = set()
+    keep = []
+    for v in model.graph.value_info:
+        if v.name not in seen:
+            seen.add(v.name)
+            keep.append(v)
+    if len(keep) != len(model.graph.value_info):
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(keep)
+
+
+def isolate_consumed_outputs(model: onnx.ModelProto) -> None:
+    """Give every graph output that nodes also consume an internal twin: ``P -> t -> Identity -> output``.
+
+    With ``keep_io_types`` the converter casts a graph output back to fp32 in place, and a node that reads
+    the same tensor inside the graph (a detector's feature map that is both an output and the input of the
+    next stage) then gets fp32 next to fp16 weights ("Type parameter (T) of Optype (Conv) bound to different
+    types"). Consumers read the twin instead; the output names stay.
+    """
+    g = model.graph
+    consumed = {i for n in g.node for i in n.input}
+    producers = {o: n for n in g.node for o in n.output}
+    for out in g.output:
+        name = out.name
+        if name not in consumed or name not in producers:
+            continue
+        inner = f"{name}__internal"
+        node = producers[name]
+        node.output[list(node.output).index(name)] = inner
+        for n in g.node:
+            for k, i in enumerate(n.input):
+                if i == name:
+                    n.input[k] = inner
+        for v in g.value_info:
+            if v.name == name:
+                v.name = inner
+        g.node.append(onnx.helper.make_node("Identity", [inner], [name], name=f"{name}_output"))
+
+
+def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # best effort: unknown extents count as large
+        inferred = model
+    shapes: dict[str, list[int | None]] = {}
+    g = inferred.graph
+    for v in (*g.input, *g.value_info, *g.output):
+        t = v.type.tensor_type
+        if t.HasField("shape"):
+            shapes[v.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+    return shapes
+
+
+def _const_ints(model: onnx.ModelProto, name: str) -> list[int] | None:
+    for t in model.graph.initializer:
+        if t.name == name:
+            return [int(v) for v in onnx.numpy_helper.to_array(t).ravel()]
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.output and n.output[0] == name:
+            return [int(v) for v in onnx.numpy_helper.to_array(n.attribute[0].t).ravel()]
+    return None
+
+
+def _reduction_extent(model: onnx.ModelProto, node: onnx.NodeProto,
+                      shapes: dict[str, list[int | None]]) -> int | None:
+    """Number of elements summed per output element, or None when unknown."""
+    shape = shapes.get(node.input[0])
+    if shape is None:
+        return None
+    axes = next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        axes = _const_ints(model, node.input[1])
+        if axes is None:
+            return None
+    axes = list(range(len(shape))) if not axes else [a % len(shape) for a in axes]
+    extent = 1
+    for a in axes:
+        if shape[a] is None:
+            return None
+        extent *= int(shape[a])  # type: ignore[arg-type]
+    return extent
+
+
+def fp32_nodes(model: onnx.ModelProto) -> set[str]:
+    """Names of the nodes kept in fp32 (the walks of the module docstring). Nodes must be named."""
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output if o}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    shapes = _static_shapes(model)
+    keep: set[str] = {n.name for n in graph.node if n.op_type in BLOCKED_OPS}
+
+    def walk_back(starts: Iterable[str], allowed: frozenset[str]) -> set[str]:
+        found: set[str] = set()
+        queue = deque(starts)
+        while queue:
+            node = producer.get(queue.popleft())
+            if node is None or node.name in found or node.op_type not in allowed:
+                continue
+            found.add(node.name)
+            queue.extend(i for i in node.input if i)
+        return found
+
+    for n in graph.node:
+        if n.op_type in ("Softmax", "LogSoftmax"):
+            keep |= walk_back([n.input[0]], LOGIT_OPS)
+            keep |= {c.name for c in consumers.get(n.output[0], []) if c.op_type in WEIGHTING_OPS}
+        elif n.op_type in REDUCTIONS:
+            extent = _reduction_extent(model, n, shapes)
+            if extent is None or extent > LARGE_REDUCTION:
+                keep.add(n.name)
+    coord_starts = [n.input[1] for n in graph.node if n.op_type == "GridSample" and len(n.input) > 1]
+    coord_starts += [n.input[0] for n in graph.node if n.op_type in ("Floor", "Ceil")]
+    coords = walk_back(coord_starts, COORD_OPS)
+    # Forward: element-wise ops fed only by the coordinate chain or by constants are coordinates too.
+    coord_tensors = {o for n in graph.node if n.name in coords for o in n.output}
+    constants = {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type == "Constant"
+                                                       for o in n.output}
+    changed = True
+    while changed:
+        changed = False
+        for n in graph.node:
+            if n.name in coords or n.op_type not in COORD_OPS or not n.input:
+                continue
+            if all((not i) or i in coord_tensors or i in constants for i in n.input) and \
+                    any(i in coord_tensors for i in n.input):
+                coords.add(n.name)
+                coord_tensors.update(o for o in n.output if o)
+                changed = True
+    return keep | coords
+
+
+def _set_precision_metadata(model: onnx.ModelProto) -> None:
+    for prop in model.metadata_props:
+        if prop.key == "blocks_export.precision":
+            prop.value = "fp16"
+            return
+    model.metadata_props.add(key="blocks_export.precision", value="fp16")
+
+
+def to_fp16(model: onnx.ModelProto, *, keep_io_types: bool = True) -> onnx.ModelProto:
+    """Mixed-precision copy of ``model`` (the input is not modified); passes ``onnx.checker`` (plugin nodes
+    aside, which have no ONNX schema)."""
+    from onnxconverter_common import float16
+
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    dedupe_value_info(work)
+    isolate_consumed_outputs(work)
+    name_nodes(work)
+    blocked = fp32_nodes(work)
+    # Passing op_block_list replaces the library's default list, so extend it instead.
+    op_block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | BLOCKED_OPS)
+    out = float16.convert_float_to_float16(work, keep_io_types=keep_io_types, disable_shape_infer=False,
+                                           op_block_list=op_block, node_block_list=sorted(blocked))
+    _set_precision_metadata(out)
+    # A TensorRT plugin node sits in the default domain, where ONNX has no schema for it; check a copy whose
+    # plugin nodes are in their onnxruntime domain (a custom domain, which the checker does not validate).
+    onnx.checker.check_model(plugin_trt_domain(out))
+    return out
+
+
+def float_types(model: onnx.ModelProto) -> set[int]:
+    """Floating element types present in ``model``: initializers, typed tensors, Cast targets, Constants."""
+    g = model.graph
+    kinds = {t.data_type for t in g.initializer}
+    kinds |= {v.type.tensor_type.elem_type for v in (*g.input, *g.output, *g.value_info)}
+    for n in g.node:
+        for a in n.attribute:
+            if n.op_type == "Cast" and a.name == "to":
+                kinds.add(a.i)
+            elif n.op_type == "Constant" and a.type == onnx.AttributeProto.TENSOR:
+                kinds.add(a.t.data_type)
+    return kinds & {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
+
+
+__all__ = ["BLOCKED_OPS", "LARGE_REDUCTION", "dedupe_value_info", "float_types", "fp32_nodes",
+           "isolate_consumed_outputs", "name_nodes", "to_fp16"]

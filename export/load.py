@@ -1,0 +1,402 @@
+"""Loading a model file without running code it was not allowed to run.
+
+What a file holds is decided before anything is unpickled with code execution enabled:
+- ONNX files (``.onnx``) are not loaded here at all (no torch needed);
+- zip archives are told apart by their entries: TorchScript (``code/`` + ``constants.pkl``; ``torch.jit.load``
+  rebuilds TorchScript, it does not run Python from the file), ``torch.export`` programs (``archive_format``,
+  ``models/*.json``), ``torch.save`` checkpoints (``data.pkl``);
+- checkpoints go through ``torch.load(weights_only=True)`` first (PyTorch's restricted unpickler: tensors,
+  containers and primitive types only). If that refuses the file, its pickle stream is read with
+  ``pickletools.genops`` (a disassembler, it executes nothing) to name the globals it needs; a full
+  ``torch.load`` runs only with ``trust_pickle=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import inspect
+import io
+import pickle
+import pickletools
+import sys
+import warnings
+import zipfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+# What PyTorch's weights-only unpickler accepts besides its own allowlist: tensor rebuild functions and
+# storage types (torch/_weights_only_unpickler.py handles these by name).
+_SAFE_GLOBAL_PREFIXES = ("torch._utils._rebuild_", "torch._tensor._rebuild_")
+_SAFE_GLOBAL_SUFFIX = "Storage"
+
+
+@dataclass
+class LoadedModel:
+    """A loaded model and what is known about it.
+
+    ``kind``: "module" (an ``nn.Module`` we can rewrite), "torchscript", "exported_program" or "onnx".
+    ``model`` is ``None`` for "onnx". ``metadata`` is the model's optional ``export_metadata`` dict.
+    """
+
+    path: Path
+    kind: str
+    model: Any
+    sha256: str
+    source: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def zip_kind(path: Path) -> str | None:
+    """"torchscript", "exported_program", "checkpoint" or None (not a zip archive PyTorch wrote)."""
+    if not zipfile.is_zipfile(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return None
+    # torch archives put every entry under one top folder: "<name>/data.pkl", "<name>/code/...".
+    rel = {n.split("/", 1)[1] if "/" in n else n for n in names}
+    if "constants.pkl" in rel and any(r.startswith("code/") for r in rel):
+        return "torchscript"
+    if "archive_format" in rel or any(r.startswith("models/") and r.endswith(".json") for r in rel):
+        return "exported_program"
+    if "data.pkl" in rel:
+        return "checkpoint"
+    return None
+
+
+def _pickle_stream(path: Path) -> bytes:
+    """The pickle that holds the checkpoint's object (zip: ``*/data.pkl``; legacy: the whole file)."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            name = next((n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
+            if name is None:
+                raise InputError(f"{path}: zip archive without data.pkl: not a PyTorch checkpoint")
+            return z.read(name)
+    return path.read_bytes()
+
+
+def _globals_in(stream: bytes) -> list[str]:
+    """Globals (``module.name``) that unpickling ``stream`` would import, found without unpickling it.
+
+    Legacy files hold several pickles back to back (magic number, protocol, system info, the object, storage
+    keys) followed by raw storage bytes; pickles are scanned until the raw bytes start. ``ValueError`` when
+    not even the first pickle can be read.
+    """
+    found: list[str] = []
+    buf = io.BytesIO(stream)
+    parsed = 0
+    while buf.tell() < len(stream):
+        strings: list[str] = []
+        memo: dict[int, Any] = {}
+        try:
+            for op, arg, _pos in pickletools.genops(buf):
+                if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8", "SHORT_BINSTRING",
+                               "BINSTRING", "STRING"):
+                    strings.append(str(arg))
+                elif op.name in ("BINPUT", "LONG_BINPUT", "PUT") and strings and isinstance(arg, int):
+                    memo[arg] = strings[-1]
+                elif op.name == "MEMOIZE" and strings:
+                    memo[len(memo)] = strings[-1]
+                elif op.name in ("BINGET", "LONG_BINGET", "GET") and isinstance(arg, int) and isinstance(
+                        memo.get(arg), str):
+                    strings.append(memo[arg])
+                elif op.name == "GLOBAL":
+                    found.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+        except (ValueError, EOFError, IndexError, KeyError) as e:
+            if parsed == 0:
+                raise ValueError(f"not a pickle stream: {e}") from e
+            break  # raw storage bytes after the legacy header pickles
+        parsed += 1
+    return found
+
+
+def _allowed_globals() -> set[str]:
+    """Names of the globals ``torch.load(weights_only=True)`` accepts (``module.name``)."""
+    import torch
+
+    allowed = {"collections.OrderedDict", "torch.Size", "torch.Tensor", "torch.device", "torch.dtype",
+               "torch.nn.parameter.Parameter", "_codecs.encode"}
+    try:  # the unpickler's own table; private, so only an addition to the explicit names above
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        allowed.update(_get_allowed_globals())
+    except (ImportError, AttributeError):
+        pass
+    for g in torch.serialization.get_safe_globals():
+        obj = g[0] if isinstance(g, tuple) else g
+        allowed.add(f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}")
+    return allowed
+
+
+def _needs_code(globals_: list[str]) -> list[str]:
+    """The globals among ``globals_`` that only a full (code-running) unpickler would import."""
+    allowed = _allowed_globals()
+    needed = []
+    for g in globals_:
+        name = g.replace("__builtin__.", "builtins.", 1)
+        if name in allowed or name.startswith(_SAFE_GLOBAL_PREFIXES) or (
+                name.startswith("torch.") and name.endswith(_SAFE_GLOBAL_SUFFIX)):
+            continue
+        if name not in needed:
+            needed.append(name)
+    return needed
+
+
+def _count_tensor_inputs(forward: Any) -> int:
+    """Number of positional parameters of ``forward`` without a default value."""
+    try:
+        sig = inspect.signature(forward)
+    except (TypeError, ValueError):
+        return 1
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(1 for p in sig.parameters.values() if p.kind in kinds and p.default is inspect.Parameter.empty)
+
+
+def check_single_input(model: Any, path: Path) -> None:
+    """Refuse a model whose ``forward`` needs more than one input: the exporter feeds exactly one image."""
+    import torch
+
+    if isinstance(model, torch.jit.ScriptModule):
+        schema = model.forward.schema  # type: ignore[attr-defined]  # ScriptMethod
+        args = [a for a in schema.arguments[1:] if not a.has_default_value()]
+        n = len(args)
+    else:
+        n = _count_tensor_inputs(model.forward)
+    if n != 1:
+        raise InputError(f"{path}: the model's forward takes {n} required inputs; blocks-export exports models "
+                         "with exactly one image input (wrap the model in a module whose forward takes one tensor)")
+
+
+def _model_from_object(obj: Any, path: Path) -> Any:
+    """The ``nn.Module`` inside a fully unpickled object (a module, or a dict with ``ema``/``model``)."""
+    import torch
+
+    if isinstance(obj, torch.nn.Module):
+        return obj
+    if isinstance(obj, Mapping):
+        # YOLOv5/Ultralytics checkpoints: {"model": ..., "ema": ..., "optimizer": ..., ...}; the EMA weights
+        # are the ones evaluated and shipped (ultralytics/nn/tasks.py attempt_load_weights: ckpt.get("ema") or
+        # ckpt["model"]).
+        for key in ("ema", "model"):
+            m = obj.get(key)
+            if isinstance(m, torch.nn.Module):
+                return m
+    raise InputError(_no_model_message(obj, path))
+
+
+def _no_model_message(obj: Any, path: Path) -> str:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        what = f"a single tensor of shape {tuple(obj.shape)}"
+    elif isinstance(obj, Mapping):
+        what = f"a dict with keys {sorted(map(str, obj))[:6]} and no 'model' or 'ema' module"
+    else:
+        what = f"a {type(obj).__name__}"
+    return f"{path}: the file holds {what}, not a model; save the nn.Module, or a state_dict and pass --arch"
+
+
+def _state_dict_in(obj: Any) -> Mapping[str, Any] | None:
+    """A state_dict (str -> tensor mapping), possibly under ``state_dict``/``model``/``ema`` keys."""
+    import torch
+
+    if not isinstance(obj, Mapping) or not obj:
+        return None
+    if all(isinstance(k, str) for k in obj) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj
+    for key in ("state_dict", "model_state_dict", "ema", "model"):
+        inner = obj.get(key)
+        sd = _state_dict_in(inner) if isinstance(inner, Mapping) else None
+        if sd is not None:
+            return sd
+    return None
+
+
+@contextlib.contextmanager
+def _cwd_on_path() -> Iterator[None]:
+    """``--arch mymodels:build`` names a module in the current folder, as ``python -c`` would see it."""
+    added = "" not in sys.path
+    if added:
+        sys.path.insert(0, "")
+    try:
+        yield
+    finally:
+        if added:
+            with contextlib.suppress(ValueError):
+                sys.path.remove("")
+
+
+def build_arch(arch: str) -> Any:
+    """Build the model named by ``--arch MODULE:CALLABLE`` (called with no arguments)."""
+    import torch
+
+    module_name, sep, attr = arch.partition(":")
+    if not sep or not module_name or not attr:
+        raise InputError(f"--arch {arch!r}: expected MODULE:CALLABLE, e.g. mymodels.net:build_model")
+    with _cwd_on_path():
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            raise InputError(f"--arch {arch!r}: cannot import module {module_name!r} ({e}); "
+                             "check the name and that it is on PYTHONPATH") from e
+    target: Any = module
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise InputError(f"--arch {arch!r}: module {module_name!r} has no attribute {attr!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise InputError(f"--arch {arch!r}: {attr!r} is a {type(target).__name__}, not a callable that builds "
+                         "the model")
+    try:
+        model = target()
+    except Exception as e:
+        raise InputError(f"--arch {arch!r}: calling {attr}() raised {type(e).__name__}: {e}") from e
+    if not isinstance(model, torch.nn.Module):
+        raise InputError(f"--arch {arch!r}: {attr}() returned a {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _load_state_dict(model: Any, sd: Mapping[str, Any], arch: str, path: Path) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    if missing or unexpected:
+        def show(keys: list[str]) -> str:
+            return ", ".join(keys[:8]) + (f" (+{len(keys) - 8} more)" if len(keys) > 8 else "")
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {show(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {show(unexpected)}")
+        raise InputError(f"{path}: the state_dict does not match --arch {arch}: {'; '.join(parts)}")
+    bad = [k for k in own if tuple(own[k].shape) != tuple(sd[k].shape)]
+    if bad:
+        k = bad[0]
+        raise InputError(f"{path}: the state_dict does not match --arch {arch}: {k} has shape "
+                         f"{tuple(sd[k].shape)}, the architecture expects {tuple(own[k].shape)}")
+    model.load_state_dict(sd, strict=True)
+
+
+def _finish(model: Any) -> Any:
+    """fp32, eval mode, no gradients: checkpoints often hold fp16 (``.half()``) training weights."""
+    model = model.float().eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def load_model(path: Path, *, trust_pickle: bool = False, arch: str | None = None) -> LoadedModel:
+    """Load ``path`` (see the module docstring for what runs when); ``InputError`` with one line otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file; check the path")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, not a model file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: the file is empty; re-save or re-download the model")
+    digest = sha256_file(path)
+    if path.suffix.lower() == ".onnx":
+        return LoadedModel(path, "onnx", None, digest, "onnx")
+
+    import torch
+
+    kind = zip_kind(path)
+    if kind == "torchscript":
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                model = torch.jit.load(str(path), map_location="cpu")
+        except Exception as e:
+            raise InputError(f"{path}: cannot load this TorchScript archive ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''}); the file may be corrupted") from e
+        model = model.float().eval()
+        check_single_input(model, path)
+        return LoadedModel(path, "torchscript", model, digest, "torchscript",
+                           warnings=["TorchScript archive: exported as it is; block rewrites cannot apply to it"])
+    if kind == "exported_program":
+        try:
+            program = torch.export.load(str(path))
+        except Exception as e:
+            raise InputError(f"{path}: cannot load this torch.export program ({type(e).__name__}); the file may "
+                             "be corrupted") from e
+        n = len(program.graph_signature.user_inputs)
+        if n != 1:
+            raise InputError(f"{path}: the exported program takes {n} inputs; blocks-export exports models with "
+                             "exactly one image input")
+        return LoadedModel(path, "exported_program", program, digest, "torch.export",
+                           warnings=["torch.export program: exported as it is; block rewrites cannot apply to it"])
+
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        obj = _load_untrusted(path, trust_pickle, e)
+    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as e:
+        raise InputError(f"{path}: not a readable PyTorch file ({type(e).__name__}: "
+                         f"{(str(e).splitlines() or [''])[0][:120]}); it may be truncated or corrupted") from e
+    return _from_object(obj, path, digest, arch)
+
+
+def _load_untrusted(path: Path, trust_pickle: bool, error: Exception) -> Any:
+    import torch
+
+    try:
+        needed = _needs_code(_globals_in(_pickle_stream(path)))
+    except (ValueError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, KeyError, IndexError) as e:
+        raise InputError(f"{path}: not a PyTorch checkpoint (the pickle stream is unreadable); it may be "
+                         "corrupted or not a model file") from e
+    if not needed:
+        raise InputError(f"{path}: the checkpoint cannot be read ({type(error).__name__}); it may be corrupted")
+    if not trust_pickle:
+        shown = ", ".join(needed[:3]) + (f" and {len(needed) - 3} more" if len(needed) > 3 else "")
+        raise InputError(f"{path}: loading this checkpoint would run code from the file (it pickles {shown}); "
+                         "pass --trust-pickle only if you trust its source, or export a state_dict and use --arch")
+    try:
+        with _cwd_on_path():  # the pickled classes live in the user's project, as for `python -c`
+            return torch.load(str(path), map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise InputError(f"{path}: unpickling failed ({type(e).__name__}: {str(e)[:160]}); the classes it "
+                         "needs must be importable (run from the project that defines them)") from e
+
+
+def _from_object(obj: Any, path: Path, digest: str, arch: str | None) -> LoadedModel:
+    import torch
+
+    if isinstance(obj, torch.nn.Module) or (isinstance(obj, Mapping) and any(
+            isinstance(obj.get(k), torch.nn.Module) for k in ("ema", "model"))):
+        if arch is not None:
+            raise InputError(f"{path}: the file holds a whole model; --arch is only for state_dict files")
+        model = _finish(_model_from_object(obj, path))
+        source = "pickled module" if isinstance(obj, torch.nn.Module) else "checkpoint dict"
+    else:
+        sd = _state_dict_in(obj)
+        if sd is None:
+            raise InputError(_no_model_message(obj, path))
+        if arch is None:
+            raise InputError(f"{path}: the file holds a state_dict (weights only); pass --arch MODULE:CALLABLE "
+                             "naming a function that builds the architecture")
+        model = build_arch(arch)
+        _load_state_dict(model, sd, arch, path)
+        model = _finish(model)
+        source = f"state_dict + --arch {arch}"
+    check_single_input(model, path)
+    meta = getattr(model, "export_metadata", None)
+    return LoadedModel(path, "module", model, digest, source, metadata=dict(meta) if isinstance(meta, Mapping) else {})

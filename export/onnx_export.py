@@ -1,0 +1,524 @@
+"""``to_onnx``: one model, one example input -> an ONNX ``ModelProto`` (not yet written anywhere).
+
+Dynamo exporter (default): ``torch.export.export`` first, so that ``--dynamic`` constraints are derived
+here: batch, H and W start as free ``torch.export.Dim``s; when tracing proves they cannot all be free (five
+stride-2 stages followed by an upsample + add need H a multiple of 32, ...), torch.export raises a
+constraint violation with "Suggested fixes", which ``refine_dynamic_shapes_from_suggested_fixes`` turns into
+the valid ``Dim`` expressions (https://pytorch.org/docs/stable/export.html, "Dynamic shapes"). The derived
+ranges are read back from the program's ``range_constraints`` and recorded. The program is then translated
+with ``torch.onnx.export(program, dynamo=True, custom_translation_table=...)`` carrying the DeformConv
+lowering.
+
+TorchScript exporter (``--exporter torchscript``, and always for TorchScript archives): inside
+``torchscript_symbolic(lowering, opset)``, with ``dynamic_axes`` for batch/H/W.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import ExportFailed, UsageError
+
+INPUT_NAME = "images"
+AXIS_NAMES = {0: "batch", 2: "height", 3: "width"}
+STD_DEFORM_CONV_OPSET = 19  # ONNX DeformConv exists from opset 19 (https://onnx.ai/onnx/operators/onnx__DeformConv.html)
+MAX_REFINEMENTS = 4
+# The dynamo exporter's translation functions start at opset 18; lower opsets are reached by conversion.
+DYNAMO_MIN_OPSET = 18
+LAYER_NORM_OPSET = 17  # LayerNormalization exists from opset 17
+
+
+@dataclass
+class OnnxExport:
+    """Result of ``to_onnx``: the graph and what the export decided.
+
+    ``dynamic``: {input: {axis: {"min", "max", "multiple_of"}}} (axis as a string, max ``None`` = unbounded)
+    or ``None`` for static shapes.
+    """
+
+    model: Any  # onnx.ModelProto
+    input_name: str
+    output_names: list[str]
+    opset: int
+    exporter: str
+    uses_deform_conv: bool
+    dynamic: dict[str, dict[str, dict[str, int | None]]] | None
+    notes: list[str] = field(default_factory=list)
+
+
+def _deform_conv_module() -> Any | None:
+    try:
+        from . import deform_conv
+    except ImportError:
+        return None
+    return deform_conv
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200] if text else ''}"
+
+
+def _count_outputs(model: Any, example: Any) -> int:
+    import torch
+    import torch.utils._pytree as pytree
+
+    with torch.no_grad():
+        out = model(example)
+    leaves = [x for x in pytree.tree_leaves(out) if isinstance(x, torch.Tensor)]
+    if not leaves:
+        raise ExportFailed("the model's forward returns no tensor; nothing to export")
+    return len(leaves)
+
+
+def _program_uses_deform_conv(program: Any) -> bool:
+    import torch
+
+    target = torch.ops.torchvision.deform_conv2d.default if hasattr(torch.ops.torchvision, "deform_conv2d") else None
+    return target is not None and any(n.op == "call_function" and n.target == target for n in program.graph.nodes)
+
+
+def _module_uses_deform_conv(model: Any) -> bool:
+    import torch
+
+    if isinstance(model, torch.jit.ScriptModule):
+        return "torchvision::deform_conv2d" in str(model.inlined_graph)
+    from torchvision.ops import DeformConv2d
+
+    return any(isinstance(m, DeformConv2d) for m in model.modules())
+
+
+def resolve_opset(opset: int, opset_fixed: bool, lowering: str, uses_deform_conv: bool) -> tuple[int, list[str]]:
+    """Raise the opset to 19 for ONNX ``DeformConv`` unless the user fixed it (then refuse)."""
+    if uses_deform_conv and lowering == "std" and opset < STD_DEFORM_CONV_OPSET:
+        if opset_fixed:
+            raise UsageError(f"--opset {opset}: the model has a deformable convolution and --deform-conv std "
+                             f"emits ONNX DeformConv, which needs opset >= {STD_DEFORM_CONV_OPSET}; use --opset "
+                             f"{STD_DEFORM_CONV_OPSET} or --deform-conv portable")
+        return STD_DEFORM_CONV_OPSET, [f"opset raised to {STD_DEFORM_CONV_OPSET} for ONNX DeformConv"]
+    return opset, []
+
+
+_NOISY_LOGGERS = ("torch.onnx", "onnxscript", "torch.export", "torch._dynamo", "torch.fx", "torch._export",
+                  "torch.utils._sympy", "torch.fx.experimental.symbolic_shapes")
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporters print progress on stdout, warn and log freely (stack traces of conversions they then
+    give up on); stdout is reserved for ``--json`` and failures are reported here, in one line."""
+    loggers = [logging.getLogger(n) for n in _NOISY_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _dims(batch_max: int | None, shape: Any = None, divisor: int = 0) -> dict[int, Any]:
+    """Free batch/H/W ``Dim``s; with ``divisor``, H and W start at ``size // divisor`` of ``shape``."""
+    from torch.export import Dim
+
+    h_min = max(1, int(shape[2]) // divisor) if divisor else 1
+    w_min = max(1, int(shape[3]) // divisor) if divisor else 1
+    return {0: Dim("batch", min=1, max=batch_max) if batch_max else Dim("batch", min=1),
+            2: Dim("height", min=h_min), 3: Dim("width", min=w_min)}
+
+
+def _suggested_fixes(message: str) -> str:
+    """The "Suggested fixes:" block of a constraint-violation message, for torch's own parser.
+
+    The parser reads every line after the header; the message continues with prose, which it cannot parse.
+    """
+    start = message.find("Suggested fixes:")
+    lines = message[start:].splitlines()
+    keep = [lines[0]] + [ln for ln in lines[1:] if ln.startswith("  ") and " = " in ln]
+    return "\n".join(keep)
+
+
+def export_program(model: Any, example: Any, dynamic: bool, batch_max: int | None = None) -> tuple[Any, list[str]]:
+    """``torch.export.export`` with batch/H/W dynamic and constraints refined from torch's suggested fixes."""
+    import torch
+    from torch._dynamo.exc import UserError, UserErrorType
+    from torch.export.dynamic_shapes import refine_dynamic_shapes_from_suggested_fixes
+
+    notes: list[str] = []
+    if not dynamic:
+        try:
+            with _quiet_exporter():
+                return torch.export.export(model, (example,), strict=False), notes
+        except Exception as e:
+            raise ExportFailed(f"torch.export failed: {_one_line(e)} (rerun with --debug for the traceback)") from e
+    if example.shape[0] == 1:
+        # torch.export specialises dimensions of size 0 and 1 ("0/1 specialization"), so a dynamic batch is
+        # traced with two samples; in eval mode samples do not interact, the graph is the same.
+        example = torch.cat([example, example], 0)  # (2, C, H, W)
+    # Guards such as "H/2 != 1" (torch specialises sizes of 1) come without suggested fixes: they bound the
+    # sizes from below, so the minimum of H and W is raised step by step towards the export size.
+    for divisor in (0, 4, 2, 1):
+        shapes: Any = (_dims(batch_max, example.shape, divisor),)
+        for _ in range(MAX_REFINEMENTS):
+            try:
+                with _quiet_exporter():
+                    program = torch.export.export(model, (example,), dynamic_shapes=shapes, strict=False)
+                if divisor:
+                    notes.append(f"H and W kept >= 1/{divisor} of the export size (smaller sizes break the "
+                                 "model's shape guards)")
+                return program, notes
+            except UserError as e:
+                if e.error_type != UserErrorType.CONSTRAINT_VIOLATION:
+                    raise ExportFailed(f"--dynamic: torch.export failed: {_one_line(e)}") from e
+                if "Suggested fixes:" not in str(e):
+                    break
+                refined = refine_dynamic_shapes_from_suggested_fixes(_suggested_fixes(str(e)), shapes)
+                for axis, dim in refined[0].items():  # type: ignore[index]  # a tuple here
+                    if isinstance(dim, int):
+                        name = AXIS_NAMES.get(int(axis), f"axis {axis}")
+                        raise UsageError(f"--dynamic: the {name} of input {INPUT_NAME} cannot be dynamic: the "
+                                         f"model fixes it to {dim} (a size used as a Python number or a fixed "
+                                         "reshape); export without --dynamic") from e
+                if not any("suggested fixes" in n for n in notes):
+                    notes.append("dynamic shapes refined from torch.export's suggested fixes")
+                shapes = refined
+            except Exception as e:
+                raise ExportFailed(f"--dynamic: torch.export failed: {_one_line(e)} "
+                                   "(rerun with --debug for the traceback)") from e
+    raise UsageError(_static_axes_message(model, example, batch_max))
+
+
+def _finite_int(value: Any) -> int | None:
+    """``int(value)``, or ``None`` for torch's symbolic integer infinities (``int_oo``)."""
+    from torch.utils._sympy.numbers import IntInfinity, NegativeIntInfinity
+
+    if isinstance(value, IntInfinity | NegativeIntInfinity):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _static_axes_message(model: Any, example: Any, batch_max: int | None) -> str:
+    """Which of batch/H/W cannot be dynamic, found by exporting with one of them dynamic at a time, and why
+    (the first guard torch.export reports for it)."""
+    import torch
+
+    bad = []
+    for axis, dim in _dims(batch_max).items():
+        try:
+            with _quiet_exporter():
+                torch.export.export(model, (example,), dynamic_shapes=({axis: dim},), strict=False)
+        except Exception as e:
+            guards = [ln.strip(" -") for ln in str(e).splitlines() if ln.lstrip().startswith("- ")]
+            bad.append((AXIS_NAMES[axis], guards[0] if guards else _one_line(e)))
+    if not bad:
+        return ("--dynamic: batch, height and width can each be dynamic but not together; export without "
+                "--dynamic")
+    names = " and ".join(name for name, _ in bad)
+    return (f"--dynamic: the {names} of input {INPUT_NAME} cannot be dynamic ({bad[0][1][:200]}); "
+            "export without --dynamic")
+
+
+def dynamic_ranges(program: Any) -> dict[str, dict[str, int | None]]:
+    """{axis: {"min", "max", "multiple_of"}} of the first user input of ``program``, from its symbolic shape."""
+    import sympy
+    import torch
+
+    user_inputs = program.graph_signature.user_inputs
+    node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == user_inputs[0])
+    ranges = {str(k): v for k, v in program.range_constraints.items()}
+    out: dict[str, dict[str, int | None]] = {}
+    for axis, size in enumerate(node.meta["val"].shape):
+        if not isinstance(size, torch.SymInt):
+            continue
+        expr = size.node.expr
+        coeff, rest = expr.as_coeff_Mul() if isinstance(expr, sympy.Mul) else (sympy.Integer(1), expr)
+        vr = ranges.get(str(rest)) or ranges.get(str(expr))
+        lo = _finite_int(vr.lower) if vr is not None else None
+        hi = _finite_int(vr.upper) if vr is not None else None
+        lo = 1 if lo is None else lo
+        m = int(coeff)
+        if vr is not None and str(rest) in ranges:
+            lo, hi = lo * m, (hi * m if hi is not None else None)
+        out[str(axis)] = {"min": lo, "max": hi, "multiple_of": m}
+    return out
+
+
+def to_onnx(model: Any, example: Any, *, opset: int, opset_fixed: bool = False, lowering: str = "std",
+            exporter: str = "dynamo", dynamic: bool = False, batch_max: int | None = None,
+            decompose_layernorm: bool = False) -> OnnxExport:
+    """Export ``model`` (``nn.Module``, ``ScriptModule`` or ``ExportedProgram``) at ``example`` [N, C, H, W]."""
+    import torch
+
+    if exporter not in ("dynamo", "torchscript"):
+        raise UsageError(f"--exporter {exporter!r}: expected dynamo or torchscript")
+    is_program = isinstance(model, torch.export.ExportedProgram)
+    is_script = isinstance(model, torch.jit.ScriptModule)
+    notes: list[str] = []
+    if is_script and exporter == "dynamo":
+        exporter = "torchscript"
+        notes.append("TorchScript archive: exported with the TorchScript exporter")
+    dc = _deform_conv_module()
+
+    if exporter == "torchscript":
+        uses_dc = _module_uses_deform_conv(model)
+        opset, more = resolve_opset(opset, opset_fixed, lowering, uses_dc)
+        notes += more
+        n_out = _count_outputs(model, example)
+        return _torchscript_export(model, example, opset, lowering, dynamic, n_out, uses_dc, dc, notes)
+
+    if is_program:
+        program = model
+        if dynamic:
+            notes.append("torch.export program: its own shapes are kept (--dynamic does not change them)")
+    else:
+        program, more = export_program(model, example, dynamic, batch_max)
+        notes += more
+    uses_dc = _program_uses_deform_conv(program)
+    opset, more = resolve_opset(opset, opset_fixed, lowering, uses_dc)
+    notes += more
+    n_out = len(program.graph_signature.user_outputs)
+    output_names = [f"output{i}" for i in range(n_out)]
+    table = None
+    if uses_dc:
+        if dc is None:
+            if lowering != "std":
+                raise ExportFailed(f"--deform-conv {lowering}: the DeformConv lowerings "
+                                   "(blocks_export.export.deform_conv) are not installed in this build")
+            notes.append("DeformConv lowerings unavailable: the exporter's built-in ONNX DeformConv is used")
+        else:
+            try:
+                dc.check_lowering(lowering, opset)
+            except ValueError as e:
+                raise UsageError(f"--deform-conv {lowering}: {e}") from e
+            table = dc.dynamo_translation_table(lowering, max(opset, DYNAMO_MIN_OPSET))
+    # Read before translation: the ONNX exporter's decompositions rewrite the program's symbolic shapes.
+    ranges = dynamic_ranges(program) if (dynamic or is_program) else None
+    try:
+        with _quiet_exporter():
+            onnx_program = torch.onnx.export(program, (example,), dynamo=True,
+                                             opset_version=max(opset, DYNAMO_MIN_OPSET),
+                                             input_names=[INPUT_NAME], output_names=output_names,
+                                             custom_translation_table=table, verbose=False, optimize=True)
+            assert onnx_program is not None  # dynamo=True always returns the program
+            proto = onnx_program.model_proto
+    except Exception as e:
+        raise ExportFailed(f"ONNX translation failed: {_one_line(e)} (rerun with --debug for the traceback)") from e
+    if decompose_layernorm or opset < LAYER_NORM_OPSET:
+        if (n := decompose_layer_norm(proto)):
+            notes.append(f"{n} LayerNormalization node(s) decomposed into standard ops")
+    if opset < DYNAMO_MIN_OPSET:
+        proto = _convert_opset(proto, opset)
+        notes.append(f"exported at opset {DYNAMO_MIN_OPSET} and converted to opset {opset}")
+    dyn = {INPUT_NAME: ranges} if ranges else None
+    return OnnxExport(proto, INPUT_NAME, output_names, opset, "dynamo", uses_dc, dyn, notes)
+
+
+def decompose_layer_norm(model: Any) -> int:
+    """Replace every ``LayerNormalization`` (opset >= 17) by standard ops, in place; returns how many.
+
+    y = (x - mean) / sqrt(var + eps) * scale + bias over the axes [axis, rank), as the operator is defined
+    (https://onnx.ai/onnx/operators/onnx__LayerNormalization.html). Needed below opset 17 and for TensorRT
+    8.5, whose ONNX parser has no LayerNormalization (onnx-tensorrt 8.5 docs/operators.md). Written at opset
+    18 (ReduceMean takes its axes as an input); the opset conversion that follows handles older forms.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    ranks: dict[str, int] = {}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+        for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+            if v.type.tensor_type.HasField("shape"):
+                ranks[v.name] = len(v.type.tensor_type.shape.dim)
+    except Exception:
+        pass
+    out_nodes = []
+    count = 0
+    for node in model.graph.node:
+        if node.op_type != "LayerNormalization" or node.domain not in ("", "ai.onnx"):
+            out_nodes.append(node)
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        axis, eps = int(attrs.get("axis", -1)), float(attrs.get("epsilon", 1e-5))
+        if any(o for o in node.output[1:]):
+            raise ExportFailed(f"node {node.name}: LayerNormalization's Mean/InvStdDev outputs are used; "
+                               "it cannot be decomposed")
+        x = node.input[0]
+        if axis >= 0:
+            if x not in ranks:
+                raise ExportFailed(f"node {node.name}: the rank of its input is unknown; LayerNormalization "
+                                   "cannot be decomposed (use a target with opset >= 17)")
+            axis -= ranks[x]
+        p = f"{node.name or 'layernorm'}_decomposed"
+        axes = numpy_helper.from_array(np.arange(axis, 0, dtype=np.int64), f"{p}_axes")
+        epsilon = numpy_helper.from_array(np.array(eps, dtype=np.float32), f"{p}_eps")
+        model.graph.initializer.extend([axes, epsilon])
+        out_nodes += [
+            helper.make_node("ReduceMean", [x, axes.name], [f"{p}_mean"], name=f"{p}_mean", keepdims=1),
+            helper.make_node("Sub", [x, f"{p}_mean"], [f"{p}_d"], name=f"{p}_sub"),
+            helper.make_node("Mul", [f"{p}_d", f"{p}_d"], [f"{p}_d2"], name=f"{p}_sq"),
+            helper.make_node("ReduceMean", [f"{p}_d2", axes.name], [f"{p}_var"], name=f"{p}_var", keepdims=1),
+            helper.make_node("Add", [f"{p}_var", epsilon.name], [f"{p}_vareps"], name=f"{p}_addeps"),
+            helper.make_node("Sqrt", [f"{p}_vareps"], [f"{p}_std"], name=f"{p}_sqrt"),
+            helper.make_node("Div", [f"{p}_d", f"{p}_std"], [f"{p}_norm"], name=f"{p}_div"),
+        ]
+        scaled = f"{p}_scaled" if len(node.input) > 2 and node.input[2] else node.output[0]
+        out_nodes.append(helper.make_node("Mul", [f"{p}_norm", node.input[1]], [scaled], name=f"{p}_scale"))
+        if scaled != node.output[0]:
+            out_nodes.append(helper.make_node("Add", [scaled, node.input[2]], [node.output[0]], name=f"{p}_bias"))
+        count += 1
+    if count:
+        del model.graph.node[:]
+        model.graph.node.extend(out_nodes)
+    return count
+
+
+def _topological(nodes: list[Any], available: set[str]) -> list[Any]:
+    """``nodes`` in an order where every input is produced before use (graph inputs/initializers given)."""
+    done = set(available)
+    pending = list(nodes)
+    ordered: list[Any] = []
+    while pending:
+        ready = [n for n in pending if all((not i) or i in done for i in n.input)]
+        if not ready:
+            raise ExportFailed("the graph has a cycle or an undefined value after the opset conversion")
+        for n in ready:
+            ordered.append(n)
+            done.update(n.output)
+        pending = [n for n in pending if all(n is not r for r in ready)]
+    return ordered
+
+
+def _is_standard(node: Any) -> bool:
+    """An operator of the default ONNX domain (plugin nodes may sit in that domain under their own name)."""
+    import onnx
+
+    return node.domain in ("", "ai.onnx") and onnx.defs.has(node.op_type)
+
+
+def _convert_opset(proto: Any, opset: int) -> Any:
+    """Down-convert the optimised graph with ``onnx.version_converter``.
+
+    The dynamo exporter builds opset 18 or newer and converts before its own optimisation, where e.g.
+    ReduceMean's axes are not yet constants and the conversion fails; after optimisation it succeeds.
+    The converter has no schema for non-standard nodes (TensorRT plugin nodes) and refuses them, so they are
+    cut out first (their outputs become graph inputs, their inputs graph outputs) and put back afterwards.
+    """
+    import onnx
+
+    custom = [n for n in proto.graph.node if not _is_standard(n)]
+    work = onnx.ModelProto()
+    work.CopyFrom(proto)
+    if custom:
+        try:
+            inferred = onnx.shape_inference.infer_shapes(proto)
+        except Exception:
+            inferred = proto
+        types = {v.name: v for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
+
+        def info(name: str) -> Any:
+            return types.get(name) or onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+
+        kept = [n for n in work.graph.node if _is_standard(n)]
+        del work.graph.node[:]
+        work.graph.node.extend(kept)
+        initializers = {t.name for t in work.graph.initializer}
+        for n in custom:
+            work.graph.input.extend(info(o) for o in n.output if o)
+            work.graph.output.extend(info(i) for i in n.input if i and i not in initializers)
+        work.graph.ClearField("value_info")
+    try:
+        converted = onnx.version_converter.convert_version(work, opset)
+    except Exception as e:
+        raise ExportFailed(f"the graph cannot be converted to opset {opset} ({_one_line(e)}); try --exporter "
+                           "torchscript or a target with a newer opset") from e
+    version = next((o.version for o in converted.opset_import if o.domain in ("", "ai.onnx")), None)
+    if version != opset:
+        raise ExportFailed(f"the graph stayed at opset {version}, not {opset}; try --exporter torchscript")
+    _drop_unknown_attributes(converted, opset)
+    if custom:
+        n_in, n_out = len(proto.graph.input), len(proto.graph.output)
+        del converted.graph.input[n_in:]
+        del converted.graph.output[n_out:]
+        available = {i.name for i in converted.graph.input} | {t.name for t in converted.graph.initializer}
+        nodes = _topological([*converted.graph.node, *custom], available)
+        del converted.graph.node[:]
+        converted.graph.node.extend(nodes)
+        existing = {o.domain for o in converted.opset_import}
+        converted.opset_import.extend(o for o in proto.opset_import if o.domain not in existing)
+    return converted
+
+
+def _drop_unknown_attributes(model: Any, opset: int) -> None:
+    """Remove attributes the target opset's schema does not define.
+
+    The converter keeps attributes introduced later, e.g. ReduceMean's ``noop_with_empty_axes`` (opset 18,
+    https://onnx.ai/onnx/operators/onnx__ReduceMean.html); runtimes reject unknown attributes. Default
+    (empty) values only: a set value would change the meaning, so that is an error.
+    """
+    import onnx
+
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        try:
+            schema = onnx.defs.get_schema(node.op_type, opset)
+        except onnx.defs.SchemaError:
+            continue
+        unknown = [a for a in node.attribute if a.name not in schema.attributes]
+        for a in unknown:
+            if onnx.helper.get_attribute_value(a) not in (0, None, b"", ""):
+                raise ExportFailed(f"node {node.name} ({node.op_type}) uses attribute {a.name}, which opset "
+                                   f"{opset} does not have; try --exporter torchscript")
+            node.attribute.remove(a)
+
+
+def _torchscript_export(model: Any, example: Any, opset: int, lowering: str, dynamic: bool, n_out: int,
+                        uses_dc: bool, dc: Any, notes: list[str]) -> OnnxExport:
+    import onnx
+    import torch
+
+    output_names = [f"output{i}" for i in range(n_out)]
+    dynamic_axes = None
+    if dynamic:
+        dynamic_axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}}
+        notes.append("TorchScript exporter: dynamic ranges are not derived (constraints unknown)")
+    ctx: Any = contextlib.nullcontext()
+    if dc is not None:
+        try:
+            dc.check_lowering(lowering, opset)
+        except ValueError as e:
+            if uses_dc:
+                raise UsageError(f"--deform-conv {lowering}: {e}") from e
+        else:
+            ctx = dc.torchscript_symbolic(lowering, opset)
+    elif uses_dc:
+        raise ExportFailed("the model has a deformable convolution and the DeformConv symbolics "
+                           "(blocks_export.export.deform_conv) are not installed in this build")
+    buf = io.BytesIO()
+    try:
+        with _quiet_exporter(), ctx:
+            torch.onnx.export(model, (example,), buf, dynamo=False,  # type: ignore[arg-type]  # file objects work opset_version=opset,
+                              input_names=[INPUT_NAME], output_names=output_names, dynamic_axes=dynamic_axes)
+    except Exception as e:
+        raise ExportFailed(f"TorchScript exporter failed: {_one_line(e)} (try --exporter dynamo; "
+                           "rerun with --debug for the traceback)") from e
+    proto = onnx.load_from_string(buf.getvalue())
+    dyn = None
+    if dynamic:
+        dyn = {INPUT_NAME: {str(a): {"min": 1, "max": None, "multiple_of": None} for a in (0, 2, 3)}}
+    return OnnxExport(proto, INPUT_NAME, output_names, opset, "torchscript", uses_dc, dyn, notes)

@@ -1,0 +1,88 @@
+"""``ExportOptions``: every choice of one export run, explicit and frozen (no environment configuration)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UsageError
+
+DESTINATIONS = ("onnx", "trt")
+EXPORTERS = ("dynamo", "torchscript")
+DEFORM_CONV_CHOICES = ("auto", "std", "portable", "plugin")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Options of ``blocks-export MODEL``; see ``blocks-export --help`` for each one."""
+
+    to: str = "onnx"
+    output: Path | None = None
+    imgsz: tuple[int, int] | None = None
+    batch: int = 1
+    dynamic: bool = False
+    opset: int | None = None
+    target: str | None = None
+    deform_conv: str = "auto"
+    fp16: bool = False
+    fp16_io: bool = False
+    exporter: str = "dynamo"
+    simplify: bool = True
+    verify: bool = True
+    trust_pickle: bool = False
+    arch: str | None = None
+    force: bool = False
+    quiet: bool = False
+    json: bool = False
+    min_shape: tuple[int, ...] | None = None
+    opt_shape: tuple[int, ...] | None = None
+    max_shape: tuple[int, ...] | None = None
+    workspace_mb: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.to not in DESTINATIONS:
+            raise UsageError(f"--to {self.to!r}: expected one of {', '.join(DESTINATIONS)}")
+        if self.exporter not in EXPORTERS:
+            raise UsageError(f"--exporter {self.exporter!r}: expected one of {', '.join(EXPORTERS)}")
+        if self.deform_conv not in DEFORM_CONV_CHOICES:
+            raise UsageError(f"--deform-conv {self.deform_conv!r}: expected one of {', '.join(DEFORM_CONV_CHOICES)}")
+        if self.batch < 1:
+            raise UsageError(f"--batch {self.batch}: the batch size must be a positive integer")
+        if self.imgsz is not None and (len(self.imgsz) != 2 or min(self.imgsz) < 1):
+            raise UsageError(f"--imgsz {self.imgsz}: expected one or two positive integers (N or H,W)")
+        if self.opset is not None and not 7 <= self.opset <= 30:
+            raise UsageError(f"--opset {self.opset}: expected an ONNX opset between 7 and 30")
+        if self.fp16_io and not self.fp16:
+            raise UsageError("--fp16-io needs --fp16 (fp16 inputs and outputs only exist in an fp16 graph)")
+        if self.workspace_mb is not None and self.workspace_mb < 1:
+            raise UsageError(f"workspace_mb={self.workspace_mb}: must be a positive number of MiB")
+        for flag, shape in (("--min-shape", self.min_shape), ("--opt-shape", self.opt_shape),
+                            ("--max-shape", self.max_shape)):
+            if shape is not None and (not shape or min(shape) < 1):
+                raise UsageError(f"{flag} {shape}: expected positive integers such as 1x3x640x640")
+
+
+def parse_imgsz(text: str) -> tuple[int, int]:
+    """``"640"`` -> (640, 640); ``"480,640"`` -> (480, 640) (H, W)."""
+    parts = [p.strip() for p in text.replace("x", ",").split(",") if p.strip()]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise UsageError(f"--imgsz {text!r}: expected N or H,W with positive integers, e.g. 640 or 480,640") from None
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or min(values) < 1:
+        raise UsageError(f"--imgsz {text!r}: expected N or H,W with positive integers, e.g. 640 or 480,640")
+    return values[0], values[1]
+
+
+def parse_shape(flag: str, text: str) -> tuple[int, ...]:
+    """``"1x3x640x640"`` (or comma-separated) -> (1, 3, 640, 640)."""
+    parts = [p.strip() for p in text.replace(",", "x").split("x") if p.strip()]
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        raise UsageError(f"{flag} {text!r}: expected positive integers such as 1x3x640x640") from None
+    if not values or min(values) < 1:
+        raise UsageError(f"{flag} {text!r}: expected positive integers such as 1x3x640x640")
+    return values

@@ -1,0 +1,364 @@
+"""Verification: the ORIGINAL PyTorch model (before any rewrite) against the exported ONNX on onnxruntime CPU.
+
+Every session comes from ``plugins.ort_cpu.cpu_session`` so that graphs with plugin nodes also run.
+Metrics and pass rules are those of ``export/parity.py`` (``compare``, ``RULES`` per precision).
+
+When a comparison fails, ``locate_divergence`` names the first block whose output diverges: forward hooks
+record each block's output in PyTorch; in the ONNX graph the dynamo exporter tags every node with the module
+paths it came from (node metadata ``pkg.torch.onnx.name_scopes``, e.g. ``['', 'layer2', 'layer2.ca', 'mul']``),
+so a block's output is the value its nodes produce and a node outside it consumes. A copy of the graph with
+those values added as graph outputs runs once, and the blocks are compared in the order they start.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .parity import Comparison, compare
+
+SCOPES_KEY = "pkg.torch.onnx.name_scopes"
+_CONTAINERS = ("Sequential", "ModuleList", "ModuleDict")
+
+
+@dataclass
+class Run:
+    """One verification run: the input shape and its comparison (``error`` when the ONNX could not run)."""
+
+    shape: tuple[int, ...]
+    comparison: Comparison
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"shape": list(self.shape), **self.comparison.as_dict()}
+
+
+@dataclass
+class VerifyResult:
+    precision: str
+    runs: list[Run]
+    divergence: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.runs) and all(bool(r.comparison) for r in self.runs)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"passed": bool(self), "precision": self.precision, "runs": [r.as_dict() for r in self.runs],
+                "first_diverging_block": self.divergence, "notes": list(self.notes)}
+
+    def summary(self) -> dict[str, Any]:
+        """Short form for the ONNX metadata: pass/fail and the worst relative L2 per shape."""
+        return {"passed": bool(self), "precision": self.precision,
+                "runs": [{"shape": list(r.shape), "passed": bool(r.comparison),
+                          "worst_rel_l2": r.comparison.worst_rel_l2 if r.comparison.outputs else None}
+                         for r in self.runs]}
+
+
+def session(model: Any, threads: int = 1) -> Any:
+    """An onnxruntime CPU session through ``plugins.ort_cpu.cpu_session`` (plugin nodes included)."""
+    from blocks_export.plugins.ort_cpu import cpu_session
+
+    return cpu_session(model, threads=threads)
+
+
+def _next_size(size: int, step: int, lo: int, hi: int | None, avoid: int | None = None) -> int | None:
+    """A valid size other than ``size`` (and ``avoid``): ``size + k*step`` within [lo, hi], smallest |k|."""
+    for k in (1, -1, 2, -2, 3):
+        s = size + k * step
+        if s >= max(lo, 1) and (hi is None or s <= hi) and s != avoid:
+            return s
+    return None
+
+
+def verification_shapes(export_shape: tuple[int, ...], dynamic: dict[str, dict[str, Any]] | None,
+                        default_step: int = 32) -> list[tuple[int, ...]]:
+    """The export shape and, when dynamic, one non-square shape and one with batch > 1 (all valid).
+
+    ``dynamic`` is {axis: {"min", "max", "multiple_of"}}; ``multiple_of`` unknown -> ``default_step``.
+    """
+    shapes = [tuple(export_shape)]
+    if not dynamic:
+        return shapes
+    n, c, h, w = export_shape
+
+    def axis(a: int) -> tuple[int, int, int | None] | None:
+        d = dynamic.get(str(a))
+        if d is None:
+            return None
+        return int(d.get("multiple_of") or default_step), int(d.get("min") or 1), d.get("max")
+
+    ha, wa, ba = axis(2), axis(3), axis(0)
+    w2 = _next_size(w, *wa, avoid=h) if wa else None
+    if w2 is not None:
+        shapes.append((n, c, h, w2))
+    elif ha and (h2 := _next_size(h, *ha, avoid=w)) is not None:
+        shapes.append((n, c, h2, w))
+    if ba:
+        b2 = _next_size(n, 1, max(ba[1], 2), ba[2]) if n == 1 else _next_size(n, 1, 2, ba[2])
+        h3 = _next_size(h, *ha) if ha else h
+        if b2 is not None and b2 > 1:
+            shapes.append((b2, c, h3 or h, w))
+    return list(dict.fromkeys(shapes))
+
+
+def make_input(shape: tuple[int, ...], seed: int) -> Any:
+    """Image-like input [N, C, H, W] in [0, 1), deterministic per (seed, shape)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed * 1_000_003 + sum(s * 31**i for i, s in enumerate(shape)))
+    return torch.rand(shape, generator=g, dtype=torch.float32)
+
+
+def torch_outputs(model: Any, x: Any) -> list[np.ndarray]:
+    """Outputs of ``model(x)`` flattened in pytree order (the order of the ONNX graph outputs)."""
+    import torch
+    import torch.utils._pytree as pytree
+
+    if isinstance(model, torch.export.ExportedProgram):
+        model = model.module()
+    with torch.no_grad():
+        out = model(x)
+    return [t.detach().float().cpu().numpy() for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200] if text else ''}"
+
+
+def verify(reference: Any, onnx_model: Any, shapes: list[tuple[int, ...]], *, precision: str = "fp32",
+           fp16_io: bool = False, seed: int = 0) -> VerifyResult:
+    """Compare ``reference`` (a PyTorch model) with ``onnx_model`` (proto, bytes or path) at each shape."""
+    try:
+        sess = session(onnx_model)
+    except Exception as e:
+        why = (f"onnxruntime cannot load the graph: {_one_line(e)}",)
+        return VerifyResult(precision, [Run(tuple(s), Comparison(precision, (), "x".join(map(str, s)), why))
+                                        for s in shapes])
+    in_name = sess.get_inputs()[0].name
+    out_names = [o.name for o in sess.get_outputs()]
+    runs = []
+    for shape in shapes:
+        x = make_input(shape, seed)
+        if fp16_io:
+            x = x.half().float()  # the reference sees exactly the fp16 values the graph receives
+        label = "x".join(map(str, shape))
+        try:
+            ref = torch_outputs(reference, x)
+        except Exception as e:  # the graph accepts this shape (torch.export's ranges) but the model does not
+            runs.append(Run(tuple(shape), Comparison(precision, (), label,
+                                                     (f"the PyTorch model fails at this shape: {_one_line(e)}",))))
+            continue
+        feed = x.numpy().astype(np.float16 if fp16_io else np.float32)
+        try:
+            got = sess.run(None, {in_name: feed})
+        except Exception as e:
+            runs.append(Run(tuple(shape), Comparison(precision, (), label, (f"onnxruntime failed: {_one_line(e)}",))))
+            continue
+        names = out_names if len(out_names) == len(ref) else [f"output{i}" for i in range(len(ref))]
+        got_named = {names[i]: np.asarray(g, dtype=np.float32) for i, g in enumerate(got[:len(names)])}
+        cmp = compare(dict(zip(names, ref, strict=False)), got_named, precision=precision, label=label)
+        if len(got) != len(ref):
+            cmp = Comparison(precision, cmp.outputs, label,
+                             (*cmp.errors, f"{len(got)} ONNX outputs, the PyTorch model returns {len(ref)}"))
+        runs.append(Run(tuple(shape), cmp))
+    return VerifyResult(precision, runs)
+
+
+# --- first diverging block -------------------------------------------------------------------------------
+
+def block_paths(model: Any, replaced: list[str]) -> list[str]:
+    """Candidate blocks: the replaced ones, and every non-container module that has sub-modules."""
+    paths = list(replaced)
+    for name, m in model.named_modules():
+        if name and any(True for _ in m.children()) and type(m).__name__ not in _CONTAINERS and name not in paths:
+            paths.append(name)
+    return paths
+
+
+def _scopes(node: Any) -> list[str]:
+    for p in node.metadata_props:
+        if p.key == SCOPES_KEY:
+            try:
+                value = ast.literal_eval(p.value)
+            except (ValueError, SyntaxError):
+                return []
+            return [str(s) for s in value[:-1]] if isinstance(value, list) else []
+    return []
+
+
+def has_scopes(model: Any) -> bool:
+    return any(_scopes(n) for n in model.graph.node)
+
+
+def boundary_values(model: Any, paths: list[str]) -> dict[str, list[str]]:
+    """For each module path, the values its nodes produce and a node outside it (or a graph output) uses."""
+    node_scopes = [set(_scopes(n)) for n in model.graph.node]
+    graph_outputs = {o.name for o in model.graph.output}
+    out: dict[str, list[str]] = {}
+    for path in paths:
+        inside = [i for i, s in enumerate(node_scopes) if path in s]
+        produced = {v for i in inside for v in model.graph.node[i].output if v}
+        inside_set = set(inside)
+        used_outside = {v for i, n in enumerate(model.graph.node) if i not in inside_set for v in n.input
+                        if v in produced}
+        values = [v for i in inside for v in model.graph.node[i].output if v in used_outside or v in graph_outputs]
+        out[path] = list(dict.fromkeys(values))
+    return out
+
+
+def _with_outputs(model: Any, values: list[str]) -> Any:
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:
+        inferred = model
+    types = {v.name: v.type.tensor_type.elem_type for v in
+             [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
+    extended = onnx.ModelProto()
+    extended.CopyFrom(model)
+    existing = {o.name for o in extended.graph.output}
+    for v in values:
+        if v not in existing:
+            extended.graph.output.append(onnx.helper.make_tensor_value_info(v, types.get(v, onnx.TensorProto.FLOAT), None))
+    return extended
+
+
+def _hook_outputs(model: Any, paths: list[str], x: Any) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Each block's output at its first call, and the order in which the blocks start."""
+    import torch
+
+    modules = dict(model.named_modules())
+    outputs: dict[str, np.ndarray] = {}
+    order: list[str] = []
+    calls: dict[str, int] = {}
+    handles = []
+    for path in paths:
+        m = modules.get(path)
+        if m is None:
+            continue
+
+        def pre(_m: Any, _args: Any, path: str = path) -> None:
+            calls[path] = calls.get(path, 0) + 1
+            if calls[path] == 1:
+                order.append(path)
+
+        def post(_m: Any, _args: Any, out: Any, path: str = path) -> None:
+            if calls.get(path) == 1 and isinstance(out, torch.Tensor):
+                outputs[path] = out.detach().float().cpu().numpy()
+
+        handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    once = [p for p in order if calls.get(p) == 1 and p in outputs]  # shared modules are ambiguous
+    return outputs, once
+
+
+def locate_divergence(reference: Any, onnx_model: Any, replaced: list[str], shape: tuple[int, ...], *,
+                      precision: str = "fp32", fp16_io: bool = False, seed: int = 0) -> dict[str, Any]:
+    """Name the first block (in start order) whose output differs between ``reference`` and ``onnx_model``.
+
+    ``onnx_model`` must carry the dynamo exporter's name scopes. Returns {"block", "class", "inner",
+    "rel_l2", ...} or {"block": None, "why": ...} when no block can be blamed.
+    """
+    import torch
+
+    if isinstance(reference, torch.jit.ScriptModule | torch.export.ExportedProgram):
+        return {"block": None, "why": "block outputs are not available for TorchScript/torch.export inputs"}
+    if not has_scopes(onnx_model):
+        return {"block": None, "why": "the graph carries no module scopes (TorchScript exporter)"}
+    x = make_input(shape, seed)
+    if fp16_io:
+        x = x.half().float()
+    paths = block_paths(reference, replaced)
+    torch_out, order = _hook_outputs(reference, paths, x)
+    bounds = boundary_values(onnx_model, order)
+    wanted = sorted({v for vs in bounds.values() for v in vs})
+    if not wanted:
+        return {"block": None, "why": "no block outputs could be matched in the graph"}
+    feed_x = x.numpy().astype(np.float16 if fp16_io else np.float32)
+    values: dict[str, np.ndarray] = {}
+    with _quiet_ort():
+        try:
+            sess = session(_with_outputs(onnx_model, wanted))
+            names = [o.name for o in sess.get_outputs()]
+            values = dict(zip(names, sess.run(None, {sess.get_inputs()[0].name: feed_x}), strict=True))
+            crashed: set[str] = set()
+        except Exception:
+            # The graph does not run at this shape (e.g. a split size fixed at export time): run the part of
+            # the graph up to each block's output, in order, until one of them fails.
+            values, crashed = _run_prefixes(onnx_model, order, bounds, feed_x)
+    classes = {n: type(m).__name__ for n, m in reference.named_modules()}
+
+    def diverges(path: str) -> Comparison | None:
+        if path in crashed:
+            return Comparison(precision, (), path, ("onnxruntime cannot run this block at this shape",))
+        ref = torch_out[path]
+        cands = [np.asarray(values[v], dtype=np.float32) for v in bounds.get(path, [])
+                 if v in values and np.shape(values[v]) == ref.shape]
+        if not cands:
+            return None
+        best = min((compare([ref], [c], precision=precision) for c in cands), key=lambda c: c.worst_rel_l2)
+        return None if best else best
+
+    first = next(((p, c) for p in order if (c := diverges(p)) is not None), None)
+    if first is None:
+        return {"block": None, "why": "every block output matches; the difference arises outside the blocks "
+                                      "(or in a graph step after export)"}
+    path, cmp = first
+    inner = path
+    for p in order:  # the deepest diverging block inside the first one, for a precise pointer
+        if p.startswith(inner + ".") and diverges(p) is not None:
+            inner = p
+    rel, mabs = (cmp.outputs[0].rel_l2, cmp.outputs[0].max_abs) if cmp.outputs else (None, None)
+    return {"block": path, "class": classes.get(path, "?"), "inner": inner if inner != path else None,
+            "inner_class": classes.get(inner) if inner != path else None, "shape": list(shape),
+            "rel_l2": rel, "max_abs": mabs, "error": cmp.errors[0] if cmp.errors else None,
+            "replaced": path in replaced}
+
+
+@contextlib.contextmanager
+def _quiet_ort() -> Iterator[None]:
+    """onnxruntime logs kernel failures on stderr; the localisation expects them and reports its own line."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(4)
+    try:
+        yield
+    finally:
+        ort.set_default_logger_severity(2)
+
+
+def _run_prefixes(model: Any, order: list[str], bounds: dict[str, list[str]],
+                  feed: np.ndarray) -> tuple[dict[str, np.ndarray], set[str]]:
+    """Run, block by block in ``order``, the sub-graph that computes the block's outputs (``onnx.utils.Extractor``).
+
+    Returns the values computed before the first block whose sub-graph fails, and that block (as a set).
+    """
+    import onnx
+
+    extractor = onnx.utils.Extractor(model)
+    input_name = model.graph.input[0].name
+    values: dict[str, np.ndarray] = {}
+    for path in order:
+        outs = [v for v in bounds.get(path, []) if v not in values]
+        if not outs:
+            continue
+        try:
+            sub = extractor.extract_model([input_name], outs)
+            sess = session(sub)
+            got = sess.run(None, {input_name: feed})
+        except Exception:
+            return values, {path}
+        values.update(zip([o.name for o in sess.get_outputs()], got, strict=True))
+    return values, set()

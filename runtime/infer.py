@@ -1,0 +1,1476 @@
+#!/usr/bin/env python3
+"""Run an exported model with onnxruntime on a Jetson (TensorRT EP, CUDA EP or CPU) and benchmark it.
+
+    python3 infer.py model.onnx images/ --topk 5
+    python3 infer.py model_ctx.onnx --random --bench 200 --json
+    python -m blocks_export.runtime.infer model.onnx image.jpg
+
+One self-contained file on purpose: copy it to the Jetson next to the model and run it; it needs numpy and
+onnxruntime / onnxruntime-gpu only (Pillow or OpenCV to read images) and no torch. Python 3.8 syntax
+(JetPack 5 ships Python 3.8), so no ``match``, no ``X | Y`` outside annotations, no 3.9+ library calls.
+
+Exit codes: 0 ok; 1 unexpected internal error (rerun with --debug); 2 bad usage or bad input (a file that
+is missing, unreadable or malformed, an input that does not fit the model); 3 provider or engine
+unavailable or refused (TensorRT EP missing for an engine, engine hash / TensorRT version / compute
+capability mismatch, engine path escaping the model folder); 130 / 143 interrupted (SIGINT / SIGTERM).
+Every refusal is one line on stderr saying what is wrong and what to do; --debug shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import hashlib
+import json
+import os
+import re
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+try:
+    import numpy as np
+except ImportError:  # reported as one line by main()
+    np = None  # type: ignore[assignment]
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_BAD_INPUT = 2
+EXIT_UNAVAILABLE = 3
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+TRT_EP = "TensorrtExecutionProvider"
+CUDA_EP = "CUDAExecutionProvider"
+CPU_EP = "CPUExecutionProvider"
+PROVIDER_NAMES = {"trt": TRT_EP, "cuda": CUDA_EP, "cpu": CPU_EP}
+PROVIDER_TITLES = {TRT_EP: "TensorRT EP", CUDA_EP: "CUDA EP", CPU_EP: "CPU EP"}
+
+SIDECAR_FORMAT = "blocks-export-engine/1"
+META = "blocks_export."
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+# Preprocessing used when the model's `blocks_export.preprocess` metadata lacks a field.
+DEFAULT_RESIZE = "stretch"
+DEFAULT_SCALE = 1.0 / 255.0
+DEFAULT_MEAN = 0.0
+DEFAULT_STD = 1.0
+# Letterbox border value in 0..255 pixel units, before scale/mean/std: the YOLO convention
+# (Ultralytics `LetterBox`, ultralytics/data/augment.py, pads with 114).
+LETTERBOX_PAD = 114.0
+
+DEFAULTS_HELP = (
+    "Preprocessing comes from the model's blocks_export.preprocess metadata; missing fields default to: "
+    "size = the model's static input H, W (else blocks_export.export_shape), resize = stretch, "
+    "color = RGB (GRAY for a 1-channel input), scale = 1/255, mean = 0, std = 1; "
+    "x = (pixel * scale - mean) / std, NCHW. Resizing is bilinear with half-pixel centres (OpenCV "
+    "INTER_LINEAR); letterbox keeps the aspect ratio and pads with 114. "
+    "Exit codes: 0 ok, 1 internal error, 2 bad usage or input, 3 provider or engine unavailable or refused, "
+    "130/143 interrupted."
+)
+
+
+# --------------------------------------------------------------------------------------------- errors
+
+
+class InferError(Exception):
+    """A refusal reported as one line on stderr with a documented exit code."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class BadInput(InferError):
+    exit_code = EXIT_BAD_INPUT
+
+
+class Unavailable(InferError):
+    exit_code = EXIT_UNAVAILABLE
+
+
+def _first_line(text: object) -> str:
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[0] if lines else type(text).__name__
+
+
+# ------------------------------------------------------------------------ ONNX protobuf (no onnx package)
+#
+# The `onnx` package is not part of onnxruntime-gpu on a Jetson, yet metadata, EPContext attributes and
+# plugin nodes must be known BEFORE a session exists (the session options depend on them, and an engine
+# must be verified before onnxruntime touches it). A minimal reader of the protobuf wire format
+# (https://protobuf.dev/programming-guides/encoding/) over the field numbers of onnx/onnx.proto is enough:
+# ModelProto.graph = 7, .opset_import = 8, .metadata_props = 14; GraphProto.node = 1;
+# NodeProto.name = 3, .op_type = 4, .attribute = 5, .domain = 7; AttributeProto.name = 1, .i = 3, .s = 4;
+# StringStringEntryProto.key = 1, .value = 2; OperatorSetIdProto.domain = 1, .version = 2.
+# Everything else (initializers, tensors) is skipped by length without being decoded.
+
+
+class _ProtoError(ValueError):
+    pass
+
+
+def _read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+    result = 0
+    shift = 0
+    while True:
+        if pos >= end:
+            raise _ProtoError("truncated varint")
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise _ProtoError("varint longer than 10 bytes")
+
+
+def _iter_fields(buf: bytes, start: int, end: int) -> Iterator[tuple[int, int, Any]]:
+    """Yield (field number, wire type, value): an int for varints, a (start, end) span otherwise."""
+    pos = start
+    while pos < end:
+        key, pos = _read_varint(buf, pos, end)
+        number, wire = key >> 3, key & 7
+        value: Any
+        if number == 0:
+            raise _ProtoError("field number 0")
+        if wire == 0:
+            value, pos = _read_varint(buf, pos, end)
+        elif wire == 1:
+            value, pos = (pos, pos + 8), pos + 8
+        elif wire == 2:
+            length, pos = _read_varint(buf, pos, end)
+            value, pos = (pos, pos + length), pos + length
+        elif wire == 5:
+            value, pos = (pos, pos + 4), pos + 4
+        else:
+            raise _ProtoError(f"unsupported wire type {wire}")
+        if pos > end:
+            raise _ProtoError(f"field {number} runs past the end of its message (truncated file?)")
+        yield number, wire, value
+
+
+def _span(wire: int, value: Any, what: str) -> tuple[int, int]:
+    if wire != 2:
+        raise _ProtoError(f"{what} has wire type {wire}, expected a length-delimited field")
+    return value
+
+
+def _text(buf: bytes, span: tuple[int, int], what: str) -> str:
+    try:
+        return bytes(buf[span[0]:span[1]]).decode("utf-8")
+    except UnicodeDecodeError:
+        raise _ProtoError(f"{what} is not UTF-8") from None
+
+
+@dataclass
+class NodeSummary:
+    """One top-level graph node: attributes holds the int (``i``) or bytes (``s``) ones only."""
+
+    name: str
+    op_type: str
+    domain: str
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OnnxSummary:
+    metadata: dict[str, str]
+    opsets: dict[str, int]
+    nodes: list[NodeSummary]
+
+
+def _parse_node(buf: bytes, start: int, end: int) -> NodeSummary:
+    node = NodeSummary(name="", op_type="", domain="")
+    for number, wire, value in _iter_fields(buf, start, end):
+        if number == 3:
+            node.name = _text(buf, _span(wire, value, "node name"), "node name")
+        elif number == 4:
+            node.op_type = _text(buf, _span(wire, value, "op_type"), "op_type")
+        elif number == 7:
+            node.domain = _text(buf, _span(wire, value, "domain"), "domain")
+        elif number == 5:
+            name, attr_value = None, None
+            for a_number, a_wire, a_value in _iter_fields(buf, *_span(wire, value, "attribute")):
+                if a_number == 1:
+                    name = _text(buf, _span(a_wire, a_value, "attribute name"), "attribute name")
+                elif a_number == 3 and a_wire == 0:
+                    attr_value = a_value - (1 << 64) if a_value >= (1 << 63) else a_value  # int64
+                elif a_number == 4:
+                    s, e = _span(a_wire, a_value, "attribute s")
+                    attr_value = bytes(buf[s:e])
+            if name is not None and attr_value is not None:
+                node.attributes[name] = attr_value
+    return node
+
+
+def parse_onnx_summary(buf: bytes) -> OnnxSummary:
+    """Metadata, opsets and top-level nodes of a serialized ModelProto; raises _ProtoError."""
+    if not buf:
+        raise _ProtoError("the file is empty")
+    metadata: dict[str, str] = {}
+    opsets: dict[str, int] = {}
+    graph = None
+    for number, wire, value in _iter_fields(buf, 0, len(buf)):
+        if number == 7:
+            graph = _span(wire, value, "graph")
+        elif number == 14:
+            key, text = "", ""
+            for e_number, e_wire, e_value in _iter_fields(buf, *_span(wire, value, "metadata entry")):
+                if e_number == 1:
+                    key = _text(buf, _span(e_wire, e_value, "metadata key"), "metadata key")
+                elif e_number == 2:
+                    text = _text(buf, _span(e_wire, e_value, "metadata value"), "metadata value")
+            metadata[key] = text
+        elif number == 8:
+            domain, version = "", 0
+            for o_number, o_wire, o_value in _iter_fields(buf, *_span(wire, value, "opset_import")):
+                if o_number == 1:
+                    domain = _text(buf, _span(o_wire, o_value, "opset domain"), "opset domain")
+                elif o_number == 2 and o_wire == 0:
+                    version = o_value
+            opsets[domain] = version
+    if graph is None:
+        raise _ProtoError("no graph in the file")
+    nodes = [_parse_node(buf, *_span(wire, value, "node"))
+             for number, wire, value in _iter_fields(buf, *graph) if number == 1]
+    return OnnxSummary(metadata=metadata, opsets=opsets, nodes=nodes)
+
+
+def read_onnx_summary(path: str) -> OnnxSummary:
+    try:
+        with open(path, "rb") as f:
+            buf = f.read()
+    except OSError as e:
+        raise BadInput(f"cannot read {path}: {e.strerror}; check the path and permissions") from None
+    try:
+        return parse_onnx_summary(buf)
+    except _ProtoError as e:
+        raise BadInput(f"{path} is not a valid ONNX model ({e}); export it again or copy it again") from None
+
+
+# ----------------------------------------------------------------------------------------- metadata
+
+
+@dataclass
+class ModelMeta:
+    """The `blocks_export.*` metadata keys written by the export pipeline (all optional here)."""
+
+    task: str | None = None
+    labels: list[str] | None = None
+    preprocess: dict[str, Any] = field(default_factory=dict)
+    precision: str = "fp32"
+    dynamic: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
+    export_shape: dict[str, list[int]] = field(default_factory=dict)
+    present: bool = False
+
+
+def _json_value(metadata: dict[str, str], key: str, expected: type) -> Any:
+    raw = metadata.get(META + key)
+    if raw is None or raw == "null":
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise BadInput(f"metadata {META}{key} is not valid JSON; export the model again") from None
+    if value is not None and not isinstance(value, expected):
+        raise BadInput(f"metadata {META}{key} should be a JSON {expected.__name__}, got "
+                       f"{type(value).__name__}; export the model again")
+    return value
+
+
+def parse_meta(metadata: dict[str, str]) -> ModelMeta:
+    meta = ModelMeta(present=any(k.startswith(META) for k in metadata))
+    meta.task = metadata.get(META + "task") or None
+    labels = _json_value(metadata, "labels", list)
+    if labels is not None:
+        meta.labels = [str(label) for label in labels]
+    meta.preprocess = _json_value(metadata, "preprocess", dict) or {}
+    meta.precision = metadata.get(META + "precision") or "fp32"
+    dynamic = _json_value(metadata, "dynamic", dict) or {}
+    for name, axes in dynamic.items():
+        if not isinstance(axes, dict):
+            raise BadInput(f"metadata {META}dynamic[{name!r}] should map axes to bounds; export the model again")
+        try:
+            meta.dynamic[name] = {int(axis): (bounds or {}) for axis, bounds in axes.items()}
+        except (TypeError, ValueError):
+            raise BadInput(f"metadata {META}dynamic[{name!r}] has a non-integer axis; "
+                           "export the model again") from None
+    shapes = _json_value(metadata, "export_shape", dict) or {}
+    for name, shape in shapes.items():
+        if not isinstance(shape, list) or not all(isinstance(d, int) for d in shape):
+            raise BadInput(f"metadata {META}export_shape[{name!r}] should be a list of ints; "
+                           "export the model again")
+        meta.export_shape[name] = shape
+    return meta
+
+
+# --------------------------------------------------------------------------------- engine integrity
+
+
+@dataclass
+class MachineFacts:
+    """What this machine runs, or None with the reason it could not be determined."""
+
+    tensorrt_version: str | None
+    tensorrt_source: str
+    compute_capability: str | None
+    compute_capability_source: str
+
+
+def _tensorrt_version() -> tuple[str | None, str]:
+    try:
+        import tensorrt  # type: ignore[import-not-found]
+
+        version = getattr(tensorrt, "__version__", None)
+        if version:
+            return str(version), "tensorrt module"
+    except Exception:  # a broken install must not stop inference; it only makes the check impossible
+        pass
+    # Without the Python module the library itself says its version: getInferLibVersion() returns
+    # NV_TENSORRT_VERSION, major*10000 + minor*100 + patch from TensorRT 10 (NvInferRuntimeBase.h,
+    # NV_TENSORRT_VERSION_INT) and major*1000 + minor*100 + patch in TensorRT 8 (NvInferVersion.h).
+    for name in ("libnvinfer.so.10", "libnvinfer.so.8", "libnvinfer.so"):
+        try:
+            lib = ctypes.CDLL(name)
+            number = int(lib.getInferLibVersion())
+        except (OSError, AttributeError):
+            continue
+        if number >= 100000:
+            return f"{number // 10000}.{number // 100 % 100}.{number % 100}", name
+        return f"{number // 1000}.{number // 100 % 10}.{number % 100}", name
+    return None, "no tensorrt module with a version and no libnvinfer library found"
+
+
+def _compute_capability(device_id: int) -> tuple[str | None, str]:
+    # CUDA driver API (cuda.h): CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75, _MINOR = 76.
+    for name in ("libcuda.so.1", "libcuda.so"):
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        device, major, minor = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
+        if (lib.cuInit(0) != 0 or lib.cuDeviceGet(ctypes.byref(device), device_id) != 0
+                or lib.cuDeviceGetAttribute(ctypes.byref(major), 75, device) != 0
+                or lib.cuDeviceGetAttribute(ctypes.byref(minor), 76, device) != 0):
+            return None, f"{name} found but CUDA device {device_id} could not be queried"
+        return f"{major.value}.{minor.value}", "CUDA driver"
+    return None, "no CUDA driver library (libcuda) found"
+
+
+def detect_machine(device_id: int) -> MachineFacts:
+    version, version_source = _tensorrt_version()
+    capability, capability_source = _compute_capability(device_id)
+    return MachineFacts(version, version_source, capability, capability_source)
+
+
+def _version_key(text: str) -> tuple[int, ...]:
+    """'10.3.0.30' -> (10, 3, 0): engines are tied to major.minor.patch."""
+    return tuple(int(p) for p in re.findall(r"\d+", str(text))[:3])
+
+
+def _capability_key(text: str) -> tuple[int, int]:
+    """'8.7' or '87' (the EPContext ``hardware_architecture`` form) -> (8, 7)."""
+    text = str(text).strip()
+    if "." in text:
+        major, minor = text.split(".", 1)
+        return int(major), int(minor)
+    return int(text[:-1]), int(text[-1:])
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_sidecar(path: str) -> dict[str, Any]:
+    """Read a ``model.engine.json``; raises Unavailable when it is not a blocks-export engine sidecar."""
+    name = os.path.basename(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            sidecar = json.load(f)
+    except (OSError, ValueError) as e:
+        raise Unavailable(f"cannot read engine sidecar {name} ({_first_line(e)}); copy it again from the "
+                          "machine that built the engine, or pass --no-verify-engine") from None
+    if not isinstance(sidecar, dict) or sidecar.get("format") != SIDECAR_FORMAT:
+        raise Unavailable(f"{name} is not a {SIDECAR_FORMAT} engine sidecar; copy the right one, "
+                          "or pass --no-verify-engine")
+    digest = sidecar.get("engine_sha256")
+    if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
+        raise Unavailable(f"{name} has no valid engine_sha256; copy it again, or pass --no-verify-engine")
+    return sidecar
+
+
+def engine_mismatches(sidecar: dict[str, Any], engine_sha256: str,
+                      machine: MachineFacts) -> tuple[list[str], list[str]]:
+    """Compare an engine and this machine with its sidecar: (mismatches, checks that could not be made)."""
+    mismatches: list[str] = []
+    unchecked: list[str] = []
+    expected = str(sidecar["engine_sha256"]).lower()
+    if engine_sha256.lower() != expected:
+        mismatches.append(f"engine SHA-256 {engine_sha256[:12]}... does not match the sidecar's "
+                          f"{expected[:12]}... (modified, or not the engine this sidecar describes)")
+    built_version = sidecar.get("tensorrt_version")
+    if not built_version:
+        unchecked.append("the sidecar records no TensorRT version")
+    elif machine.tensorrt_version is None:
+        unchecked.append(f"TensorRT version of this machine not determined ({machine.tensorrt_source})")
+    elif _version_key(built_version) != _version_key(machine.tensorrt_version):
+        # A plan file only deserializes with the TensorRT version that built it (TensorRT developer
+        # guide, "Version Compatibility"), unless built version-compatible, which the toolkit does not do.
+        mismatches.append(f"engine built with TensorRT {built_version}, this machine has TensorRT "
+                          f"{machine.tensorrt_version} ({machine.tensorrt_source})")
+    built_capability = sidecar.get("compute_capability")
+    if not built_capability:
+        unchecked.append("the sidecar records no compute capability")
+    elif machine.compute_capability is None:
+        unchecked.append(f"compute capability of this GPU not determined ({machine.compute_capability_source})")
+    elif not re.fullmatch(r"\d+(\.\d+)?", str(built_capability).strip()):
+        unchecked.append(f"the sidecar's compute capability {built_capability!r} is unreadable")
+    elif _capability_key(built_capability) != _capability_key(machine.compute_capability):
+        device = sidecar.get("device_name", "unknown device")
+        mismatches.append(f"engine built for compute capability {built_capability} ({device}), "
+                          f"this GPU is {machine.compute_capability}")
+    return mismatches, unchecked
+
+
+def check_engine_path(model_dir: str, reference: str) -> str:
+    """Resolve an EPContext ``ep_cache_context`` path, refusing one that leaves the model's folder.
+
+    onnxruntime's TensorRT EP resolves it against the model's folder and itself rejects absolute paths and
+    any '..' (onnxruntime/core/providers/tensorrt/onnx_ctx_model_helper.cc, IsAbsolutePath /
+    IsRelativePathToParentPath); older builds did not, and a symlink can still point elsewhere, so the
+    check is made here, before onnxruntime reads anything.
+    """
+    if not reference:
+        raise BadInput("the EPContext node has an empty ep_cache_context path; write the EPContext model again")
+    if (os.path.isabs(reference) or reference.startswith(("/", "\\"))
+            or re.match(r"^[A-Za-z]:", reference)):
+        raise Unavailable(f"refused: EPContext engine path {reference!r} is absolute and escapes the model's "
+                          "folder; put the engine beside the model and reference it by file name")
+    if ".." in re.split(r"[\\/]+", reference):
+        raise Unavailable(f"refused: EPContext engine path {reference!r} escapes the model's folder; "
+                          "put the engine beside the model and reference it by file name")
+    folder = os.path.realpath(model_dir)
+    resolved = os.path.realpath(os.path.join(folder, reference))
+    if os.path.commonpath([folder, resolved]) != folder:
+        raise Unavailable(f"refused: EPContext engine path {reference!r} resolves (through a link) to "
+                          f"{resolved}, outside the model's folder; copy the engine itself beside the model")
+    return resolved
+
+
+@dataclass
+class EngineCheck:
+    engine: str
+    notes: list[str]
+    warnings: list[str]
+
+
+def verify_ep_context(model_path: str, nodes: Sequence[NodeSummary], verify: bool,
+                      machine: MachineFacts | None = None, device_id: int = 0) -> list[EngineCheck]:
+    """Validate every EPContext node of ``model_path`` and the engine it points to.
+
+    Raises BadInput for a malformed node or a missing engine file, Unavailable for an engine that is
+    refused (path escape always; hash, TensorRT version or compute capability mismatch unless
+    ``verify`` is False, in which case the mismatches become warnings).
+    """
+    model_dir = os.path.dirname(os.path.abspath(model_path))
+    model_name = os.path.basename(model_path)
+    checks = []
+    for node in nodes:
+        if node.domain != "com.microsoft":
+            raise BadInput(f"EPContext node {node.name!r} is in domain {node.domain!r}; onnxruntime only knows "
+                           "EPContext in com.microsoft; write the EPContext model again")
+        embed_mode = node.attributes.get("embed_mode", 1)  # the contrib op's default (contrib_defs.cc)
+        context = node.attributes.get("ep_cache_context")
+        if not isinstance(context, bytes):
+            raise BadInput(f"EPContext node {node.name!r} has no ep_cache_context; "
+                           "write the EPContext model again")
+        if embed_mode == 0:
+            reference = context.decode("utf-8", "replace")
+            engine = check_engine_path(model_dir, reference)
+            if not os.path.isfile(engine):
+                raise BadInput(f"{model_name} references engine {reference}, which is not there; "
+                               f"copy it beside {model_name}")
+            sidecar_path = engine + ".json"
+            label = os.path.basename(engine)
+        else:
+            engine = f"(embedded in {model_name})"
+            stem = re.sub(r"_ctx$", "", os.path.splitext(model_name)[0])
+            sidecar_path = os.path.join(model_dir, stem + ".engine.json")
+            label = "the engine embedded in " + model_name
+        notes: list[str] = []
+        warnings: list[str] = []
+        if not verify:
+            warnings.append(f"--no-verify-engine: loading {label} WITHOUT checking its SHA-256, TensorRT version "
+                            "or compute capability")
+        if not os.path.isfile(sidecar_path):
+            notes.append(f"no {os.path.basename(sidecar_path)} beside the engine: {label} is loaded unverified")
+            checks.append(EngineCheck(engine, notes, warnings))
+            continue
+        try:
+            sidecar = load_sidecar(sidecar_path)
+        except Unavailable as e:
+            if verify:
+                raise
+            warnings.append(f"ignored: {e}")
+            checks.append(EngineCheck(engine, notes, warnings))
+            continue
+        digest = sha256_file(engine) if embed_mode == 0 else hashlib.sha256(context).hexdigest()
+        facts = machine if machine is not None else detect_machine(device_id)
+        mismatches, unchecked = engine_mismatches(sidecar, digest, facts)
+        for item in unchecked:
+            notes.append(f"{item}: not checked")
+        if mismatches and verify:
+            raise Unavailable(f"refused {label}: {'; '.join(mismatches)}; rebuild the engine on this device "
+                              "(blocks-export MODEL.onnx --to trt) or pass --no-verify-engine to load it anyway")
+        if mismatches:
+            warnings.append(f"--no-verify-engine: would have refused {label}: {'; '.join(mismatches)}")
+        elif verify:
+            notes.append("{} verified against {} (SHA-256{})".format(
+                label, os.path.basename(sidecar_path),
+                "".join(", " + what for what, ok in (("TensorRT version", facts.tensorrt_version),
+                                                      ("compute capability", facts.compute_capability)) if ok)))
+        checks.append(EngineCheck(engine, notes, warnings))
+    return checks
+
+
+# ---------------------------------------------------------------------------------------- providers
+
+
+@dataclass
+class ProviderPlan:
+    chain: list[str]
+    notes: list[str]
+
+
+def plan_providers(available: Sequence[str], forced: str | None = None,
+                   needs_tensorrt: str | None = None) -> ProviderPlan:
+    """Pick the provider chain TensorRT EP -> CUDA EP -> CPU from what this onnxruntime build offers.
+
+    ``forced`` is 'trt', 'cuda' or 'cpu'; ``needs_tensorrt`` is the reason when the model can only run on
+    the TensorRT EP (EPContext engine, TensorRT plugin nodes). Raises Unavailable when the choice is
+    impossible; every fallback is announced in one note.
+    """
+    listed = ", ".join(available) or "none"
+    if forced is not None:
+        if forced not in PROVIDER_NAMES:
+            raise BadInput("--provider {!r}: choose one of {}".format(forced, ", ".join(PROVIDER_NAMES)))
+        name = PROVIDER_NAMES[forced]
+        if name not in available:
+            raise Unavailable(f"--provider {forced}: {name} is not available in this onnxruntime build "
+                              f"(providers: {listed}); install onnxruntime-gpu built with it (Jetson: the wheel "
+                              "for your JetPack) or choose another --provider")
+        if needs_tensorrt and name != TRT_EP:
+            raise Unavailable(f"--provider {forced}: {needs_tensorrt}; use --provider trt")
+        return ProviderPlan([name], [])
+    if needs_tensorrt:
+        if TRT_EP not in available:
+            raise Unavailable(f"{needs_tensorrt}, and the TensorRT EP is not available in this onnxruntime "
+                              f"build (providers: {listed}); run it where onnxruntime-gpu has TensorRT (Jetson), "
+                              "or run the plain .onnx")
+        return ProviderPlan([TRT_EP] + [p for p in (CUDA_EP,) if p in available], [])
+    chain = [p for p in (TRT_EP, CUDA_EP, CPU_EP) if p in available]
+    if not chain:
+        raise Unavailable(f"this onnxruntime build offers no TensorRT, CUDA or CPU provider "
+                          f"(providers: {listed}); reinstall onnxruntime")
+    missing = [PROVIDER_TITLES[p] for p in (TRT_EP, CUDA_EP) if p not in available]
+    notes = []
+    if missing:
+        notes.append(f"{' and '.join(missing)} not available in this onnxruntime build (providers: {listed}); "
+                     f"using {chain[0]}")
+    return ProviderPlan(chain, notes)
+
+
+def confirm_providers(plan: ProviderPlan, used: Sequence[str], strict: bool) -> list[str]:
+    """Compare the session's providers with the plan: a provider can be built in yet fail to start."""
+    wanted = plan.chain[0]
+    if used and used[0] == wanted:
+        return []
+    got = used[0] if used else "none"
+    title = PROVIDER_TITLES.get(wanted, wanted)
+    why = "missing CUDA/TensorRT libraries? see onnxruntime's message above"
+    if strict:
+        raise Unavailable(f"{title} is in this onnxruntime build but could not be started ({why}) and "
+                          f"onnxruntime fell back to {got}; fix the install")
+    return [f"{title} is in this onnxruntime build but could not be started ({why}); the session uses {got}"]
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return "x".join(str(int(d)) for d in shape)
+
+
+def profile_from_sidecar(sidecar: dict[str, Any]) -> dict[str, str] | None:
+    """trt_profile_{min,opt,max}_shapes strings from a sidecar's first optimization profile."""
+    profiles = sidecar.get("profiles") or []
+    if not profiles or not isinstance(profiles[0], dict):
+        return None
+    shapes: dict[str, list[str]] = {"min": [], "opt": [], "max": []}
+    for name, bounds in profiles[0].items():
+        for key in shapes:
+            shapes[key].append(f"{name}:{_shape_text(bounds[key])}")
+    return {f"trt_profile_{key}_shapes": ",".join(parts) for key, parts in shapes.items()}
+
+
+def profile_from_meta(meta: ModelMeta) -> dict[str, str] | None:
+    """Profile strings from `blocks_export.dynamic` bounds around `blocks_export.export_shape` (opt).
+
+    None when the model is static or a bound is unknown: the TensorRT EP then builds for the shapes it
+    is given at run time.
+    """
+    if not meta.dynamic:
+        return None
+    shapes: dict[str, list[str]] = {"min": [], "opt": [], "max": []}
+    for name, axes in meta.dynamic.items():
+        opt = meta.export_shape.get(name)
+        if opt is None:
+            return None
+        low, high = list(opt), list(opt)
+        for axis, bounds in axes.items():
+            if not 0 <= axis < len(opt) or bounds.get("min") is None or bounds.get("max") is None:
+                return None
+            low[axis], high[axis] = int(bounds["min"]), int(bounds["max"])
+        shapes["min"].append(f"{name}:{_shape_text(low)}")
+        shapes["opt"].append(f"{name}:{_shape_text(opt)}")
+        shapes["max"].append(f"{name}:{_shape_text(high)}")
+    return {f"trt_profile_{key}_shapes": ",".join(parts) for key, parts in shapes.items()}
+
+
+def tensorrt_options(model_path: str, meta: ModelMeta, *, fp16: bool, is_ep_context: bool,
+                     plugin_libs: Sequence[str] = (), profile: dict[str, str] | None = None,
+                     device_id: int = 0) -> dict[str, str]:
+    """Options for onnxruntime's TensorRT EP.
+
+    Names from https://onnxruntime.ai/docs/execution-providers/TensorRT-ExecutionProvider.html
+    ("Configurations"): trt_engine_cache_enable / trt_engine_cache_path, trt_timing_cache_enable /
+    trt_timing_cache_path, trt_fp16_enable, trt_profile_{min,opt,max}_shapes ("name:1x3x224x224,..."; all
+    three together), trt_extra_plugin_lib_paths (';'-separated). Nodes in domain `trt.plugins` need nothing
+    more: onnxruntime's Python binding registers TensorRT's plugins as custom ops of that domain whenever the
+    TensorRT EP is requested (onnxruntime/python/onnxruntime_pybind_state.cc,
+    RegisterTensorRTPluginsAsCustomOps).
+    """
+    options = {"device_id": str(device_id)}
+    if fp16 or meta.precision == "fp16":
+        options["trt_fp16_enable"] = "True"
+    if plugin_libs:
+        options["trt_extra_plugin_lib_paths"] = ";".join(plugin_libs)
+    if is_ep_context:
+        # The engine is already built: cache, timing cache and profiles only matter when building.
+        return options
+    stem = os.path.splitext(os.path.basename(model_path))[0]
+    cache_dir = os.path.join(os.path.dirname(os.path.abspath(model_path)), stem + "_trt_cache")
+    options.update({"trt_engine_cache_enable": "True", "trt_engine_cache_path": cache_dir,
+                    "trt_timing_cache_enable": "True", "trt_timing_cache_path": cache_dir})
+    if profile:
+        options.update(profile)
+    return options
+
+
+# ------------------------------------------------------------------------------------------- images
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Image to tensor: resize to ``size`` (H, W), convert color, x = (pixel * scale - mean) / std."""
+
+    size: tuple[int, int]
+    resize: str = DEFAULT_RESIZE
+    color: str = "RGB"
+    scale: float = DEFAULT_SCALE
+    mean: tuple[float, ...] = (DEFAULT_MEAN,)
+    std: tuple[float, ...] = (DEFAULT_STD,)
+
+
+def read_image(path: str) -> np.ndarray:
+    """Decode an 8-bit image: [H, W] uint8 for grayscale files, [H, W, 3] uint8 RGB otherwise."""
+    try:
+        from PIL import Image
+    except ImportError:
+        Image = None  # type: ignore[assignment]
+    if Image is not None:
+        try:
+            with Image.open(path) as opened:
+                opened.load()
+                if opened.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+                    raise BadInput(f"{path} is a {opened.mode} (16-bit or float) image; convert it to 8-bit")
+                decoded = opened.convert("L") if opened.mode in ("L", "LA", "1") else opened.convert("RGB")
+                return np.asarray(decoded, dtype=np.uint8)
+        except BadInput:
+            raise
+        except Exception as e:  # PIL raises many types for broken files (UnidentifiedImageError, OSError, ...)
+            raise BadInput(f"cannot read image {path} ({_first_line(e)}); check the file") from None
+    try:
+        import cv2  # type: ignore[import-not-found]
+    except ImportError:
+        raise BadInput("reading images needs Pillow or OpenCV: pip install pillow (or pass .npy arrays)") from None
+    data = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if data is None:
+        raise BadInput(f"cannot read image {path}; check the file")
+    if data.dtype != np.uint8:
+        raise BadInput(f"{path} is a {data.dtype} image; convert it to 8-bit")
+    if data.ndim == 2:
+        return data
+    code = cv2.COLOR_BGRA2RGB if data.shape[2] == 4 else cv2.COLOR_BGR2RGB
+    return cv2.cvtColor(data, code)
+
+
+def convert_color(img: np.ndarray, color: str) -> np.ndarray:
+    """[H, W] or [H, W, 3] uint8 -> [H, W, C] uint8 with C = 1 (GRAY) or 3 (RGB).
+
+    RGB -> GRAY uses the ITU-R BT.601 luma weights 0.299, 0.587, 0.114 rounded to an integer, as
+    Pillow's convert("L") and OpenCV's COLOR_RGB2GRAY do.
+    """
+    if color == "GRAY":
+        if img.ndim == 3:
+            luma = img.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+            img = np.floor(luma + 0.5).clip(0, 255).astype(np.uint8)
+        return img[:, :, None]
+    if img.ndim == 2:
+        return np.repeat(img[:, :, None], 3, axis=2)
+    return img
+
+
+def resize_bilinear(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of [H, W, C] to [size[0], size[1], C] float32, half-pixel centres, no antialias.
+
+    Same sampling as OpenCV INTER_LINEAR and torch interpolate(align_corners=False); done in numpy so the
+    result does not depend on which image library is installed.
+    """
+    h, w = img.shape[:2]
+    out_h, out_w = size
+    data = img.astype(np.float32)
+    if (h, w) == (out_h, out_w):
+        return data
+
+    def taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        pos = ((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5).clip(0, n_in - 1)
+        low = np.floor(pos).astype(np.int64)
+        high = np.minimum(low + 1, n_in - 1)
+        return low, high, (pos - low).astype(np.float32)
+
+    y0, y1, wy = taps(h, out_h)
+    x0, x1, wx = taps(w, out_w)
+    wx = wx[None, :, None]
+    top = data[y0][:, x0] * (1 - wx) + data[y0][:, x1] * wx  # (out_h, out_w, C)
+    bottom = data[y1][:, x0] * (1 - wx) + data[y1][:, x1] * wx  # (out_h, out_w, C)
+    wy = wy[:, None, None]
+    return top * (1 - wy) + bottom * wy
+
+
+def letterbox(img: np.ndarray, size: tuple[int, int], pad: float = LETTERBOX_PAD) -> np.ndarray:
+    """Resize [H, W, C] keeping the aspect ratio, centre it in [size[0], size[1], C] padded with ``pad``."""
+    h, w, channels = img.shape
+    out_h, out_w = size
+    ratio = min(out_h / h, out_w / w)
+    new_h = min(out_h, max(1, int(round(h * ratio))))
+    new_w = min(out_w, max(1, int(round(w * ratio))))
+    out = np.full((out_h, out_w, channels), pad, dtype=np.float32)
+    top, left = (out_h - new_h) // 2, (out_w - new_w) // 2
+    out[top:top + new_h, left:left + new_w] = resize_bilinear(img, (new_h, new_w))
+    return out
+
+
+def preprocess_image(img: np.ndarray, prep: Preprocess) -> np.ndarray:
+    """Decoded image [H, W] or [H, W, 3] uint8 -> [C, H, W] float32."""
+    pixels = convert_color(img, prep.color)
+    if prep.resize == "letterbox":
+        resized = letterbox(pixels, prep.size)
+    else:
+        resized = resize_bilinear(pixels, prep.size)
+    mean = np.asarray(prep.mean, dtype=np.float32)
+    std = np.asarray(prep.std, dtype=np.float32)
+    x = (resized * np.float32(prep.scale) - mean) / std  # (H, W, C)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))  # (C, H, W)
+
+
+def _channels_last(shape: Sequence[Any]) -> bool:
+    return len(shape) == 4 and shape[3] in (1, 3) and shape[1] not in (1, 3)
+
+
+def make_preprocess(meta: ModelMeta, input_shape: Sequence[Any], resize_override: str | None) -> Preprocess:
+    """Preprocess settings from the metadata, defaults for the missing fields (see DEFAULTS_HELP)."""
+    if len(input_shape) != 4:
+        raise BadInput(f"the model input has rank {len(input_shape)}, not an image batch [N, C, H, W]; pass .npy "
+                       "arrays or --random")
+    spec = meta.preprocess
+    last = _channels_last(input_shape)
+    channels = input_shape[3] if last else input_shape[1]
+    height, width = (input_shape[1], input_shape[2]) if last else (input_shape[2], input_shape[3])
+    size = spec.get("size")
+    if size is None and isinstance(height, int) and isinstance(width, int):
+        size = [height, width]
+    if size is None:
+        for shape in meta.export_shape.values():
+            if len(shape) == 4:
+                size = [shape[1], shape[2]] if last else [shape[2], shape[3]]
+                break
+    if size is None:
+        raise BadInput("the model has dynamic H/W and no image size in its metadata; pass .npy arrays of the "
+                       "right size, or export with blocks_export.preprocess metadata")
+    color = spec.get("color") or ("GRAY" if channels == 1 else "RGB")
+    resize = resize_override or spec.get("resize") or DEFAULT_RESIZE
+    if resize not in ("stretch", "letterbox"):
+        raise BadInput(f"preprocess resize {resize!r}: expected 'stretch' or 'letterbox'")
+    if color not in ("RGB", "GRAY"):
+        raise BadInput(f"preprocess color {color!r}: expected 'RGB' or 'GRAY'")
+    n_channels = 1 if color == "GRAY" else 3
+    if isinstance(channels, int) and channels != n_channels:
+        raise BadInput(f"preprocess color {color} gives {n_channels} channels but the model input has "
+                       f"{channels}; fix the metadata")
+
+    def per_channel(key: str, default: float) -> tuple[float, ...]:
+        value = spec.get(key, default)
+        values = [float(v) for v in (value if isinstance(value, list) else [value])]
+        if len(values) not in (1, n_channels):
+            raise BadInput(f"preprocess {key} has {len(values)} values for {n_channels} channels")
+        return tuple(values)
+
+    try:
+        std = per_channel("std", DEFAULT_STD)
+        prep = Preprocess(size=(int(size[0]), int(size[1])), resize=resize, color=color,
+                          scale=float(spec.get("scale", DEFAULT_SCALE)), mean=per_channel("mean", DEFAULT_MEAN),
+                          std=std)
+    except (TypeError, ValueError, IndexError, KeyError) as e:
+        raise BadInput(f"metadata {META}preprocess has a malformed value ({_first_line(e)}); fix the metadata "
+                       "or export again") from None
+    if any(s == 0 for s in std) or min(prep.size) < 1:
+        raise BadInput(f"metadata {META}preprocess has std 0 or an empty size; fix the metadata")
+    return prep
+
+
+# ------------------------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class InputSpec:
+    name: str
+    shape: list[Any]  # ints, or str / None for dynamic axes
+    dtype: str  # onnxruntime type string, e.g. 'tensor(float)'
+
+
+_NUMPY_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+                "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8",
+                "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
+
+
+def numpy_dtype(spec: InputSpec) -> np.dtype:
+    if spec.dtype not in _NUMPY_TYPES:
+        raise BadInput(f"input {spec.name!r} has type {spec.dtype}, which this script cannot feed")
+    return np.dtype(_NUMPY_TYPES[spec.dtype])
+
+
+@dataclass
+class Batch:
+    feeds: dict[str, np.ndarray]
+    sources: list[str]
+    valid: int  # items that are real (the rest pads a static batch)
+
+
+def collect_sources(paths: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Split positional inputs into (image files, .npy files); folders give their images, sorted."""
+    images: list[str] = []
+    arrays: list[str] = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = sorted(os.path.join(path, n) for n in os.listdir(path)
+                           if n.lower().endswith(IMAGE_EXTENSIONS))
+            if not found:
+                raise BadInput("folder {} holds no images ({})".format(path, " ".join(IMAGE_EXTENSIONS)))
+            images.extend(found)
+        elif not os.path.exists(path):
+            raise BadInput(f"input not found: {path}")
+        elif path.lower().endswith(".npy"):
+            arrays.append(path)
+        elif path.lower().endswith(IMAGE_EXTENSIONS):
+            images.append(path)
+        else:
+            raise BadInput(f"unsupported input {path}: give images ({' '.join(IMAGE_EXTENSIONS)}), "
+                           ".npy arrays or a folder")
+    if images and arrays:
+        raise BadInput("mix of images and .npy arrays; give one kind per run")
+    return images, arrays
+
+
+def batch_limit(spec: InputSpec, meta: ModelMeta, requested: int | None) -> tuple[int, bool]:
+    """(items per run, static) for the model's batch axis."""
+    first = spec.shape[0] if spec.shape else 1
+    if isinstance(first, int) and first > 0:
+        return first, True
+    bound = meta.dynamic.get(spec.name, {}).get(0, {}).get("max")
+    if requested:
+        if bound is not None and requested > int(bound):
+            raise BadInput(f"--batch {requested} exceeds the model's maximum batch {bound}")
+        return requested, False
+    return (int(bound) if bound else 0), False  # 0: everything in one run
+
+
+def _chunks(items: np.ndarray, sources: list[str], name: str, limit: int, static: bool) -> list[Batch]:
+    if limit <= 0:
+        return [Batch({name: items}, sources, len(sources))]
+    batches = []
+    for start in range(0, len(sources), limit):
+        part = items[start:start + limit]
+        valid = part.shape[0]
+        if static and valid < limit:  # a static batch must be full: pad with zeros, drop their outputs
+            pad = np.zeros((limit - valid,) + part.shape[1:], dtype=part.dtype)
+            part = np.concatenate([part, pad])
+        batches.append(Batch({name: part}, sources[start:start + limit], valid))
+    return batches
+
+
+def image_batches(paths: list[str], spec: InputSpec, meta: ModelMeta, resize: str | None,
+                  requested_batch: int | None) -> tuple[list[Batch], Preprocess]:
+    prep = make_preprocess(meta, spec.shape, resize)
+    tensors = [preprocess_image(read_image(p), prep) for p in paths]
+    stacked = np.stack(tensors).astype(numpy_dtype(spec))  # (N, C, H, W)
+    if _channels_last(spec.shape):
+        stacked = np.ascontiguousarray(stacked.transpose(0, 2, 3, 1))  # (N, H, W, C)
+    limit, static = batch_limit(spec, meta, requested_batch)
+    return _chunks(stacked, list(paths), spec.name, limit, static), prep
+
+
+def _load_npy(path: str) -> np.ndarray:
+    try:
+        # allow_pickle=False: an .npy holding Python objects would run code when unpickled.
+        return np.load(path, allow_pickle=False)
+    except ValueError as e:
+        raise BadInput(f"{path} cannot be loaded without unpickling Python objects ({_first_line(e)}); "
+                       "save a plain numeric "
+                       "array") from None
+    except OSError as e:
+        raise BadInput(f"cannot read {path} ({_first_line(e)}); check the file") from None
+
+
+def _fit_array(array: np.ndarray, spec: InputSpec, path: str) -> np.ndarray:
+    rank = len(spec.shape)
+    if array.ndim == rank - 1:
+        array = array[None]
+    if array.ndim != rank:
+        raise BadInput(f"{path} has shape {tuple(array.shape)} but input {spec.name!r} expects rank {rank} "
+                       f"{tuple(spec.shape)}")
+    for axis, (got, want) in enumerate(zip(array.shape, spec.shape)):
+        if isinstance(want, int) and want > 0 and got != want and not (axis == 0 and rank > 1):
+            raise BadInput(f"{path} has shape {tuple(array.shape)} but input {spec.name!r} expects "
+                           f"{tuple(spec.shape)} (axis {axis})")
+    dtype = numpy_dtype(spec)
+    if array.dtype.kind != dtype.kind and not (array.dtype.kind in "fiu" and dtype.kind in "fiu"):
+        raise BadInput(f"{path} has dtype {array.dtype} but input {spec.name!r} expects {dtype}")
+    return array.astype(dtype, copy=False)
+
+
+def array_batches(paths: list[str], specs: list[InputSpec], meta: ModelMeta,
+                  requested_batch: int | None) -> list[Batch]:
+    if len(specs) == 1:
+        spec = specs[0]
+        arrays = [_fit_array(_load_npy(p), spec, p) for p in paths]
+        sources = []
+        for path, array in zip(paths, arrays):
+            sources.extend([path] if array.shape[0] == 1 else [f"{path}[{i}]" for i in range(array.shape[0])])
+        limit, static = batch_limit(spec, meta, requested_batch)
+        return _chunks(np.concatenate(arrays), sources, spec.name, limit, static)
+    if len(paths) != len(specs):
+        raise BadInput("the model has {} inputs ({}): give one .npy per input, in that order".format(
+            len(specs), ", ".join(s.name for s in specs)))
+    feeds = {spec.name: _fit_array(_load_npy(p), spec, p) for spec, p in zip(specs, paths)}
+    batch = next(iter(feeds.values())).shape[0]
+    return [Batch(feeds, ["+".join(paths)], batch)]
+
+
+def parse_shape_overrides(items: Sequence[str]) -> dict[str, list[int]]:
+    shapes = {}
+    for item in items:
+        match = re.fullmatch(r"([^=]+)=(\d+(?:x\d+)*)", item.strip())
+        if not match:
+            raise BadInput(f"--shape {item!r}: expected NAME=1x3x224x224")
+        shapes[match.group(1)] = [int(d) for d in match.group(2).split("x")]
+    return shapes
+
+
+def random_batch(specs: list[InputSpec], meta: ModelMeta, overrides: dict[str, list[int]], seed: int) -> Batch:
+    """One batch of random inputs; dynamic axes from --shape, else the export shape, else 1 for batch."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in specs:
+        if spec.name in overrides:
+            shape = overrides[spec.name]
+            if len(shape) != len(spec.shape):
+                raise BadInput(f"--shape {spec.name} has rank {len(shape)}, input expects {spec.shape}")
+        else:
+            exported = meta.export_shape.get(spec.name)
+            shape = []
+            for axis, dim in enumerate(spec.shape):
+                if isinstance(dim, int) and dim > 0:
+                    shape.append(dim)
+                elif exported is not None and len(exported) == len(spec.shape):
+                    shape.append(int(exported[axis]))
+                elif axis == 0:
+                    shape.append(1)
+                else:
+                    example = "x".join(str(d) if isinstance(d, int) else "N" for d in spec.shape)
+                    raise BadInput(f"input {spec.name!r} has dynamic axis {axis} ({dim}) and no export shape in "
+                                   f"its metadata; pass --shape {spec.name}={example}")
+        dtype = numpy_dtype(spec)
+        if dtype.kind == "f":
+            feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype.kind in "iu":
+            feeds[spec.name] = rng.integers(0, 10, size=shape).astype(dtype)
+        else:
+            feeds[spec.name] = np.zeros(shape, dtype=dtype)
+    first = next(iter(feeds.values()))
+    return Batch(feeds, [f"random[{i}]" for i in range(first.shape[0] if first.ndim else 1)],
+                 first.shape[0] if first.ndim else 1)
+
+
+# ------------------------------------------------------------------------------------------ outputs
+
+
+def to_probabilities(scores: np.ndarray) -> np.ndarray:
+    """[N, C] logits or probabilities -> probabilities (softmax unless rows already sum to 1 in [0, 1])."""
+    scores = scores.astype(np.float64)
+    if scores.min() >= 0 and scores.max() <= 1 and np.allclose(scores.sum(axis=1), 1.0, atol=1e-3):
+        return scores
+    shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def top_k(scores: np.ndarray, k: int, labels: list[str] | None) -> list[list[dict[str, Any]]]:
+    """Per row of [N, C] scores: the k best classes, {index, label, score, raw}, best first."""
+    probs = to_probabilities(scores)
+    rows = []
+    for raw_row, prob_row in zip(scores, probs):
+        order = np.argsort(-prob_row, kind="stable")[:k]
+        rows.append([{"index": int(i),
+                      "label": labels[i] if labels and i < len(labels) else f"class_{i}",
+                      "score": float(prob_row[i]), "raw": float(raw_row[i])} for i in order])
+    return rows
+
+
+def output_stats(name: str, value: np.ndarray) -> dict[str, Any]:
+    data = np.asarray(value)
+    stats: dict[str, Any] = {"name": name, "shape": list(data.shape), "dtype": str(data.dtype)}
+    if data.size and data.dtype.kind in "fiub":
+        as_float = data.astype(np.float64)
+        finite = np.isfinite(as_float)
+        stats["nonfinite"] = int(data.size - finite.sum())
+        if finite.any():
+            good = as_float[finite]
+            stats.update(min=float(good.min()), max=float(good.max()), mean=float(good.mean()),
+                         std=float(good.std()))
+    return stats
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "output"
+
+
+def save_outputs(folder: str, names: Sequence[str], values: Sequence[np.ndarray],
+                 sources: Sequence[str]) -> list[str]:
+    try:
+        os.makedirs(folder, exist_ok=True)
+        written = []
+        used = set()
+        for name, value in zip(names, values):
+            base = _safe_name(name)
+            candidate, n = base, 1
+            while candidate in used:
+                n += 1
+                candidate = f"{base}_{n}"
+            used.add(candidate)
+            path = os.path.join(folder, candidate + ".npy")
+            np.save(path, np.asarray(value))
+            written.append(path)
+        with open(os.path.join(folder, "sources.txt"), "w", encoding="utf-8") as f:
+            f.write("".join(s + "\n" for s in sources))
+    except OSError as e:
+        raise BadInput(f"cannot write outputs to {folder} ({e.strerror}); choose a writable folder") from None
+    return written
+
+
+# -------------------------------------------------------------------------------------------- bench
+
+
+def benchmark(session: Any, feeds: dict[str, np.ndarray], runs: int, warmup: int) -> dict[str, Any]:
+    """Latency percentiles (ms) over ``runs`` timed runs after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        _run(session, feeds)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        _run(session, feeds)
+        times.append(time.perf_counter() - start)
+    ms = np.asarray(times) * 1000.0
+    batch = int(next(iter(feeds.values())).shape[0]) if feeds else 1
+    return {"runs": runs, "warmup": warmup, "batch": batch,
+            "latency_ms": {"p50": float(np.percentile(ms, 50)), "p90": float(np.percentile(ms, 90)),
+                           "p99": float(np.percentile(ms, 99)), "mean": float(ms.mean()),
+                           "min": float(ms.min()), "max": float(ms.max())},
+            "throughput_items_per_s": float(batch * runs / max(sum(times), 1e-12))}
+
+
+# ------------------------------------------------------------------------------------------- session
+
+
+def _import_onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise Unavailable("onnxruntime is not installed: pip install onnxruntime (Jetson: the onnxruntime-gpu "
+                          "wheel built for your JetPack)") from None
+    return onnxruntime
+
+
+def create_session(ort: Any, model_path: str, chain: list[str], trt_options: dict[str, str], *,
+                   device_id: int, threads: int | None, is_ep_context: bool, verbose: bool) -> tuple[Any, float]:
+    options = ort.SessionOptions()
+    options.log_severity_level = 0 if verbose else 3  # our own lines say which provider is used and why
+    if threads:
+        options.intra_op_num_threads = threads
+    if is_ep_context:
+        # onnxruntime's EPCONTEXT_WARNING (onnx_ctx_model_helper.h) suggests optimization level 0 for the
+        # fastest load of an EPContext model: there is nothing left to optimise.
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    providers: list[Any] = []
+    for name in chain:
+        if name == TRT_EP:
+            providers.append((name, trt_options))
+        elif name == CUDA_EP:
+            providers.append((name, {"device_id": str(device_id)}))
+        else:
+            providers.append(name)
+    start = time.perf_counter()
+    try:
+        # onnxruntime's Python wrapper prints its own "EP Error ... Falling back" notice on stdout when a
+        # provider fails to start (onnxruntime_inference_collection.py): keep stdout for the report.
+        with contextlib.redirect_stdout(sys.stderr):
+            session = ort.InferenceSession(model_path, sess_options=options, providers=providers)
+    except Exception as e:  # onnxruntime's pybind errors (Fail, InvalidGraph, ...) share no useful base class
+        error = Unavailable if chain[0] != CPU_EP else BadInput
+        raise error(f"onnxruntime could not load {os.path.basename(model_path)} with {chain[0]}: "
+                    f"{_first_line(e)}") from None
+    elapsed = time.perf_counter() - start
+    # Without this, a provider failing during run() makes onnxruntime switch providers silently and
+    # retry, so a benchmark would time another provider than the one reported.
+    disable_fallback = getattr(session, "disable_fallback", None)
+    if disable_fallback is not None:
+        disable_fallback()
+    return session, elapsed
+
+
+def _input_specs(session: Any) -> list[InputSpec]:
+    return [InputSpec(i.name, list(i.shape), i.type) for i in session.get_inputs()]
+
+
+def _run(session: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    try:
+        return session.run(None, feeds)
+    except Exception as e:  # onnxruntime's pybind errors
+        if type(e).__name__ == "EPFail":  # the provider itself failed, not the input
+            raise Unavailable(f"{session.get_providers()[0]} failed while running: {_first_line(e)}; rerun "
+                              "with another --provider") from None
+        shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in feeds.items())
+        raise BadInput(f"onnxruntime rejected the input ({shapes}): {_first_line(e)}") from None
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise BadInput(f"{message} (see --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="infer.py", description="Run and benchmark an exported model with onnxruntime "
+                     "(TensorRT EP -> CUDA EP -> CPU).", epilog=DEFAULTS_HELP)
+    parser.add_argument("model", help="model.onnx or model_ctx.onnx (EPContext with a TensorRT engine)")
+    parser.add_argument("inputs", nargs="*", help="image files, folders of images, or .npy arrays")
+    parser.add_argument("--random", action="store_true", help="feed random inputs (shape from the model)")
+    parser.add_argument("--shape", action="append", default=[], metavar="NAME=1x3xHxW",
+                        help="shape for a dynamic input with --random (repeatable)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for --random (default 0)")
+    parser.add_argument("--provider", choices=sorted(PROVIDER_NAMES),
+                        help="use only this provider (error if missing)")
+    parser.add_argument("--fp16", action="store_true", help="TensorRT EP: allow fp16 kernels (trt_fp16_enable); "
+                        "on by default when the model's precision metadata says fp16")
+    parser.add_argument("--plugin-lib", action="append", default=[], metavar="PATH",
+                        help="extra TensorRT plugin library (trt_extra_plugin_lib_paths; repeatable)")
+    parser.add_argument("--device", type=int, default=0, help="CUDA device id (default 0)")
+    parser.add_argument("--threads", type=int, help="CPU intra-op threads (default: onnxruntime's choice)")
+    parser.add_argument("--batch", type=int, help="items per run for a dynamic-batch model (default: all, "
+                        "up to the exported maximum)")
+    parser.add_argument("--resize", choices=("stretch", "letterbox"), help="override the metadata's resize mode")
+    parser.add_argument("--topk", type=int, default=5, help="classes shown per image for classifiers (default 5)")
+    parser.add_argument("--save-outputs", metavar="DIR", help="write each raw output as DIR/<name>.npy")
+    parser.add_argument("--bench", type=int, default=0, metavar="N", help="time N runs on the first batch")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed runs before --bench (default 10)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.add_argument("--no-verify-engine", action="store_true",
+                        help="load an engine even if its SHA-256, TensorRT version or GPU do not match "
+                        "its sidecar")
+    parser.add_argument("--verbose", action="store_true", help="show onnxruntime's own log")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def _validate_args(args: argparse.Namespace) -> None:
+    for name in ("threads", "batch"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise BadInput(f"--{name} {value}: must be at least 1")
+    for name in ("topk", "bench", "warmup"):
+        if getattr(args, name) < 0:
+            raise BadInput(f"--{name} {getattr(args, name)}: must not be negative")
+    if args.topk == 0:
+        raise BadInput("--topk 0: must be at least 1")
+    if args.random and args.inputs:
+        raise BadInput("--random and input files given together; choose one")
+
+
+def _source_meta(model_path: str, meta: ModelMeta, checks: list[EngineCheck]) -> ModelMeta:
+    """An EPContext model without metadata takes it from the source .onnx named in the engine's sidecar."""
+    if meta.present:
+        return meta
+    for check in checks:
+        sidecar_path = check.engine + ".json"
+        if not os.path.isfile(sidecar_path):
+            continue
+        try:
+            with open(sidecar_path, encoding="utf-8") as f:
+                source = json.load(f).get("source_onnx")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if source:
+            candidate = os.path.join(os.path.dirname(os.path.abspath(model_path)), os.path.basename(str(source)))
+            if os.path.isfile(candidate):
+                return parse_meta(read_onnx_summary(candidate).metadata)
+    return meta
+
+
+class Reporter:
+    """Announcements go to stderr as they happen (one line each) and into the JSON report."""
+
+    def __init__(self, err: Any) -> None:
+        self.err = err
+        self.notes: list[str] = []
+        self.warnings: list[str] = []
+
+    def note(self, line: str) -> None:
+        self.notes.append(line)
+        print("note: " + line, file=self.err)
+
+    def warn(self, line: str) -> None:
+        self.warnings.append(line)
+        print("WARNING: " + line, file=self.err)
+
+
+def _inspect_model(model_path: str, verify_engine: bool, device_id: int,
+                   report: Reporter) -> tuple[ModelMeta, bool, str | None]:
+    """Read the model's metadata and check its engine: (metadata, is EPContext, why it needs TensorRT)."""
+    summary = read_onnx_summary(model_path)
+    meta = parse_meta(summary.metadata)
+    ctx_nodes = [n for n in summary.nodes if n.op_type == "EPContext"]
+    plugin_ops = sorted({n.op_type for n in summary.nodes if n.domain == "trt.plugins"})
+    if ctx_nodes:
+        checks = verify_ep_context(model_path, ctx_nodes, verify=verify_engine, device_id=device_id)
+        for check in checks:
+            for line in check.warnings:
+                report.warn(line)
+            for line in check.notes:
+                report.note(line)
+        return (_source_meta(model_path, meta, checks), True,
+                f"{os.path.basename(model_path)} is an EPContext model (a prebuilt TensorRT engine): it needs the "
+                "TensorRT EP (TensorrtExecutionProvider)")
+    if plugin_ops:
+        return (meta, False, f"the model has TensorRT plugin nodes ({', '.join(plugin_ops)} in domain trt.plugins) "
+                "that only the TensorRT EP runs; export with --deform-conv portable for other providers")
+    return meta, False, None
+
+
+def _trt_options_for(args: argparse.Namespace, meta: ModelMeta, is_ep_context: bool,
+                     report: Reporter) -> dict[str, str]:
+    """TensorRT EP options; the profile comes from a `<stem>.engine.json` beside the model, else the metadata."""
+    profile = None
+    if not is_ep_context:
+        sidecar_path = os.path.splitext(os.path.abspath(args.model))[0] + ".engine.json"
+        if os.path.isfile(sidecar_path):
+            try:
+                profile = profile_from_sidecar(load_sidecar(sidecar_path))
+            except Unavailable as e:  # only its shapes are used here: a bad sidecar is not a reason to stop
+                report.note(f"ignoring {os.path.basename(sidecar_path)} for the TensorRT profile: {e}")
+        profile = profile or profile_from_meta(meta)
+    options = tensorrt_options(args.model, meta, fp16=args.fp16, is_ep_context=is_ep_context,
+                               plugin_libs=args.plugin_lib, profile=profile, device_id=args.device)
+    cache_dir = options.get("trt_engine_cache_path")
+    if cache_dir:
+        try:
+            os.makedirs(cache_dir, exist_ok=True)
+        except OSError as e:
+            report.note(f"cannot create the TensorRT engine cache {cache_dir} ({e.strerror}): engines are rebuilt "
+                        "every run")
+            options["trt_engine_cache_enable"] = options["trt_timing_cache_enable"] = "False"
+    return options
+
+
+def _make_batches(args: argparse.Namespace, images: list[str], arrays: list[str], specs: list[InputSpec],
+                  meta: ModelMeta, report: Reporter) -> tuple[list[Batch], Preprocess | None]:
+    if images:
+        if len(specs) != 1:
+            raise BadInput(f"the model has {len(specs)} inputs; images can only feed a single-input model, "
+                           "give .npy files")
+        return image_batches(images, specs[0], meta, args.resize, args.batch)
+    if arrays:
+        return array_batches(arrays, specs, meta, args.batch), None
+    if not args.random:
+        report.note("no inputs given: benchmarking on random inputs")
+    return [random_batch(specs, meta, parse_shape_overrides(args.shape), args.seed)], None
+
+
+def _infer(session: Any, batches: list[Batch], n_outputs: int) -> tuple[list[np.ndarray], list[str], float]:
+    """Run every batch; outputs joined along the batch axis with static-batch padding dropped."""
+    first_run_s = 0.0
+    collected: list[list[np.ndarray]] = [[] for _ in range(n_outputs)]
+    sources: list[str] = []
+    for index, batch in enumerate(batches):
+        start = time.perf_counter()
+        values = _run(session, batch.feeds)
+        if index == 0:
+            first_run_s = time.perf_counter() - start  # includes a TensorRT build for shapes first seen here
+        fed = next(iter(batch.feeds.values())).shape[0]
+        for parts, value in zip(collected, values):
+            value = np.asarray(value)
+            parts.append(value[:batch.valid] if value.ndim and value.shape[0] == fed else value)
+        sources.extend(batch.sources[:batch.valid])
+    merged = []
+    for parts in collected:
+        joinable = len(parts) > 1 and all(p.ndim and p.shape[1:] == parts[0].shape[1:] for p in parts)
+        merged.append(np.concatenate(parts) if joinable else parts[0])
+    return merged, sources, first_run_s
+
+
+def run(args: argparse.Namespace, out: Any, err: Any) -> int:
+    """The whole script: check inputs, pick providers, open the session, infer, report."""
+    if np is None:
+        raise Unavailable("numpy is not installed: pip install numpy")
+    _validate_args(args)
+    ort = _import_onnxruntime()
+    report = Reporter(err)
+    if not os.path.isfile(args.model):
+        raise BadInput(f"model not found: {args.model}")
+    # Inputs are checked before any session exists: a TensorRT engine build can take minutes.
+    images, arrays = collect_sources(args.inputs)
+    parse_shape_overrides(args.shape)
+    if not (images or arrays or args.random or args.bench):
+        raise BadInput("no inputs: give image files or folders, .npy arrays, or --random")
+
+    meta, is_ep_context, needs_tensorrt = _inspect_model(args.model, not args.no_verify_engine, args.device, report)
+    plan = plan_providers(ort.get_available_providers(), args.provider, needs_tensorrt)
+    for line in plan.notes:
+        report.note(line)
+    trt_options = _trt_options_for(args, meta, is_ep_context, report) if TRT_EP in plan.chain else {}
+    if args.fp16 and TRT_EP not in plan.chain:
+        report.note("--fp16 only affects the TensorRT EP, which is not used: running the model as stored")
+    session, create_s = create_session(ort, args.model, plan.chain, trt_options, device_id=args.device,
+                                       threads=args.threads, is_ep_context=is_ep_context, verbose=args.verbose)
+    used = list(session.get_providers())
+    for line in confirm_providers(plan, used, strict=bool(args.provider or needs_tensorrt)):
+        report.note(line)
+    specs = _input_specs(session)
+    output_names = [o.name for o in session.get_outputs()]
+    batches, prep = _make_batches(args, images, arrays, specs, meta, report)
+    merged, sources, first_run_s = _infer(session, batches, len(output_names))
+
+    result: dict[str, Any] = {
+        "model": args.model, "task": meta.task, "precision": meta.precision, "ep_context": is_ep_context,
+        "providers_requested": plan.chain, "providers": used,
+        "session_create_s": create_s, "first_run_s": first_run_s,
+        "inputs": [{"name": s.name, "shape": s.shape, "dtype": s.dtype} for s in specs],
+        "preprocess": None if prep is None else {
+            "size": list(prep.size), "resize": prep.resize, "color": prep.color, "scale": prep.scale,
+            "mean": list(prep.mean), "std": list(prep.std)},
+        "items": sources, "runs": len(batches),
+        "outputs": [output_stats(n, v) for n, v in zip(output_names, merged)],
+        "predictions": None, "saved": None, "bench": None,
+    }
+    if meta.task == "classify" and merged:
+        scores = merged[0].reshape(merged[0].shape[0], -1)  # (N, C)
+        result["predictions"] = [{"source": s, "topk": row}
+                                 for s, row in zip(sources, top_k(scores, args.topk, meta.labels))]
+    if args.save_outputs:
+        result["saved"] = save_outputs(args.save_outputs, output_names, merged, sources)
+    if args.bench:
+        result["bench"] = benchmark(session, batches[0].feeds, args.bench, args.warmup)
+    result["notes"], result["warnings"] = report.notes, report.warnings
+    if args.json:
+        print(json.dumps(result, indent=2), file=out)
+    else:
+        print_human(result, out)
+    return EXIT_OK
+
+
+def print_human(result: dict[str, Any], out: Any) -> None:
+    provider = result["providers"][0] if result["providers"] else "?"
+    print(f"model: {result['model']} ({result['task'] or 'no task metadata'}, {result['precision']}) on "
+          f"{provider}; session created in {result['session_create_s'] * 1000:.1f} ms", file=out)
+    if result["predictions"] is not None:
+        for item in result["predictions"]:
+            print(item["source"], file=out)
+            for rank, entry in enumerate(item["topk"], 1):
+                print(f"  {rank}. {entry['label']:<24} {entry['score']:.4f}  (class {entry['index']})", file=out)
+    else:
+        print(f"{len(result['items'])} item(s) in {result['runs']} run(s)", file=out)
+        for stats in result["outputs"]:
+            line = "  {} {} {}".format(stats["name"], "x".join(str(d) for d in stats["shape"]), stats["dtype"])
+            if "mean" in stats:
+                line += "  min {:.4g} max {:.4g} mean {:.4g} std {:.4g}".format(
+                    stats["min"], stats["max"], stats["mean"], stats["std"])
+            if stats.get("nonfinite"):
+                line += f"  {stats['nonfinite']} non-finite!"
+            print(line, file=out)
+    if result["saved"]:
+        print(f"saved {len(result['saved'])} output(s) to {os.path.dirname(result['saved'][0])}", file=out)
+    bench = result["bench"]
+    if bench:
+        lat = bench["latency_ms"]
+        print(f"bench: {bench['runs']} runs after {bench['warmup']} warm-up, batch {bench['batch']}", file=out)
+        print("  latency ms  p50 {:.3f}  p90 {:.3f}  p99 {:.3f}  (mean {:.3f}, min {:.3f}, max {:.3f})".format(
+            lat["p50"], lat["p90"], lat["p99"], lat["mean"], lat["min"], lat["max"]), file=out)
+        print("  throughput  {:.1f} items/s".format(bench["throughput_items_per_s"]), file=out)
+        print("  session creation (engine load or build) {:.1f} ms; first run {:.1f} ms".format(
+            result["session_create_s"] * 1000, (result["first_run_s"] or 0) * 1000), file=out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments, run, and turn every refusal into one stderr line and an exit code."""
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+        return run(args, sys.stdout, sys.stderr)
+    except InferError as e:
+        if debug:
+            raise
+        print("error: " + _first_line(e), file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_SIGINT
+    except Exception as e:
+        if debug:
+            raise
+        print(f"error: unexpected {type(e).__name__}: {_first_line(e)} (rerun with --debug and report it)",
+              file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    print("terminated", file=sys.stderr)
+    sys.exit(EXIT_SIGTERM)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    sys.exit(main())

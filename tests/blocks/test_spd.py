@@ -1,0 +1,133 @@
+"""SPD: the space_to_depth and SPDConv twins compute the reference's function at every even shape."""
+
+from __future__ import annotations
+
+import copy
+
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from blocks_export.blocks import (
+    SpaceToDepthExport,
+    SPDConv,
+    SPDConvExport,
+    randomize_,
+    space_to_depth,
+    to_export,
+)
+from blocks_export.blocks.spd import space_to_depth_conv_weight
+from blocks_export.export.parity import compare, rel_l2
+from helpers import export_dynamic, run_ort
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+SHAPES = [(1, 2, 2), (2, 2, 8), (3, 6, 2), (1, 14, 10), (4, 10, 18), (2, 98, 6), (1, 4, 102), (1, 100, 98)]
+
+
+def assert_twin_matches(ref: nn.Module, shape: tuple[int, ...], seed: int = 0) -> None:
+    """Twin converted in each precision. fp64: max abs difference <= 1e-9 * max|ref|; fp32: relative L2 <= 1e-5."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    ref64, ref32 = copy.deepcopy(ref).double().eval(), copy.deepcopy(ref).float().eval()
+    with torch.no_grad():
+        fp64 = compare([ref64(x)], [to_export(ref64)(x)], "fp64")
+        fp32 = compare([ref32(x.float())], [to_export(ref32)(x.float())], "fp32")
+    assert fp64.outputs[0].max_rel <= 1e-9, fp64.lines()
+    assert fp32, fp32.lines()
+
+
+def make_spd_conv(c1: int, c2: int, k: int, s: int, seed: int = 0) -> SPDConv:
+    return randomize_(SPDConv(c1, c2, k, s), seed).eval()
+
+
+def test_space_to_depth_twin_uses_the_seed_channel_order():
+    """Channel (2 * s + r) * C + c holds x[:, c, 2i + r, 2j + s] (column phase first), checked element by element."""
+    n, c, h, w = 2, 3, 4, 6
+    x = torch.arange(n * c * h * w, dtype=torch.float64).reshape(n, c, h, w)
+    y = to_export(space_to_depth())(x)
+    assert y.shape == (n, 4 * c, h // 2, w // 2)
+    for ch in range(c):
+        for r in range(2):
+            for s in range(2):
+                for i in range(h // 2):
+                    for j in range(w // 2):
+                        assert torch.equal(y[:, (2 * s + r) * c + ch, i, j], x[:, ch, 2 * i + r, 2 * j + s])
+    # pixel_unshuffle holds the same values channel-major: channel c * 4 + r * 2 + s.
+    pu = F.pixel_unshuffle(x, 2).reshape(n, c, 2, 2, h // 2, w // 2)  # (N, C, r, s, H/2, W/2)
+    assert torch.equal(y, pu.permute(0, 3, 2, 1, 4, 5).reshape(n, 4 * c, h // 2, w // 2))
+
+
+@pytest.mark.parametrize("c", [1, 3, 16])
+@pytest.mark.parametrize("n,h,w", SHAPES)
+def test_space_to_depth_twin_matches_reference_at_any_even_shape(c, n, h, w):
+    x = torch.randn(n, c, h, w)
+    assert torch.equal(to_export(space_to_depth())(x), space_to_depth()(x))  # pure data movement: bit-exact
+
+
+@pytest.mark.parametrize("k,s", [(1, 1), (2, 1), (3, 1), (3, 2), (4, 3), (5, 2)])
+def test_space_to_depth_conv_weight_turns_spd_then_conv_into_one_conv(k, s):
+    c, c2, p = 3, 5, k // 2
+    conv = nn.Conv2d(4 * c, c2, k, s, p, bias=False).double()
+    x = torch.randn(2, c, 14, 10, dtype=torch.float64)
+    with torch.no_grad():
+        expected = conv(space_to_depth()(x))
+        got = F.conv2d(x, space_to_depth_conv_weight(conv.weight), None, 2 * s, 2 * p)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max() <= 1e-12 * expected.abs().max()
+
+
+@pytest.mark.parametrize("c1,c2,k,s", [(1, 2, 3, 1), (3, 8, 3, 2), (8, 8, 1, 1), (4, 6, 2, 1), (2, 3, 5, 3)])
+@pytest.mark.parametrize("n,h,w", SHAPES)
+def test_spd_conv_twin_matches_reference_at_any_even_shape(c1, c2, k, s, n, h, w):
+    assert_twin_matches(make_spd_conv(c1, c2, k, s), (n, c1, h, w))
+
+
+@settings(max_examples=12, deadline=None)
+@given(c1=st.integers(1, 24), c2=st.integers(1, 24), k=st.integers(1, 5), s=st.integers(1, 3), n=st.integers(1, 4),
+       h2=st.integers(1, 50), w2=st.integers(1, 50), seed=st.integers(0, 2**16))
+def test_spd_twins_match_reference_property(c1, c2, k, s, n, h2, w2, seed):
+    shape = (n, c1, 2 * h2, 2 * w2)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(to_export(space_to_depth())(x), space_to_depth()(x))
+    assert_twin_matches(make_spd_conv(c1, c2, k, s, seed), shape, seed)
+
+
+def test_spd_conv_twin_is_one_convolution_with_batchnorm_folded():
+    twin = to_export(make_spd_conv(4, 8, 3, 1))
+    assert isinstance(twin, SPDConvExport)
+    convs = [m for m in twin.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 1 and convs[0].kernel_size == (6, 6) and convs[0].stride == (2, 2)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in twin.modules())
+
+
+@pytest.mark.parametrize("make", [space_to_depth, lambda: make_spd_conv(2, 4, 3, 1)], ids=["spd", "spd_conv"])
+@pytest.mark.parametrize("h,w", [(5, 4), (4, 7), (3, 3)])
+def test_spd_odd_sizes_raise_the_same_value_error_in_reference_and_twin(make, h, w):
+    ref = make()
+    twin = to_export(ref)
+    x = torch.randn(1, 2, h, w)
+    for module in (ref, twin):
+        with pytest.raises(ValueError, match=f"input {h}x{w} must have even H and W"):
+            module(x)
+
+
+def test_spd_twin_rejects_inputs_that_are_not_4d():
+    with pytest.raises(ValueError, match=r"\(2, 4, 4\) must be 4-D"):
+        SpaceToDepthExport()(torch.randn(2, 4, 4))
+
+
+@pytest.mark.parametrize("dynamo", [True, False])
+@pytest.mark.parametrize("block", ["spd", "spd_conv"])
+def test_spd_twin_onnx_matches_reference_at_other_shapes(dynamo, block):
+    ref = space_to_depth() if block == "spd" else make_spd_conv(8, 16, 3, 1, seed=2)
+    model = export_dynamic(to_export(ref), torch.randn(2, 8, 20, 24), dynamo=dynamo)
+    ops = {n.op_type for n in onnx.load_from_string(model).graph.node}
+    if block == "spd_conv":  # the rearrangement is gone: no slicing, concatenation, transposition or gather
+        assert not ops & {"Slice", "Concat", "Transpose", "Gather", "Reshape", "SpaceToDepth"}, ops
+    for shape in [(1, 8, 32, 16), (3, 8, 6, 10), (1, 8, 98, 34)]:
+        x = torch.randn(shape)
+        with torch.no_grad():
+            expected = ref(x)
+        assert rel_l2(expected, run_ort(model, x)) <= 1e-5, shape

@@ -1,0 +1,223 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).parent))
+import export_models  # noqa: E402
+
+from blocks_export.export import pipeline  # noqa: E402
+from blocks_export.export.cli import app, with_default_command  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+EXE = Path(sys.executable).parent / "blocks-export"
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, with_default_command([str(a) for a in args]))
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(ROOT / "tests")]),
+            "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def refnet_pt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cli") / "refnet.pt"
+    torch.save(export_models.build(export_models.RefNet), path)
+    return path
+
+
+def test_default_subcommand_is_export() -> None:
+    assert with_default_command(["m.pt", "--to", "onnx"]) == ["export", "m.pt", "--to", "onnx"]
+    assert with_default_command(["--to", "onnx", "m.pt"])[0] == "export"
+    for argv in (["export", "m.pt"], ["inspect", "m.pt"], ["check", "m.onnx"], ["--help"], []):
+        assert with_default_command(argv) == argv
+
+
+def test_console_script_exports_as_written_in_the_readme(tmp_path: Path) -> None:
+    src = tmp_path / "net.pt"
+    torch.save(export_models.build(export_models.CANet), src)
+    proc = subprocess.run([str(EXE), str(src), "--to", "onnx", "--trust-pickle", "--imgsz", "16"], cwd=tmp_path,
+                          env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "net.onnx").is_file() and (tmp_path / "net.report.json").is_file()
+    for step in ("load", "rewrite", "export", "simplify", "verify"):
+        assert step in proc.stderr  # progress with timings goes to stderr
+    assert "PASSED" in proc.stdout
+
+
+def test_json_report_is_the_only_stdout_and_quiet_silences_progress(tmp_path: Path, refnet_pt: Path) -> None:
+    out = tmp_path / "r.onnx"
+    result = invoke("export", refnet_pt, "--to", "onnx", "--trust-pickle", "-o", out, "--json", "--quiet",
+                    "--target", "jetpack6")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["status"] == "PASSED" and report["output"] == str(out)
+    assert report["check"]["passed"] and report["target"] == "jetpack6"  # the static check runs for TensorRT targets
+    assert report == json.loads((tmp_path / "r.report.json").read_text())
+    assert result.stderr == ""
+
+
+def test_stock_coordinate_attention_fails_verification_keeps_the_onnx_and_names_the_block(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "ca.pt"
+    torch.save(export_models.build(export_models.CANet), src)
+    monkeypatch.setattr(pipeline, "rewrite", lambda model, example: (model, None))  # the stock export path
+    result = invoke(src, "--to", "onnx", "--trust-pickle", "--imgsz", "20,24", "--dynamic", "--json")
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert report["status"] == "FAILED" and (tmp_path / "ca.onnx").is_file()
+    assert json.loads((tmp_path / "ca.report.json").read_text())["status"] == "FAILED"
+    assert report["verification"]["first_diverging_block"]["block"] == "ca"
+
+
+def _refused(tmp_path: Path, *args: str, code: int = 2) -> str:
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    result = invoke(*args)
+    assert result.exit_code == code, (result.stdout, result.stderr)
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("blocks-export: error:")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
+    return lines[0]
+
+
+def test_hostile_pickle_is_refused_and_its_code_never_runs(tmp_path: Path) -> None:
+    marker = tmp_path.parent / f"{tmp_path.name}.MARKER"
+    torch.save({"model": export_models.Marker(str(marker))}, tmp_path / "evil.pt")
+    line = _refused(tmp_path, tmp_path / "evil.pt", "--to", "onnx")
+    assert "--trust-pickle" in line and not marker.exists()
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "random", "tensor", "two_inputs", "state_dict_no_arch"])
+def test_bad_model_files_are_refused_with_one_line(tmp_path: Path, case: str) -> None:
+    path = tmp_path / f"{case}.pt"
+    if case == "empty":
+        path.write_bytes(b"")
+    elif case == "random":
+        path.write_bytes(os.urandom(2048))
+    elif case == "tensor":
+        torch.save(torch.zeros(2), path)
+    elif case == "two_inputs":
+        torch.save(export_models.TwoInputs(), path)
+    elif case == "state_dict_no_arch":
+        torch.save(export_models.RefNet().state_dict(), path)
+    _refused(tmp_path, path, "--to", "onnx", "--trust-pickle")
+
+
+@pytest.mark.parametrize(("extra", "why"), [
+    (["--batch", "0"], "--batch"),
+    (["--target", "nope"], "unknown target"),
+    (["--deform-conv", "std", "--opset", "17"], "--deform-conv std"),
+    (["--imgsz", "0"], "--imgsz"),
+    (["--imgsz", "30"], "cannot run on an input of shape 1x3x30x30"),  # odd size into SPD
+    (["--exporter", "nope"], "--exporter"),
+    (["--fp16-io"], "--fp16-io needs --fp16"),
+])
+def test_bad_options_are_refused_with_one_line(tmp_path: Path, refnet_pt: Path, extra: list[str], why: str) -> None:
+    line = _refused(tmp_path, refnet_pt, "--to", "onnx", "--trust-pickle", "-o", tmp_path / "m.onnx", *extra)
+    assert why in line
+
+
+def test_output_paths_that_cannot_be_written_are_refused(tmp_path: Path, refnet_pt: Path) -> None:
+    existing = tmp_path / "m.onnx"
+    existing.write_bytes(b"previous")
+    assert "--force" in _refused(tmp_path, refnet_pt, "--trust-pickle", "-o", existing)
+    assert existing.read_bytes() == b"previous"
+    assert "does not exist" in _refused(tmp_path, refnet_pt, "--trust-pickle", "-o", tmp_path / "no" / "m.onnx")
+    assert "directory" in _refused(tmp_path, refnet_pt, "--trust-pickle", "-o", tmp_path)
+    onnx_in = tmp_path / "in.onnx"
+    onnx_in.write_bytes(b"x")
+    assert "already ONNX" in _refused(tmp_path, onnx_in, "--to", "onnx")
+
+
+def test_onnx_to_trt_never_imports_torch(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["images"], ["output0"])], "g",
+                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 3, 8, 8])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    code = ("import sys\nfrom blocks_export.export.cli import main\n"
+            "try:\n    main([sys.argv[1], '--to', 'trt'])\nexcept SystemExit as e:\n    rc = e.code\n"
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', rc)")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.onnx")], capture_output=True, text=True,
+                          env=_env(), timeout=120)
+    assert proc.stdout.split()[0] == "NO-TORCH", proc.stdout + proc.stderr
+    # No TensorRT here: exit 3 with one line (or 0 where TensorRT and a GPU exist).
+    assert int(proc.stdout.split()[1]) in (0, 3), proc.stderr
+    assert not (tmp_path / "m.engine").exists() or int(proc.stdout.split()[1]) == 0
+
+
+def test_inspect_lists_blocks_without_exporting(tmp_path: Path, refnet_pt: Path) -> None:
+    result = invoke("inspect", refnet_pt, "--trust-pickle", "--json")
+    assert result.exit_code == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert {r["name"] for r in info["blocks"]["replaced"]} >= {"ca", "spd", "cb"}
+    assert not refnet_pt.with_suffix(".onnx").exists() or refnet_pt.with_suffix(".onnx").stat().st_size > 0
+
+
+def test_check_of_a_missing_file_is_refused(tmp_path: Path) -> None:
+    result = invoke("check", tmp_path / "none.onnx", "--target", "jetpack6")
+    assert result.exit_code in (2, 3) and "error:" in result.stderr
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_interrupted_export_exits_with_the_signal_code_and_leaves_nothing(tmp_path: Path, sig: int,
+                                                                           code: int) -> None:
+    src = tmp_path / "slow.pt"
+    torch.save(export_models.SlowNet().eval(), src)
+    proc = subprocess.Popen([str(EXE), str(src), "--trust-pickle", "--imgsz", "16", "--dynamic"], cwd=tmp_path,
+                            env=_env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # wait until the export step is running
+            if "rewrite" in line:
+                break
+        time.sleep(0.6)
+        proc.send_signal(sig)
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=120) == code, rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert [p.name for p in tmp_path.iterdir()] == ["slow.pt"]
+
+
+def test_fp16_export_is_verified_under_the_fp16_rule(tmp_path: Path) -> None:
+    src = tmp_path / "ca.pt"
+    torch.save(export_models.build(export_models.CANet), src)
+    result = invoke(src, "--trust-pickle", "--imgsz", "16", "--fp16", "--json", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["precision"] == "fp16" and report["verification"]["precision"] == "fp16"
+    import onnx
+
+    proto = onnx.load(str(tmp_path / "ca.onnx"))
+    assert {p.key: p.value for p in proto.metadata_props}["blocks_export.precision"] == "fp16"
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer)
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # fp32 IO by default
+
+
+def test_to_trt_without_tensorrt_exits_3_after_a_complete_onnx_and_writes_no_engine(tmp_path: Path) -> None:
+    pytest.importorskip("onnx")
+    src = tmp_path / "ca.pt"
+    torch.save(export_models.build(export_models.CANet), src)
+    result = invoke(src, "--to", "trt", "--trust-pickle", "--imgsz", "16", "--quiet")
+    if result.exit_code == 0:
+        pytest.skip("TensorRT and a GPU are present: the engine was built")
+    assert result.exit_code == 3, result.stderr
+    line = next(ln for ln in result.stderr.splitlines() if ln.startswith("blocks-export: error:"))
+    assert "blocks-export ca.onnx --to trt" in line  # the command to run on the Jetson instead
+    assert (tmp_path / "ca.onnx").is_file()
+    assert not (tmp_path / "ca.engine").exists() and not (tmp_path / "ca_ctx.onnx").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left

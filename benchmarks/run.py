@@ -33,8 +33,9 @@ os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
-from blocks_export import blocks as B  # noqa: E402
 from timing import Timing, measure_interleaved  # noqa: E402
+
+from blocks_export import blocks as B  # noqa: E402
 
 torch.set_num_threads(THREADS)
 
@@ -70,6 +71,9 @@ def session(model_bytes: bytes) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.intra_op_num_threads = THREADS
     so.inter_op_num_threads = 1
+    # Idle worker threads of one session would otherwise spin on the cores the next interleaved session needs,
+    # which penalises graphs of many short ops; no spinning keeps the comparison about the graphs.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
+from typing import Any
 
 from torch import nn
 
@@ -20,7 +21,8 @@ from .coord_attn import CA, CoordAtt, CoordAttExport, h_sigmoid, h_swish
 from .dcn import DCN, DCNExport
 from .spd import Conv, SpaceToDepth, SpaceToDepthExport, SPDConv, SPDConvExport, space_to_depth
 
-Conversion = Callable[[nn.Module], nn.Module]
+# A conversion takes the reference block it is registered for (hence Any) and returns its twin.
+Conversion = Callable[[Any], nn.Module]
 
 CONVERSIONS: Mapping[type[nn.Module], Conversion] = MappingProxyType({
     ACmix: acmix.to_export,

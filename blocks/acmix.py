@@ -185,9 +185,9 @@ class ACmixExport(nn.Module):
       attends to its ``L x L`` halo (``L = stride * B + kernel_att - 1``) of the reflect-padded keys, and an
       additive constant mask (0 inside each query's ``kernel_att^2`` window, ``-inf`` outside) makes the
       softmax over the halo equal to the softmax over the window. Keys, values and queries are cut into
-      blocks with Pad + Reshape + Slice/Concat (reflect padding is linear, so padding ``k`` equals
-      projecting the padded ``x``); H and W are zero-padded up to whole blocks and the extra rows/columns
-      are dropped at the end. The halos hold only finite numbers, so ``exp(-inf) = 0`` removes masked ones exactly.
+      blocks with Pad + Reshape + Slice/Concat; H and W are zero-padded up to whole blocks and the extra
+      rows/columns are dropped at the end. Reflect padding acts per pixel, so padding ``loc`` and then
+      applying ``W_p`` (through ``u``) equals the reference's padding of ``pe = conv_p(loc)``. The halos hold only finite numbers, so ``exp(-inf) = 0`` removes masked ones exactly.
 
     Why this form: the window attention becomes two batched MatMuls (``Q^T K`` and ``V att^T``), one
     pointwise mask Add and one Softmax over the last axis. No ``(N*head, d, kernel_att^2, H, W)`` unfold is
@@ -199,12 +199,14 @@ class ACmixExport(nn.Module):
     ``MatrixOperation::kTRANSPOSE``) and the rest are pointwise ops, Softmax, Pad, Slice and Conv; the
     masked form is the blocked local attention of HaloNet (Vaswani et al. 2021, https://arxiv.org/abs/2103.12731).
     The alternative, ``kernel_att^2`` shifted slices with Mul/ReduceSum per tap, materialises as many
-    full-size tensors and measured 2-3x slower than this form in onnxruntime.
+    full-size tensors and measured about 2x slower than this form in onnxruntime.
 
     Export: all sizes are read from the input in-graph (TorchScript exporter with ``dynamic_axes``, or the
     dynamo exporter with ``Dim.DYNAMIC``; give the latter an example with batch > 1 and H, W > 2 * block so
     torch.export does not specialise a size of 1). Input checks run in eager mode only.
     """
+
+    window_mask: torch.Tensor
 
     def __init__(self, in_planes: int, out_planes: int, kernel_att: int = 7, head: int = 4, stride: int = 1) -> None:
         super().__init__()
@@ -321,25 +323,27 @@ def to_export(module: ACmix) -> ACmixExport:
     head, d = m.head, m.head_dim
 
     def weight_bias(conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor]:
+        assert conv.bias is not None  # conv1..3 are built with bias=True
         return conv.weight.double().flatten(1), conv.bias.double()  # (out, in), (out,)
 
-    (wq, bq), (wk, bk), (wv, bv) = weight_bias(m.conv1), weight_bias(m.conv2), weight_bias(m.conv3)
+    (wq0, bq0), (wk, bk), (wv, bv) = weight_bias(m.conv1), weight_bias(m.conv2), weight_bias(m.conv3)
     scaling = float(d) ** -0.5
-    wq, bq = (scaling * wq).view(head, d, -1), (scaling * bq).view(head, d)  # (head, d, in), (head, d)
+    wq, bq = (scaling * wq0).view(head, d, -1), (scaling * bq0).view(head, d)  # (head, d, in), (head, d)
     wp = m.conv_p.weight.double().flatten(1)  # (d, 2): columns act on loc_w, loc_h
     wu = -torch.einsum("ea,gei->gai", wp, wq)  # (head, 2, in)
     bu = -torch.einsum("ea,ge->ga", wp, bq)  # (head, 2)
     w_qu = torch.cat([wq, wu], dim=1).flatten(0, 1)  # (head*(d+2), in)
     b_qu = torch.cat([bq, bu], dim=1).flatten()
     fc = m.fc.weight.double().view(9, 3, head)  # (k_conv^2, [q, k, v], head)
-    w_src = torch.stack([wq / scaling, wk.view(head, d, -1), wv.view(head, d, -1)])  # (3, head, d, in)
-    b_src = torch.stack([bq / scaling, bk.view(head, d), bv.view(head, d)])  # (3, head, d)
+    w_src = torch.stack([wq0, wk, wv]).view(3, head, d, -1)  # (3, head, d, in)
+    b_src = torch.stack([bq0, bk, bv]).view(3, head, d)
     w_f = torch.einsum("msg,sgei->emi", fc, w_src).flatten(0, 1)  # (d*9, in)
     b_f = torch.einsum("msg,sge->em", fc, b_src).flatten()
     rate1, rate2 = m.rate1.double(), m.rate2.double()
     weight = torch.cat([w_qu, wk, rate1 * wv, w_f])
     bias = torch.cat([b_qu, bk, rate1 * bv, b_f])
     twin.proj.weight.copy_(weight.view_as(twin.proj.weight))
+    assert twin.proj.bias is not None
     twin.proj.bias.copy_(bias)
     twin.dep_conv.weight.copy_(rate2 * m.dep_conv.weight.double())
     return twin.train(module.training)

@@ -31,14 +31,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from blocks_export.export.parity import compare
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
+from blocks_export.export.parity import compare
+
 from . import CONVERSIONS, Conversion, to_export
 from .recognize import RECOGNIZERS, NotConvertible, Recognizer
-from .spd import SPDConv
 
 Table = Mapping[type[nn.Module], Conversion]
 
@@ -250,16 +250,9 @@ def _check(candidate: nn.Module, calls: list[Call], expected: list[Any]) -> _Che
 
 def _convert(reference: nn.Module, table: Table) -> nn.Module:
     """``to_export`` for a table block; a composite reference (``nn.Sequential(DCN, BatchNorm2d, act)``) is
-    converted part by part, and so is an ``SPDConv`` whose merged twin cannot take its convolution."""
+    converted part by part."""
     if type(reference) in table:
-        try:
-            return to_export(copy.deepcopy(reference), table)
-        except Exception:
-            # SPDConv is space_to_depth then its conv (by definition); a plain container keeps the result from
-            # looking like an unconverted SPDConv to a second rewrite.
-            if not (isinstance(reference, SPDConv) and type(reference.spd) in table):
-                raise
-            return nn.Sequential(to_export(copy.deepcopy(reference.spd), table), copy.deepcopy(reference.conv))
+        return to_export(copy.deepcopy(reference), table)
     composite = copy.deepcopy(reference)
     converted = False
     for name, child in list(composite.named_children()):

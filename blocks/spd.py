@@ -102,46 +102,27 @@ class SpaceToDepthExport(nn.Module):
         return torch.cat([x[:, :, ::2, ::2], x[:, :, 1::2, ::2], x[:, :, ::2, 1::2], x[:, :, 1::2, 1::2]], 1)
 
 
-def space_to_depth_conv_weight(weight: torch.Tensor) -> torch.Tensor:
-    """Weights [C2, 4C, k, k] of a conv after ``space_to_depth`` -> [C2, C, 2k, 2k] of one conv on the input.
-
-    A ``k x k`` conv (stride ``st``, zero padding ``p``) on ``y = space_to_depth(x)`` reads, for tap (u, v),
-    channel ``(2 * s + r) * C + c`` of ``y`` at row ``st * i + u - p``, i.e. ``x[c]`` at row
-    ``2 * st * i + (2u + r) - 2p`` (and likewise for columns). So it equals a ``2k x 2k`` conv on ``x`` with
-    stride ``2 * st``, padding ``2p`` and weight ``W'[o, c, 2u + r, 2v + s] = W[o, (2s + r) * C + c, u, v]``:
-    the same products, each tap read once (a permutation of the weights, no arithmetic). Padded cells are
-    zero in both. Output size: floor((H + 4p - 2k) / (2 st)) + 1 = floor((H/2 + 2p - k) / st) + 1.
-    """
-    c2, c4, kh, kw = weight.shape
-    if c4 % 4:
-        raise ValueError(f"space_to_depth_conv_weight: input channels {c4} must be a multiple of 4")
-    w = weight.reshape(c2, 2, 2, c4 // 4, kh, kw)  # (C2, s, r, C, u, v)
-    w = w.permute(0, 3, 4, 2, 5, 1)  # (C2, C, u, r, v, s)
-    return w.reshape(c2, c4 // 4, 2 * kh, 2 * kw)  # (C2, C, 2u + r, 2v + s)
-
-
 class SPDConvExport(nn.Module):
-    """Export twin of ``SPDConv``: [N, c1, H, W] -> [N, c2, H/2/s, W/2/s], one convolution and its activation.
+    """Export twin of ``SPDConv``: [N, c1, H, W] -> [N, c2, H/2/s, W/2/s].
 
-    ``space_to_depth`` followed by the ``k x k`` conv (stride ``s``) is exactly one ``2k x 2k`` conv with
-    stride ``2s`` on the input (``space_to_depth_conv_weight``), and the BatchNorm is folded into it
-    (``fold_batchnorm_weights``). No data is rearranged at all, in any runtime. YOLOv5 v6.0 replaced its
-    Focus layer (the seed's slicing + conv) by the equivalent ``Conv(k=6, s=2, p=2)`` for exportability
-    (https://github.com/ultralytics/yolov5/issues/4825); its maintainers report that which form is faster on
-    a GPU depends on the card (https://github.com/ultralytics/yolov5/issues/6257). In onnxruntime 1.32 (CPU)
-    the one convolution ran as fast as the stock export. Odd H or W raise the reference's ``ValueError`` in
-    PyTorch; an exported graph cannot check them and runs there (the reference has no output to match).
+    The seed's four-phase slicing (``SpaceToDepthExport``) followed by one convolution with the BatchNorm
+    folded in (``fold_batchnorm_weights``, exact in eval mode) and the activation. The rearrangement stays as
+    strided slices + Concat on purpose: onnxruntime's optimiser fuses that pattern into its ``SpaceToDepth``
+    kernel, and TensorRT runs strided slices as copies. The alternative without any rearrangement, one
+    ``2k x 2k`` convolution with stride ``2s`` (YOLOv5's Focus -> ``Conv(k=6, s=2, p=2)``,
+    https://github.com/ultralytics/yolov5/issues/4825), is also exact but measured 1.7x slower in onnxruntime
+    1.32 CPU at 1x64x80x80 (``benchmarks/run.py``), so it is not used. Odd H or W raise the reference's
+    ``ValueError`` in PyTorch.
     """
 
     def __init__(self, conv: nn.Conv2d, act: nn.Module):
         super().__init__()
+        self.spd = SpaceToDepthExport()
         self.conv = conv
         self.act = act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_spd_rank(x)
-        check_spd_input(x.shape[-2], x.shape[-1])
-        return self.act(self.conv(x))
+        return self.act(self.conv(self.spd(x)))  # (N, 4 c1, H/2, W/2) -> (N, c2, H/2/s, W/2/s)
 
 
 def spd_conv_to_export(module: SPDConv) -> SPDConvExport:
@@ -149,19 +130,12 @@ def spd_conv_to_export(module: SPDConv) -> SPDConvExport:
     if not isinstance(module, SPDConv):
         raise TypeError(f"spd.spd_conv_to_export: expected SPDConv, got {type(module).__name__}")
     conv = module.conv.conv
-    if (conv.groups != 1 or conv.dilation != (1, 1) or conv.padding_mode != "zeros"
-            or isinstance(conv.padding, str)):
-        raise ValueError(
-            f"spd.spd_conv_to_export: only groups=1, dilation=1 and numeric zero padding are supported; "
-            f"got {conv}")
     weight, bias = fold_batchnorm_weights(conv, module.conv.bn)
-    ph, pw = conv.padding
-    (kh, kw), (sh, sw) = conv.kernel_size, conv.stride
-    big = nn.Conv2d(conv.in_channels // 4, conv.out_channels, (2 * kh, 2 * kw), (2 * sh, 2 * sw),
-                    (2 * ph, 2 * pw), bias=False)
-    big.weight = nn.Parameter(space_to_depth_conv_weight(weight))
-    big.bias = nn.Parameter(bias)
-    return SPDConvExport(big, copy.deepcopy(module.conv.act)).eval()
+    folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                       conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode)
+    folded.weight = nn.Parameter(weight)
+    folded.bias = nn.Parameter(bias)
+    return SPDConvExport(folded, copy.deepcopy(module.conv.act)).eval()
 
 
 def to_export(module: nn.Module) -> nn.Module:

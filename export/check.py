@@ -21,6 +21,7 @@ import onnx
 from onnx import TensorProto
 
 from . import trt_ops
+from .errors import InputError
 from .targets import Target, get_target, ort_deform_conv
 
 STANDARD_DOMAINS = ("", "ai.onnx")
@@ -388,10 +389,37 @@ def _visit(ctx: _Context, graph: onnx.GraphProto, functions: dict[tuple[str, str
 
 
 def _load(model: onnx.ModelProto | str | os.PathLike[str]) -> onnx.ModelProto:
+    """The model at ``model``; ``InputError`` (one line) for a file that is not a usable ONNX model."""
     if isinstance(model, onnx.ModelProto):
         return model
-    # The weights are not needed to check operators; large external data stays on disk.
-    return onnx.load(os.fspath(model), load_external_data=False)
+    path = os.fspath(model)
+    # An empty file parses as an empty ModelProto (protobuf's wire format has no header), which would
+    # "pass" with 0 nodes: refuse it, and anything else that decodes to a model without a graph.
+    if os.path.getsize(path) == 0:
+        raise InputError(f"{path}: the file is empty; export the model again or copy it again")
+    try:
+        # The weights are not needed to check operators; large external data stays on disk.
+        proto = onnx.load(path, load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError and onnx's own errors share no useful base class
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise InputError(f"{path}: not a valid ONNX model ({type(e).__name__}: {first}); the file may be "
+                         "truncated or corrupted: export it again or copy it again") from None
+    if not proto.graph.node and not proto.graph.output:
+        raise InputError(f"{path}: not an ONNX model (no graph in the file); export it again or copy it again")
+    _check_external_data(proto, path)
+    return proto
+
+
+def _check_external_data(proto: onnx.ModelProto, path: str) -> None:
+    """Refuse a model whose external-data files are missing: the TensorRT parser and onnxruntime need them."""
+    folder = os.path.dirname(os.path.abspath(path))
+    for tensor in onnx.external_data_helper._get_all_tensors(proto):
+        if not onnx.external_data_helper.uses_external_data(tensor):
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        if not os.path.isfile(os.path.join(folder, location)):
+            raise InputError(f"{path}: tensor {tensor.name!r} is stored in external-data file {location!r}, "
+                             f"which is not in {folder}; copy it beside the model")
 
 
 def check_model(model: onnx.ModelProto | str | os.PathLike[str], target: str) -> CheckReport:

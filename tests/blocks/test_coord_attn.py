@@ -7,14 +7,15 @@ import copy
 import onnx
 import pytest
 import torch
-from blocks_export.blocks import CA, CoordAttExport, h_swish, randomize_, to_export
-from blocks_export.blocks.coord_attn import fold_batchnorm
-from blocks_export.export.parity import compare, rel_l2
 from fixtures import seed_blocks
 from helpers import export_dynamic, run_ort
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+
+from blocks_export.blocks import CA, CoordAttExport, h_swish, randomize_, to_export
+from blocks_export.blocks.coord_attn import fold_batchnorm
+from blocks_export.export.parity import compare, rel_l2
 
 SHAPES = [(1, 1, 1), (2, 1, 5), (3, 7, 1), (1, 13, 6), (4, 9, 11), (2, 97, 3), (1, 5, 101), (1, 98, 99)]
 

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures import seed_blocks
+from torch import nn
+
 from blocks_export.blocks import CA, DCN, ACmix, CB2d, SPDConv, randomize_, space_to_depth
 from blocks_export.blocks.recognize import (
     RECOGNIZERS,
@@ -20,8 +23,6 @@ from blocks_export.blocks.recognize import (
     recognize_spd_conv,
 )
 from blocks_export.export.parity import rel_l2
-from fixtures import seed_blocks
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # pasted_variants.py sits beside this file
 import pasted_variants as pv  # noqa: E402

@@ -9,10 +9,11 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from blocks_export import blocks
-from blocks_export.blocks import randomize_
 from fixtures import seed_blocks as seed
 from torch import nn
+
+from blocks_export import blocks
+from blocks_export.blocks import randomize_
 
 # (name, seed constructor, reference constructor, input shape): shapes where the seed runs.
 CASES: list[tuple[str, Callable[[], nn.Module], Callable[[], nn.Module], tuple[int, ...]]] = [

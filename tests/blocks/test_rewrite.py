@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures import seed_blocks
+from torch import nn
+
 from blocks_export.blocks import (
     CA,
     DCN,
@@ -29,8 +32,6 @@ from blocks_export.blocks import (
 )
 from blocks_export.blocks.rewrite import inspect_model
 from blocks_export.export.parity import rel_l2
-from fixtures import seed_blocks
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # pasted_variants.py sits beside this file
 import pasted_variants as pv  # noqa: E402
@@ -333,6 +334,7 @@ def test_rewritten_model_exports_with_dynamic_shapes_and_matches_the_original_el
     """The point of the rewrite: the stock export of CoordAtt/GCNet/SPD pasted blocks is wrong or fixed-size
     at other H and W; the rewritten model exported once is right at another (non-square) size."""
     import onnx
+
     from blocks_export.plugins.ort_cpu import cpu_session
 
     model = _randomized(pv.sequential_model, seed=8)
@@ -390,14 +392,13 @@ def test_rewriting_a_rewritten_model_changes_nothing():
     assert [type(m) for m in twice.modules()] == [type(m) for m in once.modules()]
 
 
-def test_spdconv_whose_conv_the_merged_twin_cannot_take_is_converted_part_by_part():
+def test_spdconv_with_a_grouped_conv_is_converted_whole():
     pasted = pv.SPDConvYolo(8, 16)
-    pasted.conv.conv = nn.Conv2d(32, 16, 3, 1, 1, groups=2, bias=False)  # the merged twin needs groups=1
+    pasted.conv.conv = nn.Conv2d(32, 16, 3, 1, 1, groups=2, bias=False)
     model = nn.Sequential(randomize_(pasted).eval())
     x = torch.randn(2, 8, 8, 12)
     new, report = rewrite_model(model, x)
-    assert [(r.name, r.twin_class) for r in report.replaced] == [("0", "Sequential")], report.lines()
-    assert type(new[0][0]) is SpaceToDepthExport
+    assert [(r.name, r.twin_class) for r in report.replaced] == [("0", "SPDConvExport")], report.lines()
     _assert_same_outputs(model, new, torch.randn(1, 8, 14, 6))
     _, again = rewrite_model(new, x)
     assert again.replaced == () and again.left_alone == ()

@@ -1,0 +1,81 @@
+"""Hostile and broken files for the reliability tests: ONNX models, checkpoints, engines (all tiny)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+import numpy as np
+
+ONNX_CASES = ("empty", "random_bytes", "truncated", "unknown_domain", "opset_too_new", "external_data_missing",
+              "ctx_escape_parent", "ctx_escape_absolute")
+
+
+def relu_model(opset: int = 17, *, weight: bool = False) -> onnx.ModelProto:
+    """[1, 3, 8, 8] -> Relu (-> + W) -> [1, 3, 8, 8]; ``weight`` adds a 3x8x8 initializer (truncation target)."""
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 8, 8])
+    y = helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 3, 8, 8])
+    nodes = [helper.make_node("Relu", ["images"], ["r" if weight else "output0"], name="relu")]
+    inits = []
+    if weight:
+        w = np.linspace(-1, 1, 3 * 8 * 8 * 16, dtype=np.float32)[: 3 * 64].reshape(3, 8, 8)
+        inits.append(numpy_helper.from_array(w, "w"))
+        nodes.append(helper.make_node("Add", ["r", "w"], ["output0"], name="add"))
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits),
+                              opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+def write_onnx_case(case: str, folder: Path) -> Path:
+    """Write the bad ONNX file ``case`` into ``folder`` (a fresh folder per case); returns its path."""
+    path = folder / "model.onnx"
+    if case == "empty":
+        path.write_bytes(b"")
+    elif case == "random_bytes":
+        path.write_bytes(np.random.default_rng(0).bytes(4096))
+    elif case == "truncated":
+        data = relu_model(weight=True).SerializeToString()
+        path.write_bytes(data[: len(data) // 2])
+    elif case == "unknown_domain":
+        model = relu_model()
+        model.graph.node.append(helper.make_node("Frobnicate", ["output0"], ["extra"], name="frob",
+                                                 domain="com.example.unknown"))
+        model.graph.output.append(helper.make_tensor_value_info("extra", TensorProto.FLOAT, [1, 3, 8, 8]))
+        model.opset_import.append(helper.make_opsetid("com.example.unknown", 1))
+        onnx.save(model, path)
+    elif case == "opset_too_new":
+        onnx.save(relu_model(opset=onnx.defs.onnx_opset_version() + 5), path)
+    elif case == "external_data_missing":
+        onnx.save(relu_model(weight=True), path, save_as_external_data=True, all_tensors_to_one_file=True,
+                  location="model.onnx.data", size_threshold=0)
+        (folder / "model.onnx.data").unlink()
+    elif case in ("ctx_escape_parent", "ctx_escape_absolute"):
+        path = folder / "model_ctx.onnx"
+        outside = folder.parent / "outside.engine"
+        outside.write_bytes(b"not an engine")
+        ref = "../../outside.engine" if case == "ctx_escape_parent" else str(outside.resolve())
+        write_ctx(path, ref)
+    else:
+        raise ValueError(f"unknown case {case!r}")
+    return path
+
+
+def write_ctx(path: Path, ref: str) -> None:
+    """An EPContext model (as export/epcontext.py writes it) whose ``ep_cache_context`` is ``ref``, unchecked."""
+    src = relu_model()
+    node = helper.make_node("EPContext", ["images"], ["output0"], name="ctx", domain="com.microsoft",
+                            main_context=1, embed_mode=0, ep_cache_context=ref,
+                            source="TensorrtExecutionProvider")
+    graph = helper.make_graph([node], "ctx", list(src.graph.input), list(src.graph.output))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    path.write_bytes(model.SerializeToString())
+
+
+def listing(folder: Path) -> list[str]:
+    return sorted(os.path.relpath(p, folder) for p in Path(folder).rglob("*"))

@@ -15,7 +15,7 @@ import copy
 import torch
 from torch import nn
 
-from .coord_attn import fold_batchnorm_weights
+from ._fold import fold_batchnorm
 
 
 def check_spd_input(h: int, w: int) -> None:
@@ -106,7 +106,7 @@ class SPDConvExport(nn.Module):
     """Export twin of ``SPDConv``: [N, c1, H, W] -> [N, c2, H/2/s, W/2/s].
 
     The seed's four-phase slicing (``SpaceToDepthExport``) followed by one convolution with the BatchNorm
-    folded in (``fold_batchnorm_weights``, exact in eval mode) and the activation. The rearrangement stays as
+    folded in (``fold_batchnorm``, exact in eval mode) and the activation. The rearrangement stays as
     strided slices + Concat on purpose: onnxruntime's optimiser fuses that pattern into its ``SpaceToDepth``
     kernel, and TensorRT runs strided slices as copies. The alternative without any rearrangement, one
     ``2k x 2k`` convolution with stride ``2s`` (YOLOv5's Focus -> ``Conv(k=6, s=2, p=2)``,
@@ -129,12 +129,7 @@ def spd_conv_to_export(module: SPDConv) -> SPDConvExport:
     """The eval-mode twin of ``SPDConv`` (copies of its weights; ``module`` is left unchanged)."""
     if not isinstance(module, SPDConv):
         raise TypeError(f"spd.spd_conv_to_export: expected SPDConv, got {type(module).__name__}")
-    conv = module.conv.conv
-    weight, bias = fold_batchnorm_weights(conv, module.conv.bn)
-    folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                       conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode)
-    folded.weight = nn.Parameter(weight)
-    folded.bias = nn.Parameter(bias)
+    folded = fold_batchnorm(module.conv.conv, module.conv.bn)
     return SPDConvExport(folded, copy.deepcopy(module.conv.act)).eval()
 
 

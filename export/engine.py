@@ -22,7 +22,9 @@ line, ``build_serialized_network``.
 Without TensorRT or without a GPU, ``TensorRTUnavailable`` says what is missing and the command to run on the
 Jetson, before anything is written. On this project's development and CI machines (no GPU, no TensorRT
 libraries) this module is exercised through a test double of the API and type-checked against
-``tensorrt-stubs``; ``run_engine``/``engine_parity`` are untested here.
+``tensorrt-stubs``; ``run_engine``/``engine_parity`` only run where TensorRT and a GPU exist, but their
+sidecar check (``verify_engine``: SHA-256, TensorRT version, compute capability) runs before anything is
+deserialized and is tested here.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import ctypes
 import hashlib
 import json
 import os
+import re
 import tempfile
 import threading
 import time
@@ -44,8 +47,9 @@ import onnx
 
 from .check import check_model
 from .epcontext import engine_reference, ep_context_model
-from .errors import ExportFailed, RuntimeMissing
+from .errors import EXIT_MISSING_RUNTIME, ExportError, ExportFailed, RuntimeMissing
 from .fp16 import float_types, fp32_nodes, name_nodes
+from .io import output_error
 from .targets import Target, get_target
 
 if TYPE_CHECKING:
@@ -379,6 +383,7 @@ def _toolkit_version() -> str:
 def _commit(files: Mapping[Path, bytes]) -> None:
     """Write every file to a temporary sibling first, then ``os.replace`` them all; on error, remove the temps."""
     temps: list[tuple[str, Path]] = []
+    path = next(iter(files), Path("."))
     try:
         for path, data in files.items():
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -387,6 +392,8 @@ def _commit(files: Mapping[Path, bytes]) -> None:
                 f.write(data)
         for tmp, path in temps:
             os.replace(tmp, path)
+    except OSError as e:  # disk full, read-only folder: one line (exit 2), not a traceback
+        raise output_error(path, e) from e
     finally:
         for tmp, _ in temps:
             Path(tmp).unlink(missing_ok=True)
@@ -514,11 +521,69 @@ def build_engine(onnx_path: Path, engine_path: Path, *, fp16: bool, target: str,
                         plan.strongly_typed, seconds, sidecar, tuple(warnings))
 
 
-def run_engine(engine_path: Path, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+class EngineRefused(ExportError):
+    """An engine that does not match its sidecar (hash, TensorRT version, GPU): never deserialized."""
+
+    exit_code = EXIT_MISSING_RUNTIME  # as the runtime script: 3 = engine unavailable or refused here
+
+
+class EngineNotVerifiedWarning(UserWarning):
+    """An engine loaded with ``verify=False``: what was not checked, or what would have been refused."""
+
+
+def _version_key(text: str) -> tuple[int, ...]:
+    """'10.3.0.26' -> (10, 3, 0): a plan file only deserializes with the TensorRT major.minor.patch that built
+    it (TensorRT developer guide, "Version Compatibility"; the toolkit does not build version-compatible)."""
+    return tuple(int(p) for p in re.findall(r"\d+", str(text))[:3])
+
+
+def verify_engine(engine_path: Path, *, tensorrt_version: str | None, compute_capability: str | None,
+                  verify: bool = True) -> list[str]:
+    """Check ``engine_path`` against its sidecar (``<engine>.json``) before anything deserializes it.
+
+    SHA-256 always; TensorRT version and compute capability where given (``None``: not determinable here).
+    ``EngineRefused`` (one line) on a missing or unreadable sidecar or any mismatch; with ``verify=False`` the
+    same findings are returned (and warned as ``EngineNotVerifiedWarning``) instead.
+    """
+    engine_path = Path(engine_path)
+    sidecar_path = default_paths(engine_path)[0]
+    problems: list[str] = []
+    try:
+        sidecar = json.loads(sidecar_path.read_text(encoding="utf-8"))
+        if not isinstance(sidecar, dict) or sidecar.get("format") != ENGINE_FORMAT:
+            raise ValueError(f"not a {ENGINE_FORMAT} sidecar")
+    except (OSError, ValueError) as e:
+        problems.append(f"its sidecar {sidecar_path.name} is missing or unreadable ({e})")
+        sidecar = {}
+    if sidecar:
+        digest = hashlib.sha256(engine_path.read_bytes()).hexdigest()
+        if digest != str(sidecar.get("engine_sha256", "")).lower():
+            problems.append(f"SHA-256 {digest[:12]}... does not match the sidecar's "
+                            f"{str(sidecar.get('engine_sha256'))[:12]}... (modified, or another engine)")
+        built = sidecar.get("tensorrt_version")
+        if tensorrt_version and built and _version_key(built) != _version_key(tensorrt_version):
+            problems.append(f"built with TensorRT {built}, this machine has TensorRT {tensorrt_version}")
+        cc = sidecar.get("compute_capability")
+        if compute_capability and cc and str(cc).replace(".", "") != str(compute_capability).replace(".", ""):
+            problems.append(f"built for compute capability {cc}, this GPU is {compute_capability}")
+    if problems and verify:
+        raise EngineRefused(f"refused engine {engine_path.name}: {'; '.join(problems)}; rebuild it here "
+                            "(blocks-export MODEL.onnx --to trt) or load it with verify=False")
+    if not verify:
+        import warnings
+
+        found = "; ".join(problems) if problems else "no mismatch found"
+        warnings.warn(f"engine {engine_path.name} loaded WITHOUT verification (verify=False): {found}",
+                      EngineNotVerifiedWarning, stacklevel=3)
+    return problems
+
+
+def run_engine(engine_path: Path, feeds: Mapping[str, np.ndarray], *, verify: bool = True) -> dict[str, np.ndarray]:
     """Run a serialized engine once on GPU 0 (TensorRT runtime, torch CUDA tensors as buffers).
 
-    Untested on this project's CPU-only development and CI machines; needs TensorRT 8.5+ (named IO tensors,
-    ``execute_async_v3``) and torch with CUDA.
+    The engine is first checked against its sidecar (``verify_engine``). Untested on this project's CPU-only
+    development and CI machines; needs TensorRT 8.5+ (named IO tensors, ``execute_async_v3``) and torch with
+    CUDA.
     """
     import numpy as np
     import torch
@@ -526,6 +591,8 @@ def run_engine(engine_path: Path, feeds: Mapping[str, np.ndarray]) -> dict[str, 
     load_tensorrt("(run_engine needs TensorRT)")
     import tensorrt as trt
 
+    verify_engine(engine_path, tensorrt_version=str(trt.__version__),
+                  compute_capability=cuda_device("(run_engine needs a GPU)").compute_capability, verify=verify)
     errors: list[str] = []
     logger = _logger(errors, [])
     trt.init_libnvinfer_plugins(logger, "")
@@ -553,12 +620,15 @@ def run_engine(engine_path: Path, feeds: Mapping[str, np.ndarray]) -> dict[str, 
 
 
 def engine_parity(engine_path: Path, feeds: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray],
-                  precision: str) -> Comparison:
-    """Engine outputs against ``reference`` outputs (by name) under ``parity.RULES[precision]``. Untested here."""
+                  precision: str, *, verify: bool = True) -> Comparison:
+    """Engine outputs against ``reference`` outputs (by name) under ``parity.RULES[precision]``; the engine is
+    verified against its sidecar first (``verify_engine``). Untested here."""
     from .parity import compare
 
-    return compare(dict(reference), run_engine(engine_path, feeds), precision=precision, label="tensorrt")
+    return compare(dict(reference), run_engine(engine_path, feeds, verify=verify), precision=precision,
+                   label="tensorrt")
 
 
-__all__ = ["DeviceInfo", "EngineBuildError", "EngineResult", "TensorRTUnavailable", "build_engine", "cuda_device",
-           "default_paths", "engine_parity", "jetson_command", "load_tensorrt", "run_engine"]
+__all__ = ["DeviceInfo", "EngineBuildError", "EngineNotVerifiedWarning", "EngineRefused", "EngineResult",
+           "TensorRTUnavailable", "build_engine", "cuda_device", "default_paths", "engine_parity", "jetson_command",
+           "load_tensorrt", "run_engine", "verify_engine"]

@@ -38,6 +38,13 @@ class OutputError(ExportError):
     exit_code = EXIT_USAGE
 
 
+class OutputWriteError(OutputError, OSError):
+    """Writing the output failed for a reason of the disk or the folder (full, read-only, permissions).
+
+    Also an ``OSError``, so callers that handle filesystem errors still catch it.
+    """
+
+
 class ExportFailed(ExportError, RuntimeError):
     """The exporter, the simplifier or another conversion step failed on a model that loaded fine."""
 

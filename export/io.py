@@ -8,12 +8,13 @@ failure, interrupt included, the temporary file is removed and the previous file
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import OutputError
+from .errors import OutputError, OutputWriteError
 
 
 def check_output_path(path: Path, force: bool) -> None:
@@ -29,16 +30,39 @@ def check_output_path(path: Path, force: bool) -> None:
         raise OutputError(f"output {path} already exists; pass --force to overwrite it")
 
 
+# Write failures that are the output location's fault, not a bug: reported as OutputError (exit 2).
+_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG}
+
+
+def output_error(path: Path, error: OSError) -> OSError:
+    """``error`` as a one-line ``OutputError`` when the disk or the folder is at fault, else ``error`` itself."""
+    if error.errno not in _OUTPUT_ERRNOS:
+        return error
+    what = os.strerror(error.errno) if error.errno is not None else str(error)
+    hint = ("free some space or choose another -o/--output" if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+            else "choose a writable -o/--output")
+    refused = OutputWriteError(f"cannot write {path} ({what}); the previous file, if any, is untouched; {hint}")
+    refused.errno = error.errno  # one-argument OSError: str() is the message alone, errno kept for callers
+    return refused
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on normal exit it replaces ``path``, otherwise it is removed."""
     path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise output_error(path, e) from e
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise output_error(path, e) from e
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -65,11 +89,16 @@ def atomic_folder_files(folder: Path, names: list[str]) -> Iterator[Path]:
     For outputs made of several files (an ONNX model and its external-data file): each move is atomic; the
     files are moved in the order given, so the model (last) never refers to a data file that is missing.
     """
-    tmp = Path(tempfile.mkdtemp(prefix=".blocks-export.", suffix=".tmp", dir=folder))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=".blocks-export.", suffix=".tmp", dir=folder))
+    except OSError as e:
+        raise output_error(folder / names[-1], e) from e
     try:
         yield tmp
         for name in names:
             os.replace(tmp / name, folder / name)
+    except OSError as e:
+        raise output_error(folder / names[-1], e) from e
     finally:
         for leftover in tmp.iterdir() if tmp.exists() else ():
             with contextlib.suppress(OSError):

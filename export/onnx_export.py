@@ -1,13 +1,12 @@
 """``to_onnx``: one model, one example input -> an ONNX ``ModelProto`` (not yet written anywhere).
 
 Dynamo exporter (default): ``torch.export.export`` first, so that ``--dynamic`` constraints are derived
-here: batch, H and W start as free ``torch.export.Dim``s; when tracing proves they cannot all be free (five
-stride-2 stages followed by an upsample + add need H a multiple of 32, ...), torch.export raises a
-constraint violation with "Suggested fixes", which ``refine_dynamic_shapes_from_suggested_fixes`` turns into
-the valid ``Dim`` expressions (https://pytorch.org/docs/stable/export.html, "Dynamic shapes"). The derived
-ranges are read back from the program's ``range_constraints`` and recorded. The program is then translated
-with ``torch.onnx.export(program, dynamo=True, custom_translation_table=...)`` carrying the DeformConv
-lowering.
+here: batch, H and W are traced as ``Dim.AUTO`` and the program's shape guards (every size condition the
+trace relied on: H even before a space-to-depth, equal sizes at an upsample + concat, ...) are solved for
+the valid sizes of each axis: a minimum, a maximum and a multiple (five stride-2 stages feeding a top-down
+neck need H a multiple of 32), recorded with the export (https://pytorch.org/docs/stable/export.html,
+"Dynamic shapes"). The program is then translated with ``torch.onnx.export(program, dynamo=True,
+custom_translation_table=...)`` carrying the DeformConv lowering.
 
 TorchScript exporter (``--exporter torchscript``, and always for TorchScript archives): inside
 ``torchscript_symbolic(lowering, opset)``, with ``dynamic_axes`` for batch/H/W.
@@ -19,7 +18,7 @@ import contextlib
 import io
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +29,10 @@ from .errors import ExportFailed, UsageError
 INPUT_NAME = "images"
 AXIS_NAMES = {0: "batch", 2: "height", 3: "width"}
 STD_DEFORM_CONV_OPSET = 19  # ONNX DeformConv exists from opset 19 (https://onnx.ai/onnx/operators/onnx__DeformConv.html)
-MAX_REFINEMENTS = 4
+# Deriving dynamic ranges probes H and W up to max(4 x the traced size, SIZE_PROBE_LIMIT) and the batch up to
+# BATCH_PROBE_LIMIT; a range still valid there is recorded as unbounded (as torch.export's own ranges are).
+SIZE_PROBE_LIMIT = 256
+BATCH_PROBE_LIMIT = 64
 # The dynamo exporter's translation functions start at opset 18; lower opsets are reached by conversion.
 DYNAMO_MIN_OPSET = 18
 LAYER_NORM_OPSET = 17  # LayerNormalization exists from opset 17
@@ -128,75 +130,183 @@ def _quiet_exporter() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def _dims(batch_max: int | None, shape: Any = None, divisor: int = 0) -> dict[int, Any]:
-    """Free batch/H/W ``Dim``s; with ``divisor``, H and W start at ``size // divisor`` of ``shape``."""
+def export_program(model: Any, example: Any, dynamic: bool,
+                   batch_max: int | None = None) -> tuple[Any, dict[str, dict[str, int | None]] | None, list[str]]:
+    """``torch.export.export``; with ``dynamic``, batch/H/W dynamic and their valid ranges derived.
+
+    Returns (program, {axis: {"min", "max", "multiple_of"}} or ``None`` when static, notes).
+    """
+    import torch
     from torch.export import Dim
 
-    h_min = max(1, int(shape[2]) // divisor) if divisor else 1
-    w_min = max(1, int(shape[3]) // divisor) if divisor else 1
-    return {0: Dim("batch", min=1, max=batch_max) if batch_max else Dim("batch", min=1),
-            2: Dim("height", min=h_min), 3: Dim("width", min=w_min)}
-
-
-def _suggested_fixes(message: str) -> str:
-    """The "Suggested fixes:" block of a constraint-violation message, for torch's own parser.
-
-    The parser reads every line after the header; the message continues with prose, which it cannot parse.
-    """
-    start = message.find("Suggested fixes:")
-    lines = message[start:].splitlines()
-    keep = [lines[0]] + [ln for ln in lines[1:] if ln.startswith("  ") and " = " in ln]
-    return "\n".join(keep)
-
-
-def export_program(model: Any, example: Any, dynamic: bool, batch_max: int | None = None) -> tuple[Any, list[str]]:
-    """``torch.export.export`` with batch/H/W dynamic and constraints refined from torch's suggested fixes."""
-    import torch
-    from torch._dynamo.exc import UserError, UserErrorType
-    from torch.export.dynamic_shapes import refine_dynamic_shapes_from_suggested_fixes
-
-    notes: list[str] = []
     if not dynamic:
         try:
             with _quiet_exporter():
-                return torch.export.export(model, (example,), strict=False), notes
+                return torch.export.export(model, (example,), strict=False), None, []
         except Exception as e:
             raise ExportFailed(f"torch.export failed: {_one_line(e)} (rerun with --debug for the traceback)") from e
     if example.shape[0] == 1:
         # torch.export specialises dimensions of size 0 and 1 ("0/1 specialization"), so a dynamic batch is
         # traced with two samples; in eval mode samples do not interact, the graph is the same.
         example = torch.cat([example, example], 0)  # (2, C, H, W)
-    # Guards such as "H/2 != 1" (torch specialises sizes of 1) come without suggested fixes: they bound the
-    # sizes from below, so the minimum of H and W is raised step by step towards the export size.
-    for divisor in (0, 4, 2, 1):
-        shapes: Any = (_dims(batch_max, example.shape, divisor),)
-        for _ in range(MAX_REFINEMENTS):
-            try:
-                with _quiet_exporter():
-                    program = torch.export.export(model, (example,), dynamic_shapes=shapes, strict=False)
-                if divisor:
-                    notes.append(f"H and W kept >= 1/{divisor} of the export size (smaller sizes break the "
-                                 "model's shape guards)")
-                return program, notes
-            except UserError as e:
-                if e.error_type != UserErrorType.CONSTRAINT_VIOLATION:
-                    raise ExportFailed(f"--dynamic: torch.export failed: {_one_line(e)}") from e
-                if "Suggested fixes:" not in str(e):
-                    break
-                refined = refine_dynamic_shapes_from_suggested_fixes(_suggested_fixes(str(e)), shapes)
-                for axis, dim in refined[0].items():  # type: ignore[index]  # a tuple here
-                    if isinstance(dim, int):
-                        name = AXIS_NAMES.get(int(axis), f"axis {axis}")
-                        raise UsageError(f"--dynamic: the {name} of input {INPUT_NAME} cannot be dynamic: the "
-                                         f"model fixes it to {dim} (a size used as a Python number or a fixed "
-                                         "reshape); export without --dynamic") from e
-                if not any("suggested fixes" in n for n in notes):
-                    notes.append("dynamic shapes refined from torch.export's suggested fixes")
-                shapes = refined
-            except Exception as e:
-                raise ExportFailed(f"--dynamic: torch.export failed: {_one_line(e)} "
-                                   "(rerun with --debug for the traceback)") from e
-    raise UsageError(_static_axes_message(model, example, batch_max))
+    # Dim.AUTO, not named Dims: with named Dims torch.export solves the guards itself and proposes "suggested
+    # fixes", and its solver breaks on the guards of padded windows (ACmix: "Cannot create Dim with
+    # inconsistent min=0, max=-oo" for the sample models). AUTO keeps every guard; they are solved below.
+    batch = Dim.AUTO(min=1, max=batch_max) if batch_max else Dim.AUTO
+    shapes = ({0: batch, 2: Dim.AUTO, 3: Dim.AUTO},)
+    try:
+        with _quiet_exporter():
+            program = torch.export.export(model, (example,), dynamic_shapes=shapes, strict=False)
+    except Exception as e:
+        raise ExportFailed(f"--dynamic: torch.export failed: {_one_line(e)} "
+                           "(rerun with --debug for the traceback)") from e
+    ranges, notes = derive_dynamic_ranges(program, tuple(int(s) for s in example.shape), batch_max)
+    return program, ranges, notes
+
+
+def _input_sizes(program: Any) -> list[Any]:
+    """The sizes of the program's first user input: ints (static) or ``torch.SymInt``s."""
+    name = program.graph_signature.user_inputs[0]
+    node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == name)
+    return list(node.meta["val"].shape)
+
+
+def _is_bookkeeping(guard: Any) -> bool:
+    """A guard ``a != b`` between two size expressions (neither a constant).
+
+    PyTorch records these when its operator bookkeeping compares two sizes that differ at the traced shape
+    (is a reshape a view, are the strides contiguous); where they happen to be equal the ONNX operators
+    compute the same values, so they do not bound the valid sizes. ``x != 1`` is kept (PyTorch treats a size
+    of 1 apart: broadcasting), and so are all equalities (``H % 2 == 0`` before a space-to-depth) and
+    orderings (a reflection pad needs a size larger than the pad). Verification at other shapes checks it.
+    """
+    import sympy
+
+    return isinstance(guard, sympy.Ne) and not guard.lhs.is_number and not guard.rhs.is_number
+
+
+def _progression(valid: Callable[[int], bool], size: int, limit: int,
+                 steps: list[int]) -> tuple[int, int | None, int]:
+    """(min, max or None, step): the longest run ``size + k*step`` of valid sizes, smallest step first.
+
+    A run that stays valid up to ``limit`` is taken as unbounded (max ``None``) and wins at once.
+    """
+    best = (size, size, steps[0])
+    for step in steps:
+        lo = size
+        while lo - step >= 1 and valid(lo - step):
+            lo -= step
+        hi = size
+        while hi + step <= limit and valid(hi + step):
+            hi += step
+        if hi + step > limit:
+            return lo, None, step
+        if (hi - lo) // step > (best[1] - best[0]) // best[2]:
+            best = (lo, hi, step)
+    return best
+
+
+def derive_dynamic_ranges(program: Any, traced_shape: tuple[int, ...],
+                          batch_max: int | None = None) -> tuple[dict[str, dict[str, int | None]], list[str]]:
+    """{axis: {"min", "max", "multiple_of"}} for batch/H/W of ``program``'s input, from its shape guards.
+
+    ``torch.export`` records every condition the trace relied on as a guard over the input sizes (sympy
+    relations in the program's ``ShapeEnv``; https://pytorch.org/docs/stable/export.html, "Dynamic
+    shapes"). A size is valid where all guards hold (the other axes at ``traced_shape``); the range recorded
+    for H and W is the run of valid sizes ``k * multiple_of`` through the traced size with the smallest
+    multiple that stays valid up to ``max(4 x size, SIZE_PROBE_LIMIT)``, the batch from 1 (e.g. multiples of 32 for five
+    stride-2 stages feeding an upsample + concat). ``UsageError`` for an axis the model fixes.
+    """
+    import sympy
+    import torch
+    from torch.export.exported_program import _get_shape_env
+
+    sizes = _input_sizes(program)
+    fixed = [a for a in AXIS_NAMES if not isinstance(sizes[a], torch.SymInt)]
+    if fixed:
+        names = " and ".join(AXIS_NAMES[a] for a in fixed)
+        values = ", ".join(str(int(sizes[a])) for a in fixed)
+        raise UsageError(f"--dynamic: the {names} of input {INPUT_NAME} cannot be dynamic: the model fixes "
+                         f"{'it' if len(fixed) == 1 else 'them'} to {values} (a size used as a Python number or a "
+                         "fixed reshape); export without --dynamic")
+    # Each axis is k * s for one symbol s (k = 1 unless torch.export already factored a multiple out).
+    symbols: dict[int, tuple[Any, int]] = {}
+    for a in AXIS_NAMES:
+        expr = sizes[a].node.expr
+        coeff, rest = expr.as_coeff_Mul()
+        if not isinstance(rest, sympy.Symbol) or not coeff.is_Integer:
+            raise ExportFailed(f"--dynamic: the {AXIS_NAMES[a]} of input {INPUT_NAME} became {expr} in the "
+                               "trace; its valid sizes cannot be derived")
+        symbols[a] = (rest, int(coeff))
+    tied = [(a, b) for a in symbols for b in symbols if a < b and symbols[a][0] == symbols[b][0]]
+    if tied:
+        a, b = tied[0]
+        raise UsageError(f"--dynamic: the model ties the {AXIS_NAMES[b]} of input {INPUT_NAME} to its "
+                         f"{AXIS_NAMES[a]} (they must be equal); export without --dynamic")
+    env = _get_shape_env(program.graph_module)
+    own = {s for s, _ in symbols.values()}
+    guards = list(dict.fromkeys(g.expr for g in (env.guards if env is not None else ())
+                                if g.expr.free_symbols <= own and not _is_bookkeeping(g.expr)))
+    bounds = {str(k): v for k, v in program.range_constraints.items()}
+    traced = {symbols[a][0]: sympy.Integer(traced_shape[a] // symbols[a][1]) for a in symbols}
+
+    def holds(exprs: list[Any], values: dict[int, int]) -> bool:
+        """All ``exprs`` true with the axes in ``values`` at those sizes (the others as traced)."""
+        sub = {}
+        for a, v in values.items():
+            sym, k = symbols[a]
+            upper = _finite_int(bounds[str(sym)].upper) if str(sym) in bounds else None
+            if v % k or (upper is not None and v // k > upper):
+                return False
+            sub[sym] = sympy.Integer(v // k)
+        try:
+            return all(bool(g.xreplace(sub)) for g in exprs)
+        except TypeError:  # a guard that does not reduce to True/False at these sizes: not proven valid
+            return False
+
+    out: dict[str, dict[str, int | None]] = {}
+    for a in AXIS_NAMES:
+        sym = symbols[a][0]
+        # The other axes at their traced sizes once, so that each probe substitutes one symbol.
+        others = {s: v for s, v in traced.items() if s != sym}
+        exprs = [e for g in guards if sym in g.free_symbols and (e := g.xreplace(others)) is not sympy.true]
+        cache: dict[int, bool] = {}
+
+        def valid(v: int, a: int = a, exprs: list[Any] = exprs, cache: dict[int, bool] = cache) -> bool:
+            if v not in cache:
+                cache[v] = holds(exprs, {a: v})
+            return cache[v]
+
+        size = traced_shape[a]
+        limit = (batch_max or BATCH_PROBE_LIMIT) if a == 0 else max(4 * size, SIZE_PROBE_LIMIT)
+        steps = [1] if a == 0 else [d for d in range(1, size + 1) if size % d == 0]
+        lo, hi, step = _progression(valid, size, limit, steps)
+        # A bounded run narrower than half the size is the size itself up to rounding (a flatten into a
+        # fixed Linear accepts 15 and 16 after a stride-2 convolution): not a dynamic axis.
+        if hi is not None and hi - lo < max(1, size // 2):
+            span = f"{lo}..{hi}" if hi > lo else str(lo)
+            raise UsageError(f"--dynamic: the {AXIS_NAMES[a]} of input {INPUT_NAME} cannot be dynamic: only "
+                             f"{span} pass the model's shape guards (a size used as a Python number or a fixed "
+                             "reshape); export without --dynamic")
+        out[str(a)] = {"min": lo, "max": hi, "multiple_of": step}
+    # Each axis was probed with the others at the traced sizes; guards that join axes (H*W >= 2) must also
+    # hold where the minima meet.
+    lows = {a: int(out[str(a)]["min"] or 1) for a in AXIS_NAMES}
+    for _ in range(64):
+        if holds(guards, lows):
+            break
+        for a in (2, 3):
+            lows[a] += int(out[str(a)]["multiple_of"] or 1)
+    else:
+        raise ExportFailed("--dynamic: no combination of the smallest valid batch, height and width passes the "
+                           "model's shape guards")
+    for a in (2, 3):
+        out[str(a)]["min"] = lows[a]
+    h, w = out["2"], out["3"]
+    note = (f"dynamic sizes from torch.export's shape guards: batch {out['0']['min']}.."
+            f"{out['0']['max'] or ''}, height {h['min']}..{h['max'] or ''} step {h['multiple_of']}, "
+            f"width {w['min']}..{w['max'] or ''} step {w['multiple_of']}")
+    return out, [note]
 
 
 def _finite_int(value: Any) -> int | None:
@@ -209,27 +319,6 @@ def _finite_int(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError, OverflowError):
         return None
-
-
-def _static_axes_message(model: Any, example: Any, batch_max: int | None) -> str:
-    """Which of batch/H/W cannot be dynamic, found by exporting with one of them dynamic at a time, and why
-    (the first guard torch.export reports for it)."""
-    import torch
-
-    bad = []
-    for axis, dim in _dims(batch_max).items():
-        try:
-            with _quiet_exporter():
-                torch.export.export(model, (example,), dynamic_shapes=({axis: dim},), strict=False)
-        except Exception as e:
-            guards = [ln.strip(" -") for ln in str(e).splitlines() if ln.lstrip().startswith("- ")]
-            bad.append((AXIS_NAMES[axis], guards[0] if guards else _one_line(e)))
-    if not bad:
-        return ("--dynamic: batch, height and width can each be dynamic but not together; export without "
-                "--dynamic")
-    names = " and ".join(name for name, _ in bad)
-    return (f"--dynamic: the {names} of input {INPUT_NAME} cannot be dynamic ({bad[0][1][:200]}); "
-            "export without --dynamic")
 
 
 def dynamic_ranges(program: Any) -> dict[str, dict[str, int | None]]:
@@ -280,12 +369,13 @@ def to_onnx(model: Any, example: Any, *, opset: int, opset_fixed: bool = False, 
         n_out = _count_outputs(model, example)
         return _torchscript_export(model, example, opset, lowering, dynamic, n_out, uses_dc, dc, notes)
 
+    derived = None
     if is_program:
         program = model
         if dynamic:
             notes.append("torch.export program: its own shapes are kept (--dynamic does not change them)")
     else:
-        program, more = export_program(model, example, dynamic, batch_max)
+        program, derived, more = export_program(model, example, dynamic, batch_max)
         notes += more
     uses_dc = _program_uses_deform_conv(program)
     opset, more = resolve_opset(opset, opset_fixed, lowering, uses_dc)
@@ -306,7 +396,7 @@ def to_onnx(model: Any, example: Any, *, opset: int, opset_fixed: bool = False, 
                 raise UsageError(f"--deform-conv {lowering}: {e}") from e
             table = dc.dynamo_translation_table(lowering, max(opset, DYNAMO_MIN_OPSET))
     # Read before translation: the ONNX exporter's decompositions rewrite the program's symbolic shapes.
-    ranges = dynamic_ranges(program) if (dynamic or is_program) else None
+    ranges = derived if derived is not None else (dynamic_ranges(program) if is_program else None)
     try:
         with _quiet_exporter():
             onnx_program = torch.onnx.export(program, (example,), dynamo=True,

@@ -510,7 +510,13 @@ def verify_ep_context(model_path: str, nodes: Sequence[NodeSummary], verify: boo
             warnings.append(f"--no-verify-engine: loading {label} WITHOUT checking its SHA-256, TensorRT version "
                             "or compute capability")
         if not os.path.isfile(sidecar_path):
-            notes.append(f"no {os.path.basename(sidecar_path)} beside the engine: {label} is loaded unverified")
+            # Without its sidecar nothing says which engine this is: deleting the sidecar must not be a way
+            # around the hash check.
+            if verify:
+                raise Unavailable(f"refused {label}: no {os.path.basename(sidecar_path)} beside it to verify its "
+                                  "SHA-256; copy the sidecar written with the engine, or pass --no-verify-engine "
+                                  "to load it anyway")
+            warnings.append(f"--no-verify-engine: no {os.path.basename(sidecar_path)} beside {label}")
             checks.append(EngineCheck(engine, notes, warnings))
             continue
         try:
@@ -1150,8 +1156,12 @@ def create_session(ort: Any, model_path: str, chain: list[str], trt_options: dic
             session = ort.InferenceSession(model_path, sess_options=options, providers=providers)
     except Exception as e:  # onnxruntime's pybind errors (Fail, InvalidGraph, ...) share no useful base class
         error = Unavailable if chain[0] != CPU_EP else BadInput
+        # onnxruntime's own message says what is wrong (unknown op, opset, missing external data), not what
+        # to do: say it, after the message so that the reason stays first.
+        hint = ("check that every file of the model was copied (external data included) and that it was "
+                "exported for this onnxruntime (opset, operators)")
         raise error(f"onnxruntime could not load {os.path.basename(model_path)} with {chain[0]}: "
-                    f"{_first_line(e)}") from None
+                    f"{_first_line(e)} -- {hint}") from None
     elapsed = time.perf_counter() - start
     # Without this, a provider failing during run() makes onnxruntime switch providers silently and
     # retry, so a benchmark would time another provider than the one reported.

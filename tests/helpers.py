@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 
 import numpy as np
@@ -34,3 +35,18 @@ def export_dynamic(module: torch.nn.Module, example: torch.Tensor, opset: int = 
 def run_ort(model_bytes: bytes, x: torch.Tensor) -> np.ndarray:
     sess = ort_session(model_bytes)
     return sess.run(None, {sess.get_inputs()[0].name: x.detach().numpy()})[0]
+
+
+def assert_twin_matches(ref: torch.nn.Module, shape: tuple[int, ...], seed: int = 0) -> None:
+    """Twin converted in each precision. fp64: max abs difference <= 1e-9 * max|ref|; fp32: relative L2 <= 1e-5."""
+    from blocks_export.blocks import to_export
+    from blocks_export.export.parity import compare
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    ref64, ref32 = copy.deepcopy(ref).double().eval(), copy.deepcopy(ref).float().eval()
+    with torch.no_grad():
+        fp64 = compare([ref64(x)], [to_export(ref64)(x)], "fp64")
+        fp32 = compare([ref32(x.float())], [to_export(ref32)(x.float())], "fp32")
+    assert fp64.outputs[0].max_rel <= 1e-9, fp64.lines()
+    assert fp32, fp32.lines()

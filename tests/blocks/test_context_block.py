@@ -2,34 +2,20 @@
 
 from __future__ import annotations
 
-import copy
-
 import onnx
 import pytest
 import torch
-from helpers import export_dynamic, run_ort
+from helpers import assert_twin_matches, export_dynamic, run_ort
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 from blocks_export.blocks import CB2d, CB2dExport, randomize_, to_export
 from blocks_export.blocks.context_block import ChannelTransform
-from blocks_export.export.parity import compare, rel_l2
+from blocks_export.export.parity import rel_l2
 
 FUSIONS = [["channel_add"], ["channel_mul"], ["channel_add", "channel_mul"], ["channel_mul", "channel_add"]]
 SHAPES = [(1, 1, 1), (2, 1, 6), (3, 5, 1), (1, 7, 9), (4, 12, 5), (2, 97, 3), (1, 4, 101), (1, 99, 98)]
-
-
-def assert_twin_matches(ref: nn.Module, shape: tuple[int, ...], seed: int = 0) -> None:
-    """Twin converted in each precision. fp64: max abs difference <= 1e-9 * max|ref|; fp32: relative L2 <= 1e-5."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(shape, generator=g, dtype=torch.float64)
-    ref64, ref32 = copy.deepcopy(ref).double().eval(), copy.deepcopy(ref).float().eval()
-    with torch.no_grad():
-        fp64 = compare([ref64(x)], [to_export(ref64)(x)], "fp64")
-        fp32 = compare([ref32(x.float())], [to_export(ref32)(x.float())], "fp32")
-    assert fp64.outputs[0].max_rel <= 1e-9, fp64.lines()
-    assert fp32, fp32.lines()
 
 
 def make_cb(inplanes: int, pool: str, fusions: list[str], seed: int = 0) -> CB2d:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import copy
-
 import onnx
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import export_dynamic, run_ort
+from helpers import assert_twin_matches, export_dynamic, run_ort
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -21,21 +19,9 @@ from blocks_export.blocks import (
     space_to_depth,
     to_export,
 )
-from blocks_export.export.parity import compare, rel_l2
+from blocks_export.export.parity import rel_l2
 
 SHAPES = [(1, 2, 2), (2, 2, 8), (3, 6, 2), (1, 14, 10), (4, 10, 18), (2, 98, 6), (1, 4, 102), (1, 100, 98)]
-
-
-def assert_twin_matches(ref: nn.Module, shape: tuple[int, ...], seed: int = 0) -> None:
-    """Twin converted in each precision. fp64: max abs difference <= 1e-9 * max|ref|; fp32: relative L2 <= 1e-5."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(shape, generator=g, dtype=torch.float64)
-    ref64, ref32 = copy.deepcopy(ref).double().eval(), copy.deepcopy(ref).float().eval()
-    with torch.no_grad():
-        fp64 = compare([ref64(x)], [to_export(ref64)(x)], "fp64")
-        fp32 = compare([ref32(x.float())], [to_export(ref32)(x.float())], "fp32")
-    assert fp64.outputs[0].max_rel <= 1e-9, fp64.lines()
-    assert fp32, fp32.lines()
 
 
 def make_spd_conv(c1: int, c2: int, k: int, s: int, seed: int = 0) -> SPDConv:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-
-import numpy as np
 
 ONNX_CASES = ("empty", "random_bytes", "truncated", "unknown_domain", "opset_too_new", "external_data_missing",
               "ctx_escape_parent", "ctx_escape_absolute")
@@ -21,7 +20,7 @@ def relu_model(opset: int = 17, *, weight: bool = False) -> onnx.ModelProto:
     nodes = [helper.make_node("Relu", ["images"], ["r" if weight else "output0"], name="relu")]
     inits = []
     if weight:
-        w = np.linspace(-1, 1, 3 * 8 * 8 * 16, dtype=np.float32)[: 3 * 64].reshape(3, 8, 8)
+        w = np.linspace(-1, 1, 3 * 8 * 8, dtype=np.float32).reshape(3, 8, 8)  # (C, H, W)
         inits.append(numpy_helper.from_array(w, "w"))
         nodes.append(helper.make_node("Add", ["r", "w"], ["output0"], name="add"))
     model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits),
@@ -79,3 +78,28 @@ def write_ctx(path: Path, ref: str) -> None:
 
 def listing(folder: Path) -> list[str]:
     return sorted(os.path.relpath(p, folder) for p in Path(folder).rglob("*"))
+
+
+def cli(*args: object) -> tuple[int, str, str]:
+    """Run ``blocks-export ARGS`` in-process: (exit code, stdout, stderr)."""
+    from typer.testing import CliRunner
+
+    from blocks_export.export.cli import app, with_default_command
+
+    result = CliRunner().invoke(app, with_default_command([str(a) for a in args]))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def one_error_line(stderr: str, prefix: str = "blocks-export: error:") -> str:
+    """The single refusal line of ``stderr`` (asserts there is exactly one and no traceback)."""
+    lines = [ln for ln in stderr.splitlines() if ln.startswith(prefix)]
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """Environment of a ``blocks-export`` subprocess: the test shim (``shim/sitecustomize.py``) and test modules."""
+    here = Path(__file__).resolve().parent
+    path = [str(here / "shim"), str(here), str(here.parent / "export"), str(here.parent)]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path), "OMP_NUM_THREADS": "1", **extra}

@@ -111,11 +111,13 @@ def test_sidecar_that_is_not_a_blocks_export_sidecar_is_refused(cli, tmp_path):
     assert code == 3 and "is not a blocks-export-engine/1 engine sidecar" in _one_error_line(err)
 
 
-def test_engine_without_sidecar_is_announced_as_unverified(infer, tmp_path):
+def test_engine_without_sidecar_is_refused_unless_verification_is_off(infer, tmp_path):
     path = _ctx_folder(tmp_path, record=False)
     nodes = infer.read_onnx_summary(str(path)).nodes
-    (check,) = infer.verify_ep_context(str(path), nodes, verify=True)
-    assert any("loaded unverified" in n for n in check.notes)
+    with pytest.raises(infer.Unavailable, match="no model.engine.json"):
+        infer.verify_ep_context(str(path), nodes, verify=True)
+    (check,) = infer.verify_ep_context(str(path), nodes, verify=False)
+    assert any("no model.engine.json" in w for w in check.warnings)
 
 
 def test_embedded_engine_is_hashed_from_the_model(infer, tmp_path):

@@ -29,6 +29,9 @@ sys.path.insert(0, str(ROOT))
 
 THREADS = 2
 os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+# torch's OpenMP workers busy-wait after each op by default; interleaved with onnxruntime sessions they would
+# steal the cores the next variant needs and inflate every eager timing. Passive waiting removes that bias.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
@@ -107,6 +110,7 @@ BLOCK_BUILDERS: dict[str, Callable[[int], torch.nn.Module]] = {
     "coord_attn": lambda c: B.CA(c, c),
     "spd_conv": lambda c: B.SPDConv(c, c),
 }
+MIN_SECONDS = 3.0  # per case: enough rounds for stable medians of sub-millisecond variants
 SHAPES = [(1, 64, 80, 80), (8, 64, 80, 80), (1, 128, 40, 40), (8, 128, 40, 40)]
 
 
@@ -130,7 +134,7 @@ def bench_blocks(res: Results, runs: int, shapes: list[tuple[int, ...]]) -> None
             except Exception as e:  # the stock exporter failing is itself a finding
                 log(f"{name} {shape}: stock export failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
             log(f"timing {name} {shape} ...")
-            for variant, t in measure_interleaved(variants, runs=runs).items():
+            for variant, t in measure_interleaved(variants, runs=runs, min_seconds=MIN_SECONDS).items():
                 res.records.append(Record.of(name, variant, shape, t))
 
 
@@ -148,7 +152,7 @@ def bench_deform(res: Results, runs: int, shapes: list[tuple[int, ...]]) -> None
             table = dynamo_translation_table(lowering, opset)
             variants[f"{lowering} onnx"] = ort_runner(export_bytes(twin, x, table, opset, slim=True), x)
         log(f"timing dcn {shape} ...")
-        for variant, t in measure_interleaved(variants, runs=runs).items():
+        for variant, t in measure_interleaved(variants, runs=runs, min_seconds=MIN_SECONDS).items():
             res.records.append(Record.of("dcn", variant, shape, t))
 
 
@@ -172,18 +176,19 @@ def bench_detector(res: Results, runs: int) -> None:
         res.extra["detector export+verify s"] = round(wall, 2)
         res.extra["detector export+verify peak MB"] = round(peak_mb, 1)
         model = torch.load(ckpt, weights_only=False).float().eval()
-        onnx_bytes = out.read_bytes()
         for batch in (1, 8):
+            if batch != 1:  # the same command at another static batch
+                out = Path(tmp) / f"detector_b{batch}.onnx"
+                proc = subprocess.run([str(exe), str(ckpt), "--to", "onnx", "--trust-pickle", "-o", str(out),
+                                       "--batch", str(batch), "--quiet", "--no-verify"], capture_output=True, text=True)
+                if proc.returncode != 0:
+                    log(f"detector export at batch {batch} failed: {proc.stderr.strip()[-400:]}")
+                    continue
             x = torch.randn(batch, 3, 640, 640)
-            try:
-                runner = ort_runner(onnx_bytes, x)
-                runner()
-            except Exception as e:
-                log(f"detector ONNX does not run at batch {batch} ({type(e).__name__}); exported with a static batch?")
-                continue
+            runner = ort_runner(out.read_bytes(), x)
             log(f"timing detector batch {batch} ...")
             variants = {"eager": eager_runner(model, x), "ours onnx": runner}
-            for variant, t in measure_interleaved(variants, runs=runs).items():
+            for variant, t in measure_interleaved(variants, runs=runs, min_seconds=MIN_SECONDS).items():
                 res.records.append(Record.of("detector", variant, tuple(x.shape), t))
 
 

@@ -24,9 +24,12 @@ class Timing:
 
 
 def measure_interleaved(variants: Mapping[str, Callable[[], object]], runs: int = 20, warmup: int = 3,
-                        max_seconds: float | None = None) -> dict[str, Timing]:
+                        max_seconds: float | None = None, min_seconds: float = 0.0,
+                        max_runs: int = 1000) -> dict[str, Timing]:
     """Time each callable ``runs`` times, rotating the order every round. Returns name -> Timing.
 
+    Rounds continue past ``runs`` until the timed phase has lasted ``min_seconds`` (at most ``max_runs``
+    rounds): sub-millisecond variants need hundreds of runs before their medians settle.
     ``max_seconds`` caps the timed phase (at least 5 rounds are kept) so one slow variant cannot stall a run.
     """
     names = list(variants)
@@ -35,12 +38,14 @@ def measure_interleaved(variants: Mapping[str, Callable[[], object]], runs: int 
             variants[name]()
     samples: dict[str, list[float]] = {n: [] for n in names}
     start = time.perf_counter()
-    for r in range(runs):
+    r = 0
+    while r < runs or (time.perf_counter() - start < min_seconds and r < max_runs):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
             t0 = time.perf_counter()
             variants[name]()
             samples[name].append(time.perf_counter() - t0)
-        if max_seconds is not None and r >= 4 and time.perf_counter() - start > max_seconds:
+        r += 1
+        if max_seconds is not None and r >= 5 and time.perf_counter() - start > max_seconds:
             break
     return {n: Timing.from_samples(s) for n, s in samples.items()}

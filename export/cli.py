@@ -159,7 +159,9 @@ def export_command(
     deform_conv: Annotated[str, typer.Option("--deform-conv", help="auto, std, portable or plugin")] = "auto",
     fp16: Annotated[bool, typer.Option("--fp16", help="mixed-precision fp16 graph")] = False,
     fp16_io: Annotated[bool, typer.Option("--fp16-io", help="with --fp16: fp16 inputs and outputs too")] = False,
-    exporter: Annotated[str, typer.Option("--exporter", help="dynamo or torchscript")] = "dynamo",
+    exporter: Annotated[str | None, typer.Option("--exporter", help="dynamo or torchscript (default: the "
+                                                                   "target's: torchscript for jetpack5 and "
+                                                                   "jetpack6.0, dynamo otherwise)")] = None,
     no_simplify: Annotated[bool, typer.Option("--no-simplify", help="skip onnxslim")] = False,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="skip the parity check (exit 0 proves less)")] = False,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="allow unpickling that runs code from the "
@@ -277,8 +279,25 @@ def check_command(
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (``blocks-export``)."""
+    try:  # typer >= 0.20 vendors click; earlier releases use the click package
+        from typer._click import exceptions as click_exceptions
+    except ImportError:
+        from click import exceptions as click_exceptions
+
     args = list(sys.argv[1:] if argv is None else argv)
-    app(args=with_default_command(args), prog_name=PROG)
+    try:
+        # Without standalone mode, click returns the code of a typer.Exit instead of exiting.
+        rc = app(args=with_default_command(args), prog_name=PROG, standalone_mode=False)
+    except click_exceptions.UsageError as e:
+        # click would print a usage block; a refusal here is one line, like every other one.
+        command = e.ctx.info_name if e.ctx is not None and e.ctx.info_name != PROG else "export"
+        print(f"{PROG}: error: {e.format_message()} (see {PROG} {command} --help)", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+    except click_exceptions.Exit as e:
+        raise SystemExit(e.exit_code) from None
+    except click_exceptions.Abort:
+        raise SystemExit(EXIT_SIGINT) from None
+    raise SystemExit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ neck need H a multiple of 32), recorded with the export (https://pytorch.org/doc
 "Dynamic shapes"). The program is then translated with ``torch.onnx.export(program, dynamo=True,
 custom_translation_table=...)`` carrying the DeformConv lowering.
 
-TorchScript exporter (``--exporter torchscript``, and always for TorchScript archives): inside
-``torchscript_symbolic(lowering, opset)``, with ``dynamic_axes`` for batch/H/W.
+TorchScript exporter (the jetpack5/jetpack6.0 targets' default, ``--exporter torchscript``, and always for
+TorchScript archives): inside ``torchscript_symbolic(lowering, opset)``, with ``dynamic_axes`` for batch/H/W;
+their ranges come from a ``torch.export`` trace of the same module, as above.
 """
 
 from __future__ import annotations
@@ -363,11 +364,23 @@ def to_onnx(model: Any, example: Any, *, opset: int, opset_fixed: bool = False, 
     dc = _deform_conv_module()
 
     if exporter == "torchscript":
+        if is_program:  # its module() does not trace under the TorchScript exporter ("Calling train()")
+            raise UsageError("--exporter torchscript: a torch.export program (.pt2) exports with the dynamo "
+                             "exporter only; use --exporter dynamo")
+        ranges = None
+        if dynamic and not is_script:
+            # The TorchScript exporter knows no shape constraints: torch.export traces the same module for
+            # them (a dimension the model fixes is refused here, as with the dynamo exporter).
+            try:
+                _, ranges, more = export_program(model, example, True, batch_max)
+                notes += more
+            except ExportFailed as e:
+                notes.append(f"dynamic ranges not derived ({e}); verified with multiples of 32")
         uses_dc = _module_uses_deform_conv(model)
         opset, more = resolve_opset(opset, opset_fixed, lowering, uses_dc)
         notes += more
         n_out = _count_outputs(model, example)
-        return _torchscript_export(model, example, opset, lowering, dynamic, n_out, uses_dc, dc, notes)
+        return _torchscript_export(model, example, opset, lowering, dynamic, n_out, uses_dc, dc, notes, ranges)
 
     derived = None
     if is_program:
@@ -578,7 +591,8 @@ def _drop_unknown_attributes(model: Any, opset: int) -> None:
 
 
 def _torchscript_export(model: Any, example: Any, opset: int, lowering: str, dynamic: bool, n_out: int,
-                        uses_dc: bool, dc: Any, notes: list[str]) -> OnnxExport:
+                        uses_dc: bool, dc: Any, notes: list[str],
+                        ranges: dict[str, dict[str, int | None]] | None = None) -> OnnxExport:
     import onnx
     import torch
 
@@ -586,7 +600,8 @@ def _torchscript_export(model: Any, example: Any, opset: int, lowering: str, dyn
     dynamic_axes = None
     if dynamic:
         dynamic_axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}}
-        notes.append("TorchScript exporter: dynamic ranges are not derived (constraints unknown)")
+        if ranges is None:
+            notes.append("TorchScript exporter: dynamic ranges are not derived (constraints unknown)")
     ctx: Any = contextlib.nullcontext()
     if dc is not None:
         try:
@@ -602,13 +617,14 @@ def _torchscript_export(model: Any, example: Any, opset: int, lowering: str, dyn
     buf = io.BytesIO()
     try:
         with _quiet_exporter(), ctx:
-            torch.onnx.export(model, (example,), buf, dynamo=False,  # type: ignore[arg-type]  # file objects work opset_version=opset,
-                              input_names=[INPUT_NAME], output_names=output_names, dynamic_axes=dynamic_axes)
+            torch.onnx.export(model, (example,), buf, dynamo=False,  # type: ignore[arg-type]  # file objects work
+                              opset_version=opset, input_names=[INPUT_NAME], output_names=output_names,
+                              dynamic_axes=dynamic_axes)
     except Exception as e:
         raise ExportFailed(f"TorchScript exporter failed: {_one_line(e)} (try --exporter dynamo; "
                            "rerun with --debug for the traceback)") from e
     proto = onnx.load_from_string(buf.getvalue())
     dyn = None
     if dynamic:
-        dyn = {INPUT_NAME: {str(a): {"min": 1, "max": None, "multiple_of": None} for a in (0, 2, 3)}}
+        dyn = {INPUT_NAME: ranges or {str(a): {"min": 1, "max": None, "multiple_of": None} for a in (0, 2, 3)}}
     return OnnxExport(proto, INPUT_NAME, output_names, opset, "torchscript", uses_dc, dyn, notes)

@@ -26,7 +26,7 @@ class ExportOptions:
     deform_conv: str = "auto"
     fp16: bool = False
     fp16_io: bool = False
-    exporter: str = "dynamo"
+    exporter: str | None = None  # None: the target's exporter (``targets.Target.exporter``)
     simplify: bool = True
     verify: bool = True
     trust_pickle: bool = False
@@ -42,7 +42,7 @@ class ExportOptions:
     def __post_init__(self) -> None:
         if self.to not in DESTINATIONS:
             raise UsageError(f"--to {self.to!r}: expected one of {', '.join(DESTINATIONS)}")
-        if self.exporter not in EXPORTERS:
+        if self.exporter is not None and self.exporter not in EXPORTERS:
             raise UsageError(f"--exporter {self.exporter!r}: expected one of {', '.join(EXPORTERS)}")
         if self.deform_conv not in DEFORM_CONV_CHOICES:
             raise UsageError(f"--deform-conv {self.deform_conv!r}: expected one of {', '.join(DEFORM_CONV_CHOICES)}")

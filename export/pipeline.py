@@ -288,9 +288,11 @@ def _torch_export(loaded: LoadedModel, options: ExportOptions, target: Any, lowe
     report["blocks"] = (rewrite_report.as_dict() if rewrite_report is not None and hasattr(rewrite_report, "as_dict")
                         else {"replaced": replaced})
 
+    # The target's exporter unless the user chose one; a torch.export program only has the dynamo one.
+    exporter = options.exporter or ("dynamo" if loaded.kind == "exported_program" else target.exporter)
     with runner.step("export") as s:
         exported = to_onnx(model, example, opset=options.opset or target.opset, opset_fixed=options.opset is not None,
-                           lowering=lowering, exporter=options.exporter, dynamic=options.dynamic,
+                           lowering=lowering, exporter=exporter, dynamic=options.dynamic,
                            decompose_layernorm=target.layernorm == "decompose")
         s.note = f"{exported.exporter}, opset {exported.opset}, {len(exported.model.graph.node)} nodes"
     report["opset"] = exported.opset
@@ -455,9 +457,13 @@ def _onnx_to_engine(loaded: LoadedModel, options: ExportOptions, target: Any, ou
     """``.onnx`` input, ``--to trt``: check and build; torch is never imported on this path."""
     import onnx
 
+    from blocks_export.plugins.plugin_node import plugin_trt_domain
+
     try:
         model = onnx.load(str(loaded.path))
-        onnx.checker.check_model(model)
+        # TensorRT plugin nodes (``ModulatedDeformConv2d``) sit in the parser's default domain, where the checker
+        # has no schema for them; the copy with them in ``trt.plugins`` checks everything else.
+        onnx.checker.check_model(plugin_trt_domain(model))
     except Exception as e:
         raise InputError(f"{loaded.path}: not a valid ONNX model ({_one_line(e)})") from e
     report["onnx"] = str(loaded.path)

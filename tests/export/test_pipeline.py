@@ -165,3 +165,66 @@ def test_tensorrt_8_targets_lower_layernorm_and_deform_conv_and_pass_their_check
     if not present:  # standard ops only: any onnxruntime runs it, no plugin library
         x = torch.rand(2, 3, 24, 16)
         assert rel_l2(model(x), helpers.run_ort(proto.SerializeToString(), x)) <= 1e-5
+
+
+SAMPLES = Path(__file__).resolve().parents[2] / "sample_models"
+
+
+def test_dynamic_export_of_the_sample_classifier_derives_its_constraints_and_verifies_other_shapes(
+        tmp_path: Path) -> None:
+    # Two space-to-depth stages then ACmix's padded windows: torch.export's own constraint solver gives up on
+    # these guards; the derived ranges must still say "multiples of 4" and hold at the verified shapes.
+    out = tmp_path / "classifier.onnx"
+    result = run_export(SAMPLES / "classifier.pt", ExportOptions(output=out, dynamic=True, trust_pickle=True))
+    assert result.exit_code == 0, result.report
+    dyn = json.loads(_meta(out)["blocks_export.dynamic"])["images"]
+    for axis in ("2", "3"):
+        assert dyn[axis]["multiple_of"] % 4 == 0 and dyn[axis]["min"] <= 32 and dyn[axis]["max"] is None
+    assert dyn["0"]["min"] == 1
+    shapes = [tuple(r["shape"]) for r in result.report["verification"]["runs"]]
+    assert len(shapes) == 3 and any(s[2] != s[3] for s in shapes) and any(s[0] > 1 for s in shapes)
+    model = torch.load(SAMPLES / "classifier.pt", weights_only=False).eval()
+    x = torch.rand(3, 1, 40, 48)
+    with torch.no_grad():
+        assert rel_l2(model(x), _ort(out, x)) <= 1e-5
+
+
+def test_plugin_lowered_onnx_goes_on_to_the_engine_step_without_tensorrt(tmp_path: Path) -> None:
+    from blocks_export.export.engine import TensorRTUnavailable, build_engine
+    from blocks_export.export.errors import RuntimeMissing
+
+    model = export_models.build(export_models.DcnGcNet)
+    src = tmp_path / "m.pt"
+    torch.save(model, src)
+    onnx_path = tmp_path / "m.onnx"
+    first = run_export(src, ExportOptions(imgsz=(16, 16), trust_pickle=True, target="jetpack6", deform_conv="plugin",
+                                          output=onnx_path))
+    assert first.exit_code == 0, first.report
+    assert "ModulatedDeformConv2d" in {n.op_type for n in onnx.load(str(onnx_path)).graph.node}
+    try:  # where TensorRT really builds, this path is covered by the real engine tests
+        build_engine(onnx_path, tmp_path / "probe.engine", fp16=False, target="jetpack6")
+    except TensorRTUnavailable:
+        pass
+    else:
+        pytest.skip("TensorRT is installed here")
+    engine = tmp_path / "m.engine"
+    with pytest.raises(RuntimeMissing) as e:
+        run_export(onnx_path, ExportOptions(to="trt", target="jetpack6", output=engine))
+    assert e.value.exit_code == 3 and "\n" not in str(e.value)
+    assert "blocks-export m.onnx --to trt" in str(e.value)
+    assert not engine.exists()
+
+
+def test_dynamic_detector_records_multiples_of_32_and_verifies_a_non_square_and_a_batched_shape(
+        tmp_path: Path) -> None:
+    # jetpack6.0: the TorchScript exporter writes the graph, torch.export's guards give the ranges.
+    out = tmp_path / "detector.onnx"
+    result = run_export(SAMPLES / "detector.pt", ExportOptions(output=out, dynamic=True, trust_pickle=True,
+                                                               target="jetpack6.0"))
+    assert result.exit_code == 0, result.report
+    dyn = json.loads(_meta(out)["blocks_export.dynamic"])["images"]
+    for axis in ("2", "3"):  # five stride-2 stages feeding an upsample + concat neck
+        assert dyn[axis]["multiple_of"] == 32 and dyn[axis]["min"] <= 640 and dyn[axis]["max"] is None
+    shapes = [tuple(r["shape"]) for r in result.report["verification"]["runs"]]
+    assert shapes[0] == (1, 3, 640, 640) and all(s[2] % 32 == 0 and s[3] % 32 == 0 for s in shapes)
+    assert any(s[2] != s[3] for s in shapes) and any(s[0] > 1 for s in shapes)

@@ -78,9 +78,6 @@ def test_dynamic_with_a_model_that_fixes_its_size_names_the_dimension(tmp_path: 
     assert listing(tmp_path) == []
 
 
-@pytest.mark.xfail(strict=True, reason="the TorchScript exporter path exports --dynamic without checking that "
-                   "the model runs at other sizes; verification then fails (exit 1) instead of a refusal that "
-                   "names the dimension (export/onnx_export.py, outside this suite's files)")
 def test_dynamic_with_torchscript_exporter_names_the_dimension_that_cannot_vary(tmp_path: Path,
                                                                                 sources: dict[str, Path]) -> None:
     code, _out, err = cli(sources["fixed_linear_head"], "--to", "onnx", "--trust-pickle", "-o", tmp_path / "m.onnx",
@@ -92,9 +89,6 @@ def test_dynamic_with_torchscript_exporter_names_the_dimension_that_cannot_vary(
 
 @pytest.mark.parametrize("argv", [["m.pt", "--bogus"], ["m.pt", "--batch", "abc"]], ids=["unknown_option",
                                                                                          "not_an_integer"])
-@pytest.mark.xfail(strict=True, reason="option parsing errors are printed by click as usage + hint + error "
-                   "(4 lines) instead of one 'blocks-export: error:' line (export/cli.py main, outside this "
-                   "suite's files)")
 def test_option_parsing_error_is_one_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     from blocks_export.export.cli import main
 

@@ -1,0 +1,75 @@
+"""The sample models exported for every target with the target's defaults (static shape, fp32): the written
+ONNX passes the static check for that target and matches the original model.
+
+Two independent witnesses besides the pipeline's own verdict: ``check_model`` run again on the written file,
+and onnxruntime CPU (``cpu_session``, which also runs TensorRT plugin nodes) against the unpickled original.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from blocks_export.export.check import check_model
+from blocks_export.export.options import ExportOptions
+from blocks_export.export.parity import rel_l2
+from blocks_export.export.pipeline import run_export
+from blocks_export.export.targets import TARGETS, get_target
+from blocks_export.plugins.ort_cpu import cpu_session
+
+SAMPLES = Path(__file__).resolve().parents[2] / "sample_models"
+CASES = [(name, t) for name in ("classifier", "detector") for t in TARGETS]
+SHAPES = {"classifier": (1, 1, 32, 32), "detector": (1, 3, 640, 640)}
+
+
+@pytest.fixture(scope="module")
+def originals() -> dict[str, torch.nn.Module]:
+    return {name: torch.load(SAMPLES / f"{name}.pt", weights_only=False).eval() for name in SHAPES}
+
+
+@pytest.mark.parametrize(("name", "target"), CASES, ids=[f"{n}-{t}" for n, t in CASES])
+def test_sample_model_export_for_target_passes_its_check_and_matches_the_original(
+        tmp_path: Path, originals: dict[str, torch.nn.Module], name: str, target: str) -> None:
+    out = tmp_path / f"{name}.onnx"
+    result = run_export(SAMPLES / f"{name}.pt", ExportOptions(output=out, target=target, trust_pickle=True,
+                                                              quiet=True))
+    assert result.exit_code == 0, result.report.get("check", result.report)
+    verification = result.report["verification"]
+    assert verification["passed"] and verification["precision"] == "fp32"
+    assert result.report["exporter"] == get_target(target).exporter
+
+    proto = onnx.load(str(out))
+    report = check_model(proto, target)
+    assert report, report.lines()
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [get_target(target).opset]
+
+    g = torch.Generator().manual_seed(7)
+    x = torch.rand(SHAPES[name], generator=g)
+    with torch.no_grad():
+        expected = originals[name](x)
+    expected = list(expected) if isinstance(expected, tuple | list) else [expected]
+    sess = cpu_session(proto)
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    assert len(got) == len(expected)
+    for e, o in zip(expected, got, strict=True):
+        assert np.isfinite(o).all()
+        assert rel_l2(e, o) <= 1e-5
+
+
+def test_explicit_dynamo_exporter_for_jetpack5_fails_in_one_line_naming_the_opset(tmp_path: Path) -> None:
+    from blocks_export.export.errors import ExportFailed
+
+    out = tmp_path / "classifier.onnx"
+    with pytest.raises(ExportFailed, match="opset 16") as e:
+        run_export(SAMPLES / "classifier.pt", ExportOptions(output=out, target="jetpack5", exporter="dynamo",
+                                                            trust_pickle=True, quiet=True))
+    assert "\n" not in str(e.value) and not out.exists()
+
+
+def test_exporter_defaults_to_the_targets_own() -> None:
+    assert ExportOptions().exporter is None
+    assert ExportOptions(exporter="torchscript").exporter == "torchscript"

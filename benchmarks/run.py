@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -156,6 +155,29 @@ def bench_deform(res: Results, runs: int, shapes: list[tuple[int, ...]]) -> None
             res.records.append(Record.of("dcn", variant, shape, t))
 
 
+def run_with_peak_rss(cmd: list[str]) -> tuple[subprocess.CompletedProcess[str], int]:
+    """Run ``cmd``; return its result and its peak resident memory in KiB (VmHWM, sampled every 20 ms).
+
+    ``getrusage(RUSAGE_CHILDREN)`` cannot be used here: a child started with vfork reports the *parent's*
+    high-water mark once it execs, i.e. this harness's, not the command's.
+    """
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        popen = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        status = Path(f"/proc/{popen.pid}/status")
+        peak = 0
+        while popen.poll() is None:
+            try:
+                for line in status.read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peak = max(peak, int(line.split()[1]))
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.02)
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(cmd, popen.returncode, out.read(), err.read()), peak
+
+
 def bench_detector(res: Results, runs: int) -> None:
     ckpt = ROOT / "sample_models" / "detector.pt"
     if not ckpt.exists():
@@ -164,12 +186,11 @@ def bench_detector(res: Results, runs: int) -> None:
     exe = Path(sys.executable).with_name("blocks-export")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "detector.onnx"
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         t0 = time.perf_counter()
-        proc = subprocess.run([str(exe), str(ckpt), "--to", "onnx", "--trust-pickle", "-o", str(out), "--quiet"],
-                              capture_output=True, text=True)
+        proc, peak_kb = run_with_peak_rss([str(exe), str(ckpt), "--to", "onnx", "--trust-pickle", "-o", str(out),
+                                           "--quiet"])
         wall = time.perf_counter() - t0
-        peak_mb = max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before) / 1024
+        peak_mb = peak_kb / 1024
         if proc.returncode != 0:
             log(f"detector export failed (exit {proc.returncode}): {proc.stderr.strip()[-400:]}")
             return

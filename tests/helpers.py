@@ -50,3 +50,19 @@ def assert_twin_matches(ref: torch.nn.Module, shape: tuple[int, ...], seed: int 
         fp32 = compare([ref32(x.float())], [to_export(ref32)(x.float())], "fp32")
     assert fp64.outputs[0].max_rel <= 1e-9, fp64.lines()
     assert fp32, fp32.lines()
+
+
+class DeformBlock(torch.nn.Module):
+    """torchvision's DeformConv2d [N, 8, H, W] -> [N, 8, H, W] with offsets and mask predicted from the input
+    (as DCNv2 does)."""
+
+    def __init__(self) -> None:
+        import torchvision
+
+        super().__init__()
+        self.offset = torch.nn.Conv2d(8, 18, 3, padding=1)
+        self.mask = torch.nn.Conv2d(8, 9, 3, padding=1)
+        self.dcn = torchvision.ops.DeformConv2d(8, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dcn(x, self.offset(x), torch.sigmoid(self.mask(x)))

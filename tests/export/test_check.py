@@ -7,7 +7,7 @@ import io
 import onnx
 import pytest
 import torch
-import torchvision
+from helpers import DeformBlock
 from onnx import TensorProto, helper
 
 from blocks_export.blocks import CA, ACmix, CB2d, SPDConv, randomize_, to_export
@@ -260,16 +260,6 @@ def test_check_reads_a_file_path(tmp_path):
 
 # ---- real exports --------------------------------------------------------------------------------------------
 
-class _DeformBlock(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.offset = torch.nn.Conv2d(8, 18, 3, padding=1)
-        self.mask = torch.nn.Conv2d(8, 9, 3, padding=1)
-        self.dcn = torchvision.ops.DeformConv2d(8, 8, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dcn(x, self.offset(x), torch.sigmoid(self.mask(x)))
-
 
 def _torchscript(module: torch.nn.Module, shape: tuple[int, ...], opset: int, lowering: str | None = None) \
         -> onnx.ModelProto:
@@ -316,5 +306,5 @@ def test_exported_context_block_needs_layernorm_decomposition_for_jetpack5_only(
     ("portable", 16, set(ALL)),
 ])
 def test_exported_deform_conv_lowerings_pass_exactly_their_targets(lowering, opset, passes):
-    model = _torchscript(_DeformBlock(), (1, 8, 12, 12), opset, lowering)
+    model = _torchscript(DeformBlock(), (1, 8, 12, 12), opset, lowering)
     assert {t for t in ALL if check_model(model, t)} == passes

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-import torchvision
+from helpers import DeformBlock
 from onnx import TensorProto, helper
 
 from blocks_export.blocks import CA, ACmix, CB2d, SPDConv, randomize_, to_export
@@ -17,19 +17,6 @@ from blocks_export.export.deform_conv import torchscript_symbolic
 from blocks_export.export.fp16 import LARGE_REDUCTION, fp32_nodes, name_nodes, to_fp16
 from blocks_export.export.parity import RULES, rel_l2
 from blocks_export.plugins.ort_cpu import cpu_session
-
-
-class _DeformBlock(torch.nn.Module):
-    """torchvision's DeformConv2d with offsets and mask predicted from the input (as DCNv2 does)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.offset = torch.nn.Conv2d(8, 18, 3, padding=1)
-        self.mask = torch.nn.Conv2d(8, 9, 3, padding=1)
-        self.dcn = torchvision.ops.DeformConv2d(8, 8, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dcn(x, self.offset(x), torch.sigmoid(self.mask(x)))
 
 
 def _export(module: torch.nn.Module, x: torch.Tensor, opset: int, lowering: str | None = None) -> onnx.ModelProto:
@@ -75,7 +62,7 @@ def test_fp16_block_matches_the_fp32_reference_within_the_fp16_rule(name):
 
 @pytest.mark.parametrize("lowering, opset", [("portable", 17), ("std", 19), ("plugin", 17)])
 def test_fp16_deform_conv_lowerings_match_torchvision(lowering, opset):
-    ref = _DeformBlock()
+    ref = DeformBlock()
     randomize_(ref, 0)
     ref.eval()
     x = _input((1, 8, 24, 20))
@@ -87,7 +74,7 @@ def test_fp16_deform_conv_lowerings_match_torchvision(lowering, opset):
 
 
 def test_portable_deform_conv_sampling_coordinates_stay_fp32():
-    ref = _DeformBlock().eval()
+    ref = DeformBlock().eval()
     model = _export(ref, _input((1, 8, 12, 12)), 17, "portable")
     model16 = to_fp16(model)
     grid_samples = [n for n in model16.graph.node if n.op_type == "GridSample"]

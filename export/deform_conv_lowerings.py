@@ -16,9 +16,9 @@ with the offset's batch and spatial size, so dynamic shapes stay dynamic.
   table of github.com/onnx/onnx-tensorrt docs/operators.md has no GridSample, so 8.5 is the first with it).
 - GridSample fuses the four-corner gather with the bilinear weights. A Gather formulation has to materialise
   the four corners (4x the column tensor) and contract them in a separate op; on onnxruntime 1.32 CPU,
-  1x64x80x80 3x3, that cost more than the whole GridSample path (ORT profiles minutes apart on the same shared
-  2-core box: GridSample 13.6 ms against Gather 30 ms + batched [1,4]x[4,C] MatMul 37 ms; four Gathers +
-  Mul + Sum and Mul + ReduceSum variants were slower still). ``benchmarks/bench_deform_conv.py`` has the end-to-end numbers.
+  1x64x80x80 3x3, each Gather-based prototype (one stacked Gather + batched MatMul, four Gathers + Mul + Sum,
+  Mul + ReduceSum) profiled slower than the whole GridSample path; the prototypes were not kept.
+  ``python benchmarks/run.py --only deform`` measures the lowering that is.
 - Every other operator used is in the 8.5 table: Shape, Slice (constant ``axes``), Squeeze (constant axes),
   Concat, Reshape, Transpose, Expand, Add, Sub, Mul, Div, Clip, MatMul. Integers become floats by slicing a
   float arange constant (no Cast into float, see ``emit_portable``), so H, W, Ho, Wo <= ``MAX_SPATIAL``.

@@ -6,8 +6,9 @@ A ``Comparison`` is a value: per-output metrics, and ``bool(comparison)`` is pas
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -126,7 +127,8 @@ def compare(reference: Sequence[Any] | Mapping[str, Any], candidate: Sequence[An
         errors = ()
         if len(ref_list) != len(cand_list):
             errors = (f"{len(cand_list)} outputs, the reference has {len(ref_list)}",)
-        pairs = [(f"out{i}", r, c) for i, (r, c) in enumerate(zip(ref_list, cand_list))]
+        # Non-strict on purpose: a count mismatch is reported above, the common outputs are still compared.
+        pairs = [(f"out{i}", r, c) for i, (r, c) in enumerate(zip(ref_list, cand_list, strict=False))]
     outputs: list[OutputMetrics] = []
     errs = list(errors)
     for name, r, c in pairs:

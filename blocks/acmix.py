@@ -15,9 +15,19 @@ Where the original code crashes (its shapes stop lining up), this module raises 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ._match import (
+    NotConvertible,
+    children,
+    finish,
+    own_params,
+)
+from ._spec import BlockSpec, Example
 
 
 def init_rate_half(tensor: torch.Tensor | None) -> None:
@@ -347,3 +357,47 @@ def to_export(module: ACmix) -> ACmixExport:
     twin.proj.bias.copy_(bias)
     twin.dep_conv.weight.copy_(rate2 * m.dep_conv.weight.double())
     return twin.train(module.training)
+
+
+# --- recognising the block in foreign modules (helpers: _match.py) ---------------------------------
+
+_ACMIX_CHILDREN = {"conv1", "conv2", "conv3", "conv_p", "pad_att", "unfold", "softmax", "fc", "dep_conv"}
+
+
+def recognize(module: nn.Module) -> tuple[nn.Module, ...]:
+    """ACmix copies: the seed's attribute layout under any class name; configuration read from the layers."""
+    kids = children(module)
+    if set(kids) != _ACMIX_CHILDREN or set(own_params(module)) != {"rate1", "rate2"}:
+        return ()
+    conv1, fc, unfold, dep = kids["conv1"], kids["fc"], kids["unfold"], kids["dep_conv"]
+    if not (isinstance(conv1, nn.Conv2d) and isinstance(fc, nn.Conv2d) and isinstance(unfold, nn.Unfold)
+            and isinstance(dep, nn.Conv2d)):
+        return ()
+    if fc.in_channels % 3:
+        return ()
+    head = fc.in_channels // 3
+    kernel_conv = math.isqrt(fc.out_channels)
+    if kernel_conv * kernel_conv != fc.out_channels:
+        return ()
+    kernel_att = unfold.kernel_size if isinstance(unfold.kernel_size, int) else unfold.kernel_size[0]
+    stride = unfold.stride if isinstance(unfold.stride, int) else unfold.stride[0]
+    dilation = int(getattr(module, "dilation", 1))
+    if dep.bias is not None and bool(dep.bias.detach().ne(0).any()):
+        raise NotConvertible("dep_conv has a non-zero bias; the ACmix reference has none")
+    try:
+        ref = ACmix(conv1.in_channels, conv1.out_channels, kernel_att, head, kernel_conv, stride, dilation)
+    except ValueError as e:
+        raise NotConvertible(str(e)) from e
+    state = {k: v for k, v in module.state_dict().items() if k != "dep_conv.bias"}
+    try:
+        ref.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise NotConvertible(f"weights do not fit ACmix{(conv1.in_channels, conv1.out_channels)}: {e}") from e
+    return (finish(ref, module),)
+
+
+def _example() -> Example:
+    return Example(ACmix(16, 16), ((1, 16, 12, 12), (2, 16, 10, 14), (1, 16, 9, 7), (2, 16, 16, 20)))
+
+
+SPEC = BlockSpec("ACmix", ACmix, ACmixExport, to_export, recognize, _example, fp32_ops=frozenset({"Softmax"}))

@@ -9,8 +9,21 @@ arguments, attribute names, ``state_dict`` keys and numerics). ``ContextBlock`` 
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
+
+from ._match import (
+    CONTAINERS,
+    NotConvertible,
+    children,
+    finish,
+    is_pointwise,
+    own_params,
+    plain_conv,
+)
+from ._spec import BlockSpec, Example
 
 
 def kaiming_init(module, a=0, mode="fan_out", nonlinearity="relu", bias=0, distribution="normal"):
@@ -235,3 +248,93 @@ def to_export(module: CB2d) -> CB2dExport:
     mul = ChannelTransform.from_reference(mul_conv) if mul_conv is not None else None
     add = ChannelTransform.from_reference(add_conv) if add_conv is not None else None
     return CB2dExport(mask_weight, mul, add).eval()
+
+
+# --- recognising the block in foreign modules (helpers: _match.py) ---------------------------------
+
+
+def _context_branch(seq: nn.Module, channels: int) -> nn.Sequential | None:
+    """Copy of a ``Conv(C, P) - LayerNorm([P, 1, 1]) - ReLU - Conv(P, C)`` branch, or None if it is not one."""
+    if not isinstance(seq, nn.Sequential) or len(seq) != 4:
+        return None
+    c1, ln, relu, c2 = seq
+    if not (is_pointwise(c1) and is_pointwise(c2) and isinstance(ln, nn.LayerNorm) and type(relu) is nn.ReLU):
+        return None
+    planes = c1.out_channels
+    if (c1.in_channels != channels or c2.in_channels != planes or c2.out_channels != channels
+            or tuple(ln.normalized_shape) != (planes, 1, 1)):
+        return None
+    norm = nn.LayerNorm([planes, 1, 1], eps=ln.eps)
+    with torch.no_grad():
+        if ln.weight is not None:
+            norm.weight.copy_(ln.weight)
+        if ln.bias is not None:
+            norm.bias.copy_(ln.bias)
+    assert isinstance(c1, nn.Conv2d) and isinstance(c2, nn.Conv2d)  # checked by _is_pointwise
+    return nn.Sequential(plain_conv(c1), norm, nn.ReLU(inplace=True), plain_conv(c2))
+
+
+def recognize(module: nn.Module) -> tuple[nn.Module, ...]:
+    """GCNet context blocks: seed ``CB2d`` (pool/fusions) and mmcv ``ContextBlock`` (pooling_type/fusion_types).
+
+    Attention pooling is a 1x1 conv to one channel (``conv_mask``) plus a softmax; average pooling is an
+    ``AdaptiveAvgPool2d(1)``. Branches named ``*add*``/``*mul*`` are assigned by name; otherwise every
+    assignment is a candidate. The bottleneck width may differ from ``inplanes // 4`` (mmcv's ``ratio``).
+    """
+    if isinstance(module, CONTAINERS) or own_params(module):
+        return ()
+    kids = children(module)
+    masks = {n: m for n, m in kids.items() if isinstance(m, nn.Conv2d) and m.out_channels == 1}
+    avg = {n: m for n, m in kids.items() if isinstance(m, nn.AdaptiveAvgPool2d)}
+    seqs = {n: m for n, m in kids.items() if isinstance(m, nn.Sequential)}
+    soft = {n: m for n, m in kids.items() if isinstance(m, nn.Softmax)}
+    if len(kids) != len(masks) + len(avg) + len(seqs) + len(soft) or not 1 <= len(seqs) <= 2:
+        return ()
+    if len(masks) + len(avg) != 1 or (avg and next(iter(avg.values())).output_size not in (1, (1, 1))):
+        return ()
+    if masks:
+        mask = next(iter(masks.values()))
+        if not is_pointwise(mask):
+            return ()
+        channels = mask.in_channels
+        if any(s.dim not in (2, -1) for s in soft.values()):
+            raise NotConvertible("the context mask softmax is not taken over H*W (dim=2)")
+    else:
+        first = next(iter(seqs.values()))
+        if len(first) == 0 or not isinstance(first[0], nn.Conv2d):
+            return ()
+        channels = first[0].in_channels
+    branches = {n: _context_branch(s, channels) for n, s in seqs.items()}
+    if any(b is None for b in branches.values()):
+        return ()
+    if channels < 4:
+        raise NotConvertible(f"inplanes={channels} < 4")
+    names = list(branches)
+    hinted = {n: ("add" if "add" in n.lower() else "mul" if "mul" in n.lower() else None) for n in names}
+    if len(names) == 2:
+        a, b = names
+        if hinted[a] and hinted[b] and hinted[a] != hinted[b]:
+            assignments = [{hinted[a]: a, hinted[b]: b}]
+        else:
+            assignments = [{"add": a, "mul": b}, {"add": b, "mul": a}]
+    else:
+        (a,) = names
+        assignments = [{hinted[a]: a}] if hinted[a] else [{"add": a}, {"mul": a}]
+    candidates = []
+    for assignment in assignments:
+        fusions = [f"channel_{k}" for k in ("add", "mul") if k in assignment]
+        ref = CB2d(channels, "att" if masks else "avg", fusions)
+        if masks:
+            ref.conv_mask = plain_conv(next(iter(masks.values())))
+        ref.channel_add_conv = copy.deepcopy(branches[assignment["add"]]) if "add" in assignment else None
+        ref.channel_mul_conv = copy.deepcopy(branches[assignment["mul"]]) if "mul" in assignment else None
+        candidates.append(finish(ref, module))
+    return tuple(candidates)
+
+
+def _example() -> Example:
+    return Example(CB2d(16), ((1, 16, 12, 12), (2, 16, 9, 14), (1, 16, 5, 7), (3, 16, 20, 16)))
+
+
+SPEC = BlockSpec("CB2d", CB2d, CB2dExport, to_export, recognize, _example,
+                 fp32_ops=frozenset({"Softmax", "LayerNormalization"}))

@@ -12,9 +12,24 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ._fold import fold_batchnorm, fold_batchnorm_weights  # noqa: F401 (re-exported)
+from ._match import (
+    CONTAINERS,
+    NotConvertible,
+    behaves_like,
+    children,
+    finish,
+    is_pointwise,
+    name_hint,
+    own_params,
+    plain_bn,
+    plain_conv,
+    size2,
+)
+from ._spec import BlockSpec, Example
 
 
 def check_ca_channels(inp: int, oup: int) -> None:
@@ -132,3 +147,69 @@ def to_export(module: CA) -> CoordAttExport:
     twin = CoordAttExport(fold_batchnorm(module.conv1, module.bn1), copy.deepcopy(module.conv_h),
                           copy.deepcopy(module.conv_w))
     return twin.eval()
+
+
+# --- recognising the block in foreign modules (helpers: _match.py) ---------------------------------
+
+
+def recognize(module: nn.Module) -> tuple[nn.Module, ...]:
+    """CA layouts: a squeeze 1x1 conv (C -> mip), BatchNorm(mip), a hard-swish, two 1x1 convs (mip -> C).
+
+    Covers the seed (conv1/bn1/act/conv_h/conv_w), the paper's MobileNetV2 form (pool_h/pool_w modules with
+    ``(None, 1)``/``(1, None)`` sizes, conv2 -> a_h, conv3 -> a_w, the activation called ``relu``), and any
+    renaming; the activation is identified by what it computes (``h_swish``, ``nn.Hardswish``, ...).
+    Candidates: the name-hinted (or registration-order) H/W assignment first, then the swapped one.
+    """
+    if isinstance(module, CONTAINERS) or own_params(module):
+        return ()
+    kids = children(module)
+    pools = {n: m for n, m in kids.items() if isinstance(m, nn.AdaptiveAvgPool2d)}
+    convs = {n: m for n, m in kids.items() if isinstance(m, nn.Conv2d)}
+    bns = {n: m for n, m in kids.items() if isinstance(m, nn.BatchNorm2d)}
+    rest = {n: m for n, m in kids.items() if n not in pools and n not in convs and n not in bns}
+    if len(convs) != 3 or len(bns) != 1 or len(pools) not in (0, 2) or len(rest) > 3:
+        return ()
+    # Some pastes hold the gate as a module (``self.sigmoid = nn.Sigmoid()``): part of the block, not its act.
+    rest = {n: m for n, m in rest.items() if not behaves_like(m, torch.sigmoid)}
+    if len(rest) > 1:
+        return ()
+    if pools and {size2(p.output_size) for p in pools.values()} != {(None, 1), (1, None)}:
+        return ()
+    if not all(is_pointwise(c) for c in convs.values()):
+        return ()
+    bn = next(iter(bns.values()))
+    mip = bn.num_features
+    names = list(convs)
+    squeeze_name = next((n for n in names if convs[n].out_channels == mip), None)
+    if squeeze_name is None:
+        return ()
+    inp = convs[squeeze_name].in_channels
+    excite = [n for n in names if n != squeeze_name]
+    if any(convs[n].in_channels != mip or convs[n].out_channels != inp for n in excite):
+        return ()
+    if rest:
+        act_name, act = next(iter(rest.items()))
+        if not behaves_like(act, F.hardswish):
+            raise NotConvertible(
+                f"activation {act_name} ({type(act).__name__}) is not hard-swish; the CA reference uses h_swish")
+    first, second = excite
+    if name_hint(second, "h") and name_hint(first, "w"):
+        first, second = second, first
+    reduction = next((r for r in range(1, inp + 1) if max(8, inp // r) == mip), 32)
+    candidates = []
+    for h_name, w_name in ((first, second), (second, first)):
+        ref = CA(inp, inp, reduction)
+        # The reference forward does not depend on mip, so the copied layers also cover mip != max(8, inp // r).
+        ref.conv1 = plain_conv(convs[squeeze_name])
+        ref.bn1 = plain_bn(bn)
+        ref.conv_h = plain_conv(convs[h_name])
+        ref.conv_w = plain_conv(convs[w_name])
+        candidates.append(finish(ref, module))
+    return tuple(candidates)
+
+
+def _example() -> Example:
+    return Example(CA(16, 16), ((1, 16, 12, 10), (2, 16, 9, 14), (1, 16, 7, 5), (3, 16, 16, 24)))
+
+
+SPEC = BlockSpec("CA", CA, CoordAttExport, to_export, recognize, _example)

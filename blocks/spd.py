@@ -16,6 +16,15 @@ import torch
 from torch import nn
 
 from ._fold import fold_batchnorm
+from ._match import (
+    children,
+    finish,
+    is_torch_class,
+    own_params,
+    plain_bn,
+    probe,
+)
+from ._spec import BlockSpec, Example
 
 
 def check_spd_input(h: int, w: int) -> None:
@@ -140,3 +149,107 @@ def to_export(module: nn.Module) -> nn.Module:
     if isinstance(module, space_to_depth):
         return SpaceToDepthExport().eval()
     raise TypeError(f"spd.to_export: expected space_to_depth or SPDConv, got {type(module).__name__}")
+
+
+# --- recognising the blocks in foreign modules (helpers: _match.py) --------------------------------
+
+
+def _space_to_depth(x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]], 1)
+
+
+def recognize_space_to_depth(module: nn.Module) -> tuple[nn.Module, ...]:
+    """Parameter-free modules that compute the seed's 4-phase concat, whatever they are called."""
+    if (is_torch_class(module) or children(module) or own_params(module)
+            or next(iter(module.buffers()), None) is not None):
+        return ()
+    x = torch.arange(2 * 3 * 4 * 6, dtype=torch.float32).reshape(2, 3, 4, 6)  # (N, C, H, W)
+    out = probe(module, x)
+    if out is None or out.shape != (2, 12, 2, 3) or not torch.equal(out, _space_to_depth(x)):
+        return ()
+    return (space_to_depth(int(getattr(module, "d", 1))).eval(),)
+
+
+@torch.no_grad()
+def _square(conv: nn.Conv2d) -> bool:
+    """Same kernel, stride, dilation and numeric zero padding along H and W (what ``Conv`` can express)."""
+    return (conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+            and conv.padding[0] == conv.padding[1] and conv.kernel_size[0] == conv.kernel_size[1]
+            and conv.stride[0] == conv.stride[1] and conv.dilation[0] == conv.dilation[1])
+
+
+@torch.no_grad()
+def _yolo_conv(src: nn.Module) -> nn.Module:
+    """``src`` as our ``Conv`` (conv, bn, act) with the same eval function, or a copy of ``src``.
+
+    A plain ``nn.Conv2d`` (YOLOv5's Focus before v6.0) becomes ``Conv`` with an identity BatchNorm that holds
+    its bias: mean 0, variance 1, gamma sqrt(1 + eps), beta = bias, so BN(y) = y + bias up to rounding.
+    """
+    kids = children(src)
+    conv, bn, act = kids.get("conv"), kids.get("bn"), kids.get("act")
+    if (set(kids) == {"conv", "bn", "act"} and type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d
+            and conv.bias is None and _square(conv)):
+        dst = Conv(conv.in_channels, conv.out_channels, conv.kernel_size[0], conv.stride[0], int(conv.padding[0]),
+                   conv.groups, conv.dilation[0], act=copy.deepcopy(act) if act is not None else False)
+        dst.conv.weight.copy_(conv.weight)
+        dst.bn = plain_bn(bn)
+        return dst
+    if type(src) is nn.Conv2d and _square(src):
+        dst = Conv(src.in_channels, src.out_channels, src.kernel_size[0], src.stride[0], int(src.padding[0]),
+                   src.groups, src.dilation[0], act=False)
+        dst.conv.weight.copy_(src.weight)
+        dst.bn.eval()
+        assert dst.bn.running_var is not None and dst.bn.running_mean is not None
+        dst.bn.running_mean.zero_()
+        dst.bn.running_var.fill_(1.0)
+        dst.bn.weight.fill_((1.0 + dst.bn.eps) ** 0.5)
+        dst.bn.bias.copy_(src.bias if src.bias is not None else torch.zeros_like(dst.bn.bias))
+        return dst.to(device=src.weight.device, dtype=src.weight.dtype)
+    return copy.deepcopy(src)
+
+
+def recognize_spd_conv(module: nn.Module) -> tuple[nn.Module, ...]:
+    """A module with one convolution-like child that it feeds the 4-phase concat of its input (SPD + Conv):
+    the concat written inline (YOLO forks, Focus), or held as a second, parameter-free ``space_to_depth``-like
+    child (the seed's layout, pasted whole)."""
+    kids = children(module)
+    if is_torch_class(module) or own_params(module):
+        return ()
+    if len(kids) == 2:
+        spd_like = [n for n, m in kids.items() if isinstance(m, space_to_depth) or recognize_space_to_depth(m)]
+        if len(spd_like) != 1:
+            return ()
+        kids = {n: m for n, m in kids.items() if n != spd_like[0]}
+    if len(kids) != 1:
+        return ()
+    ((child_name, child),) = kids.items()
+    if isinstance(child, space_to_depth):
+        return ()
+    convs = [m for m in child.modules() if isinstance(m, nn.Conv2d)]
+    if len(convs) != 1 or len(list(child.children())) > 3 or convs[0].in_channels % 4:
+        return ()
+    c1 = convs[0].in_channels // 4
+    conv = convs[0]
+    x = torch.randn(1, c1, 8, 8, generator=torch.Generator().manual_seed(0)).to(conv.weight)  # (N, C, H, W)
+    probed = copy.deepcopy(module).eval()  # a probe in training mode would update BatchNorm statistics
+    got = probe(probed, x)
+    want = probe(probed.get_submodule(child_name), _space_to_depth(x))
+    if got is None or want is None or got.shape != want.shape or not torch.allclose(got, want, 1e-5, 1e-6):
+        return ()
+    k = conv.kernel_size[0]
+    ref = SPDConv(c1, conv.out_channels, k, conv.stride[0])
+    ref.conv = _yolo_conv(child)  # type: ignore[assignment]  # any conv block with the same function
+    return (finish(ref, module),)
+
+
+def _example_spd() -> Example:
+    return Example(space_to_depth(), ((1, 3, 12, 12), (2, 3, 8, 14), (1, 3, 6, 10), (3, 3, 16, 20)))
+
+
+def _example_spd_conv() -> Example:
+    return Example(SPDConv(8, 16), ((1, 8, 12, 12), (2, 8, 8, 14), (1, 8, 6, 10), (3, 8, 16, 20)))
+
+
+SPACE_TO_DEPTH = BlockSpec("space_to_depth", space_to_depth, SpaceToDepthExport, to_export, recognize_space_to_depth,
+                           _example_spd)
+SPEC = BlockSpec("SPDConv", SPDConv, SPDConvExport, to_export, recognize_spd_conv, _example_spd_conv)

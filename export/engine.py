@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     import numpy as np
     import tensorrt as trt
 
-    from .parity import Comparison
+    from ..blocks.parity import Comparison
 
 ENGINE_FORMAT = "blocks-export-engine/1"
 # (min, opt, max) shapes of one input, or {"min": [..], "opt": [..], "max": [..]} as the sidecar writes them.
@@ -623,7 +623,7 @@ def engine_parity(engine_path: Path, feeds: Mapping[str, np.ndarray], reference:
                   precision: str, *, verify: bool = True) -> Comparison:
     """Engine outputs against ``reference`` outputs (by name) under ``parity.RULES[precision]``; the engine is
     verified against its sidecar first (``verify_engine``). Untested here."""
-    from .parity import compare
+    from ..blocks.parity import compare
 
     return compare(dict(reference), run_engine(engine_path, feeds, verify=verify), precision=precision,
                    label="tensorrt")

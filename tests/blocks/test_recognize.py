@@ -11,18 +11,24 @@ import torch
 from fixtures import seed_blocks
 from torch import nn
 
-from blocks_export.blocks import CA, DCN, ACmix, CB2d, SPDConv, randomize_, space_to_depth
-from blocks_export.blocks.recognize import (
+from blocks_export.blocks import (
+    CA,
+    DCN,
     RECOGNIZERS,
+    ACmix,
+    CB2d,
     NotConvertible,
-    _offset_permutation,
-    recognize_acmix,
-    recognize_context_block,
-    recognize_coord_attention,
-    recognize_deform_conv,
-    recognize_spd_conv,
+    SPDConv,
+    randomize_,
+    space_to_depth,
 )
-from blocks_export.export.parity import rel_l2
+from blocks_export.blocks.acmix import recognize as recognize_acmix
+from blocks_export.blocks.context_block import recognize as recognize_context_block
+from blocks_export.blocks.coord_attn import recognize as recognize_coord_attention
+from blocks_export.blocks.dcn import _offset_permutation
+from blocks_export.blocks.dcn import recognize as recognize_deform_conv
+from blocks_export.blocks.parity import rel_l2
+from blocks_export.blocks.spd import recognize_spd_conv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # pasted_variants.py sits beside this file
 import pasted_variants as pv  # noqa: E402

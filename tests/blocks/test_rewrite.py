@@ -15,6 +15,7 @@ from fixtures import seed_blocks
 from torch import nn
 
 from blocks_export.blocks import (
+    BLOCKS,
     CA,
     DCN,
     ACmix,
@@ -26,17 +27,17 @@ from blocks_export.blocks import (
     SpaceToDepthExport,
     SPDConv,
     SPDConvExport,
+    inspect_model,
     randomize_,
     rewrite_model,
     space_to_depth,
 )
-from blocks_export.blocks.rewrite import inspect_model
-from blocks_export.export.parity import rel_l2
+from blocks_export.blocks.parity import rel_l2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # pasted_variants.py sits beside this file
 import pasted_variants as pv  # noqa: E402
 
-REFERENCES = (ACmix, CB2d, CA, space_to_depth, SPDConv, DCN)
+REFERENCES = tuple(s.reference for s in BLOCKS)
 
 
 class Wrapped(nn.Module):

@@ -20,13 +20,13 @@ from torch import nn
 from torchvision.ops import deform_conv2d
 
 from blocks_export.blocks import DCN, randomize_
+from blocks_export.blocks.parity import rel_l2
 from blocks_export.export.deform_conv import (
     LOWERINGS,
     check_lowering,
     dynamo_translation_table,
     torchscript_symbolic,
 )
-from blocks_export.export.parity import rel_l2
 from blocks_export.plugins.ort_cpu import cpu_session
 
 OPSET = {"std": 19, "portable": 18, "plugin": 18}

@@ -13,7 +13,7 @@ import export_models  # noqa: E402
 import helpers  # noqa: E402
 
 from blocks_export.export.options import ExportOptions  # noqa: E402
-from blocks_export.export.parity import RULES, rel_l2  # noqa: E402
+from blocks_export.blocks.parity import RULES, rel_l2  # noqa: E402
 from blocks_export.export.pipeline import run_export  # noqa: E402
 from blocks_export.plugins.ort_cpu import cpu_session  # noqa: E402
 

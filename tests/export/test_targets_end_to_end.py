@@ -16,7 +16,7 @@ import torch
 
 from blocks_export.export.check import check_model
 from blocks_export.export.options import ExportOptions
-from blocks_export.export.parity import rel_l2
+from blocks_export.blocks.parity import rel_l2
 from blocks_export.export.pipeline import run_export
 from blocks_export.export.targets import TARGETS, get_target
 from blocks_export.plugins.ort_cpu import cpu_session

@@ -1,0 +1,45 @@
+"""What a block is, in one value: ``BlockSpec``. Each block file ends with its ``SPEC``; ``blocks.BLOCKS`` lists
+them, and the conversion table, the recogniser table and the contract test (tests/blocks/test_contract.py) are
+read from that list."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+# A conversion takes the reference block it is registered for (hence Any) and returns its twin.
+Conversion = Callable[[Any], nn.Module]
+# A recogniser reads a foreign module and returns candidate reference blocks (``()``: not this block).
+Recognizer = Callable[[nn.Module], tuple[nn.Module, ...]]
+
+
+@dataclass(frozen=True)
+class Example:
+    """A small, default-initialised reference block and the inputs it is valid for: ``shapes[0]`` [N, C, H, W]
+    is the export shape, the others are the shapes an export is validated at."""
+
+    module: nn.Module
+    shapes: tuple[tuple[int, int, int, int], ...]
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """One block.
+
+    ``name``: the label in reports ("recognised as"); ``reference``: the seed-faithful class (its import path is
+    what pickled checkpoints name, so it never moves); ``twin``: the export-friendly class ``to_export``
+    returns; ``recognize``: finds the block inside foreign modules (``blocks/_match.py`` has the shared
+    helpers); ``example``: builds an ``Example``; ``fp32_ops``: ONNX op types of the twin's graph that must stay
+    fp32 in a mixed-precision graph (``export/fp16.py`` keeps them so).
+    """
+
+    name: str
+    reference: type[nn.Module]
+    twin: type[nn.Module]
+    to_export: Conversion
+    recognize: Recognizer
+    example: Callable[[], Example]
+    fp32_ops: frozenset[str] = frozenset()

@@ -8,7 +8,7 @@
 2. run one forward of ``example_input`` and record, with forward pre-hooks, the exact inputs every matched
    module receives (every call: a block used twice is checked on both inputs);
 3. keep the first candidate reference that equals the foreign module on those inputs, convert it with the
-   table, check the twin against the foreign module on the same inputs (fp32 rule of ``parity.py``:
+   table, check the twin against the foreign module on the same inputs (fp32 rule of ``runtime/parity.py``:
    relative L2 <= 1e-5), and only then swap it in. Anything that fails (no candidate matches, the conversion
    raises, the twin differs) leaves the module alone, with the reason in the report;
 4. run the rewritten model once more: a swap that stops it from running (a forward that reads a layer
@@ -31,10 +31,10 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
+from ..runtime.parity import compare
 from ._match import NotConvertible
 from ._spec import Conversion, Recognizer
 from .hazards import Hazard, as_args, clone, scan_hazards
-from .parity import compare
 from .table import CONVERSIONS, RECOGNIZERS, to_export
 
 Table = Mapping[type[nn.Module], Conversion]
@@ -46,7 +46,7 @@ Table = Mapping[type[nn.Module], Conversion]
 @dataclass(frozen=True)
 class Replacement:
     """One swapped block. ``rel_l2``/``max_rel``/``max_abs``: worst twin-vs-original errors over the checked
-    calls (``max_rel`` is max |difference| / max |original|, as in ``parity.py``)."""
+    calls (``max_rel`` is max |difference| / max |original|, as in ``runtime/parity.py``)."""
 
     name: str
     original_class: str

@@ -34,7 +34,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -49,14 +48,14 @@ from .check import check_model
 from .epcontext import engine_reference, ep_context_model
 from .errors import EXIT_MISSING_RUNTIME, ExportError, ExportFailed, RuntimeMissing
 from .fp16 import float_types, fp32_nodes, name_nodes
-from .io import output_error
+from .io import atomic_folder_files
 from .targets import Target, get_target
 
 if TYPE_CHECKING:
     import numpy as np
     import tensorrt as trt
 
-    from ..blocks.parity import Comparison
+    from ..runtime.parity import Comparison
 
 ENGINE_FORMAT = "blocks-export-engine/1"
 # (min, opt, max) shapes of one input, or {"min": [..], "opt": [..], "max": [..]} as the sidecar writes them.
@@ -381,22 +380,15 @@ def _toolkit_version() -> str:
 
 
 def _commit(files: Mapping[Path, bytes]) -> None:
-    """Write every file to a temporary sibling first, then ``os.replace`` them all; on error, remove the temps."""
-    temps: list[tuple[str, Path]] = []
-    path = next(iter(files), Path("."))
-    try:
-        for path, data in files.items():
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            temps.append((tmp, path))
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-        for tmp, path in temps:
-            os.replace(tmp, path)
-    except OSError as e:  # disk full, read-only folder: one line (exit 2), not a traceback
-        raise output_error(path, e) from e
-    finally:
-        for tmp, _ in temps:
-            Path(tmp).unlink(missing_ok=True)
+    """Write the files of one build, folder by folder, through ``io.atomic_folder_files`` (each file complete or
+    absent; a failure leaves no temporary file)."""
+    folders: dict[Path, dict[str, bytes]] = {}
+    for path, data in files.items():
+        folders.setdefault(path.parent, {})[path.name] = data
+    for folder, named in folders.items():
+        with atomic_folder_files(folder, list(named)) as tmp:
+            for name, data in named.items():
+                (tmp / name).write_bytes(data)
 
 
 def default_paths(engine_path: Path) -> tuple[Path, Path, Path]:
@@ -409,13 +401,15 @@ def default_paths(engine_path: Path) -> tuple[Path, Path, Path]:
 
 def build_engine(onnx_path: Path, engine_path: Path, *, fp16: bool, target: str,
                  profile: Mapping[str, ShapeRange] | None = None, workspace_mb: int | None = None,
-                 progress: Progress | None = None, ctx_path: Path | None = None) -> EngineResult:
+                 progress: Progress | None = None, ctx_path: Path | None = None,
+                 checked: bool = False) -> EngineResult:
     """Build ``engine_path`` (+ sidecar JSON, EPContext model, timing cache) from ``onnx_path`` for ``target``.
 
     ``profile``: {input name: (min, opt, max) shapes} for the dynamic inputs. ``fp16``: on weak-typing targets
     (TensorRT 8.x) sets ``BuilderFlag.FP16``; elsewhere the ONNX must already be the fp16 ONNX (``to_fp16``).
     Raises ``TensorRTUnavailable`` (nothing written) when TensorRT or a GPU is missing, ``EngineBuildError``
-    when the check, parser or builder fails, ``ValueError`` for a bad profile.
+    when the check, parser or builder fails, ``ValueError`` for a bad profile. ``checked``: the caller has
+    already run the static target check on this file (the pipeline's check step), so it is not run twice.
     """
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     tgt = get_target(target)
@@ -429,10 +423,12 @@ def build_engine(onnx_path: Path, engine_path: Path, *, fp16: bool, target: str,
     sidecar_path, default_ctx, cache_path = default_paths(engine_path)
     ctx_path = Path(ctx_path) if ctx_path is not None else default_ctx
     model = onnx.load(os.fspath(onnx_path), load_external_data=False)
-    report = check_model(model, tgt.name)
-    if not report:
-        raise EngineBuildError(f"{onnx_path.name} fails the {tgt.name} target check: "
-                               + "; ".join(f"{i.node_name} ({i.op_type}): {i.why} -> {i.fix}" for i in report.issues))
+    if not checked:
+        report = check_model(model, tgt.name)
+        if not report:
+            raise EngineBuildError(f"{onnx_path.name} fails the {tgt.name} target check: "
+                                   + "; ".join(f"{i.node_name} ({i.op_type}): {i.why} -> {i.fix}"
+                                               for i in report.issues))
     graph_fp16 = onnx.TensorProto.FLOAT16 in float_types(model)
     command = jetson_command(onnx_path, tgt.name, fp16, profile, workspace_mb)
     load_tensorrt(command)
@@ -623,7 +619,7 @@ def engine_parity(engine_path: Path, feeds: Mapping[str, np.ndarray], reference:
                   precision: str, *, verify: bool = True) -> Comparison:
     """Engine outputs against ``reference`` outputs (by name) under ``parity.RULES[precision]``; the engine is
     verified against its sidecar first (``verify_engine``). Untested here."""
-    from ..blocks.parity import compare
+    from ..runtime.parity import compare
 
     return compare(dict(reference), run_engine(engine_path, feeds, verify=verify), precision=precision,
                    label="tensorrt")

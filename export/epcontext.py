@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import onnx
 from onnx import helper
+
+from .io import atomic_write_bytes
 
 EP_CONTEXT_OP = "EPContext"
 EP_CONTEXT_DOMAIN = "com.microsoft"
@@ -75,19 +76,6 @@ def ep_context_model(source: onnx.ModelProto, engine_ref: str, *, tensorrt_versi
     return model
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_ep_context(engine_path: Path, onnx_path: Path, ctx_path: Path, *, tensorrt_version: str | None = None,
                      compute_capability: str | None = None) -> onnx.ModelProto:
     """Write ``ctx_path``: an EPContext model for the engine ``engine_path`` built from ``onnx_path``.
@@ -104,9 +92,9 @@ def write_ep_context(engine_path: Path, onnx_path: Path, ctx_path: Path, *, tens
     model = ep_context_model(source, engine_reference(Path(engine_path), Path(ctx_path)),
                              tensorrt_version=tensorrt_version, compute_capability=compute_capability,
                              onnx_model_filename=Path(onnx_path).name)
-    write_atomic(Path(ctx_path), model.SerializeToString())
+    atomic_write_bytes(Path(ctx_path), model.SerializeToString())
     return model
 
 
 __all__ = ["EP_CONTEXT_DOMAIN", "EP_CONTEXT_OP", "TRT_EP_SOURCE", "engine_reference", "ep_context_model",
-           "write_atomic", "write_ep_context"]
+           "write_ep_context"]

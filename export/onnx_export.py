@@ -21,6 +21,7 @@ import logging
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -55,14 +56,6 @@ class OnnxExport:
     uses_deform_conv: bool
     dynamic: dict[str, dict[str, dict[str, int | None]]] | None
     notes: list[str] = field(default_factory=list)
-
-
-def _deform_conv_module() -> Any | None:
-    try:
-        from . import deform_conv
-    except ImportError:
-        return None
-    return deform_conv
 
 
 def _one_line(e: BaseException) -> str:
@@ -361,7 +354,8 @@ def to_onnx(model: Any, example: Any, *, opset: int, opset_fixed: bool = False, 
     if is_script and exporter == "dynamo":
         exporter = "torchscript"
         notes.append("TorchScript archive: exported with the TorchScript exporter")
-    dc = _deform_conv_module()
+    from . import deform_conv as dc
+
 
     if exporter == "torchscript":
         if is_program:  # its module() does not trace under the TorchScript exporter ("Calling train()")
@@ -397,17 +391,11 @@ def to_onnx(model: Any, example: Any, *, opset: int, opset_fixed: bool = False, 
     output_names = [f"output{i}" for i in range(n_out)]
     table = None
     if uses_dc:
-        if dc is None:
-            if lowering != "std":
-                raise ExportFailed(f"--deform-conv {lowering}: the DeformConv lowerings "
-                                   "(blocks_export.export.deform_conv) are not installed in this build")
-            notes.append("DeformConv lowerings unavailable: the exporter's built-in ONNX DeformConv is used")
-        else:
-            try:
-                dc.check_lowering(lowering, opset)
-            except ValueError as e:
-                raise UsageError(f"--deform-conv {lowering}: {e}") from e
-            table = dc.dynamo_translation_table(lowering, max(opset, DYNAMO_MIN_OPSET))
+        try:
+            dc.check_lowering(lowering, opset)
+        except ValueError as e:
+            raise UsageError(f"--deform-conv {lowering}: {e}") from e
+        table = dc.dynamo_translation_table(lowering, max(opset, DYNAMO_MIN_OPSET))
     # Read before translation: the ONNX exporter's decompositions rewrite the program's symbolic shapes.
     ranges = derived if derived is not None else (dynamic_ranges(program) if is_program else None)
     try:
@@ -591,7 +579,7 @@ def _drop_unknown_attributes(model: Any, opset: int) -> None:
 
 
 def _torchscript_export(model: Any, example: Any, opset: int, lowering: str, dynamic: bool, n_out: int,
-                        uses_dc: bool, dc: Any, notes: list[str],
+                        uses_dc: bool, dc: ModuleType, notes: list[str],
                         ranges: dict[str, dict[str, int | None]] | None = None) -> OnnxExport:
     import onnx
     import torch
@@ -603,17 +591,13 @@ def _torchscript_export(model: Any, example: Any, opset: int, lowering: str, dyn
         if ranges is None:
             notes.append("TorchScript exporter: dynamic ranges are not derived (constraints unknown)")
     ctx: Any = contextlib.nullcontext()
-    if dc is not None:
-        try:
-            dc.check_lowering(lowering, opset)
-        except ValueError as e:
-            if uses_dc:
-                raise UsageError(f"--deform-conv {lowering}: {e}") from e
-        else:
-            ctx = dc.torchscript_symbolic(lowering, opset)
-    elif uses_dc:
-        raise ExportFailed("the model has a deformable convolution and the DeformConv symbolics "
-                           "(blocks_export.export.deform_conv) are not installed in this build")
+    try:
+        dc.check_lowering(lowering, opset)
+    except ValueError as e:
+        if uses_dc:
+            raise UsageError(f"--deform-conv {lowering}: {e}") from e
+    else:
+        ctx = dc.torchscript_symbolic(lowering, opset)
     buf = io.BytesIO()
     try:
         with _quiet_exporter(), ctx:

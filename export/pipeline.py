@@ -14,9 +14,9 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import (
     EXIT_FAILED,
@@ -30,22 +30,19 @@ from .errors import (
 from .io import atomic_folder_files, atomic_path, check_output_path
 from .load import LoadedModel, load_model
 from .options import ExportOptions
+from .report import Report, StepRecord
+
+if TYPE_CHECKING:
+    from blocks_export.blocks.rewrite import RewriteReport
+
+    from .onnx_export import OnnxExport
+    from .targets import Target
+    from .verify import VerifyResult
 
 DEFAULT_IMGSZ = 640
 EXTERNAL_DATA_BYTES = 2_000_000_000  # protobuf cannot serialise a message of 2 GiB or more
 SEED = 0
 TRT_DEFAULT_TARGET = "jetpack6"  # lowest TensorRT 10 profile: its ONNX also parses on newer TensorRT 10/11
-
-
-@dataclass
-class Step:
-    name: str
-    status: str = "ok"  # ok | skipped | failed | warning
-    seconds: float = 0.0
-    note: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "status": self.status, "seconds": round(self.seconds, 3), "note": self.note}
 
 
 class Progress:
@@ -54,7 +51,7 @@ class Progress:
     def start(self, name: str) -> None:  # noqa: B027 (optional hook)
         pass
 
-    def done(self, step: Step) -> None:  # noqa: B027 (optional hook)
+    def done(self, step: StepRecord) -> None:  # noqa: B027 (optional hook)
         pass
 
     def message(self, text: str) -> None:  # noqa: B027 (optional hook: progress inside a long step)
@@ -66,10 +63,10 @@ class ExportResult:
     """What one run produced. ``report`` is the JSON report (also written beside the output)."""
 
     exit_code: int
-    report: dict[str, Any]
+    report: Report
     output: Path | None = None
     report_path: Path | None = None
-    steps: list[Step] = field(default_factory=list)
+    steps: list[StepRecord] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -79,11 +76,11 @@ class ExportResult:
 class _Runner:
     def __init__(self, progress: Progress | None) -> None:
         self.progress = progress or Progress()
-        self.steps: list[Step] = []
+        self.steps: list[StepRecord] = []
 
     @contextlib.contextmanager
-    def step(self, name: str) -> Iterator[Step]:
-        s = Step(name)
+    def step(self, name: str) -> Iterator[StepRecord]:
+        s = StepRecord(name)
         self.progress.start(name)
         t0 = time.perf_counter()
         try:
@@ -98,12 +95,12 @@ class _Runner:
         self.progress.done(s)
 
     def skip(self, name: str, why: str) -> None:
-        s = Step(name, "skipped", 0.0, why)
+        s = StepRecord(name, "skipped", 0.0, why)
         self.steps.append(s)
         self.progress.done(s)
 
 
-def resolve_target(options: ExportOptions) -> Any:
+def resolve_target(options: ExportOptions) -> Target:
     from .targets import get_target
 
     name = options.target
@@ -115,17 +112,15 @@ def resolve_target(options: ExportOptions) -> Any:
         raise UsageError(f"--target: {e}") from e
 
 
-def resolve_lowering(options: ExportOptions, target: Any) -> str:
+def resolve_lowering(options: ExportOptions, target: Target) -> str:
     return target.deform_conv if options.deform_conv == "auto" else options.deform_conv
 
 
-def check_options(options: ExportOptions, target: Any, lowering: str) -> None:
+def check_options(options: ExportOptions, target: Target, lowering: str) -> None:
     """Refuse contradictory options before anything is loaded."""
     if options.deform_conv != "auto" and options.opset is not None:
-        try:
-            from .deform_conv import check_lowering
-        except ImportError:
-            return
+        from .deform_conv import check_lowering
+
         try:
             check_lowering(lowering, options.opset)
         except ValueError as e:
@@ -184,21 +179,11 @@ def probe_input(model: Any, shape: tuple[int, ...], path: Path) -> None:
     del torch
 
 
-def rewrite(model: Any, example: Any) -> tuple[Any, Any]:
+def rewrite(model: Any, example: Any) -> tuple[Any, RewriteReport]:
     """``blocks.rewrite_model``; the rewritten copy and its report."""
-    from blocks_export.blocks.rewrite import rewrite_model
+    from blocks_export.blocks import rewrite_model
 
     return rewrite_model(model, example)
-
-
-def replaced_paths(report: Any, original: Any, rewritten: Any) -> list[str]:
-    """Module paths of the swapped blocks: from the report, else where the module class changed."""
-    names = [str(n) for r in getattr(report, "replaced", ()) if (n := getattr(r, "name", None))]
-    if names:
-        return names
-    before = {n: type(m) for n, m in original.named_modules()}
-    changed = [n for n, m in rewritten.named_modules() if n and n in before and before[n] is not type(m)]
-    return [n for n in changed if not any(n.startswith(p + ".") for p in changed)]
 
 
 def save_onnx(model: Any, path: Path) -> list[Path]:
@@ -234,146 +219,175 @@ def run_export(source: Path, options: ExportOptions, progress: Progress | None =
         check_output_path(onnx_out, options.force)
 
     runner = _Runner(progress)
-    report: dict[str, Any] = {
-        "format": "blocks-export-report/1", "source": str(source), "output": str(output),
-        "target": target.name, "deform_conv": lowering, "precision": "fp16" if options.fp16 else "fp32",
-        "warnings": [],
-    }
+    report = Report(source=str(source), output=str(output), target=target.name, deform_conv=lowering,
+                    precision="fp16" if options.fp16 else "fp32")
     with runner.step("load") as s:
         loaded = load_model(source, trust_pickle=options.trust_pickle, arch=options.arch)
         s.note = loaded.source
-    report["source_sha256"] = loaded.sha256
-    report["warnings"] += loaded.warnings
+    report.source_sha256 = loaded.sha256
+    report.warnings += loaded.warnings
     if loaded.kind == "onnx":
         return _onnx_to_engine(loaded, options, target, output, runner, report)
-    return _torch_export(loaded, options, target, lowering, output, onnx_out, runner, report)
-
-
-def _torch_export(loaded: LoadedModel, options: ExportOptions, target: Any, lowering: str, output: Path,
-                  onnx_out: Path, runner: _Runner, report: dict[str, Any]) -> ExportResult:
-    import torch
-
-    from .onnx_export import to_onnx
-    from .verify import locate_divergence, make_input, verification_shapes, verify
-
-    original = loaded.model
-    h, w = export_imgsz(options, loaded)
-    channels = input_channels(original) if isinstance(original, torch.nn.Module) else 3
-    shape: tuple[int, ...] = (options.batch, channels, h, w)
-    if loaded.kind == "exported_program":  # its static dims are fixed; only its dynamic ones can follow options
-        shape = tuple(s if s > 0 else d for s, d in zip(_program_input_shape(original), shape, strict=True))
-    if loaded.kind != "exported_program":
-        probe_input(original, shape, loaded.path)
-    example = make_input(shape, SEED)
-    report["export_shape"] = list(shape)
-
-    model = original
-    rewrite_report = None
-    replaced: list[str] = []
-    if loaded.kind == "module":
-        with runner.step("rewrite") as s:
-            try:
-                model, rewrite_report = rewrite(original, example)
-            except ImportError as e:
-                s.status, s.note = "warning", f"block rewriter unavailable ({_one_line(e)}); exported as loaded"
-                report["warnings"].append(s.note)
-            except Exception as e:
-                raise ExportFailed(f"block rewriting failed: {_one_line(e)} (rerun with --debug)") from e
-            else:
-                replaced = replaced_paths(rewrite_report, original, model)
-                s.note = f"{len(replaced)} block(s) replaced"
-                report["warnings"] += [f"{h.name}: {h.kind}: {h.detail}" for h in getattr(rewrite_report, "hazards", ())]
-    else:
-        runner.skip("rewrite", "block rewrites cannot apply to a TorchScript or torch.export input")
-    report["blocks"] = (rewrite_report.as_dict() if rewrite_report is not None and hasattr(rewrite_report, "as_dict")
-                        else {"replaced": replaced})
-
-    # The target's exporter unless the user chose one; a torch.export program only has the dynamo one.
-    exporter = options.exporter or ("dynamo" if loaded.kind == "exported_program" else target.exporter)
-    with runner.step("export") as s:
-        exported = to_onnx(model, example, opset=options.opset or target.opset, opset_fixed=options.opset is not None,
-                           lowering=lowering, exporter=exporter, dynamic=options.dynamic,
-                           decompose_layernorm=target.layernorm == "decompose")
-        s.note = f"{exported.exporter}, opset {exported.opset}, {len(exported.model.graph.node)} nodes"
-    report["opset"] = exported.opset
-    report["exporter"] = exported.exporter
-    report["dynamic"] = exported.dynamic
-    report["notes"] = list(exported.notes)
-    unsimplified = exported.model
-    proto = exported.model
-    large = sum(len(t.raw_data) for t in proto.graph.initializer) >= EXTERNAL_DATA_BYTES
-
-    if not options.simplify:
-        runner.skip("simplify", "--no-simplify")
-    elif large:
-        runner.skip("simplify", "model over 2 GB: simplification skipped")
-    else:
-        with runner.step("simplify") as s:
-            from .simplify import simplify
-
-            proto, s.note = simplify(proto)
-            if proto is unsimplified:
-                s.status = "warning"
-                report["warnings"].append(s.note)
-
-    if options.fp16:
-        with runner.step("fp16") as s:
-            try:
-                from .fp16 import to_fp16
-            except ImportError as e:
-                raise RuntimeMissing("--fp16: mixed-precision conversion (blocks_export.export.fp16) is not "
-                                     "installed in this build") from e
-            proto = to_fp16(proto, keep_io_types=not options.fp16_io)
-            s.note = "keep fp32 IO" if not options.fp16_io else "fp16 IO"
-
-    precision = "fp16" if options.fp16 else "fp32"
-    verification = None
-    if options.verify:
-        with runner.step("verify") as s:
-            dyn = (exported.dynamic or {}).get(exported.input_name)
-            shapes = verification_shapes(shape, dyn)
-            verification = verify(original, proto, shapes, precision=precision, fp16_io=options.fp16_io, seed=SEED)
-            if not verification:
-                failing = next(r for r in verification.runs if not r.comparison)
-                from .verify import has_scopes
-
-                graph = proto if has_scopes(proto) else unsimplified
-                try:
-                    verification.divergence = locate_divergence(
-                        original, graph, replaced, failing.shape, precision=precision, fp16_io=options.fp16_io,
-                        seed=SEED)
-                except Exception as e:  # localisation is a diagnostic: its failure must not hide the verdict
-                    verification.divergence = {"block": None, "why": f"localisation failed: {_one_line(e)}"}
-                s.status = "failed"
-                s.note = f"FAILED at {'x'.join(map(str, failing.shape))}"
-            else:
-                s.note = f"{len(shapes)} shape(s) passed"
-        report["verification"] = verification.as_dict()
-    else:
-        runner.skip("verify", "--no-verify")
-        report["verification"] = None
-
-    from .metadata import build_metadata, set_metadata
-
-    blocks_meta = [dict(r) if isinstance(r, dict) else r for r in report["blocks"].get("replaced", [])]
-    set_metadata(proto, build_metadata(
-        source_sha256=loaded.sha256, input_name=exported.input_name, export_shape=shape,
-        dynamic=exported.dynamic, model_info=loaded.metadata, blocks=blocks_meta, precision=precision,
-        target=target.name, deform_conv=lowering, parity=verification.summary() if verification else None,
-        graph=proto.graph))
-    with runner.step("write") as s:
-        written = save_onnx(proto, onnx_out)
-        s.note = str(onnx_out) + (" (+ external data)" if len(written) > 1 else "")
-    report["onnx"] = str(onnx_out)
-
-    failed = verification is not None and not verification
-    if target.is_tensorrt:
-        ok = _check_step(proto, target, runner, report)
-        failed = failed or not ok
-    if failed or options.to == "onnx":
-        return _finish(report, output if options.to == "onnx" else onnx_out, runner, failed)
+    ctx = _Context(loaded, options, target, lowering, output, onnx_out, runner, report)
+    for step in (_prepare, _rewrite, _export, _simplify, _fp16, _verify, _write, _check):
+        step(ctx)
+    if ctx.failed or options.to == "onnx":
+        return _finish(report, output if options.to == "onnx" else onnx_out, runner, ctx.failed)
     _engine_step(onnx_out, output, options, target, runner, report)
     return _finish(report, output, runner, False)
+
+
+@dataclass
+class _Context:
+    """What the steps of a PyTorch export share; each step reads what earlier ones set."""
+
+    loaded: LoadedModel
+    options: ExportOptions
+    target: Target
+    lowering: str
+    output: Path
+    onnx_out: Path
+    runner: _Runner
+    report: Report
+    shape: tuple[int, ...] = ()
+    example: Any = None  # torch.Tensor [N, C, H, W]
+    model: Any = None  # the model to export: the rewritten copy, or the loaded model
+    rewrite_report: RewriteReport | None = None
+    exported: OnnxExport | None = None
+    proto: Any = None  # onnx.ModelProto being built
+    verification: VerifyResult | None = None
+    failed: bool = False
+
+    @property
+    def precision(self) -> str:
+        return "fp16" if self.options.fp16 else "fp32"
+
+
+def _prepare(ctx: _Context) -> None:
+    """The export shape, and one run of the model at it (a shape the model cannot take is bad input)."""
+    import torch
+
+    from .verify import make_input
+
+    original = ctx.loaded.model
+    h, w = export_imgsz(ctx.options, ctx.loaded)
+    channels = input_channels(original) if isinstance(original, torch.nn.Module) else 3
+    shape: tuple[int, ...] = (ctx.options.batch, channels, h, w)
+    if ctx.loaded.kind == "exported_program":  # its static dims are fixed; only its dynamic ones follow options
+        shape = tuple(s if s > 0 else d for s, d in zip(_program_input_shape(original), shape, strict=True))
+    else:
+        probe_input(original, shape, ctx.loaded.path)
+    ctx.shape, ctx.example, ctx.model = shape, make_input(shape, SEED), original
+    ctx.report.export_shape = list(shape)
+
+
+def _rewrite(ctx: _Context) -> None:
+    from blocks_export.blocks import RewriteReport
+
+    if ctx.loaded.kind != "module":
+        ctx.runner.skip("rewrite", "block rewrites cannot apply to a TorchScript or torch.export input")
+        ctx.report.blocks = RewriteReport()
+        return
+    with ctx.runner.step("rewrite") as s:
+        try:
+            ctx.model, ctx.rewrite_report = rewrite(ctx.loaded.model, ctx.example)
+        except Exception as e:
+            raise ExportFailed(f"block rewriting failed: {_one_line(e)}") from e
+        s.note = f"{len(ctx.rewrite_report.replaced)} block(s) replaced"
+    ctx.report.warnings += [f"{h.name}: {h.kind}: {h.detail}" for h in ctx.rewrite_report.hazards]
+    ctx.report.blocks = ctx.rewrite_report
+
+
+def _export(ctx: _Context) -> None:
+    from .onnx_export import to_onnx
+
+    options, target = ctx.options, ctx.target
+    # The target's exporter unless the user chose one; a torch.export program only has the dynamo one.
+    exporter = options.exporter or ("dynamo" if ctx.loaded.kind == "exported_program" else target.exporter)
+    with ctx.runner.step("export") as s:
+        exported = to_onnx(ctx.model, ctx.example, opset=options.opset or target.opset,
+                           opset_fixed=options.opset is not None, lowering=ctx.lowering, exporter=exporter,
+                           dynamic=options.dynamic, decompose_layernorm=target.layernorm == "decompose")
+        s.note = f"{exported.exporter}, opset {exported.opset}, {len(exported.model.graph.node)} nodes"
+    ctx.exported, ctx.proto = exported, exported.model
+    ctx.report.opset, ctx.report.exporter, ctx.report.dynamic = exported.opset, exported.exporter, exported.dynamic
+    ctx.report.notes = list(exported.notes)
+
+
+def _simplify(ctx: _Context) -> None:
+    from .simplify import simplify
+
+    if not ctx.options.simplify:
+        ctx.runner.skip("simplify", "--no-simplify")
+    elif sum(len(t.raw_data) for t in ctx.proto.graph.initializer) >= EXTERNAL_DATA_BYTES:
+        ctx.runner.skip("simplify", "model over 2 GB: simplification skipped")
+    else:
+        with ctx.runner.step("simplify") as s:
+            unsimplified = ctx.proto
+            ctx.proto, s.note = simplify(unsimplified)
+            if ctx.proto is unsimplified:
+                s.status = "warning"
+                ctx.report.warnings.append(s.note)
+
+
+def _fp16(ctx: _Context) -> None:
+    from .fp16 import to_fp16
+
+    if ctx.options.fp16:
+        with ctx.runner.step("fp16") as s:
+            ctx.proto = to_fp16(ctx.proto, keep_io_types=not ctx.options.fp16_io)
+            s.note = "keep fp32 IO" if not ctx.options.fp16_io else "fp16 IO"
+
+
+def _verify(ctx: _Context) -> None:
+    from .verify import has_scopes, locate_divergence, verification_shapes, verify
+
+    if not ctx.options.verify:
+        ctx.runner.skip("verify", "--no-verify")
+        return
+    assert ctx.exported is not None
+    replaced = [r.name for r in ctx.rewrite_report.replaced] if ctx.rewrite_report is not None else []
+    with ctx.runner.step("verify") as s:
+        dyn = (ctx.exported.dynamic or {}).get(ctx.exported.input_name)
+        shapes = verification_shapes(ctx.shape, dyn)
+        verification = verify(ctx.loaded.model, ctx.proto, shapes, precision=ctx.precision,
+                              fp16_io=ctx.options.fp16_io, seed=SEED)
+        if not verification:
+            failing = next(r for r in verification.runs if not r.comparison)
+            graph = ctx.proto if has_scopes(ctx.proto) else ctx.exported.model
+            try:
+                verification.divergence = locate_divergence(
+                    ctx.loaded.model, graph, replaced, failing.shape, precision=ctx.precision,
+                    fp16_io=ctx.options.fp16_io, seed=SEED)
+            except Exception as e:  # localisation is a diagnostic: its failure must not hide the verdict
+                verification.divergence = {"block": None, "why": f"localisation failed: {_one_line(e)}"}
+            s.status = "failed"
+            s.note = f"FAILED at {'x'.join(map(str, failing.shape))}"
+            ctx.failed = True
+        else:
+            s.note = f"{len(shapes)} shape(s) passed"
+    ctx.verification = ctx.report.verification = verification
+
+
+def _write(ctx: _Context) -> None:
+    from .metadata import build_metadata, set_metadata
+
+    assert ctx.exported is not None
+    blocks_meta = [asdict(r) for r in ctx.rewrite_report.replaced] if ctx.rewrite_report is not None else []
+    set_metadata(ctx.proto, build_metadata(
+        source_sha256=ctx.loaded.sha256, input_name=ctx.exported.input_name, export_shape=ctx.shape,
+        dynamic=ctx.exported.dynamic, model_info=ctx.loaded.metadata, blocks=blocks_meta, precision=ctx.precision,
+        target=ctx.target.name, deform_conv=ctx.lowering,
+        parity=ctx.verification.summary() if ctx.verification else None, graph=ctx.proto.graph))
+    with ctx.runner.step("write") as s:
+        written = save_onnx(ctx.proto, ctx.onnx_out)
+        s.note = str(ctx.onnx_out) + (" (+ external data)" if len(written) > 1 else "")
+    ctx.report.onnx = str(ctx.onnx_out)
+
+
+def _check(ctx: _Context) -> None:
+    if ctx.target.is_tensorrt and not _check_step(ctx.proto, ctx.target, ctx.runner, ctx.report):
+        ctx.failed = True
 
 
 def _program_input_shape(program: Any) -> tuple[int, ...]:
@@ -382,21 +396,16 @@ def _program_input_shape(program: Any) -> tuple[int, ...]:
     return tuple(int(d) if not hasattr(d, "node") else -1 for d in node.meta["val"].shape)
 
 
-def _check_step(model: Any, target: Any, runner: _Runner, report: dict[str, Any]) -> bool:
+def _check_step(model: Any, target: Target, runner: _Runner, report: Report) -> bool:
+    from .check import check_model
+
     with runner.step("check") as s:
-        try:
-            from .check import check_model
-        except ImportError as e:
-            raise RuntimeMissing("the static TensorRT check (blocks_export.export.check) is not installed in this "
-                                 "build") from e
         result = check_model(model, target.name)
-        report["check"] = {**result.as_dict(), "lines": result.lines()}
+        report.check = result
         s.note = "passed" if result else f"{len(result.issues)} issue(s) for {target.name}"
         if not result:
             s.status = "failed"
     return bool(result)
-
-
 def _engine_profile(onnx_path: Path, options: ExportOptions) -> dict[str, dict[str, list[int]]] | None:
     """One optimisation profile {input: {"min", "opt", "max"}} for graphs with dynamic input dims."""
     import onnx
@@ -428,32 +437,28 @@ def _engine_profile(onnx_path: Path, options: ExportOptions) -> dict[str, dict[s
     return {inp.name: {"min": [1, c, h, w], "opt": [options.batch, c, h, w], "max": [options.batch, c, h, w]}}
 
 
-def _engine_step(onnx_path: Path, engine_path: Path, options: ExportOptions, target: Any, runner: _Runner,
-                 report: dict[str, Any]) -> None:
+def _engine_step(onnx_path: Path, engine_path: Path, options: ExportOptions, target: Target, runner: _Runner,
+                 report: Report) -> None:
     """Build the engine; the builder also writes its sidecar JSON and the EPContext model (``*_ctx.onnx``)."""
-    try:
-        from .engine import EngineBuildError, TensorRTUnavailable, build_engine
-    except ImportError as e:
-        raise RuntimeMissing("the TensorRT engine builder (blocks_export.export.engine) is not installed in this "
-                             "build") from e
+    from .engine import EngineBuildError, TensorRTUnavailable, build_engine
+
     profile = _engine_profile(onnx_path, options)
     with runner.step("engine") as s:
         try:
-            result = build_engine(onnx_path, engine_path, fp16=options.fp16, target=target.name, profile=profile,
-                                  workspace_mb=options.workspace_mb, progress=runner.progress.message)
+            report.engine = build_engine(onnx_path, engine_path, fp16=options.fp16, target=target.name,
+                                         profile=profile, workspace_mb=options.workspace_mb,
+                                         progress=runner.progress.message, checked=report.check is not None)
         except TensorRTUnavailable as e:
             raise RuntimeMissing(str(e)) from e
         except EngineBuildError as e:
             raise ExportFailed(str(e)) from e
         except ValueError as e:
             raise UsageError(str(e)) from e
-        report["engine"] = result.as_dict() if hasattr(result, "as_dict") else {
-            "engine": str(result.engine_path), "sidecar": str(result.sidecar_path), "ep_context": str(result.ctx_path)}
         s.note = str(engine_path)
 
 
-def _onnx_to_engine(loaded: LoadedModel, options: ExportOptions, target: Any, output: Path, runner: _Runner,
-                    report: dict[str, Any]) -> ExportResult:
+def _onnx_to_engine(loaded: LoadedModel, options: ExportOptions, target: Target, output: Path, runner: _Runner,
+                    report: Report) -> ExportResult:
     """``.onnx`` input, ``--to trt``: check and build; torch is never imported on this path."""
     import onnx
 
@@ -466,28 +471,26 @@ def _onnx_to_engine(loaded: LoadedModel, options: ExportOptions, target: Any, ou
         onnx.checker.check_model(plugin_trt_domain(model))
     except Exception as e:
         raise InputError(f"{loaded.path}: not a valid ONNX model ({_one_line(e)})") from e
-    report["onnx"] = str(loaded.path)
-    report["verification"] = None
-    if target.is_tensorrt and not _check_step(model, target, runner, report):
-        return _finish(report, output, runner, True)
+    report.onnx = str(loaded.path)
     if not target.is_tensorrt:
         raise UsageError(f"--to trt needs a TensorRT target; {target.name!r} is not one")
+    if not _check_step(model, target, runner, report):
+        return _finish(report, output, runner, True)
     _engine_step(loaded.path, output, options, target, runner, report)
     return _finish(report, output, runner, False)
 
 
-def _finish(report: dict[str, Any], output: Path, runner: _Runner, failed: bool) -> ExportResult:
+def _finish(report: Report, output: Path, runner: _Runner, failed: bool) -> ExportResult:
     from .report import write_report
 
     # --no-verify: exit 0, but the report does not claim a parity it did not check.
-    report["status"] = "FAILED" if failed else ("PASSED" if report.get("verification") else "UNVERIFIED")
-    report["exit_code"] = EXIT_FAILED if failed else EXIT_OK
-    report["steps"] = [s.as_dict() for s in runner.steps]
+    report.status = "FAILED" if failed else ("PASSED" if report.verification is not None else "UNVERIFIED")
+    report.exit_code = EXIT_FAILED if failed else EXIT_OK
+    report.steps = list(runner.steps)
     path = report_path_for(output)
-    report["report"] = str(path)
+    report.report = str(path)
     write_report(report, path)
-    return ExportResult(report["exit_code"], report, output, path, runner.steps)
-
+    return ExportResult(report.exit_code, report, output, path, runner.steps)
 
 
 def inspect_file(source: Path, options: ExportOptions) -> dict[str, Any]:
@@ -522,11 +525,8 @@ def inspect_file(source: Path, options: ExportOptions) -> dict[str, Any]:
         shape = (options.batch, input_channels(loaded.model), h, w)
         probe_input(loaded.model, shape, loaded.path)
         info["export_shape"] = list(shape)
-        try:
-            from blocks_export.blocks.rewrite import inspect_model
-        except ImportError as e:
-            raise RuntimeMissing("inspect needs the block rewriter (blocks_export.blocks.rewrite), not installed "
-                                 "in this build") from e
+        from blocks_export.blocks import inspect_model
+
         rep = inspect_model(loaded.model, make_input(shape, SEED))
         info["blocks"] = rep.as_dict()
         lines += rep.lines() or ["BLOCKS     | none of the known blocks found"]

@@ -1,14 +1,93 @@
-"""The export report: a JSON document (stdout with ``--json``, and ``model.report.json`` beside the output)
-and its rendering as rich tables on the terminal."""
+"""The export report: one typed value (``Report``) whose ``as_dict`` is the JSON document (stdout with
+``--json``, and ``model.report.json`` beside the output), and its rendering as rich tables on the terminal.
+
+``Report`` is the schema: every key of the JSON is a field here, written by one pipeline step. Keys of steps
+that did not run are left out (``verification`` is ``null`` when parity was not checked).
+"""
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .io import atomic_write_text
+
+if TYPE_CHECKING:
+    from blocks_export.blocks.rewrite import RewriteReport
+
+    from .check import CheckReport
+    from .engine import EngineResult
+    from .verify import VerifyResult
+
+FORMAT = "blocks-export-report/1"
+
+
+@dataclass
+class StepRecord:
+    """One pipeline step as the report shows it."""
+
+    name: str
+    status: str = "ok"  # ok | skipped | failed | warning
+    seconds: float = 0.0
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "status": self.status, "seconds": round(self.seconds, 3), "note": self.note}
+
+
+@dataclass
+class Report:
+    """What one export produced, field by field in the order the steps fill it."""
+
+    source: str
+    output: str
+    target: str
+    deform_conv: str
+    precision: str
+    warnings: list[str] = field(default_factory=list)
+    source_sha256: str | None = None
+    export_shape: list[int] | None = None
+    blocks: RewriteReport | None = None
+    opset: int | None = None
+    exporter: str | None = None
+    dynamic: dict[str, dict[str, dict[str, int | None]]] | None = None
+    notes: list[str] = field(default_factory=list)
+    verification: VerifyResult | None = None
+    onnx: str | None = None
+    check: CheckReport | None = None
+    engine: EngineResult | None = None
+    status: str = "?"
+    exit_code: int | None = None
+    steps: list[StepRecord] = field(default_factory=list)
+    report: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON document (keys of steps that did not run are absent)."""
+        d: dict[str, Any] = {"format": FORMAT, "source": self.source, "output": self.output, "target": self.target,
+                             "deform_conv": self.deform_conv, "precision": self.precision,
+                             "warnings": list(self.warnings)}
+        optional: dict[str, Any] = {
+            "source_sha256": self.source_sha256, "export_shape": self.export_shape,
+            "blocks": self.blocks.as_dict() if self.blocks is not None else None,
+            "opset": self.opset, "exporter": self.exporter,
+        }
+        d.update({k: v for k, v in optional.items() if v is not None})
+        if self.opset is not None:  # written by the export step, null for a static export
+            d["dynamic"] = self.dynamic
+            d["notes"] = list(self.notes)
+        d["verification"] = self.verification.as_dict() if self.verification is not None else None
+        if self.onnx is not None:
+            d["onnx"] = self.onnx
+        if self.check is not None:
+            d["check"] = {**self.check.as_dict(), "lines": self.check.lines()}
+        if self.engine is not None:
+            d["engine"] = self.engine.as_dict()
+        d.update({"status": self.status, "exit_code": self.exit_code, "steps": [s.as_dict() for s in self.steps],
+                  "report": self.report})
+        return d
 
 
 def _clean(value: Any) -> Any:
@@ -24,11 +103,13 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def to_json(report: dict[str, Any]) -> str:
-    return json.dumps(_clean(report), indent=2, sort_keys=False)
+def to_json(document: Report | dict[str, Any]) -> str:
+    """``document`` as JSON: a ``Report``, or the plain documents of ``inspect``/``check``."""
+    return json.dumps(_clean(document.as_dict() if isinstance(document, Report) else document), indent=2,
+                      sort_keys=False)
 
 
-def write_report(report: dict[str, Any], path: Path) -> None:
+def write_report(report: Report, path: Path) -> None:
     atomic_write_text(path, to_json(report) + "\n")
 
 
@@ -36,49 +117,43 @@ def _fmt(v: Any) -> str:
     return f"{v:.3e}" if isinstance(v, float) else str(v)
 
 
-def render(report: dict[str, Any], console: Any) -> None:
+def render(report: Report, console: Any) -> None:
     """Block rewrites, parity per shape and output, and the verdict, on ``console`` (rich)."""
     from rich.table import Table
 
-    replaced = (report.get("blocks") or {}).get("replaced") or []
-    if replaced and isinstance(replaced[0], dict):
+    if report.blocks is not None and report.blocks.replaced:
         blocks = Table(title="blocks replaced", show_edge=False)
         for col in ("module", "class", "twin", "rel_l2"):
             blocks.add_column(col)
-        for r in replaced:
-            blocks.add_row(r.get("name") or "(model)", r.get("original_class", ""), r.get("twin_class", ""),
-                           _fmt(r.get("rel_l2", "")))
+        for r in report.blocks.replaced:
+            blocks.add_row(r.name or "(model)", r.original_class, r.twin_class, _fmt(r.rel_l2))
         console.print(blocks)
 
-    ver = report.get("verification")
-    if ver:
-        parity = Table(title=f"parity vs the original model ({ver['precision']}, onnxruntime CPU)", show_edge=False)
+    ver = report.verification
+    if ver is not None:
+        parity = Table(title=f"parity vs the original model ({ver.precision}, onnxruntime CPU)", show_edge=False)
         for col in ("shape", "output", "result", "max abs", "max rel", "rel L2", "cosine"):
             parity.add_column(col)
-        for run in ver["runs"]:
-            shape = "x".join(map(str, run["shape"]))
-            for err in run["errors"]:
+        for run in ver.runs:
+            shape = "x".join(map(str, run.shape))
+            for err in run.comparison.errors:
                 parity.add_row(shape, "", "[red]FAILED[/]", err, "", "", "")
-            for o in run["outputs"]:
-                res = "[green]PASSED[/]" if o["passed"] else "[red]FAILED[/]"
-                parity.add_row(shape, o["name"], res, _fmt(o["max_abs"]), _fmt(o["max_rel"]), _fmt(o["rel_l2"]),
-                               f"{o['cosine']:.9f}" if isinstance(o["cosine"], float) else str(o["cosine"]))
+            for o in run.comparison.outputs:
+                res = "[green]PASSED[/]" if o.passed else "[red]FAILED[/]"
+                parity.add_row(shape, o.name, res, _fmt(o.max_abs), _fmt(o.max_rel), _fmt(o.rel_l2),
+                               f"{o.cosine:.9f}")
         console.print(parity)
-        div = ver.get("first_diverging_block")
-        if div:
-            console.print(divergence_line(div))
-    check = report.get("check")
-    if check and not check.get("passed", True):
-        for line in check.get("lines", []) or []:
+        if ver.divergence:
+            console.print(divergence_line(ver.divergence))
+    if report.check is not None and not report.check:
+        for line in report.check.lines():
             console.print(f"[red]{line}[/]")
-    for n in report.get("notes", []):
+    for n in report.notes:
         console.print(f"[dim]note: {n}[/]")
-    for w in report.get("warnings", []):
+    for w in report.warnings:
         console.print(f"[yellow]warning:[/] {w}")
-    status = report.get("status", "?")
-    colour = {"PASSED": "green", "UNVERIFIED": "yellow"}.get(status, "red")
-    console.print(f"[bold {colour}]{status}[/] {report.get('onnx') or report.get('output')} "
-                  f"(report: {report.get('report')})")
+    colour = {"PASSED": "green", "UNVERIFIED": "yellow"}.get(report.status, "red")
+    console.print(f"[bold {colour}]{report.status}[/] {report.onnx or report.output} (report: {report.report})")
 
 
 def divergence_line(div: dict[str, Any]) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..blocks.parity import Comparison, compare
+from ..runtime.parity import Comparison, compare
 
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 _CONTAINERS = ("Sequential", "ModuleList", "ModuleDict")

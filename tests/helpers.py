@@ -40,7 +40,7 @@ def run_ort(model_bytes: bytes, x: torch.Tensor) -> np.ndarray:
 def assert_twin_matches(ref: torch.nn.Module, shape: tuple[int, ...], seed: int = 0) -> None:
     """Twin converted in each precision. fp64: max abs difference <= 1e-9 * max|ref|; fp32: relative L2 <= 1e-5."""
     from blocks_export.blocks import to_export
-    from blocks_export.blocks.parity import compare
+    from blocks_export.runtime.parity import compare
 
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(shape, generator=g, dtype=torch.float64)

@@ -16,7 +16,7 @@ from torch import nn
 from blocks_export.blocks import ACmix, ACmixExport, randomize_
 from blocks_export.blocks import to_export as to_export_any
 from blocks_export.blocks.acmix import _coordinates, position, to_export, window_mask
-from blocks_export.blocks.parity import rel_l2
+from blocks_export.runtime.parity import rel_l2
 
 
 def make_pair(in_planes: int, out_planes: int, kernel_att: int, head: int, stride: int, seed: int = 0,

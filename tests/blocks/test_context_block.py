@@ -12,7 +12,7 @@ from torch import nn
 
 from blocks_export.blocks import CB2d, CB2dExport, randomize_, to_export
 from blocks_export.blocks.context_block import ChannelTransform
-from blocks_export.blocks.parity import rel_l2
+from blocks_export.runtime.parity import rel_l2
 
 FUSIONS = [["channel_add"], ["channel_mul"], ["channel_add", "channel_mul"], ["channel_mul", "channel_add"]]
 SHAPES = [(1, 1, 1), (2, 1, 6), (3, 5, 1), (1, 7, 9), (4, 12, 5), (2, 97, 3), (1, 4, 101), (1, 99, 98)]

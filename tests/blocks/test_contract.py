@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 from blocks_export.blocks import BLOCKS, CONVERSIONS, RECOGNIZERS, BlockSpec, Example, randomize_, to_export
-from blocks_export.blocks.parity import RULES, compare, rel_l2
 from blocks_export.export.check import check_model
 from blocks_export.export.fp16 import BLOCKED_OPS, to_fp16
 from blocks_export.export.onnx_export import to_onnx
 from blocks_export.plugins.ort_cpu import cpu_session
+from blocks_export.runtime.parity import RULES, compare, rel_l2
 
 IDS = [s.name for s in BLOCKS]
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from blocks_export.blocks import CA, CoordAttExport, h_swish, randomize_, to_export
 from blocks_export.blocks.coord_attn import fold_batchnorm
-from blocks_export.blocks.parity import rel_l2
+from blocks_export.runtime.parity import rel_l2
 
 SHAPES = [(1, 1, 1), (2, 1, 5), (3, 7, 1), (1, 13, 6), (4, 9, 11), (2, 97, 3), (1, 5, 101), (1, 98, 99)]
 

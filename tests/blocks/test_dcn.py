@@ -11,9 +11,9 @@ import torch
 
 from blocks_export.blocks import DCN, DCNExport, randomize_, to_export
 from blocks_export.blocks import dcn as dcn_module
-from blocks_export.blocks.parity import rel_l2
 from blocks_export.export.deform_conv import dynamo_translation_table, torchscript_symbolic
 from blocks_export.plugins.ort_cpu import cpu_session
+from blocks_export.runtime.parity import rel_l2
 
 # (c1, c2, k, s, p, d, g, deformable_groups, bias, modulated)
 CONFIGS = [

@@ -27,8 +27,8 @@ from blocks_export.blocks.context_block import recognize as recognize_context_bl
 from blocks_export.blocks.coord_attn import recognize as recognize_coord_attention
 from blocks_export.blocks.dcn import _offset_permutation
 from blocks_export.blocks.dcn import recognize as recognize_deform_conv
-from blocks_export.blocks.parity import rel_l2
 from blocks_export.blocks.spd import recognize_spd_conv
+from blocks_export.runtime.parity import rel_l2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # pasted_variants.py sits beside this file
 import pasted_variants as pv  # noqa: E402

@@ -32,7 +32,7 @@ from blocks_export.blocks import (
     rewrite_model,
     space_to_depth,
 )
-from blocks_export.blocks.parity import rel_l2
+from blocks_export.runtime.parity import rel_l2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # pasted_variants.py sits beside this file
 import pasted_variants as pv  # noqa: E402

@@ -19,7 +19,7 @@ from blocks_export.blocks import (
     space_to_depth,
     to_export,
 )
-from blocks_export.blocks.parity import rel_l2
+from blocks_export.runtime.parity import rel_l2
 
 SHAPES = [(1, 2, 2), (2, 2, 8), (3, 6, 2), (1, 14, 10), (4, 10, 18), (2, 98, 6), (1, 4, 102), (1, 100, 98)]
 

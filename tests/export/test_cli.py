@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 sys.path.insert(0, str(Path(__file__).parent))
 import export_models  # noqa: E402
 
+from blocks_export.blocks import rewrite_model
 from blocks_export.export import pipeline  # noqa: E402
 from blocks_export.export.cli import app, with_default_command  # noqa: E402
 
@@ -71,7 +72,8 @@ def test_stock_coordinate_attention_fails_verification_keeps_the_onnx_and_names_
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     src = tmp_path / "ca.pt"
     torch.save(export_models.build(export_models.CANet), src)
-    monkeypatch.setattr(pipeline, "rewrite", lambda model, example: (model, None))  # the stock export path
+    # The stock export path: a rewriter that knows no blocks.
+    monkeypatch.setattr(pipeline, "rewrite", lambda model, example: rewrite_model(model, example, {}, {}))
     result = invoke(src, "--to", "onnx", "--trust-pickle", "--imgsz", "20,24", "--dynamic", "--json")
     assert result.exit_code == 1
     report = json.loads(result.stdout)
@@ -221,3 +223,4 @@ def test_to_trt_without_tensorrt_exits_3_after_a_complete_onnx_and_writes_no_eng
     assert (tmp_path / "ca.onnx").is_file()
     assert not (tmp_path / "ca.engine").exists() and not (tmp_path / "ca_ctx.onnx").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
+

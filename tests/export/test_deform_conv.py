@@ -20,7 +20,6 @@ from torch import nn
 from torchvision.ops import deform_conv2d
 
 from blocks_export.blocks import DCN, randomize_
-from blocks_export.blocks.parity import rel_l2
 from blocks_export.export.deform_conv import (
     LOWERINGS,
     check_lowering,
@@ -28,6 +27,7 @@ from blocks_export.export.deform_conv import (
     torchscript_symbolic,
 )
 from blocks_export.plugins.ort_cpu import cpu_session
+from blocks_export.runtime.parity import rel_l2
 
 OPSET = {"std": 19, "portable": 18, "plugin": 18}
 TS_OPSET = {"std": 19, "portable": 17, "plugin": 17}  # TorchScript also reaches JetPack 5's opset 17

@@ -12,11 +12,11 @@ from helpers import DeformBlock
 from onnx import TensorProto, helper
 
 from blocks_export.blocks import CA, ACmix, CB2d, SPDConv, randomize_, to_export
-from blocks_export.blocks.parity import RULES, rel_l2
 from blocks_export.export.check import check_model
 from blocks_export.export.deform_conv import torchscript_symbolic
 from blocks_export.export.fp16 import LARGE_REDUCTION, fp32_nodes, name_nodes, to_fp16
 from blocks_export.plugins.ort_cpu import cpu_session
+from blocks_export.runtime.parity import RULES, rel_l2
 
 
 def _export(module: torch.nn.Module, x: torch.Tensor, opset: int, lowering: str | None = None) -> onnx.ModelProto:

@@ -8,10 +8,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import export_models  # noqa: E402
 
-from blocks_export.blocks.parity import rel_l2  # noqa: E402
 from blocks_export.export.errors import UsageError  # noqa: E402
 from blocks_export.export.onnx_export import resolve_opset, to_onnx  # noqa: E402
 from blocks_export.plugins.ort_cpu import cpu_session  # noqa: E402
+from blocks_export.runtime.parity import rel_l2  # noqa: E402
 
 
 def _run(proto, x: torch.Tensor) -> list[np.ndarray]:

@@ -13,9 +13,9 @@ import export_models  # noqa: E402
 import helpers  # noqa: E402
 
 from blocks_export.export.options import ExportOptions  # noqa: E402
-from blocks_export.blocks.parity import RULES, rel_l2  # noqa: E402
 from blocks_export.export.pipeline import run_export  # noqa: E402
 from blocks_export.plugins.ort_cpu import cpu_session  # noqa: E402
+from blocks_export.runtime.parity import RULES, rel_l2  # noqa: E402
 
 
 def _ort(path: Path, x: torch.Tensor) -> np.ndarray:
@@ -53,7 +53,7 @@ def test_report_file_is_the_json_report_and_says_passed(refnet_export) -> None:
     run = report["verification"]["runs"][0]
     assert run["shape"] == [1, 3, 32, 32] and run["passed"]
     assert {"max_abs", "max_rel", "rel_l2", "cosine"} <= set(run["outputs"][0])
-    assert report == json.loads(json.dumps(result.report))
+    assert report == json.loads(json.dumps(result.report.as_dict()))
 
 
 def test_metadata_records_source_spec_blocks_and_parity(refnet_export) -> None:
@@ -85,7 +85,7 @@ def test_silent_coordinate_attention_error_of_the_stock_export_is_fixed_end_to_e
     torch.save(model, src)
     result = run_export(src, ExportOptions(imgsz=(20, 24), dynamic=True, trust_pickle=True))
     assert result.exit_code == 0
-    shapes = [tuple(r["shape"]) for r in result.report["verification"]["runs"]]
+    shapes = [tuple(r["shape"]) for r in result.report.as_dict()["verification"]["runs"]]
     assert len(shapes) == 3 and any(s[2] != s[3] for s in shapes[1:]) and any(s[0] > 1 for s in shapes)
     for x in (x_other, torch.rand(2, 3, 24, 40, generator=g)):
         assert rel_l2(model(x), _ort(src.with_suffix(".onnx"), x)) <= 1e-5
@@ -99,8 +99,8 @@ def test_seed_verbatim_and_pasted_models_export_with_their_blocks_replaced(tmp_p
     src = tmp_path / "m.pt"
     torch.save(model, src)
     result = run_export(src, ExportOptions(imgsz=(32, 32), dynamic=True, trust_pickle=True))
-    assert result.exit_code == 0, result.report.get("verification")
-    replaced = {r["name"] for r in result.report["blocks"]["replaced"]}
+    assert result.exit_code == 0, result.report.as_dict().get("verification")
+    replaced = {r["name"] for r in result.report.as_dict()["blocks"]["replaced"]}
     assert replaced >= ({"ca", "spd"} if cls is export_models.SeedNet else {"att"})
     x = torch.rand(1, 3, 48, 32)
     assert rel_l2(model(x), _ort(src.with_suffix(".onnx"), x)) <= 1e-5
@@ -157,7 +157,7 @@ def test_tensorrt_8_targets_lower_layernorm_and_deform_conv_and_pass_their_check
     torch.save(model, src)
     result = run_export(src, ExportOptions(imgsz=(16, 16), dynamic=True, trust_pickle=True, target=target))
     assert result.exit_code == 0, result.report
-    assert result.report["check"]["passed"]
+    assert result.report.as_dict()["check"]["passed"]
     proto = onnx.load(str(src.with_suffix(".onnx")))
     assert [o.version for o in proto.opset_import if o.domain == ""] == [get_target(target).opset]
     ops = {n.op_type for n in proto.graph.node}
@@ -181,7 +181,7 @@ def test_dynamic_export_of_the_sample_classifier_derives_its_constraints_and_ver
     for axis in ("2", "3"):
         assert dyn[axis]["multiple_of"] % 4 == 0 and dyn[axis]["min"] <= 32 and dyn[axis]["max"] is None
     assert dyn["0"]["min"] == 1
-    shapes = [tuple(r["shape"]) for r in result.report["verification"]["runs"]]
+    shapes = [tuple(r["shape"]) for r in result.report.as_dict()["verification"]["runs"]]
     assert len(shapes) == 3 and any(s[2] != s[3] for s in shapes) and any(s[0] > 1 for s in shapes)
     model = torch.load(SAMPLES / "classifier.pt", weights_only=False).eval()
     x = torch.rand(3, 1, 40, 48)
@@ -225,6 +225,31 @@ def test_dynamic_detector_records_multiples_of_32_and_verifies_a_non_square_and_
     dyn = json.loads(_meta(out)["blocks_export.dynamic"])["images"]
     for axis in ("2", "3"):  # five stride-2 stages feeding an upsample + concat neck
         assert dyn[axis]["multiple_of"] == 32 and dyn[axis]["min"] <= 640 and dyn[axis]["max"] is None
-    shapes = [tuple(r["shape"]) for r in result.report["verification"]["runs"]]
+    shapes = [tuple(r["shape"]) for r in result.report.as_dict()["verification"]["runs"]]
     assert shapes[0] == (1, 3, 640, 640) and all(s[2] % 32 == 0 and s[3] % 32 == 0 for s in shapes)
     assert any(s[2] != s[3] for s in shapes) and any(s[0] > 1 for s in shapes)
+
+
+def test_the_target_check_runs_once_on_the_way_to_an_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from blocks_export.export import check, engine
+    from blocks_export.export.errors import RuntimeMissing
+
+    src = tmp_path / "m.pt"
+    torch.save(export_models.build(export_models.RefNet), src)
+    onnx_path = tmp_path / "m.onnx"
+    assert run_export(src, ExportOptions(imgsz=(16, 16), trust_pickle=True, target="jetpack6",
+                                         output=onnx_path)).exit_code == 0
+    calls: list[str] = []
+    real = check.check_model
+
+    def counting(model, target):  # the real check, counted
+        calls.append(target)
+        return real(model, target)
+
+    monkeypatch.setattr(check, "check_model", counting)
+    monkeypatch.setattr(engine, "check_model", counting)
+    try:
+        run_export(onnx_path, ExportOptions(to="trt", target="jetpack6", output=tmp_path / "m.engine"))
+    except RuntimeMissing:  # no TensorRT here: the build stops after the check
+        pass
+    assert calls == ["jetpack6"]

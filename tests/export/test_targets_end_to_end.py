@@ -16,10 +16,10 @@ import torch
 
 from blocks_export.export.check import check_model
 from blocks_export.export.options import ExportOptions
-from blocks_export.blocks.parity import rel_l2
 from blocks_export.export.pipeline import run_export
 from blocks_export.export.targets import TARGETS, get_target
 from blocks_export.plugins.ort_cpu import cpu_session
+from blocks_export.runtime.parity import rel_l2
 
 SAMPLES = Path(__file__).resolve().parents[2] / "sample_models"
 CASES = [(name, t) for name in ("classifier", "detector") for t in TARGETS]
@@ -37,10 +37,10 @@ def test_sample_model_export_for_target_passes_its_check_and_matches_the_origina
     out = tmp_path / f"{name}.onnx"
     result = run_export(SAMPLES / f"{name}.pt", ExportOptions(output=out, target=target, trust_pickle=True,
                                                               quiet=True))
-    assert result.exit_code == 0, result.report.get("check", result.report)
-    verification = result.report["verification"]
+    assert result.exit_code == 0, result.report.as_dict().get("check", result.report)
+    verification = result.report.as_dict()["verification"]
     assert verification["passed"] and verification["precision"] == "fp32"
-    assert result.report["exporter"] == get_target(target).exporter
+    assert result.report.as_dict()["exporter"] == get_target(target).exporter
 
     proto = onnx.load(str(out))
     report = check_model(proto, target)

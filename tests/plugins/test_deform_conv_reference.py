@@ -7,9 +7,9 @@ import pytest
 import torch
 from torchvision.ops import deform_conv2d
 
-from blocks_export.blocks.parity import rel_l2
 from blocks_export.plugins.deform_conv_contract import PLUGIN_INPUT_ORDER, DeformConvParams
 from blocks_export.plugins.deform_conv_reference import modulated_deform_conv2d
+from blocks_export.runtime.parity import rel_l2
 
 # (groups, offset_groups, stride, padding, dilation, kernel, batch)
 CONFIGS = [

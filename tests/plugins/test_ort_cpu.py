@@ -12,10 +12,10 @@ import torch
 from onnx import TensorProto, helper
 from torchvision.ops import deform_conv2d
 
-from blocks_export.blocks.parity import rel_l2
 from blocks_export.plugins.deform_conv_contract import DeformConvParams
 from blocks_export.plugins.ort_cpu import cpu_plugin_copy, cpu_session, has_plugin_nodes
 from blocks_export.plugins.plugin_node import plugin_trt_domain
+from blocks_export.runtime.parity import rel_l2
 
 WEIGHT = np.random.default_rng(0).standard_normal((6, 2, 3, 3)).astype(np.float32)
 BIAS = np.random.default_rng(1).standard_normal(6).astype(np.float32)

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from blocks_export.blocks import BLOCKS, CA, DCN, ACmix, CB2d, SPDConv, randomize_, space_to_depth, to_export
-from blocks_export.blocks.parity import RULES, rel_l2
+from blocks_export.runtime.parity import RULES, rel_l2
 
 NOISE_FACTOR = 8.0  # the twin may be this many times further from float64 truth than the float32 reference
 FLOOR = RULES["fp32"].rel_l2

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from blocks_export.blocks.parity import RULES, rel_l2
+from blocks_export.runtime.parity import RULES, rel_l2
 from sample_models import models
 
 NAMES = ("classifier", "detector")

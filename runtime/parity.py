@@ -128,7 +128,7 @@ def compare(reference: Sequence[Any] | Mapping[str, Any], candidate: Sequence[An
         if len(ref_list) != len(cand_list):
             errors = (f"{len(cand_list)} outputs, the reference has {len(ref_list)}",)
         # Non-strict on purpose: a count mismatch is reported above, the common outputs are still compared.
-        pairs = [(f"out{i}", r, c) for i, (r, c) in enumerate(zip(ref_list, cand_list, strict=False))]
+        pairs = [(f"out{i}", r, c) for i, (r, c) in enumerate(zip(ref_list, cand_list))]
     outputs: list[OutputMetrics] = []
     errs = list(errors)
     for name, r, c in pairs:

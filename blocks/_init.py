@@ -23,7 +23,8 @@ def randomize_(module: nn.Module, seed: int = 0, scale: float = 0.5) -> nn.Modul
             fan_in = p[0].numel() if p.dim() > 1 else 1
             std = scale / max(fan_in, 1) ** 0.5 if p.dim() > 1 else scale
             p.copy_((torch.randn(p.shape, generator=g, dtype=torch.float64) * std).to(p.dtype))
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+        if (isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None
+                and m.running_var is not None):
             m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g, dtype=torch.float64) * 0.5)
             m.running_var.copy_(torch.rand(m.running_var.shape, generator=g, dtype=torch.float64) * 1.5 + 0.25)
             if m.weight is not None:

@@ -60,7 +60,7 @@ class DCN(nn.Module):
         self.offset = nn.Conv2d(c1, per_tap * deformable_groups * kh * kw, (kh, kw), s, pad, (dh, dw), bias=True)
         self.dcn = DeformConv2d(c1, c2, (kh, kw), s, pad, (dh, dw), groups=g, bias=bias)
         nn.init.zeros_(self.offset.weight)
-        nn.init.zeros_(self.offset.bias)
+        nn.init.zeros_(self.offset.bias)  # type: ignore[arg-type]  # bias=True above
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.offset(x)

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .errors import EXIT_FAILED, EXIT_SIGINT, EXIT_USAGE, ExportError, Interrupted, RuntimeMissing, UsageError
+from .errors import EXIT_FAILED, EXIT_SIGINT, EXIT_USAGE, ExportError, Interrupted, UsageError
 from .pipeline import Progress  # light: torch and onnx are imported by the steps, not here
 
 PROG = "blocks-export"
@@ -249,11 +249,7 @@ def check_command(
 ) -> None:
     """Check every node of an ONNX file against a TensorRT version's ONNX parser support."""
     def body() -> int:
-        try:
-            from .check import check_model
-        except ImportError as e:
-            raise RuntimeMissing("`check` is not available: the static TensorRT check (blocks_export.export.check) "
-                                 "is not installed in this build") from e
+        from .check import check_model
         from .errors import InputError
 
         if not model.is_file():
@@ -279,23 +275,24 @@ def check_command(
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (``blocks-export``)."""
-    try:  # typer >= 0.20 vendors click; earlier releases use the click package
-        from typer._click import exceptions as click_exceptions
+    # typer >= 0.20 vendors click and exports no public name for click's UsageError; earlier releases use click.
+    try:
+        from typer._click.exceptions import UsageError as ClickUsageError
     except ImportError:
-        from click import exceptions as click_exceptions
+        from click.exceptions import UsageError as ClickUsageError  # type: ignore[no-redef]
 
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         # Without standalone mode, click returns the code of a typer.Exit instead of exiting.
         rc = app(args=with_default_command(args), prog_name=PROG, standalone_mode=False)
-    except click_exceptions.UsageError as e:
+    except ClickUsageError as e:
         # click would print a usage block; a refusal here is one line, like every other one.
         command = e.ctx.info_name if e.ctx is not None and e.ctx.info_name != PROG else "export"
         print(f"{PROG}: error: {e.format_message()} (see {PROG} {command} --help)", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
-    except click_exceptions.Exit as e:
+    except typer.Exit as e:
         raise SystemExit(e.exit_code) from None
-    except click_exceptions.Abort:
+    except typer.Abort:
         raise SystemExit(EXIT_SIGINT) from None
     raise SystemExit(rc if isinstance(rc, int) else 0)
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,10 @@ pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash
 
 
 def _mypy(*extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", str(SCRIPT), *extra], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    # The interpreter running the tests, wherever its environment lives.
+    env = {**os.environ, "PYTHON": sys.executable}
+    return subprocess.run(["bash", str(SCRIPT), *extra], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=env)
 
 
 def test_engine_builder_type_checks_against_tensorrt_stubs() -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UsageError
@@ -31,6 +32,7 @@ class ExportOptions:
     verify: bool = True
     trust_pickle: bool = False
     arch: str | None = None
+    arch_kwargs: Mapping[str, object] = field(default_factory=dict)  # keyword arguments of the ``arch`` callable
     force: bool = False
     quiet: bool = False
     json: bool = False

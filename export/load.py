@@ -245,8 +245,8 @@ def _cwd_on_path() -> Iterator[None]:
                 sys.path.remove("")
 
 
-def build_arch(arch: str) -> Any:
-    """Build the model named by ``--arch MODULE:CALLABLE`` (called with no arguments)."""
+def build_arch(arch: str, kwargs: Mapping[str, object] | None = None) -> Any:
+    """Build the model named by ``--arch MODULE:CALLABLE``, called with ``kwargs`` (``--arch-kwargs``)."""
     import torch
 
     module_name, sep, attr = arch.partition(":")
@@ -267,7 +267,7 @@ def build_arch(arch: str) -> Any:
         raise InputError(f"--arch {arch!r}: {attr!r} is a {type(target).__name__}, not a callable that builds "
                          "the model")
     try:
-        model = target()
+        model = target(**dict(kwargs or {}))
     except Exception as e:
         raise InputError(f"--arch {arch!r}: calling {attr}() raised {type(e).__name__}: {e}") from e
     if not isinstance(model, torch.nn.Module):
@@ -304,7 +304,8 @@ def _finish(model: Any) -> Any:
     return model
 
 
-def load_model(path: Path, *, trust_pickle: bool = False, arch: str | None = None) -> LoadedModel:
+def load_model(path: Path, *, trust_pickle: bool = False, arch: str | None = None,
+               arch_kwargs: Mapping[str, object] | None = None) -> LoadedModel:
     """Load ``path`` (see the module docstring for what runs when); ``InputError`` with one line otherwise."""
     path = Path(path)
     if not path.exists():
@@ -352,7 +353,7 @@ def load_model(path: Path, *, trust_pickle: bool = False, arch: str | None = Non
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as e:
         raise InputError(f"{path}: not a readable PyTorch file ({type(e).__name__}: "
                          f"{(str(e).splitlines() or [''])[0][:120]}); it may be truncated or corrupted") from e
-    return _from_object(obj, path, digest, arch)
+    return _from_object(obj, path, digest, arch, arch_kwargs)
 
 
 def _load_untrusted(path: Path, trust_pickle: bool, error: Exception) -> Any:
@@ -377,7 +378,8 @@ def _load_untrusted(path: Path, trust_pickle: bool, error: Exception) -> Any:
                          "needs must be importable (run from the project that defines them)") from e
 
 
-def _from_object(obj: Any, path: Path, digest: str, arch: str | None) -> LoadedModel:
+def _from_object(obj: Any, path: Path, digest: str, arch: str | None,
+                 arch_kwargs: Mapping[str, object] | None = None) -> LoadedModel:
     import torch
 
     if isinstance(obj, torch.nn.Module) or (isinstance(obj, Mapping) and any(
@@ -393,7 +395,7 @@ def _from_object(obj: Any, path: Path, digest: str, arch: str | None) -> LoadedM
         if arch is None:
             raise InputError(f"{path}: the file holds a state_dict (weights only); pass --arch MODULE:CALLABLE "
                              "naming a function that builds the architecture")
-        model = build_arch(arch)
+        model = build_arch(arch, arch_kwargs)
         _load_state_dict(model, sd, arch, path)
         model = _finish(model)
         source = f"state_dict + --arch {arch}"

@@ -142,8 +142,43 @@ ModelArg = Annotated[Path, typer.Argument(help="model file: .pt/.pth (module, ch
                                           show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print only the JSON report on stdout")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="show tracebacks")]
+InspectModelArg = Annotated[Path, typer.Argument(help="model file: .pt/.pth (module, checkpoint or state_dict), "
+                                                      "TorchScript, torch.export .pt2, or .onnx",
+                                                 show_default=False)]
+BatchOpt = Annotated[int, typer.Option("--batch", help="batch size of the export shape")]
+DeformConvOpt = Annotated[str, typer.Option("--deform-conv", help="DeformConv lowering: auto (the target's), std, "
+                                                                  "portable or plugin")]
+TrustPickleOpt = Annotated[bool, typer.Option("--trust-pickle", help="allow unpickling that runs code from the "
+                                                                     "file (only for files you trust)")]
+ArchOpt = Annotated[str | None, typer.Option("--arch", help="MODULE:CALLABLE building the model for a "
+                                                            "state_dict file")]
+ArchKwargsOpt = Annotated[str | None, typer.Option("--arch-kwargs", help="keyword arguments for the --arch "
+                                                                         "callable, as a JSON object, e.g. "
+                                                                         "'{\"num_classes\": 10}'")]
 TargetOpt = Annotated[str | None, typer.Option("--target", help="jetpack5, jetpack6.0, jetpack6, trt10, trt11, ort "
                                                                 "(default: ort; jetpack6 with --to trt)")]
+
+InspectTargetOpt = Annotated[str | None, typer.Option("--target", help="jetpack5, jetpack6.0, jetpack6, trt10, trt11, "
+                                                                       "ort (default: ort)")]
+
+
+def parse_arch_kwargs(text: str | None, arch: str | None) -> dict[str, object]:
+    """``--arch-kwargs`` as a JSON object (parsed, never evaluated)."""
+    import json
+
+    if text is None:
+        return {}
+    if arch is None:
+        raise UsageError("--arch-kwargs needs --arch MODULE:CALLABLE (the callable it is passed to)")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"--arch-kwargs {text!r}: not JSON ({e.msg} at character {e.pos}); "
+                         "expected an object such as '{\"num_classes\": 10}'") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"--arch-kwargs {text!r}: expected a JSON object of keyword arguments, "
+                         f"not a {type(value).__name__}")
+    return value
 
 
 @app.command("export")
@@ -152,11 +187,11 @@ def export_command(
     to: Annotated[str, typer.Option("--to", help="onnx or trt")] = "onnx",
     output: Annotated[Path | None, typer.Option("-o", "--output", help="output file (default: beside the input)")] = None,
     imgsz: Annotated[str | None, typer.Option("--imgsz", help="N or H,W (default: the model's own, else 640)")] = None,
-    batch: Annotated[int, typer.Option("--batch", help="batch size of the export shape")] = 1,
+    batch: BatchOpt = 1,
     dynamic: Annotated[bool, typer.Option("--dynamic", help="dynamic batch, H and W")] = False,
     opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset (default: the target's)")] = None,
     target: TargetOpt = None,
-    deform_conv: Annotated[str, typer.Option("--deform-conv", help="auto, std, portable or plugin")] = "auto",
+    deform_conv: DeformConvOpt = "auto",
     fp16: Annotated[bool, typer.Option("--fp16", help="mixed-precision fp16 graph")] = False,
     fp16_io: Annotated[bool, typer.Option("--fp16-io", help="with --fp16: fp16 inputs and outputs too")] = False,
     exporter: Annotated[str | None, typer.Option("--exporter", help="dynamo or torchscript (default: the "
@@ -164,10 +199,9 @@ def export_command(
                                                                    "jetpack6.0, dynamo otherwise)")] = None,
     no_simplify: Annotated[bool, typer.Option("--no-simplify", help="skip onnxslim")] = False,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="skip the parity check (exit 0 proves less)")] = False,
-    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="allow unpickling that runs code from the "
-                                                                      "file (only for files you trust)")] = False,
-    arch: Annotated[str | None, typer.Option("--arch", help="MODULE:CALLABLE building the model for a "
-                                                            "state_dict file")] = None,
+    trust_pickle: TrustPickleOpt = False,
+    arch: ArchOpt = None,
+    arch_kwargs: ArchKwargsOpt = None,
     json_out: JsonOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress or tables")] = False,
     force: Annotated[bool, typer.Option("--force", help="overwrite an existing output")] = False,
@@ -186,7 +220,8 @@ def export_command(
         options = ExportOptions(
             to=to, output=output, imgsz=parse_imgsz(imgsz) if imgsz else None, batch=batch, dynamic=dynamic,
             opset=opset, target=target, deform_conv=deform_conv, fp16=fp16, fp16_io=fp16_io, exporter=exporter,
-            simplify=not no_simplify, verify=not no_verify, trust_pickle=trust_pickle, arch=arch, force=force,
+            simplify=not no_simplify, verify=not no_verify, trust_pickle=trust_pickle, arch=arch,
+            arch_kwargs=parse_arch_kwargs(arch_kwargs, arch), force=force,
             quiet=quiet, json=json_out,
             min_shape=parse_shape("--min-shape", min_shape) if min_shape else None,
             opt_shape=parse_shape("--opt-shape", opt_shape) if opt_shape else None,
@@ -206,13 +241,14 @@ def export_command(
 
 @app.command("inspect")
 def inspect_command(
-    model: ModelArg,
+    model: InspectModelArg,
     imgsz: Annotated[str | None, typer.Option("--imgsz", help="N or H,W (default: the model's own, else 640)")] = None,
-    batch: Annotated[int, typer.Option("--batch")] = 1,
-    target: TargetOpt = None,
-    deform_conv: Annotated[str, typer.Option("--deform-conv")] = "auto",
-    trust_pickle: Annotated[bool, typer.Option("--trust-pickle")] = False,
-    arch: Annotated[str | None, typer.Option("--arch")] = None,
+    batch: BatchOpt = 1,
+    target: InspectTargetOpt = None,
+    deform_conv: DeformConvOpt = "auto",
+    trust_pickle: TrustPickleOpt = False,
+    arch: ArchOpt = None,
+    arch_kwargs: ArchKwargsOpt = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -222,7 +258,8 @@ def inspect_command(
         from .pipeline import inspect_file
 
         options = ExportOptions(imgsz=parse_imgsz(imgsz) if imgsz else None, batch=batch, target=target,
-                                deform_conv=deform_conv, trust_pickle=trust_pickle, arch=arch)
+                                deform_conv=deform_conv, trust_pickle=trust_pickle, arch=arch,
+                                arch_kwargs=parse_arch_kwargs(arch_kwargs, arch))
         with contextlib.redirect_stdout(sys.stderr):
             info = inspect_file(model, options)
         if json_out:

@@ -222,7 +222,8 @@ def run_export(source: Path, options: ExportOptions, progress: Progress | None =
     report = Report(source=str(source), output=str(output), target=target.name, deform_conv=lowering,
                     precision="fp16" if options.fp16 else "fp32")
     with runner.step("load") as s:
-        loaded = load_model(source, trust_pickle=options.trust_pickle, arch=options.arch)
+        loaded = load_model(source, trust_pickle=options.trust_pickle, arch=options.arch,
+                            arch_kwargs=options.arch_kwargs)
         s.note = loaded.source
     report.source_sha256 = loaded.sha256
     report.warnings += loaded.warnings
@@ -501,7 +502,8 @@ def inspect_file(source: Path, options: ExportOptions) -> dict[str, Any]:
     source = Path(source)
     target = resolve_target(options)
     lowering = resolve_lowering(options, target)
-    loaded = load_model(source, trust_pickle=options.trust_pickle, arch=options.arch)
+    loaded = load_model(source, trust_pickle=options.trust_pickle, arch=options.arch,
+                            arch_kwargs=options.arch_kwargs)
     if loaded.kind == "onnx":
         options = replace(options, to="trt")  # an ONNX file goes on to an engine
     info: dict[str, Any] = {"source": str(source), "kind": loaded.kind, "loaded_as": loaded.source,

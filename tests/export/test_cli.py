@@ -224,3 +224,93 @@ def test_to_trt_without_tensorrt_exits_3_after_a_complete_onnx_and_writes_no_eng
     assert not (tmp_path / "ca.engine").exists() and not (tmp_path / "ca_ctx.onnx").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
 
+
+NETS_PY = '''
+import torch
+from torch import nn
+
+
+class CoordAttention(nn.Module):  # a pasted Coordinate Attention under another name
+    def __init__(self, c, mip=8):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, mip, 1)
+        self.bn1 = nn.BatchNorm2d(mip)
+        self.act = nn.Hardswish()
+        self.conv_h = nn.Conv2d(mip, c, 1)
+        self.conv_w = nn.Conv2d(mip, c, 1)
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        x_h = x.mean(3, keepdim=True)
+        x_w = x.mean(2, keepdim=True).permute(0, 1, 3, 2)
+        y = self.act(self.bn1(self.conv1(torch.cat([x_h, x_w], 2))))
+        a_h, a_w = torch.split(y, [h, w], 2)
+        return x * self.conv_h(a_h).sigmoid() * self.conv_w(a_w.permute(0, 1, 3, 2)).sigmoid()
+
+
+def build(num_classes, width=8):
+    return nn.Sequential(nn.Conv2d(3, width, 3, 2, 1), CoordAttention(width), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(width, num_classes))
+'''
+
+
+def test_arch_kwargs_pass_json_keyword_arguments_to_the_builder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import numpy as np
+    import onnxruntime as ort
+
+    from blocks_export.blocks import randomize_
+
+    (tmp_path / "nets_kw.py").write_text(NETS_PY)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import nets_kw
+
+    model = randomize_(nets_kw.build(num_classes=10, width=16), 3).eval()
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    result = invoke(tmp_path / "w.pt", "--to", "onnx", "--arch", "nets_kw:build", "--arch-kwargs",
+                    '{"num_classes": 10, "width": 16}', "--imgsz", "20,12", "--json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["status"] == "PASSED" and [r["recognized_as"] for r in report["blocks"]["replaced"]] == ["CA"]
+    x = torch.randn(1, 3, 20, 12, generator=torch.Generator().manual_seed(4))
+    sess = ort.InferenceSession(str(tmp_path / "w.onnx"), providers=["CPUExecutionProvider"])
+    (got,) = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        want = model(x).numpy()
+    assert got.shape == (1, 10) and np.abs(got - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ("{num_classes: 10}", ["--arch-kwargs", "not JSON"]),
+    ("[10]", ["--arch-kwargs", "JSON object"]),
+    ('{"__import__": 1}', ["--arch", "raised TypeError"]),
+])
+def test_bad_arch_kwargs_are_refused_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kwargs, words):
+    (tmp_path / "nets_bad.py").write_text(NETS_PY)
+    monkeypatch.chdir(tmp_path)
+    src = tmp_path / "w.pt"
+    torch.save({"0.weight": torch.zeros(8, 3, 3, 3)}, src)
+    line = _refused(tmp_path, src, "--to", "onnx", "--arch", "nets_bad:build", "--arch-kwargs", kwargs)
+    assert all(w in line for w in words), line
+
+
+def test_arch_kwargs_without_arch_is_refused(tmp_path: Path) -> None:
+    src = tmp_path / "w.pt"
+    torch.save({"w": torch.zeros(1)}, src)
+    line = _refused(tmp_path, src, "--arch-kwargs", "{}")
+    assert "--arch-kwargs" in line and "--arch MODULE:CALLABLE" in line
+
+
+def test_inspect_help_describes_every_option_and_offers_no_engine() -> None:
+    import re
+
+    result = CliRunner().invoke(app, ["inspect", "--help"], terminal_width=200, env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    text = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout)
+    assert "--to" not in text and "trt" not in text.replace("trt10", "").replace("trt11", "")
+    options = [ln for ln in text.splitlines() if re.match(r"^[│|]?\s+(-\w, )?--[a-z]", ln)]
+    assert {"--imgsz", "--batch", "--target", "--deform-conv", "--trust-pickle", "--arch", "--arch-kwargs",
+            "--json", "--debug"} <= {m.group(0) for ln in options if (m := re.search(r"--[a-z][a-z-]*", ln))}
+    for ln in options:  # every option line carries a description after its name (and type)
+        body = re.sub(r"^[│|]?\s+(-\w, )?--[a-z][a-z-]*(\s+-\w)?\s+(TEXT|INTEGER|PATH)?", "", ln).strip(" │|")
+        assert body, ln

@@ -14,6 +14,12 @@ EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
 
+def one_line(e: BaseException) -> str:
+    """``e`` as ``Type: first line`` (at most 200 characters): how a foreign failure appears in a refusal."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200] if text else ''}"
+
+
 class ExportError(Exception):
     """Base class: ``str(error)`` is one line saying what is wrong and what to do."""
 

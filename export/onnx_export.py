@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ExportFailed, UsageError
+from .errors import ExportFailed, UsageError, one_line
 
 INPUT_NAME = "images"
 AXIS_NAMES = {0: "batch", 2: "height", 3: "width"}
@@ -56,11 +56,6 @@ class OnnxExport:
     uses_deform_conv: bool
     dynamic: dict[str, dict[str, dict[str, int | None]]] | None
     notes: list[str] = field(default_factory=list)
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:200] if text else ''}"
 
 
 def _count_outputs(model: Any, example: Any) -> int:
@@ -138,7 +133,7 @@ def export_program(model: Any, example: Any, dynamic: bool,
             with _quiet_exporter():
                 return torch.export.export(model, (example,), strict=False), None, []
         except Exception as e:
-            raise ExportFailed(f"torch.export failed: {_one_line(e)} (rerun with --debug for the traceback)") from e
+            raise ExportFailed(f"torch.export failed: {one_line(e)} (rerun with --debug for the traceback)") from e
     if example.shape[0] == 1:
         # torch.export specialises dimensions of size 0 and 1 ("0/1 specialization"), so a dynamic batch is
         # traced with two samples; in eval mode samples do not interact, the graph is the same.
@@ -152,7 +147,7 @@ def export_program(model: Any, example: Any, dynamic: bool,
         with _quiet_exporter():
             program = torch.export.export(model, (example,), dynamic_shapes=shapes, strict=False)
     except Exception as e:
-        raise ExportFailed(f"--dynamic: torch.export failed: {_one_line(e)} "
+        raise ExportFailed(f"--dynamic: torch.export failed: {one_line(e)} "
                            "(rerun with --debug for the traceback)") from e
     ranges, notes = derive_dynamic_ranges(program, tuple(int(s) for s in example.shape), batch_max)
     return program, ranges, notes
@@ -407,7 +402,7 @@ def to_onnx(model: Any, example: Any, *, opset: int, opset_fixed: bool = False, 
             assert onnx_program is not None  # dynamo=True always returns the program
             proto = onnx_program.model_proto
     except Exception as e:
-        raise ExportFailed(f"ONNX translation failed: {_one_line(e)} (rerun with --debug for the traceback)") from e
+        raise ExportFailed(f"ONNX translation failed: {one_line(e)} (rerun with --debug for the traceback)") from e
     if decompose_layernorm or opset < LAYER_NORM_OPSET:
         if (n := decompose_layer_norm(proto)):
             notes.append(f"{n} LayerNormalization node(s) decomposed into standard ops")
@@ -535,7 +530,7 @@ def _convert_opset(proto: Any, opset: int) -> Any:
     try:
         converted = onnx.version_converter.convert_version(work, opset)
     except Exception as e:
-        raise ExportFailed(f"the graph cannot be converted to opset {opset} ({_one_line(e)}); try --exporter "
+        raise ExportFailed(f"the graph cannot be converted to opset {opset} ({one_line(e)}); try --exporter "
                            "torchscript or a target with a newer opset") from e
     version = next((o.version for o in converted.opset_import if o.domain in ("", "ai.onnx")), None)
     if version != opset:
@@ -605,7 +600,7 @@ def _torchscript_export(model: Any, example: Any, opset: int, lowering: str, dyn
                               opset_version=opset, input_names=[INPUT_NAME], output_names=output_names,
                               dynamic_axes=dynamic_axes)
     except Exception as e:
-        raise ExportFailed(f"TorchScript exporter failed: {_one_line(e)} (try --exporter dynamo; "
+        raise ExportFailed(f"TorchScript exporter failed: {one_line(e)} (try --exporter dynamo; "
                            "rerun with --debug for the traceback)") from e
     proto = onnx.load_from_string(buf.getvalue())
     dyn = None

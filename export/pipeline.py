@@ -26,6 +26,7 @@ from .errors import (
     OutputError,
     RuntimeMissing,
     UsageError,
+    one_line,
 )
 from .io import atomic_folder_files, atomic_path, check_output_path
 from .load import LoadedModel, load_model
@@ -157,11 +158,6 @@ def export_imgsz(options: ExportOptions, loaded: LoadedModel) -> tuple[int, int]
     return DEFAULT_IMGSZ, DEFAULT_IMGSZ
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:200] if text else ''}"
-
-
 def probe_input(model: Any, shape: tuple[int, ...], path: Path) -> None:
     """Run the model once at the export shape; a shape it cannot take is bad input, said in one line."""
     import torch
@@ -172,7 +168,7 @@ def probe_input(model: Any, shape: tuple[int, ...], path: Path) -> None:
         outs = torch_outputs(model, make_input(shape, SEED))
     except Exception as e:
         dims = "x".join(map(str, shape))
-        raise InputError(f"{path}: the model cannot run on an input of shape {dims} ({_one_line(e)}); "
+        raise InputError(f"{path}: the model cannot run on an input of shape {dims} ({one_line(e)}); "
                          "choose another --imgsz/--batch") from e
     if not outs:
         raise InputError(f"{path}: the model returns no tensor; nothing to export")
@@ -293,7 +289,7 @@ def _rewrite(ctx: _Context) -> None:
         try:
             ctx.model, ctx.rewrite_report = rewrite(ctx.loaded.model, ctx.example)
         except Exception as e:
-            raise ExportFailed(f"block rewriting failed: {_one_line(e)}") from e
+            raise ExportFailed(f"block rewriting failed: {one_line(e)}") from e
         s.note = f"{len(ctx.rewrite_report.replaced)} block(s) replaced"
     ctx.report.warnings += [f"{h.name}: {h.kind}: {h.detail}" for h in ctx.rewrite_report.hazards]
     ctx.report.blocks = ctx.rewrite_report
@@ -361,7 +357,7 @@ def _verify(ctx: _Context) -> None:
                     ctx.loaded.model, graph, replaced, failing.shape, precision=ctx.precision,
                     fp16_io=ctx.options.fp16_io, seed=SEED)
             except Exception as e:  # localisation is a diagnostic: its failure must not hide the verdict
-                verification.divergence = {"block": None, "why": f"localisation failed: {_one_line(e)}"}
+                verification.divergence = {"block": None, "why": f"localisation failed: {one_line(e)}"}
             s.status = "failed"
             s.note = f"FAILED at {'x'.join(map(str, failing.shape))}"
             ctx.failed = True
@@ -411,6 +407,8 @@ def _engine_profile(onnx_path: Path, options: ExportOptions) -> dict[str, dict[s
     """One optimisation profile {input: {"min", "opt", "max"}} for graphs with dynamic input dims."""
     import onnx
 
+    from .metadata import read_metadata
+
     model = onnx.load(str(onnx_path), load_external_data=False)
     inp = model.graph.input[0]
     dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
@@ -428,11 +426,9 @@ def _engine_profile(onnx_path: Path, options: ExportOptions) -> dict[str, dict[s
     if all(d is not None for d in dims):
         return None
     h, w = options.imgsz or (DEFAULT_IMGSZ, DEFAULT_IMGSZ)
-    meta = {p.key: p.value for p in model.metadata_props}
-    if options.imgsz is None and "blocks_export.export_shape" in meta:
-        import json
-
-        shape = next(iter(json.loads(meta["blocks_export.export_shape"]).values()))
+    recorded = read_metadata(model).get("export_shape")
+    if options.imgsz is None and isinstance(recorded, dict) and recorded:
+        shape = next(iter(recorded.values()))
         h, w = int(shape[2]), int(shape[3])
     c = dims[1] or 3
     return {inp.name: {"min": [1, c, h, w], "opt": [options.batch, c, h, w], "max": [options.batch, c, h, w]}}
@@ -471,7 +467,7 @@ def _onnx_to_engine(loaded: LoadedModel, options: ExportOptions, target: Target,
         # has no schema for them; the copy with them in ``trt.plugins`` checks everything else.
         onnx.checker.check_model(plugin_trt_domain(model))
     except Exception as e:
-        raise InputError(f"{loaded.path}: not a valid ONNX model ({_one_line(e)})") from e
+        raise InputError(f"{loaded.path}: not a valid ONNX model ({one_line(e)})") from e
     report.onnx = str(loaded.path)
     if not target.is_tensorrt:
         raise UsageError(f"--to trt needs a TensorRT target; {target.name!r} is not one")

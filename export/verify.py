@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..runtime.parity import Comparison, compare
+from .errors import one_line
 
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 _CONTAINERS = ("Sequential", "ModuleList", "ModuleDict")
@@ -126,18 +127,13 @@ def torch_outputs(model: Any, x: Any) -> list[np.ndarray]:
     return [t.detach().float().cpu().numpy() for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:200] if text else ''}"
-
-
 def verify(reference: Any, onnx_model: Any, shapes: list[tuple[int, ...]], *, precision: str = "fp32",
            fp16_io: bool = False, seed: int = 0) -> VerifyResult:
     """Compare ``reference`` (a PyTorch model) with ``onnx_model`` (proto, bytes or path) at each shape."""
     try:
         sess = session(onnx_model)
     except Exception as e:
-        why = (f"onnxruntime cannot load the graph: {_one_line(e)}",)
+        why = (f"onnxruntime cannot load the graph: {one_line(e)}",)
         return VerifyResult(precision, [Run(tuple(s), Comparison(precision, (), "x".join(map(str, s)), why))
                                         for s in shapes])
     in_name = sess.get_inputs()[0].name
@@ -152,13 +148,13 @@ def verify(reference: Any, onnx_model: Any, shapes: list[tuple[int, ...]], *, pr
             ref = torch_outputs(reference, x)
         except Exception as e:  # the graph accepts this shape (torch.export's ranges) but the model does not
             runs.append(Run(tuple(shape), Comparison(precision, (), label,
-                                                     (f"the PyTorch model fails at this shape: {_one_line(e)}",))))
+                                                     (f"the PyTorch model fails at this shape: {one_line(e)}",))))
             continue
         feed = x.numpy().astype(np.float16 if fp16_io else np.float32)
         try:
             got = sess.run(None, {in_name: feed})
         except Exception as e:
-            runs.append(Run(tuple(shape), Comparison(precision, (), label, (f"onnxruntime failed: {_one_line(e)}",))))
+            runs.append(Run(tuple(shape), Comparison(precision, (), label, (f"onnxruntime failed: {one_line(e)}",))))
             continue
         names = out_names if len(out_names) == len(ref) else [f"output{i}" for i in range(len(ref))]
         got_named = {names[i]: np.asarray(g, dtype=np.float32) for i, g in enumerate(got[:len(names)])}

@@ -15,8 +15,8 @@ import pytest
 from infer_fixtures import REPO, classifier_model
 
 RUNTIME_FILES = sorted((REPO / "runtime").glob("*.py"))
-ALLOWED_IMPORTS = {"__future__", "argparse", "contextlib", "ctypes", "hashlib", "json", "os", "re", "signal", "sys", "time",
-                   "dataclasses", "typing", "numpy", "onnxruntime", "PIL", "cv2", "tensorrt"}
+ALLOWED_IMPORTS = {"__future__", "argparse", "collections", "contextlib", "dataclasses", "typing", "ctypes", "hashlib", "json", "os", "re", "signal", "sys", "time",
+                   "numpy", "onnxruntime", "PIL", "cv2", "tensorrt"}
 # Library calls that parse on 3.8 but fail there at run time (added in 3.9 / 3.10).
 NEWER_THAN_38 = {"removeprefix", "removesuffix", "is_relative_to", "BooleanOptionalAction", "cache",
                  "with_stem", "pairwise", "bit_count", "zoneinfo", "topological_sort"}

@@ -270,7 +270,7 @@ def inspect_command(
             out = _stdout()
             from rich.markup import escape
 
-            for line in info["lines"]:
+            for line in info.lines:
                 out.print(escape(line))
         return 0
 

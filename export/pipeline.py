@@ -31,7 +31,7 @@ from .errors import (
 from .io import atomic_folder_files, atomic_path, check_output_path
 from .load import LoadedModel, load_model
 from .options import ExportOptions
-from .report import Report, StepRecord
+from .report import InspectReport, Report, StepRecord
 
 if TYPE_CHECKING:
     from blocks_export.blocks.rewrite import RewriteReport
@@ -490,44 +490,37 @@ def _finish(report: Report, output: Path, runner: _Runner, failed: bool) -> Expo
     return ExportResult(report.exit_code, report, output, path, runner.steps)
 
 
-def inspect_file(source: Path, options: ExportOptions) -> dict[str, Any]:
-    """What ``run_export`` would do with ``source``, without exporting: blocks, hazards, the plan.
-
-    Returns {"lines": [...], ...} (the lines are for the terminal, the rest for ``--json``).
-    """
+def inspect_file(source: Path, options: ExportOptions) -> InspectReport:
+    """What ``run_export`` would do with ``source``, without exporting: blocks, hazards, the plan."""
     source = Path(source)
     target = resolve_target(options)
     lowering = resolve_lowering(options, target)
     loaded = load_model(source, trust_pickle=options.trust_pickle, arch=options.arch,
-                            arch_kwargs=options.arch_kwargs)
+                        arch_kwargs=options.arch_kwargs)
     if loaded.kind == "onnx":
         options = replace(options, to="trt")  # an ONNX file goes on to an engine
-    info: dict[str, Any] = {"source": str(source), "kind": loaded.kind, "loaded_as": loaded.source,
-                            "source_sha256": loaded.sha256, "target": target.name, "deform_conv": lowering,
-                            "opset": options.opset or target.opset, "warnings": list(loaded.warnings)}
-    lines = [f"MODEL      | {source} | {loaded.source}",
-             f"PLAN       | target {target.name} ({target.description}) | opset {info['opset']} | "
-             f"DeformConv lowering {lowering} | output {default_output(source, options)}"]
+    info = InspectReport(str(source), loaded.kind, loaded.source, loaded.sha256, target.name, lowering,
+                         options.opset or target.opset, list(loaded.warnings))
+    info.lines = [f"MODEL      | {source} | {loaded.source}",
+                  f"PLAN       | target {target.name} ({target.description}) | opset {info.opset} | "
+                  f"DeformConv lowering {lowering} | output {default_output(source, options)}"]
     if loaded.kind == "onnx":
         import onnx
 
         model = onnx.load(str(source), load_external_data=False)
-        ops = sorted({n.op_type for n in model.graph.node})
-        info["ops"] = ops
-        lines.append(f"ONNX       | opset {[o.version for o in model.opset_import]} | {len(model.graph.node)} nodes "
-                     f"| ops: {', '.join(ops)}")
+        info.ops = sorted({n.op_type for n in model.graph.node})
+        info.lines.append(f"ONNX       | opset {[o.version for o in model.opset_import]} | "
+                          f"{len(model.graph.node)} nodes | ops: {', '.join(info.ops)}")
     elif loaded.kind == "module":
+        from blocks_export.blocks import inspect_model
+
         from .verify import make_input
 
         h, w = export_imgsz(options, loaded)
         shape = (options.batch, input_channels(loaded.model), h, w)
         probe_input(loaded.model, shape, loaded.path)
-        info["export_shape"] = list(shape)
-        from blocks_export.blocks import inspect_model
-
-        rep = inspect_model(loaded.model, make_input(shape, SEED))
-        info["blocks"] = rep.as_dict()
-        lines += rep.lines() or ["BLOCKS     | none of the known blocks found"]
-    lines += [f"WARNING    | {w}" for w in loaded.warnings]
-    info["lines"] = lines
+        info.export_shape = list(shape)
+        info.blocks = inspect_model(loaded.model, make_input(shape, SEED))
+        info.lines += info.blocks.lines() or ["BLOCKS     | none of the known blocks found"]
+    info.lines += [f"WARNING    | {w}" for w in loaded.warnings]
     return info

@@ -90,6 +90,37 @@ class Report:
         return d
 
 
+@dataclass
+class InspectReport:
+    """What ``inspect`` found: the model, the plan, the blocks and hazards (``lines``: the terminal form)."""
+
+    source: str
+    kind: str
+    loaded_as: str
+    source_sha256: str
+    target: str
+    deform_conv: str
+    opset: int
+    warnings: list[str] = field(default_factory=list)
+    ops: list[str] | None = None  # an ONNX input's op types
+    export_shape: list[int] | None = None
+    blocks: RewriteReport | None = None
+    lines: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"source": self.source, "kind": self.kind, "loaded_as": self.loaded_as,
+                             "source_sha256": self.source_sha256, "target": self.target,
+                             "deform_conv": self.deform_conv, "opset": self.opset, "warnings": list(self.warnings)}
+        if self.ops is not None:
+            d["ops"] = list(self.ops)
+        if self.export_shape is not None:
+            d["export_shape"] = list(self.export_shape)
+        if self.blocks is not None:
+            d["blocks"] = self.blocks.as_dict()
+        d["lines"] = list(self.lines)
+        return d
+
+
 def _clean(value: Any) -> Any:
     """JSON-safe copy: non-finite floats become strings ("inf", "nan"), tuples lists, paths strings."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -103,10 +134,10 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def to_json(document: Report | dict[str, Any]) -> str:
-    """``document`` as JSON: a ``Report``, or the plain documents of ``inspect``/``check``."""
-    return json.dumps(_clean(document.as_dict() if isinstance(document, Report) else document), indent=2,
-                      sort_keys=False)
+def to_json(document: Report | InspectReport | dict[str, Any]) -> str:
+    """``document`` as JSON: a ``Report``, an ``InspectReport``, or the plain document of ``check``."""
+    return json.dumps(_clean(document.as_dict() if isinstance(document, Report | InspectReport) else document),
+                      indent=2, sort_keys=False)
 
 
 def write_report(report: Report, path: Path) -> None:

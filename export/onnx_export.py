@@ -82,6 +82,13 @@ def _count_outputs(model: Any, example: Any) -> int:
     return len(leaves)
 
 
+def _block_translations(opset: int) -> dict[Any, Any]:
+    """The export twins' own ops (``blocks_export::acmix_window_attention``) for the dynamo exporter."""
+    from blocks_export.blocks import acmix_onnx
+
+    return acmix_onnx.translation_table(opset)
+
+
 def _program_uses_deform_conv(program: Any) -> bool:
     import torch
 
@@ -408,6 +415,7 @@ def to_onnx(model: Any, example: Any, *, opset: int, opset_fixed: bool = False, 
             except ValueError as e:
                 raise UsageError(f"--deform-conv {lowering}: {e}") from e
             table = dc.dynamo_translation_table(lowering, max(opset, DYNAMO_MIN_OPSET))
+    table = {**(table or {}), **_block_translations(max(opset, DYNAMO_MIN_OPSET))}
     # Read before translation: the ONNX exporter's decompositions rewrite the program's symbolic shapes.
     ranges = derived if derived is not None else (dynamic_ranges(program) if is_program else None)
     try:

@@ -295,6 +295,13 @@ def _torch_export(loaded: LoadedModel, options: ExportOptions, target: Any, lowe
                            lowering=lowering, exporter=exporter, dynamic=options.dynamic,
                            decompose_layernorm=target.layernorm == "decompose")
         s.note = f"{exported.exporter}, opset {exported.opset}, {len(exported.model.graph.node)} nodes"
+    if options.dynamic and exported.dynamic and isinstance(original, torch.nn.Module):
+        from .dynamic import probe_note, probe_ranges
+
+        # The ranges the ORIGINAL model accepts (probed), not torch.export's guards on the twins.
+        exported.dynamic = {exported.input_name: probe_ranges(original, shape)}
+        exported.notes = [n for n in exported.notes if not n.startswith("dynamic sizes from")]
+        exported.notes.append(probe_note(exported.dynamic[exported.input_name]))
     report["opset"] = exported.opset
     report["exporter"] = exported.exporter
     report["dynamic"] = exported.dynamic

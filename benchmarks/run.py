@@ -38,6 +38,7 @@ import torch  # noqa: E402
 from timing import Timing, measure_interleaved  # noqa: E402
 
 from blocks_export import blocks as B  # noqa: E402
+from blocks_export.blocks import acmix_onnx  # noqa: E402
 
 torch.set_num_threads(THREADS)
 
@@ -94,6 +95,7 @@ def eager_runner(module: torch.nn.Module, x: torch.Tensor) -> Callable[[], objec
 
 def export_bytes(module: torch.nn.Module, x: torch.Tensor, table: dict | None = None, opset: int = 18,
                  slim: bool = False) -> bytes:
+    table = {**acmix_onnx.translation_table(opset), **(table or {})}  # the ACmix twin's attention op
     prog = torch.onnx.export(module, (x,), dynamo=True, opset_version=opset, custom_translation_table=table,
                              verbose=False)
     model = prog.model_proto

@@ -211,9 +211,16 @@ class ACmixExport(nn.Module):
     The alternative, ``kernel_att^2`` shifted slices with Mul/ReduceSum per tap, materialises as many
     full-size tensors and measured about 2x slower than this form in onnxruntime.
 
-    Export: all sizes are read from the input in-graph (TorchScript exporter with ``dynamic_axes``, or the
-    dynamo exporter with ``Dim.DYNAMIC``; give the latter an example with batch > 1 and H, W > 2 * block so
-    torch.export does not specialise a size of 1). Input checks run in eager mode only.
+    Export: under ``torch.export`` the attention is one op, ``blocks_export::acmix_window_attention``, whose
+    output has the conv path's size, so batch, H and W stay plain symbols (no blocking arithmetic reaches
+    torch's symbolic shapes: a dynamic export takes seconds). Its ONNX graph comes from
+    ``acmix_onnx.translation_table()``, which the dynamo exporter needs::
+
+        torch.onnx.export(twin, (x,), dynamo=True, dynamic_shapes=({0: Dim("batch"), 2: Dim("height"),
+                          3: Dim("width")},), custom_translation_table=acmix_onnx.translation_table())
+
+    (a batch-1 16x16 example keeps all three dynamic). The TorchScript exporter traces ``window_attention``
+    itself. Input checks run in eager mode only.
     """
 
     window_mask: torch.Tensor
@@ -239,44 +246,81 @@ class ACmixExport(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
             check_acmix_input(x.shape[-2], x.shape[-1], self.kernel_att, 1, self.stride)
-        s, B = self.stride, self.block
-        hd, d = self.head, self.head_dim
-        n, h, w = x.shape[0], x.shape[2], x.shape[3]
+        s = self.stride
         qu, k, v, f = torch.split(self.proj(x), self.split_sizes, dim=1)
         out_conv = self.dep_conv(f)  # (N, out, Ho, Wo)
         if self.kernel_att == 1:  # one-tap window: softmax is 1, attention returns v
             return (v[:, :, ::s, ::s] if s > 1 else v) + out_conv
-        if s > 1:
-            qu = qu[:, :, ::s, ::s]
-        ho, wo = qu.shape[-2], qu.shape[-1]
-        rh, rw = (-ho) % B, (-wo) % B  # zero rows/columns up to whole blocks
-        qu = _split(_split(F.pad(qu, (0, rw, 0, rh)), 3, B), 2, B)  # (N, hd*(d+2), nh, B, nw, B)
-        qt = _split(qu, 1, d + 2).permute(0, 1, 3, 5, 2, 4, 6)  # (N, hd, nh, nw, d+2, B, B)
-        qt = qt.flatten(5, 6)  # (N, hd, nh, nw, d+2, B*B)
-        loc = _coordinates(x)  # (1, 1, 2, H, W)
-        k = torch.cat([_split(k, 1, d), loc.expand(n, hd, 2, h, w)], dim=2).flatten(1, 2)  # (N, hd*(d+2), H, W)
-        kt = self._halo(k, d + 2, rh, rw)  # (N, hd, nh, nw, d+2, L*L)
-        vt = self._halo(v, d, rh, rw)  # (N, hd, nh, nw, d, L*L)
-        logits = torch.matmul(qt.transpose(-1, -2), kt) + self.window_mask  # (N, hd, nh, nw, B*B, L*L)
-        att = torch.softmax(logits, dim=-1)
-        o = torch.matmul(vt, att.transpose(-1, -2))  # (N, hd, nh, nw, d, B*B)
-        o = _split(o, 5, B).permute(0, 1, 4, 2, 5, 3, 6)  # (N, hd, d, nh, B, nw, B)
-        o = o.flatten(5, 6).flatten(3, 4).flatten(1, 2)  # (N, out, nh*B, nw*B)
-        return o[:, :, :ho, :wo] + out_conv
+        if torch.compiler.is_compiling():
+            # torch.export: one opaque op whose output size is the conv path's, so the traced sizes stay plain
+            # symbols; its ONNX graph comes from ``acmix_onnx`` (or, without that table, this decomposition).
+            att = torch.ops.blocks_export.acmix_window_attention(qu, k, v, self.window_mask, self.head,
+                                                                 self.kernel_att, s, self.block)
+        else:
+            att = window_attention(qu, k, v, self.window_mask, self.head, self.kernel_att, s, self.block)
+        return att + out_conv
 
-    def _halo(self, t: torch.Tensor, c: int, rh: int, rw: int) -> torch.Tensor:
-        """Overlapping key blocks: [N, hd*c, H, W] -> [N, hd, nh, nw, c, L*L], L = stride * block + 2 * pad."""
-        p, S = self.padding_att, self.stride * self.block
-        e = 2 * p  # a halo is one block of S plus the first 2p rows/columns of the next block
-        t = F.pad(t, (p, p, p, p), mode="reflect")  # (N, hd*c, H+2p, W+2p), as the reference's pad_att
-        # Zeros up to (nh + 1) * S: only ever seen through the -inf mask.
-        t = F.pad(t, (0, S - e + self.stride * rw, 0, S - e + self.stride * rh))
-        t = _split(t, 2, S)  # (N, hd*c, nh+1, S, Wp)
-        t = torch.cat([t[:, :, :-1], t[:, :, 1:, :e]], dim=3)  # (N, hd*c, nh, L, Wp)
-        t = _split(t, 4, S)  # (N, hd*c, nh, L, nw+1, S)
-        t = torch.cat([t[:, :, :, :, :-1], t[:, :, :, :, 1:, :e]], dim=5)  # (N, hd*c, nh, L, nw, L)
-        t = _split(t, 1, c).permute(0, 1, 3, 5, 2, 4, 6)  # (N, hd, nh, nw, c, L, L)
-        return t.flatten(5, 6)
+
+def window_attention(qu: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, head: int,
+                     kernel_att: int, stride: int, block: int) -> torch.Tensor:
+    """ACmix's window attention in the blocked form of ``ACmixExport`` [N, out, H / stride, W / stride].
+
+    qu [N, head*(d+2), H, W] (scaled queries and position channels per head), k, v [N, head*d, H, W],
+    mask [block^2, L^2] from ``window_mask``.
+    """
+    s, B, hd = stride, block, head
+    d = k.shape[1] // hd
+    n, h, w = k.shape[0], k.shape[2], k.shape[3]
+    if s > 1:
+        qu = qu[:, :, ::s, ::s]
+    ho, wo = qu.shape[-2], qu.shape[-1]
+    rh, rw = (-ho) % B, (-wo) % B  # zero rows/columns up to whole blocks
+    qu = _split(_split(F.pad(qu, (0, rw, 0, rh)), 3, B), 2, B)  # (N, hd*(d+2), nh, B, nw, B)
+    qt = _split(qu, 1, d + 2).permute(0, 1, 3, 5, 2, 4, 6)  # (N, hd, nh, nw, d+2, B, B)
+    qt = qt.flatten(5, 6)  # (N, hd, nh, nw, d+2, B*B)
+    loc = _coordinates(k)  # (1, 1, 2, H, W)
+    k = torch.cat([_split(k, 1, d), loc.expand(n, hd, 2, h, w)], dim=2).flatten(1, 2)  # (N, hd*(d+2), H, W)
+    kt = _halo(k, d + 2, rh, rw, kernel_att, s, B)  # (N, hd, nh, nw, d+2, L*L)
+    vt = _halo(v, d, rh, rw, kernel_att, s, B)  # (N, hd, nh, nw, d, L*L)
+    logits = torch.matmul(qt.transpose(-1, -2), kt) + mask  # (N, hd, nh, nw, B*B, L*L)
+    att = torch.softmax(logits, dim=-1)
+    o = torch.matmul(vt, att.transpose(-1, -2))  # (N, hd, nh, nw, d, B*B)
+    o = _split(o, 5, B).permute(0, 1, 4, 2, 5, 3, 6)  # (N, hd, d, nh, B, nw, B)
+    o = o.flatten(5, 6).flatten(3, 4).flatten(1, 2)  # (N, out, nh*B, nw*B)
+    return o[:, :, :ho, :wo]
+
+
+def _halo(t: torch.Tensor, c: int, rh: int, rw: int, kernel_att: int, stride: int, block: int) -> torch.Tensor:
+    """Overlapping key blocks: [N, hd*c, H, W] -> [N, hd, nh, nw, c, L*L], L = stride * block + 2 * pad."""
+    p, S = (kernel_att - 1) // 2, stride * block
+    e = 2 * p  # a halo is one block of S plus the first 2p rows/columns of the next block
+    t = F.pad(t, (p, p, p, p), mode="reflect")  # (N, hd*c, H+2p, W+2p), as the reference's pad_att
+    # Zeros up to (nh + 1) * S: only ever seen through the -inf mask.
+    t = F.pad(t, (0, S - e + stride * rw, 0, S - e + stride * rh))
+    t = _split(t, 2, S)  # (N, hd*c, nh+1, S, Wp)
+    t = torch.cat([t[:, :, :-1], t[:, :, 1:, :e]], dim=3)  # (N, hd*c, nh, L, Wp)
+    t = _split(t, 4, S)  # (N, hd*c, nh, L, nw+1, S)
+    t = torch.cat([t[:, :, :, :, :-1], t[:, :, :, :, 1:, :e]], dim=5)  # (N, hd*c, nh, L, nw, L)
+    t = _split(t, 1, c).permute(0, 1, 3, 5, 2, 4, 6)  # (N, hd, nh, nw, c, L, L)
+    return t.flatten(5, 6)
+
+
+@torch.library.custom_op("blocks_export::acmix_window_attention", mutates_args=())
+def _window_attention_op(qu: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, head: int,
+                         kernel_att: int, stride: int, block: int) -> torch.Tensor:
+    return window_attention(qu, k, v, mask, head, kernel_att, stride, block)
+
+
+@_window_attention_op.register_fake
+def _(qu: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, head: int, kernel_att: int,
+      stride: int, block: int) -> torch.Tensor:
+    # The size of dep_conv's output (kernel 3, padding 1): the same expression, so adding the two paths needs no
+    # guard. For H divisible by the stride (the reference's own condition) it is the strided query's size too.
+    h, w = k.shape[2], k.shape[3]
+    return k.new_empty((k.shape[0], k.shape[1], (h - 1) // stride + 1, (w - 1) // stride + 1))
+
+
+
 
 
 def _split(t: torch.Tensor, dim: int, size: int) -> torch.Tensor:

@@ -226,11 +226,90 @@ def to_fp16(model: onnx.ModelProto, *, keep_io_types: bool = True) -> onnx.Model
     op_block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | BLOCKED_OPS)
     out = float16.convert_float_to_float16(work, keep_io_types=keep_io_types, disable_shape_infer=False,
                                            op_block_list=op_block, node_block_list=sorted(blocked))
+    for _ in range(8):  # each round's Casts can change the types downstream; stale type hints go first
+        if not cast_mixed_inputs(out, blocked):
+            break
+        del out.graph.value_info[:]
     _set_precision_metadata(out)
     # A TensorRT plugin node sits in the default domain, where ONNX has no schema for it; check a copy whose
     # plugin nodes are in their onnxruntime domain (a custom domain, which the checker does not validate).
     onnx.checker.check_model(plugin_trt_domain(out))
     return out
+
+
+def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every tensor the graph types (inference on the plugin-domain copy; plugin outputs take
+    their first input's type, as the plugin computes in its input's precision)."""
+    def infer(m: onnx.ModelProto) -> dict[str, int]:
+        try:
+            g = onnx.shape_inference.infer_shapes(plugin_trt_domain(m)).graph
+        except Exception:  # inference is best effort here: untyped tensors are left alone
+            g = m.graph
+        found = {t.name: t.data_type for t in g.initializer}
+        found |= {v.name: v.type.tensor_type.elem_type for v in (*g.input, *g.output, *g.value_info)
+                  if v.type.tensor_type.elem_type}
+        for n in m.graph.node:
+            if n.op_type == "Cast":
+                found[n.output[0]] = next(a.i for a in n.attribute if a.name == "to")
+            elif n.op_type == "Constant" and n.attribute and n.attribute[0].type == onnx.AttributeProto.TENSOR:
+                found[n.output[0]] = n.attribute[0].t.data_type
+        return found
+
+    types = infer(model)
+    plugin_outputs = {n.output[0]: types[n.input[0]] for n in model.graph.node
+                      if not _has_schema(n) and n.input and n.input[0] in types and n.output[0] not in types}
+    if plugin_outputs:  # type them, so that inference carries their type through the ops that follow
+        typed = onnx.ModelProto()
+        typed.CopyFrom(model)
+        typed.graph.value_info.extend(onnx.helper.make_tensor_value_info(name, t, None)
+                                      for name, t in plugin_outputs.items())
+        types = infer(typed) | plugin_outputs
+    return types
+
+
+def _has_schema(node: onnx.NodeProto) -> bool:
+    return node.domain in ("", "ai.onnx") and onnx.defs.has(node.op_type)
+
+
+def cast_mixed_inputs(model: onnx.ModelProto, fp32: Iterable[str]) -> int:
+    """Cast inputs so that no node reads float and float16 under one type constraint; returns how many Casts.
+
+    The converter leaves such nodes where one tensor feeds both precisions: a constant that the simplifier
+    merged and that both the fp32 DeformConv chain and an fp16 block read, a plugin output read by fp16 nodes,
+    a Cast to FLOAT of the exported graph meeting fp16 tensors. A node kept fp32 (``fp32``, by name) reads
+    float, every other node float16.
+    """
+    keep = set(fp32)
+    types = _elem_types(model)
+    floats = {TensorProto.FLOAT, TensorProto.FLOAT16}
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+    added = 0
+    nodes = []
+    for node in model.graph.node:
+        if _has_schema(node) and node.op_type != "Cast":
+            schema = onnx.defs.get_schema(node.op_type, opset)
+            groups: dict[str, list[int]] = {}
+            for i, name in enumerate(node.input):
+                if name and types.get(name) in floats:
+                    formal = schema.inputs[min(i, len(schema.inputs) - 1)].type_str
+                    groups.setdefault(formal, []).append(i)
+            for idx in groups.values():
+                if len({types[node.input[i]] for i in idx}) < 2:
+                    continue
+                want = TensorProto.FLOAT if node.name in keep else TensorProto.FLOAT16
+                for i in idx:
+                    if types[node.input[i]] != want:
+                        cast = f"{node.input[i]}__as_{'fp32' if want == TensorProto.FLOAT else 'fp16'}_{added}"
+                        nodes.append(onnx.helper.make_node("Cast", [node.input[i]], [cast], to=want,
+                                                           name=f"{node.name}_input{i}_cast"))
+                        node.input[i] = cast
+                        types[cast] = want
+                        added += 1
+        nodes.append(node)
+    if added:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+    return added
 
 
 def float_types(model: onnx.ModelProto) -> set[int]:
@@ -248,4 +327,4 @@ def float_types(model: onnx.ModelProto) -> set[int]:
 
 
 __all__ = ["BLOCKED_OPS", "LARGE_REDUCTION", "dedupe_value_info", "float_types", "fp32_nodes",
-           "isolate_consumed_outputs", "name_nodes", "to_fp16"]
+           "cast_mixed_inputs", "isolate_consumed_outputs", "name_nodes", "to_fp16"]

@@ -296,6 +296,8 @@ def _rewrite(ctx: _Context) -> None:
 
 
 def _export(ctx: _Context) -> None:
+    import torch
+
     from .onnx_export import to_onnx
 
     options, target = ctx.options, ctx.target
@@ -306,6 +308,13 @@ def _export(ctx: _Context) -> None:
                            opset_fixed=options.opset is not None, lowering=ctx.lowering, exporter=exporter,
                            dynamic=options.dynamic, decompose_layernorm=target.layernorm == "decompose")
         s.note = f"{exported.exporter}, opset {exported.opset}, {len(exported.model.graph.node)} nodes"
+    if options.dynamic and exported.dynamic and isinstance(ctx.loaded.model, torch.nn.Module):
+        from .dynamic import probe_note, probe_ranges
+
+        # The ranges the ORIGINAL model accepts (probed), not torch.export's guards on the twins.
+        exported.dynamic = {exported.input_name: probe_ranges(ctx.loaded.model, ctx.shape)}
+        exported.notes = [n for n in exported.notes if not n.startswith("dynamic sizes from")]
+        exported.notes.append(probe_note(exported.dynamic[exported.input_name]))
     ctx.exported, ctx.proto = exported, exported.model
     ctx.report.opset, ctx.report.exporter, ctx.report.dynamic = exported.opset, exported.exporter, exported.dynamic
     ctx.report.notes = list(exported.notes)

@@ -2,6 +2,12 @@
 
 onnxslim: https://github.com/inisis/OnnxSlim. A failed simplification is not fatal: the unsimplified graph is
 kept and the reason is reported. Metadata is written after this step, so nothing the simplifier drops matters.
+
+Before slimming, value infos with an unknown dim (neither a size nor a symbol) are dropped: the dynamo exporter
+leaves such entries on the outputs of in-graph Reshapes (the portable DeformConv's sampling chain), and onnxslim
+0.1.98 takes two unknown dims as equal and removes a Reshape [?, ?, ?, ?] -> [?, ?, ?, ?] that is not a no-op
+(measured: MatMul dimension mismatch in onnxruntime, or silently wrong output where the sizes happen to fit).
+Without the entry onnxslim infers what it can itself, and keeps what it cannot prove.
 """
 
 from __future__ import annotations
@@ -22,10 +28,11 @@ def simplify(model: Any) -> tuple[Any, str]:
     except ImportError:
         return model, "onnxslim is not installed: the graph was kept as exported"
     before = len(model.graph.node)
+    work = without_unknown_dims(model)
     try:
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            slim = onnxslim.slim(model)
+            slim = onnxslim.slim(work)
     except Exception as e:  # any simplifier bug must only cost the simplification
         first = (str(e).strip().splitlines() or [""])[0][:160]
         return model, f"simplification failed ({type(e).__name__}: {first}); kept the unsimplified graph"
@@ -35,3 +42,21 @@ def simplify(model: Any) -> tuple[Any, str]:
     if ([i.name for i in slim.graph.input], [o.name for o in slim.graph.output]) != names:
         return model, "simplification renamed the graph inputs/outputs; kept the unsimplified graph"
     return slim, f"{before} -> {len(slim.graph.node)} nodes"
+
+
+def without_unknown_dims(model: Any) -> Any:
+    """A copy of ``model`` without the value infos that carry an unknown dim (see the module docstring)."""
+    import onnx
+
+    def unknown(v: Any) -> bool:
+        t = v.type.tensor_type
+        return t.HasField("shape") and any(not d.dim_param and not d.HasField("dim_value") for d in t.shape.dim)
+
+    if not any(unknown(v) for v in model.graph.value_info):
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    kept = [v for v in out.graph.value_info if not unknown(v)]
+    del out.graph.value_info[:]
+    out.graph.value_info.extend(kept)
+    return out

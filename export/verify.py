@@ -1,7 +1,7 @@
 """Verification: the ORIGINAL PyTorch model (before any rewrite) against the exported ONNX on onnxruntime CPU.
 
 Every session comes from ``plugins.ort_cpu.cpu_session`` so that graphs with plugin nodes also run.
-Metrics and pass rules are those of ``export/parity.py`` (``compare``, ``RULES`` per precision).
+Metrics and pass rules are those of ``runtime/parity.py`` (``compare``, ``RULES`` per precision).
 
 When a comparison fails, ``locate_divergence`` names the first block whose output diverges: forward hooks
 record each block's output in PyTorch; in the ONNX graph the dynamo exporter tags every node with the module
@@ -78,7 +78,8 @@ def _next_size(size: int, step: int, lo: int, hi: int | None, avoid: int | None 
 
 def verification_shapes(export_shape: tuple[int, ...], dynamic: dict[str, dict[str, Any]] | None,
                         default_step: int = 32) -> list[tuple[int, ...]]:
-    """The export shape and, when dynamic, one non-square shape and one with batch > 1 (all valid).
+    """The export shape and, when dynamic: the minimum (batch 1, smallest H and W), a size that is not a
+    multiple of 32 (where the step allows one), a non-square size and batch 3 (all valid for ``dynamic``).
 
     ``dynamic`` is {axis: {"min", "max", "multiple_of"}}; ``multiple_of`` unknown -> ``default_step``.
     """
@@ -94,16 +95,23 @@ def verification_shapes(export_shape: tuple[int, ...], dynamic: dict[str, dict[s
         return int(d.get("multiple_of") or default_step), int(d.get("min") or 1), d.get("max")
 
     ha, wa, ba = axis(2), axis(3), axis(0)
+    if ha and wa:
+        shapes.append((1, c, ha[1], wa[1]))  # the recorded minimum
+        odd_h = next((s for s in range(ha[1], ha[1] + 32 * ha[0], ha[0]) if s % 32 and s > ha[1]
+                      and (ha[2] is None or s <= ha[2])), None)
+        if odd_h is not None:
+            shapes.append((1, c, odd_h, w))
     w2 = _next_size(w, *wa, avoid=h) if wa else None
     if w2 is not None:
         shapes.append((n, c, h, w2))
     elif ha and (h2 := _next_size(h, *ha, avoid=w)) is not None:
         shapes.append((n, c, h2, w))
-    if ba:
+    if ba and n != 3 and (ba[2] is None or ba[2] >= 3):
+        shapes.append((3, c, h, w))
+    elif ba:
         b2 = _next_size(n, 1, max(ba[1], 2), ba[2]) if n == 1 else _next_size(n, 1, 2, ba[2])
-        h3 = _next_size(h, *ha) if ha else h
         if b2 is not None and b2 > 1:
-            shapes.append((b2, c, h3 or h, w))
+            shapes.append((b2, c, h, w))
     return list(dict.fromkeys(shapes))
 
 

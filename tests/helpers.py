@@ -9,6 +9,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from blocks_export.blocks import acmix_onnx
+
 
 def ort_session(model_bytes: bytes, threads: int = 1) -> ort.InferenceSession:
     so = ort.SessionOptions()
@@ -24,7 +26,8 @@ def export_dynamic(module: torch.nn.Module, example: torch.Tensor, opset: int = 
         b, h, w = torch.export.Dim("batch", min=1), torch.export.Dim("h", min=1), torch.export.Dim("w", min=1)
         prog = torch.onnx.export(module, (example,), dynamo=True, opset_version=opset,
                                  dynamic_shapes={"x": {0: b, 2: h, 3: w}}, input_names=["x"],
-                                 output_names=["y"], verbose=False)
+                                 output_names=["y"], verbose=False,
+                                 custom_translation_table=acmix_onnx.translation_table(opset))
         return prog.model_proto.SerializeToString()
     buf = io.BytesIO()
     torch.onnx.export(module, (example,), buf, dynamo=False, opset_version=opset, input_names=["x"],

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from blocks_export.blocks import ACmix, ACmixExport, randomize_
+from blocks_export.blocks import ACmix, ACmixExport, acmix_onnx, randomize_
 from blocks_export.blocks import to_export as to_export_any
 from blocks_export.blocks.acmix import _coordinates, position, to_export, window_mask
 from blocks_export.runtime.parity import rel_l2
@@ -200,16 +200,33 @@ def test_twin_has_no_unfold_or_adaptive_pooling():
     assert not [m for m in twin.modules() if isinstance(m, banned)]
 
 
-def export_twin(twin: nn.Module, dynamo: bool) -> bytes:
-    example = torch.randn(2, twin.in_planes, 20, 22)
+def export_twin(twin: nn.Module, dynamo: bool, example: torch.Tensor | None = None) -> bytes:
+    example = torch.randn(2, twin.in_planes, 20, 22) if example is None else example
     if not dynamo:
         return export_dynamic(twin, example, dynamo=False)
-    # Dim.DYNAMIC: the export infers the dims' ranges. Batch > 1 and H, W spanning more than one block in the
-    # example keep torch.export from specialising a size of 1.
-    auto = torch.export.Dim.DYNAMIC
+    dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height"), 3: torch.export.Dim("width")}
     prog = torch.onnx.export(twin, (example,), dynamo=True, opset_version=18, input_names=["x"],
-                             output_names=["y"], dynamic_shapes={"x": {0: auto, 2: auto, 3: auto}}, verbose=False)
+                             output_names=["y"], dynamic_shapes={"x": dims}, verbose=False,
+                             custom_translation_table=acmix_onnx.translation_table())
     return prog.model_proto.SerializeToString()
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_acmix_twin_exported_from_a_batch1_16x16_example_keeps_batch_and_size_dynamic(stride):
+    import onnx
+
+    ref, twin = make_pair(8, 12, 7, 4, stride, dtype=torch.float32)
+    model = export_twin(twin, True, torch.randn(1, 8, 16, 16, generator=torch.Generator().manual_seed(1)))
+    graph = onnx.load_from_string(model).graph
+    names = [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
+    assert names == ["batch", 8, "height", "width"]
+    out = [d.dim_param or d.dim_value for d in graph.output[0].type.tensor_type.shape.dim]
+    assert out[0] == "batch" and all(isinstance(d, int) or len(d) < 40 for d in out)  # no sympy blow-up
+    for shape in [(3, 8, 6, 10), (2, 8, 38, 22)]:
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(shape[2]))
+        with torch.no_grad():
+            expected = ref(x).numpy()
+        assert rel_l2(expected, run_ort(model, x)) <= 1e-5
 
 
 @pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])

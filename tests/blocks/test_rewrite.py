@@ -27,6 +27,7 @@ from blocks_export.blocks import (
     SpaceToDepthExport,
     SPDConv,
     SPDConvExport,
+    acmix_onnx,
     inspect_model,
     randomize_,
     rewrite_model,
@@ -345,7 +346,8 @@ def test_rewritten_model_exports_with_dynamic_shapes_and_matches_the_original_el
     dims = {0: torch.export.Dim("batch", max=64), 2: 2 * torch.export.Dim("h2", min=2, max=512),
             3: 2 * torch.export.Dim("w2", min=2, max=512)}
     program = torch.onnx.export(new, (torch.randn(1, 3, 32, 32),), dynamo=True, opset_version=18,
-                                dynamic_shapes=({**dims},), verbose=False)
+                                dynamic_shapes=({**dims},), verbose=False,
+                                custom_translation_table=acmix_onnx.translation_table())
     session = cpu_session(onnx.load_from_string(program.model_proto.SerializeToString()))
     x = torch.randn(2, 3, 24, 40, generator=torch.Generator().manual_seed(9))
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]

@@ -86,7 +86,7 @@ def test_silent_coordinate_attention_error_of_the_stock_export_is_fixed_end_to_e
     result = run_export(src, ExportOptions(imgsz=(20, 24), dynamic=True, trust_pickle=True))
     assert result.exit_code == 0
     shapes = [tuple(r["shape"]) for r in result.report.as_dict()["verification"]["runs"]]
-    assert len(shapes) == 3 and any(s[2] != s[3] for s in shapes[1:]) and any(s[0] > 1 for s in shapes)
+    assert len(shapes) >= 3 and any(s[2] != s[3] for s in shapes[1:]) and any(s[0] > 1 for s in shapes)
     for x in (x_other, torch.rand(2, 3, 24, 40, generator=g)):
         assert rel_l2(model(x), _ort(src.with_suffix(".onnx"), x)) <= 1e-5
     dyn = json.loads(_meta(src.with_suffix(".onnx"))["blocks_export.dynamic"])
@@ -182,7 +182,7 @@ def test_dynamic_export_of_the_sample_classifier_derives_its_constraints_and_ver
         assert dyn[axis]["multiple_of"] % 4 == 0 and dyn[axis]["min"] <= 32 and dyn[axis]["max"] is None
     assert dyn["0"]["min"] == 1
     shapes = [tuple(r["shape"]) for r in result.report.as_dict()["verification"]["runs"]]
-    assert len(shapes) == 3 and any(s[2] != s[3] for s in shapes) and any(s[0] > 1 for s in shapes)
+    assert len(shapes) >= 3 and any(s[2] != s[3] for s in shapes) and any(s[0] > 1 for s in shapes)
     model = torch.load(SAMPLES / "classifier.pt", weights_only=False).eval()
     x = torch.rand(3, 1, 40, 48)
     with torch.no_grad():

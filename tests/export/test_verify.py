@@ -18,7 +18,10 @@ def test_dynamic_verification_shapes_are_valid_and_cover_non_square_and_batch(ex
     dyn = {"0": {"min": 1, "max": None, "multiple_of": 1}, "2": {"min": 32, "max": 128, "multiple_of": 16},
            "3": {"min": 32, "max": None, "multiple_of": 16}}
     shapes = verification_shapes(export_shape, dyn)
-    assert shapes[0] == export_shape and len(shapes) == 3
+    assert shapes[0] == export_shape and len(shapes) == len(set(shapes))
+    assert (1, 3, 32, 32) in shapes  # the recorded minimum
+    assert any(h % 32 for _, _, h, _ in shapes)  # a size that is not a multiple of 32
+    assert any(n == 3 for n, _, _, _ in shapes) or export_shape[0] == 3
     for n, c, h, w in shapes:
         assert c == 3 and h % 16 == 0 and w % 16 == 0 and 32 <= h <= 128 and w >= 32 and n >= 1
     assert any(h != w for _, _, h, w in shapes[1:])

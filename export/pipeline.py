@@ -233,6 +233,11 @@ def run_export(source: Path, options: ExportOptions, progress: Progress | None =
     if options.to == "trt" and source.suffix.lower() != ".onnx":
         check_output_path(onnx_out, options.force)
 
+    if options.verify:  # a missing runtime is refused (exit 3) before anything is loaded or written
+        from .runtimes import require
+
+        for runtime in options.verify_with:
+            require(runtime)
     runner = _Runner(progress)
     report: dict[str, Any] = {
         "format": "blocks-export-report/1", "source": str(source), "output": str(output),
@@ -254,7 +259,8 @@ def _torch_export(loaded: LoadedModel, options: ExportOptions, target: Any, lowe
     import torch
 
     from .onnx_export import to_onnx
-    from .verify import locate_divergence, make_input, verification_shapes, verify
+    from .runtimes import export_portable_twin, verify_with
+    from .verify import locate_divergence, make_input, verification_shapes
 
     original = loaded.model
     h, w = export_imgsz(options, loaded)
@@ -332,7 +338,12 @@ def _torch_export(loaded: LoadedModel, options: ExportOptions, target: Any, lowe
         with runner.step("verify") as s:
             dyn = (exported.dynamic or {}).get(exported.input_name)
             shapes = verification_shapes(shape, dyn)
-            verification = verify(original, proto, shapes, precision=precision, fp16_io=options.fp16_io, seed=SEED)
+            verification = verify_with(
+                options.verify_with, original, proto, shapes, precision=precision, fp16_io=options.fp16_io, seed=SEED,
+                portable_twin=lambda: export_portable_twin(
+                    model, example, opset=options.opset or target.opset, opset_fixed=options.opset is not None,
+                    exporter=exporter, dynamic=options.dynamic, decompose_layernorm=target.layernorm == "decompose",
+                    simplify=options.simplify and not large, fp16=options.fp16, fp16_io=options.fp16_io))
             if not verification:
                 failing = next(r for r in verification.runs if not r.comparison)
                 from .verify import has_scopes
@@ -345,9 +356,9 @@ def _torch_export(loaded: LoadedModel, options: ExportOptions, target: Any, lowe
                 except Exception as e:  # localisation is a diagnostic: its failure must not hide the verdict
                     verification.divergence = {"block": None, "why": f"localisation failed: {_one_line(e)}"}
                 s.status = "failed"
-                s.note = f"FAILED at {'x'.join(map(str, failing.shape))}"
+                s.note = f"FAILED at {'x'.join(map(str, failing.shape))} on {failing.runtime}"
             else:
-                s.note = f"{len(shapes)} shape(s) passed"
+                s.note = f"{len(shapes)} shape(s) passed on {', '.join(options.verify_with)}"
         report["verification"] = verification.as_dict()
     else:
         runner.skip("verify", "--no-verify")

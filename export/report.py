@@ -52,18 +52,20 @@ def render(report: dict[str, Any], console: Any) -> None:
 
     ver = report.get("verification")
     if ver:
-        parity = Table(title=f"parity vs the original model ({ver['precision']}, onnxruntime CPU)", show_edge=False)
-        for col in ("shape", "output", "result", "max abs", "max rel", "rel L2", "cosine"):
+        parity = Table(title=f"parity vs the original model ({ver['precision']}, CPU)", show_edge=False)
+        for col in ("runtime", "shape", "output", "result", "max abs", "max rel", "rel L2", "cosine"):
             parity.add_column(col)
         for run in ver["runs"]:
-            shape = "x".join(map(str, run["shape"]))
+            shape, rt = "x".join(map(str, run["shape"])), run.get("runtime", "onnxruntime")
             for err in run["errors"]:
-                parity.add_row(shape, "", "[red]FAILED[/]", err, "", "", "")
+                parity.add_row(rt, shape, "", "[red]FAILED[/]", err, "", "", "")
             for o in run["outputs"]:
                 res = "[green]PASSED[/]" if o["passed"] else "[red]FAILED[/]"
-                parity.add_row(shape, o["name"], res, _fmt(o["max_abs"]), _fmt(o["max_rel"]), _fmt(o["rel_l2"]),
+                parity.add_row(rt, shape, o["name"], res, _fmt(o["max_abs"]), _fmt(o["max_rel"]), _fmt(o["rel_l2"]),
                                f"{o['cosine']:.9f}" if isinstance(o["cosine"], float) else str(o["cosine"]))
         console.print(parity)
+        for n in ver.get("notes", []) or []:
+            console.print(f"[dim]verification: {n}[/]")
         div = ver.get("first_diverging_block")
         if div:
             console.print(divergence_line(div))

@@ -105,20 +105,21 @@ class _OrtRunner:
 
 @dataclass
 class _OpenVinoRunner:
+    """A compiled OpenVINO model fed by position. After compilation a port can carry several tensor names (an
+    input that feeds a no-op Reshape also answers to the Reshape's output name, and ``get_any_name`` may pick
+    that one), so the names are those of the ONNX graph, whose input and output order OpenVINO keeps."""
+
     compiled: Any
+    input_names: list[str]
+    output_names: list[str]
     runtime: str = OPENVINO
 
-    @property
-    def input_names(self) -> list[str]:
-        return [p.get_any_name() for p in self.compiled.inputs]
-
-    @property
-    def output_names(self) -> list[str]:
-        return [p.get_any_name() for p in self.compiled.outputs]
-
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        missing = [n for n in self.input_names if n not in feed]
+        if missing:
+            raise ValueError(f"openvino: no value for graph input(s) {', '.join(missing)}")
         request = self.compiled.create_infer_request()
-        result = request.infer({name: np.ascontiguousarray(v) for name, v in feed.items()})
+        result = request.infer({i: np.ascontiguousarray(feed[n]) for i, n in enumerate(self.input_names)})
         return [np.array(result[p]) for p in self.compiled.outputs]
 
 
@@ -139,13 +140,21 @@ def open_runner(runtime: str, model: Any, *, threads: int = 1) -> Runner:
         from blocks_export.plugins.ort_cpu import cpu_session
 
         return _OrtRunner(cpu_session(model, threads=threads))
+    import onnx
     import openvino as ov
 
+    data = _serialized(model)
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load_from_string(data)
+    initializers = {t.name for t in proto.graph.initializer}
+    inputs = [i.name for i in proto.graph.input if i.name not in initializers]
     core = ov.Core()
-    graph = core.read_model(_serialized(model))
-    compiled = core.compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
-                                                 "INFERENCE_NUM_THREADS": int(threads)})
-    return _OpenVinoRunner(compiled)
+    compiled = core.compile_model(core.read_model(data), "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                                "INFERENCE_NUM_THREADS": int(threads)})
+    if len(compiled.inputs) != len(inputs) or len(compiled.outputs) != len(proto.graph.output):
+        raise RuntimeError(f"openvino: the compiled model has {len(compiled.inputs)} inputs and "
+                           f"{len(compiled.outputs)} outputs, the ONNX graph {len(inputs)} and "
+                           f"{len(proto.graph.output)}")
+    return _OpenVinoRunner(compiled, inputs, [o.name for o in proto.graph.output])
 
 
 def unreadable_nodes(runtime: str, model: Any) -> list[str]:

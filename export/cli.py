@@ -210,6 +210,10 @@ def export_command(
     opt_shape: Annotated[str | None, typer.Option("--opt-shape", help="engine profile, e.g. 1x3x640x640")] = None,
     max_shape: Annotated[str | None, typer.Option("--max-shape", help="engine profile, e.g. 4x3x1280x1280")] = None,
     workspace_mb: Annotated[int | None, typer.Option("--workspace-mb", help="TensorRT workspace limit")] = None,
+    verify_with: Annotated[list[str] | None, typer.Option(
+        "--verify-with", help="runtime that verifies the graph: onnxruntime or openvino; repeat for both "
+                              "(default: onnxruntime). OpenVINO verifies a DeformConv/plugin graph through the same "
+                              "model exported with the portable lowering")] = None,
 ) -> None:
     """Export MODEL to ONNX (and a TensorRT engine with --to trt), then prove parity with the original."""
     def body() -> int:
@@ -225,7 +229,8 @@ def export_command(
             quiet=quiet, json=json_out,
             min_shape=parse_shape("--min-shape", min_shape) if min_shape else None,
             opt_shape=parse_shape("--opt-shape", opt_shape) if opt_shape else None,
-            max_shape=parse_shape("--max-shape", max_shape) if max_shape else None, workspace_mb=workspace_mb)
+            max_shape=parse_shape("--max-shape", max_shape) if max_shape else None, workspace_mb=workspace_mb,
+            **({"verify_with": tuple(verify_with)} if verify_with else {}))
         progress = None if quiet else RichProgress(_stderr())
         # Anything the model or a library prints goes to stderr: stdout carries only the report.
         with contextlib.redirect_stdout(sys.stderr):

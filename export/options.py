@@ -40,8 +40,12 @@ class ExportOptions:
     opt_shape: tuple[int, ...] | None = None
     max_shape: tuple[int, ...] | None = None
     workspace_mb: int | None = None
+    verify_with: tuple[str, ...] = ("onnxruntime",)  # runtimes that verify the graph (``export/runtimes.py``)
 
     def __post_init__(self) -> None:
+        from .runtimes import check_runtime_names
+
+        object.__setattr__(self, "verify_with", check_runtime_names(self.verify_with))
         if self.to not in DESTINATIONS:
             raise UsageError(f"--to {self.to!r}: expected one of {', '.join(DESTINATIONS)}")
         if self.exporter is not None and self.exporter not in EXPORTERS:

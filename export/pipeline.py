@@ -214,6 +214,11 @@ def run_export(source: Path, options: ExportOptions, progress: Progress | None =
     if options.to == "trt" and source.suffix.lower() != ".onnx":
         check_output_path(onnx_out, options.force)
 
+    if options.verify:  # a missing runtime is refused (exit 3) before anything is loaded or written
+        from .runtimes import require
+
+        for runtime in options.verify_with:
+            require(runtime)
     runner = _Runner(progress)
     report = Report(source=str(source), output=str(output), target=target.name, deform_conv=lowering,
                     precision="fp16" if options.fp16 else "fp32")
@@ -346,7 +351,8 @@ def _fp16(ctx: _Context) -> None:
 
 
 def _verify(ctx: _Context) -> None:
-    from .verify import has_scopes, locate_divergence, verification_shapes, verify
+    from .runtimes import export_portable_twin, verify_with
+    from .verify import has_scopes, locate_divergence, verification_shapes
 
     if not ctx.options.verify:
         ctx.runner.skip("verify", "--no-verify")
@@ -356,8 +362,16 @@ def _verify(ctx: _Context) -> None:
     with ctx.runner.step("verify") as s:
         dyn = (ctx.exported.dynamic or {}).get(ctx.exported.input_name)
         shapes = verification_shapes(ctx.shape, dyn)
-        verification = verify(ctx.loaded.model, ctx.proto, shapes, precision=ctx.precision,
-                              fp16_io=ctx.options.fp16_io, seed=SEED)
+        options, target = ctx.options, ctx.target
+        exporter = options.exporter or ("dynamo" if ctx.loaded.kind == "exported_program" else target.exporter)
+        large = sum(len(t.raw_data) for t in ctx.exported.model.graph.initializer) >= EXTERNAL_DATA_BYTES
+        verification = verify_with(
+            options.verify_with, ctx.loaded.model, ctx.proto, shapes, precision=ctx.precision,
+            fp16_io=options.fp16_io, seed=SEED,
+            portable_twin=lambda: export_portable_twin(
+                ctx.model, ctx.example, opset=options.opset or target.opset, opset_fixed=options.opset is not None,
+                exporter=exporter, dynamic=options.dynamic, decompose_layernorm=target.layernorm == "decompose",
+                simplify=options.simplify and not large, fp16=options.fp16, fp16_io=options.fp16_io))
         if not verification:
             failing = next(r for r in verification.runs if not r.comparison)
             graph = ctx.proto if has_scopes(ctx.proto) else ctx.exported.model
@@ -368,10 +382,10 @@ def _verify(ctx: _Context) -> None:
             except Exception as e:  # localisation is a diagnostic: its failure must not hide the verdict
                 verification.divergence = {"block": None, "why": f"localisation failed: {one_line(e)}"}
             s.status = "failed"
-            s.note = f"FAILED at {'x'.join(map(str, failing.shape))}"
+            s.note = f"FAILED at {'x'.join(map(str, failing.shape))} on {failing.runtime}"
             ctx.failed = True
         else:
-            s.note = f"{len(shapes)} shape(s) passed"
+            s.note = f"{len(shapes)} shape(s) passed on {', '.join(ctx.options.verify_with)}"
     ctx.verification = ctx.report.verification = verification
 
 

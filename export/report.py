@@ -162,18 +162,20 @@ def render(report: Report, console: Any) -> None:
 
     ver = report.verification
     if ver is not None:
-        parity = Table(title=f"parity vs the original model ({ver.precision}, onnxruntime CPU)", show_edge=False)
-        for col in ("shape", "output", "result", "max abs", "max rel", "rel L2", "cosine"):
+        parity = Table(title=f"parity vs the original model ({ver.precision}, CPU)", show_edge=False)
+        for col in ("runtime", "shape", "output", "result", "max abs", "max rel", "rel L2", "cosine"):
             parity.add_column(col)
         for run in ver.runs:
-            shape = "x".join(map(str, run.shape))
+            shape, rt = "x".join(map(str, run.shape)), run.runtime
             for err in run.comparison.errors:
-                parity.add_row(shape, "", "[red]FAILED[/]", err, "", "", "")
+                parity.add_row(rt, shape, "", "[red]FAILED[/]", err, "", "", "")
             for o in run.comparison.outputs:
                 res = "[green]PASSED[/]" if o.passed else "[red]FAILED[/]"
-                parity.add_row(shape, o.name, res, _fmt(o.max_abs), _fmt(o.max_rel), _fmt(o.rel_l2),
+                parity.add_row(rt, shape, o.name, res, _fmt(o.max_abs), _fmt(o.max_rel), _fmt(o.rel_l2),
                                f"{o.cosine:.9f}")
         console.print(parity)
+        for n in ver.notes:
+            console.print(f"[dim]verification: {n}[/]")
         if ver.divergence:
             console.print(divergence_line(ver.divergence))
     if report.check is not None and not report.check:

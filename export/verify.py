@@ -1,6 +1,7 @@
-"""Verification: the ORIGINAL PyTorch model (before any rewrite) against the exported ONNX on onnxruntime CPU.
+"""Verification: the ORIGINAL PyTorch model (before any rewrite) against the exported ONNX on onnxruntime CPU
+(or another runtime of ``export/runtimes.py``: ``verify(..., runtime="openvino")``).
 
-Every session comes from ``plugins.ort_cpu.cpu_session`` so that graphs with plugin nodes also run.
+Every onnxruntime session comes from ``plugins.ort_cpu.cpu_session`` so that graphs with plugin nodes also run.
 Metrics and pass rules are those of ``runtime/parity.py`` (``compare``, ``RULES`` per precision).
 
 When a comparison fails, ``locate_divergence`` names the first block whose output diverges: forward hooks
@@ -33,9 +34,10 @@ class Run:
 
     shape: tuple[int, ...]
     comparison: Comparison
+    runtime: str = "onnxruntime"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"shape": list(self.shape), **self.comparison.as_dict()}
+        return {"shape": list(self.shape), "runtime": self.runtime, **self.comparison.as_dict()}
 
 
 @dataclass
@@ -44,18 +46,20 @@ class VerifyResult:
     runs: list[Run]
     divergence: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    runtimes: list[dict[str, Any]] = field(default_factory=list)  # one entry per runtime (export/runtimes.py)
 
     def __bool__(self) -> bool:
         return bool(self.runs) and all(bool(r.comparison) for r in self.runs)
 
     def as_dict(self) -> dict[str, Any]:
         return {"passed": bool(self), "precision": self.precision, "runs": [r.as_dict() for r in self.runs],
-                "first_diverging_block": self.divergence, "notes": list(self.notes)}
+                "first_diverging_block": self.divergence, "notes": list(self.notes),
+                "runtimes": list(self.runtimes)}
 
     def summary(self) -> dict[str, Any]:
         """Short form for the ONNX metadata: pass/fail and the worst relative L2 per shape."""
         return {"passed": bool(self), "precision": self.precision,
-                "runs": [{"shape": list(r.shape), "passed": bool(r.comparison),
+                "runs": [{"shape": list(r.shape), "runtime": r.runtime, "passed": bool(r.comparison),
                           "worst_rel_l2": r.comparison.worst_rel_l2 if r.comparison.outputs else None}
                          for r in self.runs]}
 
@@ -136,16 +140,19 @@ def torch_outputs(model: Any, x: Any) -> list[np.ndarray]:
 
 
 def verify(reference: Any, onnx_model: Any, shapes: list[tuple[int, ...]], *, precision: str = "fp32",
-           fp16_io: bool = False, seed: int = 0) -> VerifyResult:
-    """Compare ``reference`` (a PyTorch model) with ``onnx_model`` (proto, bytes or path) at each shape."""
+           fp16_io: bool = False, seed: int = 0, runtime: str = "onnxruntime") -> VerifyResult:
+    """Compare ``reference`` (a PyTorch model) with ``onnx_model`` (proto, bytes or path) at each shape,
+    running the graph on ``runtime`` (``export/runtimes.py``)."""
+    from .runtimes import open_runner
+
     try:
-        sess = session(onnx_model)
+        sess = open_runner(runtime, onnx_model)
     except Exception as e:
-        why = (f"onnxruntime cannot load the graph: {one_line(e)}",)
-        return VerifyResult(precision, [Run(tuple(s), Comparison(precision, (), "x".join(map(str, s)), why))
+        why = (f"{runtime} cannot load the graph: {one_line(e)}",)
+        return VerifyResult(precision, [Run(tuple(s), Comparison(precision, (), "x".join(map(str, s)), why), runtime)
                                         for s in shapes])
-    in_name = sess.get_inputs()[0].name
-    out_names = [o.name for o in sess.get_outputs()]
+    in_name = sess.input_names[0]
+    out_names = sess.output_names
     runs = []
     for shape in shapes:
         x = make_input(shape, seed)
@@ -156,13 +163,15 @@ def verify(reference: Any, onnx_model: Any, shapes: list[tuple[int, ...]], *, pr
             ref = torch_outputs(reference, x)
         except Exception as e:  # the graph accepts this shape (torch.export's ranges) but the model does not
             runs.append(Run(tuple(shape), Comparison(precision, (), label,
-                                                     (f"the PyTorch model fails at this shape: {one_line(e)}",))))
+                                                     (f"the PyTorch model fails at this shape: {one_line(e)}",)),
+                            runtime))
             continue
         feed = x.numpy().astype(np.float16 if fp16_io else np.float32)
         try:
-            got = sess.run(None, {in_name: feed})
+            got = sess.run({in_name: feed})
         except Exception as e:
-            runs.append(Run(tuple(shape), Comparison(precision, (), label, (f"onnxruntime failed: {one_line(e)}",))))
+            runs.append(Run(tuple(shape), Comparison(precision, (), label, (f"{runtime} failed: {one_line(e)}",)),
+                            runtime))
             continue
         names = out_names if len(out_names) == len(ref) else [f"output{i}" for i in range(len(ref))]
         got_named = {names[i]: np.asarray(g, dtype=np.float32) for i, g in enumerate(got[:len(names)])}
@@ -170,7 +179,7 @@ def verify(reference: Any, onnx_model: Any, shapes: list[tuple[int, ...]], *, pr
         if len(got) != len(ref):
             cmp = Comparison(precision, cmp.outputs, label,
                              (*cmp.errors, f"{len(got)} ONNX outputs, the PyTorch model returns {len(ref)}"))
-        runs.append(Run(tuple(shape), cmp))
+        runs.append(Run(tuple(shape), cmp, runtime))
     return VerifyResult(precision, runs)
 
 

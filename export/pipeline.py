@@ -262,6 +262,13 @@ def _torch_export(loaded: LoadedModel, options: ExportOptions, target: Any, lowe
     shape: tuple[int, ...] = (options.batch, channels, h, w)
     if loaded.kind == "exported_program":  # its static dims are fixed; only its dynamic ones can follow options
         shape = tuple(s if s > 0 else d for s, d in zip(_program_input_shape(original), shape, strict=True))
+    ultra = None
+    if loaded.kind == "module":
+        from . import ultralytics
+
+        if ultralytics.task_of(original) is not None:  # exported as `yolo export format=onnx` writes it
+            original, ultra = ultralytics.prepare(original, imgsz=(h, w), batch=options.batch,
+                                                  dynamic=options.dynamic, half=options.fp16)
     if loaded.kind != "exported_program":
         probe_input(original, shape, loaded.path)
     example = make_input(shape, SEED)
@@ -294,6 +301,8 @@ def _torch_export(loaded: LoadedModel, options: ExportOptions, target: Any, lowe
         exported = to_onnx(model, example, opset=options.opset or target.opset, opset_fixed=options.opset is not None,
                            lowering=lowering, exporter=exporter, dynamic=options.dynamic,
                            decompose_layernorm=target.layernorm == "decompose")
+        if ultra is not None:
+            exported = ultralytics.name_io(exported, ultra)
         s.note = f"{exported.exporter}, opset {exported.opset}, {len(exported.model.graph.node)} nodes"
     report["opset"] = exported.opset
     report["exporter"] = exported.exporter
@@ -348,6 +357,13 @@ def _torch_export(loaded: LoadedModel, options: ExportOptions, target: Any, lowe
                 s.note = f"FAILED at {'x'.join(map(str, failing.shape))}"
             else:
                 s.note = f"{len(shapes)} shape(s) passed"
+            if ultra is not None and ultra.task == "detect" and verification:
+                agreement = ultralytics.box_agreement(original, proto, ultralytics.sample_images(shape),
+                                                      precision=precision, fp16_io=options.fp16_io)
+                report["detections"] = agreement.as_dict()
+                s.note = f"{s.note}; {agreement.line()}"
+                if not agreement and verification:
+                    s.status = "failed"
         report["verification"] = verification.as_dict()
     else:
         runner.skip("verify", "--no-verify")
@@ -361,12 +377,15 @@ def _torch_export(loaded: LoadedModel, options: ExportOptions, target: Any, lowe
         dynamic=exported.dynamic, model_info=loaded.metadata, blocks=blocks_meta, precision=precision,
         target=target.name, deform_conv=lowering, parity=verification.summary() if verification else None,
         graph=proto.graph))
+    if ultra is not None:
+        ultralytics.finish_graph(proto, ultra, exported.opset)
     with runner.step("write") as s:
         written = save_onnx(proto, onnx_out)
         s.note = str(onnx_out) + (" (+ external data)" if len(written) > 1 else "")
     report["onnx"] = str(onnx_out)
 
     failed = verification is not None and not verification
+    failed = failed or report.get("detections", {}).get("passed") is False
     if target.is_tensorrt:
         ok = _check_step(proto, target, runner, report)
         failed = failed or not ok

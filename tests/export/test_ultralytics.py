@@ -156,13 +156,13 @@ def test_yolov8_with_blocks_dynamic_and_jetpack5(blocks_ckpt: Path, tmp_path: Pa
     _same_predictions(blocks_ckpt, jp5, score_atol=1e-4)
 
 
-@pytest.mark.xfail(reason="fp16 conversion leaves Casts to FLOAT in the Detect head's dynamic anchor arithmetic; "
-                          "the general fix belongs to export/fp16.py", strict=False)
+@pytest.mark.slow
 def test_plain_yolov8_fp16_dynamic_graph_loads_and_matches_in_onnxruntime(tmp_path: Path) -> None:
     ckpt = um.save_checkpoint(um.plain(), tmp_path / "plain.pt", IMGSZ)
     out = tmp_path / "fp16.onnx"
     result = invoke(ckpt, "--to", "onnx", "--trust-pickle", "--imgsz", str(IMGSZ), "--fp16", "--dynamic",
                     "--target", "jetpack6", "-o", out, "--quiet")
-    # Our own onnxruntime run decides, not the tool's verdict: the graph must load and match at two shapes.
+    # Our own onnxruntime run decides, not the tool's verdict: the graph must load and match at two shapes (the
+    # Detect head's dynamic anchor grid casts arange to the feature dtype, a Cast the fp16 conversion must retarget).
     _own_parity(out, ckpt, [(1, 3, IMGSZ, IMGSZ), (2, 3, 256, 384)], rel_l2=1e-2)
     assert result.exit_code == 0, result.output

@@ -203,6 +203,20 @@ def fp32_nodes(model: onnx.ModelProto) -> set[str]:
     return keep | coords
 
 
+def _retarget_float_casts(model: onnx.ModelProto) -> None:
+    """A ``Cast(to=FLOAT)`` whose output the converter typed fp16 (e.g. ``torch.arange(w).type_as(x)`` in a
+    dynamic anchor grid, Ultralytics' ``make_anchors``) casts to fp16 instead; left as is, onnxruntime refuses
+    the graph (output type does not match)."""
+    outputs = {v.name for v in model.graph.output}  # their type is the graph's contract (keep_io_types)
+    fp16_values = {v.name for v in model.graph.value_info
+                   if v.type.tensor_type.elem_type == TensorProto.FLOAT16 and v.name not in outputs}
+    for n in model.graph.node:
+        if n.op_type == "Cast" and n.output and n.output[0] in fp16_values:
+            for a in n.attribute:
+                if a.name == "to" and a.i == TensorProto.FLOAT:
+                    a.i = TensorProto.FLOAT16
+
+
 def _set_precision_metadata(model: onnx.ModelProto) -> None:
     for prop in model.metadata_props:
         if prop.key == "blocks_export.precision":
@@ -226,6 +240,7 @@ def to_fp16(model: onnx.ModelProto, *, keep_io_types: bool = True) -> onnx.Model
     op_block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | BLOCKED_OPS)
     out = float16.convert_float_to_float16(work, keep_io_types=keep_io_types, disable_shape_infer=False,
                                            op_block_list=op_block, node_block_list=sorted(blocked))
+    _retarget_float_casts(out)
     for _ in range(8):  # each round's Casts can change the types downstream; stale type hints go first
         if not cast_mixed_inputs(out, blocked):
             break

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
     from .onnx_export import OnnxExport
     from .targets import Target
+    from .ultralytics import UltralyticsInfo
     from .verify import VerifyResult
 
 DEFAULT_IMGSZ = 640
@@ -258,6 +259,7 @@ class _Context:
     exported: OnnxExport | None = None
     proto: Any = None  # onnx.ModelProto being built
     verification: VerifyResult | None = None
+    ultra: UltralyticsInfo | None = None  # an Ultralytics model, exported in Ultralytics' ONNX layout
     failed: bool = False
 
     @property
@@ -278,6 +280,13 @@ def _prepare(ctx: _Context) -> None:
     if ctx.loaded.kind == "exported_program":  # its static dims are fixed; only its dynamic ones follow options
         shape = tuple(s if s > 0 else d for s, d in zip(_program_input_shape(original), shape, strict=True))
     else:
+        if ctx.loaded.kind == "module":
+            from . import ultralytics
+
+            if ultralytics.task_of(original) is not None:  # exported as `yolo export format=onnx` writes it
+                original, ctx.ultra = ultralytics.prepare(original, imgsz=(h, w), batch=ctx.options.batch,
+                                                          dynamic=ctx.options.dynamic, half=ctx.options.fp16)
+                ctx.loaded.model = original
         probe_input(original, shape, ctx.loaded.path)
     ctx.shape, ctx.example, ctx.model = shape, make_input(shape, SEED), original
     ctx.report.export_shape = list(shape)
@@ -312,6 +321,10 @@ def _export(ctx: _Context) -> None:
         exported = to_onnx(ctx.model, ctx.example, opset=options.opset or target.opset,
                            opset_fixed=options.opset is not None, lowering=ctx.lowering, exporter=exporter,
                            dynamic=options.dynamic, decompose_layernorm=target.layernorm == "decompose")
+        if ctx.ultra is not None:
+            from . import ultralytics
+
+            exported = ultralytics.name_io(exported, ctx.ultra)
         s.note = f"{exported.exporter}, opset {exported.opset}, {len(exported.model.graph.node)} nodes"
     if options.dynamic and exported.dynamic and isinstance(ctx.loaded.model, torch.nn.Module):
         from .dynamic import probe_note, probe_ranges
@@ -386,6 +399,16 @@ def _verify(ctx: _Context) -> None:
             ctx.failed = True
         else:
             s.note = f"{len(shapes)} shape(s) passed on {', '.join(ctx.options.verify_with)}"
+        if ctx.ultra is not None and ctx.ultra.task == "detect" and verification:
+            from . import ultralytics
+
+            agreement = ultralytics.box_agreement(ctx.loaded.model, ctx.proto, ultralytics.sample_images(ctx.shape),
+                                                  precision=ctx.precision, fp16_io=options.fp16_io)
+            ctx.report.detections = agreement
+            s.note = f"{s.note}; {agreement.line()}"
+            if not agreement:
+                s.status = "failed"
+                ctx.failed = True
     ctx.verification = ctx.report.verification = verification
 
 
@@ -399,6 +422,10 @@ def _write(ctx: _Context) -> None:
         dynamic=ctx.exported.dynamic, model_info=ctx.loaded.metadata, blocks=blocks_meta, precision=ctx.precision,
         target=ctx.target.name, deform_conv=ctx.lowering,
         parity=ctx.verification.summary() if ctx.verification else None, graph=ctx.proto.graph))
+    if ctx.ultra is not None:
+        from . import ultralytics
+
+        ultralytics.finish_graph(ctx.proto, ctx.ultra, ctx.exported.opset)
     with ctx.runner.step("write") as s:
         written = save_onnx(ctx.proto, ctx.onnx_out)
         s.note = str(ctx.onnx_out) + (" (+ external data)" if len(written) > 1 else "")

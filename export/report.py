@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     from .check import CheckReport
     from .engine import EngineResult
+    from .ultralytics import BoxAgreement
     from .verify import VerifyResult
 
 FORMAT = "blocks-export-report/1"
@@ -56,6 +57,7 @@ class Report:
     dynamic: dict[str, dict[str, dict[str, int | None]]] | None = None
     notes: list[str] = field(default_factory=list)
     verification: VerifyResult | None = None
+    detections: BoxAgreement | None = None  # Ultralytics detectors: decoded-box agreement with PyTorch
     onnx: str | None = None
     check: CheckReport | None = None
     engine: EngineResult | None = None
@@ -79,6 +81,8 @@ class Report:
             d["dynamic"] = self.dynamic
             d["notes"] = list(self.notes)
         d["verification"] = self.verification.as_dict() if self.verification is not None else None
+        if self.detections is not None:
+            d["detections"] = self.detections.as_dict()
         if self.onnx is not None:
             d["onnx"] = self.onnx
         if self.check is not None:

@@ -1056,6 +1056,94 @@ def top_k(scores: np.ndarray, k: int, labels: list[str] | None) -> list[list[dic
     return rows
 
 
+# ------------------------------------------------------------------------ detections (YOLO detect layout)
+# Ultralytics' detect output (ultralytics/nn/modules/head.py, Detect.forward in export mode): [B, 4 + nc, anchors],
+# rows 0-3 the box as centre x, centre y, width, height in input pixels, then one sigmoid score per class.
+# Post-processing as Ultralytics' predict does it (ultralytics/utils/nms.py, non_max_suppression with its
+# defaults: best class per anchor, score > conf, per-class NMS at IoU 0.7, at most 300 boxes), in numpy.
+
+CONF_THRESHOLD = 0.25
+IOU_THRESHOLD = 0.7
+MAX_DETECTIONS = 300
+
+
+def is_detect_layout(output: np.ndarray, n_labels: int | None) -> bool:
+    """[B, 4 + nc, anchors] with more anchors than rows (and nc = the number of labels when known)."""
+    if output.ndim != 3 or output.shape[1] < 5 or output.shape[2] <= output.shape[1]:
+        return False
+    return n_labels is None or output.shape[1] == 4 + n_labels
+
+
+def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
+    """[N, 4] centre/size boxes -> [N, 4] corner boxes."""
+    half = boxes[:, 2:4] / 2
+    return np.concatenate([boxes[:, :2] - half, boxes[:, :2] + half], axis=1)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of [N, 4] and [M, 4] corner boxes -> [N, M]."""
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(axis=2)
+    area_a = (a[:, 2:] - a[:, :2]).clip(0).prod(axis=1)
+    area_b = (b[:, 2:] - b[:, :2]).clip(0).prod(axis=1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:
+    """Indices kept by greedy NMS over [N, 4] corner boxes, best score first."""
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while order.size:
+        i = int(order[0])
+        keep.append(i)
+        if order.size == 1:
+            break
+        rest = order[1:]
+        order = rest[box_iou(boxes[i:i + 1], boxes[rest])[0] <= iou]
+    return keep
+
+
+def detections(output: np.ndarray, conf: float = CONF_THRESHOLD, iou: float = IOU_THRESHOLD,
+               max_det: int = MAX_DETECTIONS) -> list[list[tuple[np.ndarray, float, int]]]:
+    """Per image of a [B, 4 + nc, anchors] output: [(xyxy [4], score, class)], best score first."""
+    result = []
+    for pred in np.asarray(output, dtype=np.float32):
+        scores_all = pred[4:]  # (nc, anchors)
+        cls = scores_all.argmax(axis=0)
+        score = scores_all[cls, np.arange(pred.shape[1])]
+        keep = score > conf
+        boxes = xywh_to_xyxy(pred[:4, keep].T)
+        score, cls = score[keep], cls[keep]
+        # Per-class NMS in one pass: boxes of different classes shifted apart so they never overlap.
+        offset = cls[:, None].astype(np.float64) * (float(np.abs(boxes).max()) * 2 + 1 if boxes.size else 0.0)
+        kept = nms(boxes + offset, score, iou)[:max_det]
+        result.append([(boxes[i], float(score[i]), int(cls[i])) for i in kept])
+    return result
+
+
+def detection_predictions(output: np.ndarray, sources: list[str],
+                          labels: list[str] | None) -> list[dict[str, Any]]:
+    """JSON-ready detections per source: label, class, score, box (x1, y1, x2, y2 in model-input pixels)."""
+    items = []
+    for source, dets in zip(sources, detections(output)):
+        items.append({"source": source, "detections": [
+            {"label": labels[c] if labels and c < len(labels) else f"class_{c}", "class": c,
+             "score": round(s, 5), "box_xyxy": [round(float(v), 2) for v in box]} for box, s, c in dets]})
+    return items
+
+
+def print_detections(item: dict[str, Any], out: Any) -> None:
+    print(f"{item['source']}: {len(item['detections'])} detection(s) (boxes x1,y1,x2,y2 in model-input pixels)",
+          file=out)
+    for det in item["detections"]:
+        print("  {:<20} {:.3f}  [{}]".format(det["label"], det["score"],
+                                               ", ".join(f"{v:.1f}" for v in det["box_xyxy"])), file=out)
+
+
 def output_stats(name: str, value: np.ndarray) -> dict[str, Any]:
     data = np.asarray(value)
     stats: dict[str, Any] = {"name": name, "shape": list(data.shape), "dtype": str(data.dtype)}
@@ -1410,6 +1498,8 @@ def run(args: argparse.Namespace, out: Any, err: Any) -> int:
         scores = merged[0].reshape(merged[0].shape[0], -1)  # (N, C)
         result["predictions"] = [{"source": s, "topk": row}
                                  for s, row in zip(sources, top_k(scores, args.topk, meta.labels))]
+    elif meta.task == "detect" and merged and is_detect_layout(merged[0], len(meta.labels) if meta.labels else None):
+        result["predictions"] = detection_predictions(merged[0], sources, meta.labels)
     if args.save_outputs:
         result["saved"] = save_outputs(args.save_outputs, output_names, merged, sources)
     if args.bench:
@@ -1428,6 +1518,9 @@ def print_human(result: dict[str, Any], out: Any) -> None:
           f"{provider}; session created in {result['session_create_s'] * 1000:.1f} ms", file=out)
     if result["predictions"] is not None:
         for item in result["predictions"]:
+            if "detections" in item:
+                print_detections(item, out)
+                continue
             print(item["source"], file=out)
             for rank, entry in enumerate(item["topk"], 1):
                 print(f"  {rank}. {entry['label']:<24} {entry['score']:.4f}  (class {entry['index']})", file=out)

@@ -1,0 +1,330 @@
+"""Ultralytics YOLO models: recognised by class, prepared and written as ``yolo export format=onnx`` writes them.
+
+The contract followed here was read from Ultralytics 8.4 (AGPL-3.0; nothing of it is copied or vendored):
+- ``ultralytics/engine/exporter.py`` ``Exporter.__call__``: parameters frozen, ``model.eval().float().fuse()``
+  (Conv+BN folded), every ``Detect`` (and subclasses Segment/Pose/OBB) head with ``export = True``,
+  ``dynamic``, ``format``, ``max_det`` clamped to the anchor count and ``shape`` reset; ``Classify`` heads with
+  ``export = True``; ``C2f.forward = C2f.forward_split``. Then the metadata dict (``description``, ``author``,
+  ``date``, ``version``, ``license``, ``docs``, ``stride``, ``task``, ``head``, ``batch``, ``imgsz``, ``names``,
+  ``args``, ``channels``, ``end2end``, plus ``kpt_shape`` for pose).
+- ``Exporter.export_onnx``: input ``images``; outputs ``output0`` (+ ``output1``, the mask prototypes, for segment);
+  dynamic axes ``images {0: batch, 2: height, 3: width}``, ``output0 {0: batch, 2: anchors}``, ``output1 {0: batch,
+  2: mask_height, 3: mask_width}``; each metadata value written into ``metadata_props`` as ``str(value)``.
+- ``ultralytics/nn/backends/base.py`` ``BaseBackend.apply_metadata`` (what ``YOLO('model.onnx')`` reads back):
+  ``stride``/``batch``/``channels`` through ``int``, ``imgsz``/``names``/``kpt_shape``/``args``/``end2end`` through
+  ``ast.literal_eval``; ``args['dynamic']`` decides whether the backend pads batches to the export batch.
+- ``ultralytics/nn/modules/head.py`` ``Detect.forward``: in export mode the head returns only the decoded
+  predictions [B, 4 + nc, anchors] (boxes as centre x, centre y, width, height in input pixels, then class
+  probabilities), not the (predictions, raw maps) tuple of eval mode.
+
+ultralytics itself is imported only by ``prepare``, i.e. only for a model whose unpickling already needed it;
+recognising a model looks at class names and module names alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+# Ultralytics' model classes (ultralytics/nn/tasks.py) and the task each one exports as.
+TASK_OF_CLASS = {"DetectionModel": "detect", "SegmentationModel": "segment", "PoseModel": "pose",
+                 "OBBModel": "obb", "ClassificationModel": "classify"}
+INPUT_NAME = "images"
+MAX_DET = 300  # Ultralytics' default ``max_det`` (ultralytics/cfg/default.yaml)
+# Box agreement between PyTorch and ONNX (decoded, after NMS), per precision: matched boxes' IoU and
+# |score difference|. fp16 scores come out of a sigmoid in fp16 (spacing 2^-11 near 1).
+MIN_IOU = 0.99
+SCORE_ATOL = {"fp32": 1e-4, "fp16": 1e-2}
+
+
+@dataclass(frozen=True)
+class UltralyticsInfo:
+    """What the exported graph must say about the model (the metadata of ``Exporter.__call__``)."""
+
+    task: str
+    names: dict[int, str]
+    stride: int
+    imgsz: tuple[int, int]
+    batch: int
+    dynamic: bool
+    half: bool
+    channels: int
+    head: str
+    yaml_file: str = ""
+    data: str = ""
+    kpt_shape: tuple[int, ...] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def output_names(self) -> list[str]:
+        return ["output0", "output1"] if self.task == "segment" else ["output0"]
+
+    def output_dims(self) -> dict[str, dict[int, str]]:
+        """Dynamic axes of the outputs, as Ultralytics names them (``Exporter.export_onnx``)."""
+        if not self.dynamic or self.task == "classify":
+            return {"output0": {0: "batch"}} if self.dynamic else {}
+        dims: dict[str, dict[int, str]] = {"output0": {0: "batch", 2: "anchors"}}
+        if self.task == "segment":
+            dims["output1"] = {0: "batch", 2: "mask_height", 3: "mask_width"}
+        return dims
+
+    def metadata(self) -> dict[str, Any]:
+        name = self.yaml_file.rsplit("/", 1)[-1].rsplit(".", 1)[0].replace("yolo", "YOLO") or "YOLO"
+        meta: dict[str, Any] = {
+            "description": f"Ultralytics {name} model" + (f" trained on {self.data}" if self.data else ""),
+            "author": "Ultralytics",
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "version": self.extra.get("version", ""),
+            "license": "AGPL-3.0 License (https://ultralytics.com/license)",
+            "docs": "https://docs.ultralytics.com",
+            "stride": self.stride,
+            "task": self.task,
+            "head": self.head,
+            "batch": self.batch,
+            "imgsz": list(self.imgsz),
+            "names": dict(self.names),
+            "args": {"batch": self.batch, "half": self.half, "dynamic": self.dynamic, "simplify": True,
+                     "opset": self.extra.get("opset"), "nms": False},
+            "channels": self.channels,
+            "end2end": False,
+        }
+        if self.kpt_shape is not None:
+            meta["kpt_shape"] = list(self.kpt_shape)
+        return meta
+
+
+def task_of(model: Any) -> str | None:
+    """The Ultralytics task of ``model`` ("detect", ...) or None: by its classes' names and modules only, so that
+    nothing is imported for a model that is not Ultralytics'."""
+    for cls in type(model).__mro__:
+        if cls.__module__.startswith("ultralytics.") and cls.__name__ in TASK_OF_CLASS:
+            return TASK_OF_CLASS[cls.__name__]
+    return None
+
+
+def _names(model: Any, nc: int | None) -> dict[int, str]:
+    names = getattr(model, "names", None)
+    if isinstance(names, dict) and names:
+        return {int(k): str(v) for k, v in names.items()}
+    if isinstance(names, list | tuple) and names:
+        return dict(enumerate(map(str, names)))
+    return {i: f"class{i}" for i in range(nc or 0)}
+
+
+def prepare(model: Any, *, imgsz: tuple[int, int], batch: int, dynamic: bool,
+            half: bool) -> tuple[Any, UltralyticsInfo]:
+    """A copy of ``model`` in Ultralytics' export form (fused, head in export mode) and its metadata.
+
+    The copy is what gets exported AND what the export is verified against: it is the model ``yolo export``
+    traces, so parity holds against the same function Ultralytics' own ONNX computes.
+    """
+    import torch
+    from ultralytics import __version__
+    from ultralytics.nn.modules import C2f, Classify, Detect
+
+    task = task_of(model)
+    if task is None:
+        raise ValueError(f"{type(model).__name__} is not an Ultralytics model")
+    model = copy.deepcopy(model).float().eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model = model.fuse(verbose=False)
+    head = model.model[-1]
+    stride = getattr(model, "stride", None)
+    strides = [int(s) for s in stride.tolist()] if isinstance(stride, torch.Tensor) else [32]
+    anchors = sum((imgsz[0] // s) * (imgsz[1] // s) for s in strides)
+    for m in model.modules():
+        if isinstance(m, Classify):
+            m.export, m.format = True, "onnx"
+        elif isinstance(m, Detect):
+            m.export, m.format, m.dynamic = True, "onnx", dynamic
+            m.max_det = min(MAX_DET, anchors)
+            m.shape = None  # its anchor grid is cached per input shape
+            if getattr(m, "end2end", False):  # the NMS-free branch exports as (B, max_det, 6): not handled here
+                m.end2end = False
+        elif isinstance(m, C2f) and hasattr(m, "forward_split"):
+            m.forward = m.forward_split  # Split instead of chunk, as the exporter does for ONNX
+    yaml = getattr(model, "yaml", None) or {}
+    args = getattr(model, "args", None)
+    info = UltralyticsInfo(
+        task=task, names=_names(model, getattr(head, "nc", None)), stride=max(strides), imgsz=(int(imgsz[0]), int(imgsz[1])),
+        batch=batch, dynamic=dynamic, half=half, channels=int(yaml.get("channels", 3)) if isinstance(yaml, dict)
+        else 3, head=type(head).__name__,
+        yaml_file=str(yaml.get("yaml_file", "")) if isinstance(yaml, dict) else "",
+        data=str(args.get("data", "")) if isinstance(args, dict) else "",
+        kpt_shape=tuple(head.kpt_shape) if task == "pose" and hasattr(head, "kpt_shape") else None,
+        extra={"version": __version__})
+    return model, info
+
+
+def _rename(graph: Any, old: str, new: str) -> None:
+    if old == new:
+        return
+    for n in graph.node:
+        n.input[:] = [new if i == old else i for i in n.input]
+        n.output[:] = [new if o == old else o for o in n.output]
+    for v in (*graph.input, *graph.output, *graph.value_info):
+        if v.name == old:
+            v.name = new
+
+
+def name_io(exported: Any, info: UltralyticsInfo) -> Any:
+    """``exported`` (an ``onnx_export.OnnxExport``) with Ultralytics' input and output names."""
+    graph = exported.model.graph
+    names = info.output_names
+    if len(graph.output) != len(names):
+        raise ValueError(f"the {info.task} model exports {len(graph.output)} outputs, Ultralytics' layout has "
+                         f"{len(names)} ({', '.join(names)})")
+    _rename(graph, graph.input[0].name, INPUT_NAME)
+    for out, name in zip(list(graph.output), names, strict=True):
+        _rename(graph, out.name, name)
+    dynamic = {INPUT_NAME: next(iter(exported.dynamic.values()))} if exported.dynamic else exported.dynamic
+    return replace(exported, input_name=INPUT_NAME, output_names=list(names), dynamic=dynamic)
+
+
+def finish_graph(model: Any, info: UltralyticsInfo, opset: int) -> None:
+    """Ultralytics' dimension names and metadata keys on the final graph (in place)."""
+    graph = model.graph
+    dims = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}} if info.dynamic else {}
+    dims.update(info.output_dims())
+    for v in (*graph.input, *graph.output):
+        for axis, name in dims.get(v.name, {}).items():
+            d = v.type.tensor_type.shape.dim
+            if axis < len(d) and not d[axis].HasField("dim_value"):
+                d[axis].dim_param = name
+    meta: dict[str, Any] = replace(info, extra={**info.extra, "opset": opset}).metadata()
+    # For runtime/infer.py: class names, task and Ultralytics' preprocessing (letterbox, RGB, /255).
+    own = {"blocks_export.labels": json.dumps([info.names[k] for k in sorted(info.names)]),
+           "blocks_export.preprocess": json.dumps({"size": list(info.imgsz), "resize": "letterbox",
+                                                   "color": "RGB", "scale": 1 / 255})}
+    if info.task in ("detect", "classify"):
+        own["blocks_export.task"] = info.task
+    meta = {**meta, **own}
+    keep = [(p.key, p.value) for p in model.metadata_props if p.key not in meta]
+    del model.metadata_props[:]
+    for k, v in [*keep, *((k, str(v)) for k, v in meta.items())]:  # str(): what apply_metadata literal_evals
+        model.metadata_props.add(key=k, value=v)
+    # ONNX Runtime builds up to 1.18 read IR version 10 at most; Ultralytics caps it the same way.
+    model.ir_version = min(model.ir_version, 10)
+
+
+# --- detections in the user's terms -------------------------------------------------------------------------
+
+def _decoder() -> Any:
+    from blocks_export.runtime import infer
+
+    return infer
+
+
+@dataclass
+class BoxAgreement:
+    """PyTorch vs ONNX decoded boxes on the same images (the decode of ``runtime/infer.py``)."""
+
+    precision: str
+    images: int = 0
+    reference_boxes: int = 0
+    matched: int = 0
+    min_iou: float = 1.0
+    max_score_diff: float = 0.0
+    problems: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"precision": self.precision, "passed": bool(self), "images": self.images,
+                "reference_boxes": self.reference_boxes, "matched": self.matched,
+                "min_iou": round(self.min_iou, 6), "max_score_diff": float(f"{self.max_score_diff:.3g}"),
+                "rule": {"min_iou": MIN_IOU, "score_atol": SCORE_ATOL[self.precision]}, "problems": self.problems}
+
+    def line(self) -> str:
+        verdict = "PASSED" if self else "FAILED"
+        return (f"{verdict} | boxes | {self.matched}/{self.reference_boxes} agree on {self.images} image(s) | "
+                f"min IoU {self.min_iou:.4f} | max score diff {self.max_score_diff:.2g}"
+                + (f" | {self.problems[0]}" if self.problems else ""))
+
+
+def match_detections(ref: Any, got: Any, precision: str, agreement: BoxAgreement) -> None:
+    """Compare two [B, 4 + nc, anchors] detect outputs box by box, before NMS.
+
+    Every anchor whose best PyTorch score is clearly above the confidence threshold (by more than the score
+    tolerance) is a reference box; the ONNX box at the same anchor must have the same class (unless the two best
+    classes are within the tolerance), IoU >= MIN_IOU and a score within the tolerance. Comparing after NMS would
+    let a 1e-4 difference flip one suppression and cascade; NMS is the same numpy code on both sides.
+    """
+    dec = _decoder()
+    atol = SCORE_ATOL[precision]
+    for r, g in zip(np.asarray(ref, dtype=np.float64), np.asarray(got, dtype=np.float64), strict=True):
+        scores = r[4:]
+        best = scores.argmax(axis=0)
+        top = scores[best, np.arange(r.shape[1])]
+        idx = np.nonzero(top > dec.CONF_THRESHOLD + atol)[0]
+        agreement.reference_boxes += int(idx.size)
+        if not idx.size:
+            continue
+        rb, gb = dec.xywh_to_xyxy(r[:4, idx].T), dec.xywh_to_xyxy(g[:4, idx].T)
+        iou = np.array([dec.box_iou(rb[i:i + 1], gb[i:i + 1])[0, 0] for i in range(idx.size)])
+        diff = np.abs(g[4:, idx] - r[4:, idx]).max(axis=0)
+        second = np.sort(scores[:, idx], axis=0)[-2] if scores.shape[0] > 1 else np.full(idx.size, -np.inf)
+        same_class = (g[4:, idx].argmax(axis=0) == best[idx]) | (top[idx] - second <= atol)
+        ok = (iou >= MIN_IOU) & (diff <= atol) & same_class
+        agreement.matched += int(ok.sum())
+        agreement.min_iou = min(agreement.min_iou, float(iou.min()))
+        agreement.max_score_diff = max(agreement.max_score_diff, float(diff.max()))
+        if not same_class.all():
+            agreement.problems.append(f"{int((~same_class).sum())} box(es) change class")
+    if agreement.min_iou < MIN_IOU:
+        agreement.problems.append(f"matched boxes IoU {agreement.min_iou:.4f} < {MIN_IOU}")
+    if agreement.max_score_diff > atol:
+        agreement.problems.append(f"score diff {agreement.max_score_diff:.2g} > {atol}")
+
+
+def box_agreement(reference: Any, onnx_model: Any, images: list[Any], *, precision: str,
+                  fp16_io: bool = False) -> BoxAgreement:
+    """Decode both models' detect output on ``images`` ([1, 3, H, W] float tensors in [0, 1]) and compare."""
+    import torch
+
+    from .verify import session
+
+    sess = session(onnx_model)
+    name = sess.get_inputs()[0].name
+    agreement = BoxAgreement(precision)
+    for x in images:
+        feed = x.numpy().astype(np.float16 if fp16_io else np.float32)
+        with torch.no_grad():
+            ref_out = reference(torch.from_numpy(feed.astype(np.float32)))
+        ref_out = ref_out[0] if isinstance(ref_out, list | tuple) else ref_out
+        got_out = np.asarray(sess.run(None, {name: feed})[0], dtype=np.float32)
+        match_detections(ref_out.float().numpy(), got_out, precision, agreement)
+        agreement.images += 1
+    return agreement
+
+
+def sample_images(shape: tuple[int, ...], count: int = 2, seed: int = 0) -> list[Any]:
+    """Image-like inputs with structure (smooth gradients and rectangles), deterministic: a detector's boxes on
+    uniform noise say little."""
+    import torch
+
+    n, c, h, w = shape
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    out = []
+    for _ in range(count):
+        img = torch.stack([(xx * float(torch.rand(1, generator=g)) + yy * float(torch.rand(1, generator=g))) / 2
+                           for _ in range(c)])
+        for _ in range(6):
+            y0, x0 = int(torch.randint(0, h // 2, (1,), generator=g)), int(torch.randint(0, w // 2, (1,), generator=g))
+            y1, x1 = y0 + h // 4 + int(torch.randint(0, h // 4, (1,), generator=g)), x0 + w // 4
+            img[:, y0:y1, x0:x1] = torch.rand(c, 1, 1, generator=g)
+        img += 0.05 * torch.rand(img.shape, generator=g)
+        out.append(img.clamp(0, 1).expand(n, c, h, w).contiguous())
+    return out
+
+
+__all__ = ["BoxAgreement", "INPUT_NAME", "TASK_OF_CLASS", "UltralyticsInfo", "box_agreement", "finish_graph",
+           "match_detections", "name_io", "prepare", "sample_images", "task_of"]

@@ -1,0 +1,138 @@
+"""Ultralytics YOLO models with blocks pasted in the way users do it, saved as Ultralytics checkpoints.
+
+The blocks are written here (or are the original pasted code, ``fixtures.seed_blocks``), never the package's own
+classes: a DCNv2 in two bottlenecks (the form YOLOv8 forks paste), Coordinate Attention after SPPF and ACmix on the
+P5 input of the Detect head. The models are built from Ultralytics' own yaml (no downloads) and the blocks are
+spliced into ``model.model`` keeping the bookkeeping attributes (``f``, ``i``, ``type``, ``np``) Ultralytics' forward
+reads. Importing this module imports ultralytics: only tests that need it do.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from fixtures import seed_blocks
+from torch import nn
+from ultralytics.nn.tasks import DetectionModel
+
+from blocks_export.blocks._init import randomize_
+
+
+class DCNv2(nn.Module):
+    """Modulated deformable conv + BN + SiLU as pasted into YOLOv8 bottlenecks (``conv_offset_mask``)."""
+
+    def __init__(self, c1, c2, k=3, s=1, deformable_groups=1):
+        super().__init__()
+        self.k, self.s, self.p, self.dg = k, s, k // 2, deformable_groups
+        self.weight = nn.Parameter(torch.empty(c2, c1, k, k))
+        self.bias = nn.Parameter(torch.zeros(c2))
+        self.conv_offset_mask = nn.Conv2d(c1, deformable_groups * 3 * k * k, k, s, self.p, bias=True)
+        self.bn = nn.BatchNorm2d(c2)
+        self.act = nn.SiLU()
+        nn.init.kaiming_uniform_(self.weight)
+        nn.init.zeros_(self.conv_offset_mask.weight)
+        nn.init.zeros_(self.conv_offset_mask.bias)
+
+    def forward(self, x):
+        o1, o2, mask = torch.chunk(self.conv_offset_mask(x), 3, dim=1)
+        offset = torch.cat((o1, o2), dim=1)
+        x = torch.ops.torchvision.deform_conv2d(x, self.weight, offset, mask.sigmoid(), self.bias, self.s, self.s,
+                                                self.p, self.p, 1, 1, 1, self.dg, True)
+        return self.act(self.bn(x))
+
+
+class CoordAttention(nn.Module):
+    """Coordinate Attention as found in blog posts: ``nn.Hardswish``, pooling built in forward."""
+
+    def __init__(self, inp, oup, reduction=32):
+        super().__init__()
+        mip = max(8, inp // reduction)
+        self.conv1 = nn.Conv2d(inp, mip, 1)
+        self.bn1 = nn.BatchNorm2d(mip)
+        self.act = nn.Hardswish()
+        self.conv_h = nn.Conv2d(mip, oup, 1)
+        self.conv_w = nn.Conv2d(mip, oup, 1)
+
+    def forward(self, x):
+        n, c, h, w = x.size()
+        x_h = nn.AdaptiveAvgPool2d((h, 1))(x)
+        x_w = nn.AdaptiveAvgPool2d((1, w))(x).permute(0, 1, 3, 2)
+        y = self.act(self.bn1(self.conv1(torch.cat([x_h, x_w], dim=2))))
+        x_h, x_w = torch.split(y, [h, w], dim=2)
+        return x * self.conv_w(x_w.permute(0, 1, 3, 2)).sigmoid() * self.conv_h(x_h).sigmoid()
+
+
+class After(nn.Sequential):
+    """``layer`` followed by ``block`` in the slot of ``layer`` (keeps Ultralytics' routing attributes)."""
+
+    def __init__(self, layer, block):
+        super().__init__(layer, block)
+        self.f, self.i, self.type, self.np = layer.f, layer.i, f"{layer.type}+{type(block).__name__}", layer.np
+
+
+def out_channels(layer) -> int:
+    return layer.cv2.conv.out_channels  # C2f, C3k2 and SPPF end with cv2
+
+
+def plain(yaml: str = "yolov8n.yaml", nc: int = 3, seed: int = 0, cls_bias: float = -3.0) -> DetectionModel:
+    """The model as Ultralytics builds it from ``yaml``, BatchNorm statistics randomised, DFL kept."""
+    model = DetectionModel(yaml, nc=nc, verbose=False)
+    return _randomise(model, seed, cls_bias)
+
+
+def with_blocks(yaml: str = "yolov8n.yaml", nc: int = 3, seed: int = 0, cls_bias: float = -3.0) -> DetectionModel:
+    """``yaml`` with a DCNv2 in two bottlenecks, Coordinate Attention after SPPF and ACmix before Detect's P5."""
+    model = DetectionModel(yaml, nc=nc, verbose=False)
+    layers = model.model
+    bottlenecks = [m for m in layers.modules() if type(m).__name__ == "Bottleneck"]
+    for b in (bottlenecks[1], bottlenecks[-1]):  # one in the backbone, one in the neck
+        c = b.cv2.conv
+        b.cv2 = DCNv2(c.in_channels, c.out_channels, c.kernel_size[0], c.stride[0])
+    sppf = next(i for i, m in enumerate(layers) if type(m).__name__ == "SPPF")
+    c = out_channels(layers[sppf])
+    layers[sppf] = After(layers[sppf], CoordAttention(c, c))
+    detect = layers[-1]
+    p5 = detect.f[-1]
+    c = out_channels(layers[p5])
+    layers[p5] = After(layers[p5], seed_blocks.ACmix(c, c))
+    return _randomise(model, seed, cls_bias)
+
+
+def _randomise(model: DetectionModel, seed: int, cls_bias: float) -> DetectionModel:
+    dfl = {k: v.clone() for k, v in model.state_dict().items() if ".dfl." in k}
+    with torch.no_grad():
+        randomize_(model, seed=seed)
+    model.load_state_dict({**model.state_dict(), **dfl})
+    model.eval()
+    _calibrate_class_logits(model, cls_bias)
+    model.names = {i: f"class{i}" for i in range(model.model[-1].nc)}
+    return model
+
+
+def _calibrate_class_logits(model: DetectionModel, centre: float, spread: float = 1.5) -> None:
+    """Random weights give class logits that hardly vary over the image (every anchor ties, NMS then picks among
+    equals arbitrarily). Rescale each last class conv so its logits vary by ``spread`` (std over positions)
+    around ``centre`` on a fixed image: distinct scores, some above predict's 0.25 confidence."""
+    x = torch.rand((1, 3, 320, 320), generator=torch.Generator().manual_seed(1234))
+    stats = []
+    hooks = [seq[-1].register_forward_hook(lambda m, i, o: stats.append((m, o - m.bias.view(1, -1, 1, 1))))
+             for seq in model.model[-1].cv3]
+    with torch.no_grad():
+        model(x)
+        for conv, out in stats:
+            mean, std = out.mean(dim=(0, 2, 3)), out.std(dim=(0, 2, 3)).clamp_min(1e-6)
+            scale = spread / std
+            conv.weight.mul_(scale.view(-1, 1, 1, 1))
+            conv.bias.copy_(centre - mean * scale)
+    for h in hooks:
+        h.remove()
+
+
+def save_checkpoint(model: DetectionModel, path: Path, imgsz: int = 320) -> Path:
+    """An Ultralytics training checkpoint: fp16 weights under ``model``, ``ema`` None, ``train_args``."""
+    half = copy.deepcopy(model).half()
+    torch.save({"epoch": -1, "best_fitness": None, "model": half, "ema": None, "updates": None,
+                "optimizer": None, "train_args": {"task": "detect", "imgsz": imgsz, "data": "coco8.yaml"},
+                "date": "2026-01-01T00:00:00", "version": "8.4"}, path)
+    return path

@@ -122,9 +122,9 @@ def _globals_in(stream: bytes) -> list[str]:
                 elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
                     found.append(f"{strings[-2]}.{strings[-1]}")
         except (ValueError, EOFError, IndexError, KeyError) as e:
-            if parsed == 0:
+            if parsed == 0 and not found:
                 raise ValueError(f"not a pickle stream: {e}") from e
-            break  # raw storage bytes after the legacy header pickles
+            break  # raw storage bytes after the legacy header pickles (or garbage after a payload)
         parsed += 1
     return found
 
@@ -159,6 +159,133 @@ def _needs_code(globals_: list[str]) -> list[str]:
         if name not in needed:
             needed.append(name)
     return needed
+
+
+class _Stub:
+    """Stands in for every object a scanned pickle builds: accepts any call, state, item or append."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __call__(self, *args: Any, **kwargs: Any) -> _Stub:
+        return _Stub()
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def append(self, value: Any) -> None:
+        pass
+
+    def extend(self, values: Any) -> None:
+        pass
+
+
+class _RecordingUnpickler(pickle.Unpickler):
+    """Replays a pickle with every global replaced by ``_Stub``, recording the names it asks for.
+
+    The stdlib unpickler resolves every import through ``find_class`` (GLOBAL, STACK_GLOBAL, INST, OBJ and the
+    copyreg extension codes, https://docs.python.org/3/library/pickle.html#restricting-globals); here it never
+    imports or calls anything real, so replaying runs no code from the file, and names pushed through the memo
+    or computed on the stack are seen as the real unpickler would see them.
+    """
+
+    def __init__(self, file: Any) -> None:
+        super().__init__(file)
+        self.names: list[str] = []
+
+    def find_class(self, module: str, name: str) -> Any:
+        self.names.append(f"{module}.{name}")
+        return _Stub
+
+    def persistent_load(self, pid: Any) -> Any:
+        return _Stub()
+
+
+def _replayed_globals(stream: Any) -> list[str]:
+    """Globals the pickles at the start of ``stream`` (binary file) ask for, up to the first error."""
+    found: list[str] = []
+    for _ in range(8):  # legacy torch files hold several pickles back to back
+        unpickler = _RecordingUnpickler(stream)
+        try:
+            unpickler.load()
+        except Exception:  # garbage, raw storage bytes or a stub that cannot play along: the scan ends here
+            found += unpickler.names
+            break
+        found += unpickler.names
+    return found
+
+
+def _is_name(dotted: str) -> bool:
+    return all(part.isidentifier() for part in dotted.split("."))
+
+
+def unsafe_globals(data: bytes, *, torchscript: bool = False) -> list[str]:
+    """Globals in the pickle ``data`` that only a code-running unpickler imports (empty: none found).
+
+    Two readers, and their union: the replay above and ``pickletools`` (a disassembler that lists globals
+    past the point where the replay stops). Names that are not dotted identifiers cannot be imported and
+    come from bytes that are not a pickle (raw tensor storage). In a TorchScript archive the C++ unpickler
+    resolves ``__torch__`` classes from the archive's TorchScript code and ``torch.*`` helpers, not Python.
+    """
+    names = _replayed_globals(io.BytesIO(data))
+    with contextlib.suppress(ValueError):
+        names += _globals_in(data)
+    names = [n for n in names if _is_name(n)]
+    if torchscript:
+        names = [n for n in names if not n.startswith(("__torch__.", "torch."))]
+    return _needs_code(names)
+
+
+_MAX_ZIP_DEPTH = 3
+
+
+def _zip_unsafe_globals(source: Any, label: str, *, torchscript: bool, depth: int = 0) -> tuple[str, list[str]]:
+    """(member, globals) of the first member of the zip ``source`` that pickles code; ("", []) when none does.
+
+    Every member is scanned, whatever its name: a ``torch.export`` archive says in its own JSON which
+    members are pickles (``use_pickle``), so the name proves nothing. Members that are zips themselves
+    (``torch.save`` files inside the archive, e.g. ``data/sample_inputs/*.pt``) are scanned member by member.
+    """
+    with zipfile.ZipFile(source) as z:
+        for info in z.infolist():
+            if info.is_dir():
+                continue
+            data = z.read(info)
+            where = f"{label}/{info.filename}" if label else info.filename
+            if data[:4] == b"PK\x03\x04" and depth < _MAX_ZIP_DEPTH:
+                try:
+                    member, found = _zip_unsafe_globals(io.BytesIO(data), where, torchscript=torchscript,
+                                                        depth=depth + 1)
+                except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError):
+                    member, found = where, unsafe_globals(data, torchscript=torchscript)
+            else:
+                member, found = where, unsafe_globals(data, torchscript=torchscript)
+            if found:
+                return member, found
+    return "", []
+
+
+def _refuse_code(path: Path, needed: list[str], where: str = "") -> InputError:
+    shown = ", ".join(needed[:3]) + (f" and {len(needed) - 3} more" if len(needed) > 3 else "")
+    inside = f" ({where})" if where else ""
+    return InputError(f"{path}: loading this file would run code from it (it pickles {shown}{inside}); "
+                      "pass --trust-pickle only if you trust its source, or export a state_dict and use --arch")
+
+
+def gate_archive(path: Path, kind: str, trust_pickle: bool) -> None:
+    """Refuse a zip archive any of whose members pickles code, before a torch loader opens it."""
+    if trust_pickle:
+        return
+    try:
+        where, needed = _zip_unsafe_globals(path, "", torchscript=kind == "torchscript")
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError) as e:
+        raise InputError(f"{path}: not a readable zip archive ({type(e).__name__}); it may be truncated or "
+                         "corrupted") from e
+    if needed:
+        raise _refuse_code(path, needed, where)
 
 
 def _count_tensor_inputs(forward: Any) -> int:
@@ -321,6 +448,8 @@ def load_model(path: Path, *, trust_pickle: bool = False, arch: str | None = Non
     import torch
 
     kind = zip_kind(path)
+    if kind in ("torchscript", "exported_program"):
+        gate_archive(path, kind, trust_pickle)
     if kind == "torchscript":
         try:
             with warnings.catch_warnings():
@@ -335,7 +464,9 @@ def load_model(path: Path, *, trust_pickle: bool = False, arch: str | None = Non
                            warnings=["TorchScript archive: exported as it is; block rewrites cannot apply to it"])
     if kind == "exported_program":
         try:
-            program = torch.export.load(str(path))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                program = torch.export.load(str(path))
         except Exception as e:
             raise InputError(f"{path}: cannot load this torch.export program ({type(e).__name__}); the file may "
                              "be corrupted") from e
@@ -347,31 +478,43 @@ def load_model(path: Path, *, trust_pickle: bool = False, arch: str | None = Non
                            warnings=["torch.export program: exported as it is; block rewrites cannot apply to it"])
 
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         obj = _load_untrusted(path, trust_pickle, e)
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as e:
+    except Exception as e:  # garbage makes the weights-only unpickler raise almost anything (IndexError, ...)
         raise InputError(f"{path}: not a readable PyTorch file ({type(e).__name__}: "
                          f"{(str(e).splitlines() or [''])[0][:120]}); it may be truncated or corrupted") from e
     return _from_object(obj, path, digest, arch, arch_kwargs)
 
 
 def _load_untrusted(path: Path, trust_pickle: bool, error: Exception) -> Any:
+    """PyTorch's weights-only unpickler refused ``path``: name what it needs, load it only with trust."""
     import torch
 
     try:
-        needed = _needs_code(_globals_in(_pickle_stream(path)))
-    except (ValueError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, KeyError, IndexError) as e:
+        stream = _pickle_stream(path)
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile, KeyError) as e:
         raise InputError(f"{path}: not a PyTorch checkpoint (the pickle stream is unreadable); it may be "
                          "corrupted or not a model file") from e
+    needed = unsafe_globals(stream)
     if not needed:
-        raise InputError(f"{path}: the checkpoint cannot be read ({type(error).__name__}); it may be corrupted")
+        try:
+            _globals_in(stream)
+        except ValueError as e:
+            raise InputError(f"{path}: not a PyTorch checkpoint (the pickle stream is unreadable); it may be "
+                             "corrupted or not a model file") from e
     if not trust_pickle:
-        shown = ", ".join(needed[:3]) + (f" and {len(needed) - 3} more" if len(needed) > 3 else "")
-        raise InputError(f"{path}: loading this checkpoint would run code from the file (it pickles {shown}); "
-                         "pass --trust-pickle only if you trust its source, or export a state_dict and use --arch")
+        if needed:
+            raise _refuse_code(path, needed)
+        # The weights-only loader is the gate; when neither reader names a global, its own reason is shown.
+        reason = " ".join((str(error).strip().splitlines() or [""])[:1])[:160]
+        raise InputError(f"{path}: PyTorch's weights-only loader refuses this file ({reason}); pass "
+                         "--trust-pickle only if you trust its source, or export a state_dict and use --arch")
     try:
-        with _cwd_on_path():  # the pickled classes live in the user's project, as for `python -c`
+        with _cwd_on_path(), warnings.catch_warnings():  # the pickled classes live in the user's project
+            warnings.simplefilter("ignore")
             return torch.load(str(path), map_location="cpu", weights_only=False)
     except Exception as e:
         raise InputError(f"{path}: unpickling failed ({type(e).__name__}: {str(e)[:160]}); the classes it "

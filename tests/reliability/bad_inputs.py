@@ -103,3 +103,69 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     here = Path(__file__).resolve().parent
     path = [str(here / "shim"), str(here), str(here.parent / "export"), str(here.parent)]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(path), "OMP_NUM_THREADS": "1", **extra}
+
+
+PT2_PAYLOAD_PLACES = ("sample_inputs", "pickled_constant", "pickled_weight")
+
+
+class _WithConstant:
+    """A tiny program with a tensor constant and a weight: both places where a ``.pt2`` may hold pickles."""
+
+    @staticmethod
+    def build() -> object:
+        import torch
+
+        class Net(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+                self.k = torch.ones(4, 1, 1)  # a plain attribute: torch.export keeps it as a constant
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.conv(x) + self.k
+
+        return torch.export.export(Net().eval(), (torch.rand(1, 3, 8, 8),))
+
+
+def hostile_pt2(path: Path, place: str, payload: object) -> Path:
+    """A genuine ``torch.export.save`` archive with ``payload`` pickled into ``place`` (members rewritten as
+    an attacker would: the JSON config switched to ``use_pickle`` where the loader needs it)."""
+    import io
+    import json
+    import pickle
+    import zipfile
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.export.save(_WithConstant.build(), buf)
+    with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as z:
+        members = {i.filename: z.read(i.filename) for i in z.infolist()}
+    top = next(iter(members)).split("/", 1)[0]
+
+    def switch_to_pickle(config_name: str, file_prefix: str) -> str:
+        config = json.loads(members[f"{top}/data/{config_name}"])
+        entry = next(e for e in config["config"].values() if e["path_name"].startswith(file_prefix))
+        entry["use_pickle"] = True
+        members[f"{top}/data/{config_name}"] = json.dumps(config).encode()
+        return entry["path_name"]
+
+    if place == "sample_inputs":
+        inner = io.BytesIO()
+        torch.save(payload, inner)  # a torch.save zip inside the archive, as torch.export.save writes it
+        name = next(n for n in members if "/data/sample_inputs/" in n)
+        members[name] = inner.getvalue()
+    elif place == "pickled_constant":
+        file = switch_to_pickle("constants/model_constants_config.json", "tensor_")
+        members[f"{top}/data/constants/{file}"] = pickle.dumps(payload, protocol=2)  # a bare pickle
+    elif place == "pickled_weight":
+        file = switch_to_pickle("weights/model_weights_config.json", "weight_")
+        inner = io.BytesIO()
+        torch.save({"w": payload}, inner)
+        members[f"{top}/data/weights/{file}"] = inner.getvalue()
+    else:
+        raise ValueError(f"unknown place {place!r}")
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return path

@@ -140,15 +140,15 @@ def prepare(model: Any, *, imgsz: tuple[int, int], batch: int, dynamic: bool,
     anchors = sum((imgsz[0] // s) * (imgsz[1] // s) for s in strides)
     for m in model.modules():
         if isinstance(m, Classify):
-            m.export, m.format = True, "onnx"
+            m.export, m.format = True, "onnx"  # type: ignore[assignment]  # annotated as a Tensor | Module attribute
         elif isinstance(m, Detect):
-            m.export, m.format, m.dynamic = True, "onnx", dynamic
+            m.export, m.format, m.dynamic = True, "onnx", dynamic  # type: ignore[assignment]  # class default None
             m.max_det = min(MAX_DET, anchors)
             m.shape = None  # its anchor grid is cached per input shape
             if getattr(m, "end2end", False):  # the NMS-free branch exports as (B, max_det, 6): not handled here
                 m.end2end = False
         elif isinstance(m, C2f) and hasattr(m, "forward_split"):
-            m.forward = m.forward_split  # Split instead of chunk, as the exporter does for ONNX
+            m.forward = m.forward_split  # type: ignore[method-assign]  # Split instead of chunk, as the exporter does for ONNX
     yaml = getattr(model, "yaml", None) or {}
     args = getattr(model, "args", None)
     info = UltralyticsInfo(

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from blocks_export.blocks import DCN, ACmix, CB2d, SPDConv, randomize_
 from blocks_export.export.cli import app, with_default_command
-from blocks_export.export.parity import rel_l2
 from blocks_export.plugins.ort_cpu import cpu_session
+from blocks_export.runtime.parity import rel_l2
 
 
 class YoloTrunk(nn.Module):

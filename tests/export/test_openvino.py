@@ -27,8 +27,8 @@ from typer.testing import CliRunner
 from blocks_export.blocks import DCN, CB2d, randomize_
 from blocks_export.export.cli import app, with_default_command
 from blocks_export.export.options import ExportOptions
-from blocks_export.export.parity import rel_l2
 from blocks_export.export.targets import TARGETS
+from blocks_export.runtime.parity import rel_l2
 
 ov = pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'blocks-export[openvino]')")
 

@@ -105,7 +105,7 @@ def _require_constant(ctx: _Context, node: onnx.NodeProto, index: int, what: str
     name = _input(node, index)
     if name and name not in ctx.constants:
         ctx.fail(node, f"`{what}` is computed at run time; {ctx.trt}'s parser needs it as an initializer ({source})",
-                 "constant-fold the graph (simplify is on by default: drop --no-simplify) or export at static "
+                 "constant-fold the graph (simplify is on by default: drop `simplify=False`) or export at static "
                  "shapes")
 
 
@@ -152,7 +152,7 @@ def _rule_deform_conv(ctx: _Context, node: onnx.NodeProto) -> None:
     half = len(pads) // 2
     if pads and pads[:half] != pads[half:]:
         ctx.fail(node, f"DeformConv pads {pads}: begin and end differ; {ctx.trt} needs them equal",
-                 "export with --deform-conv portable, or use symmetric padding")
+                 "export with `deform_conv=portable`, or use symmetric padding")
 
 
 def _rule_reduce(ctx: _Context, node: onnx.NodeProto) -> None:
@@ -244,10 +244,10 @@ RULES: dict[str, Callable[[_Context, onnx.NodeProto], None]] = {
 
 def _unsupported_fix(ctx: _Context, op: str) -> str:
     if op == "DeformConv":
-        return ("export with --deform-conv portable" if ctx.table == "8.5"
-                else "export with --deform-conv plugin (or --deform-conv portable)")
+        return ("export with `deform_conv=portable`" if ctx.table == "8.5"
+                else "export with `deform_conv=plugin` (or `deform_conv=portable`)")
     if op == "LayerNormalization":
-        return "export with --target jetpack5 (LayerNormalization written as ReduceMean/Sub/Pow/Sqrt/Div)"
+        return "export with `target=jetpack5` (LayerNormalization written as ReduceMean/Sub/Pow/Sqrt/Div)"
     newer = [t for t in ("8.6", "10", "11") if op in trt_ops.SUPPORTED[t]]
     if newer:
         return f"rewrite the op with supported ones, or deploy with TensorRT {newer[0]}+"
@@ -258,12 +258,12 @@ def _check_plugin(ctx: _Context, node: onnx.NodeProto) -> None:
     versions = trt_ops.BUILTIN_PLUGINS[node.op_type][ctx.table]
     if not versions:
         ctx.fail(node, f"{ctx.trt} ships no {node.op_type} plugin (built in from TensorRT 8.6)",
-                 "export with --deform-conv portable")
+                 "export with `deform_conv=portable`")
         return
     version = str(_attr(node, "plugin_version", "1"))
     if version not in versions:
         ctx.fail(node, f"plugin {node.op_type} version {version} is not in {ctx.trt} "
-                 f"(has {', '.join(sorted(versions))})", "export with --deform-conv plugin (writes version 1)")
+                 f"(has {', '.join(sorted(versions))})", "export with `deform_conv=plugin` (writes version 1)")
     if node.domain == "trt.plugins":
         # onnxruntime's TensorRT EP wants this domain; the parser itself reads a node's domain as the plugin
         # namespace from 10.10 (onnx-tensorrt docs/Changelog.md, "10.10 GA").
@@ -292,13 +292,13 @@ def _check_trt_node(ctx: _Context, node: onnx.NodeProto) -> None:
 def _check_ort_node(ctx: _Context, node: onnx.NodeProto) -> None:
     if node.op_type == PLUGIN_OP:
         ctx.fail(node, "TensorRT plugin node: stock onnxruntime has no kernel for it",
-                 "export with --deform-conv std (or portable)")
+                 "export with `deform_conv=std` (or portable)")
     elif node.domain not in ORT_DOMAINS:
         ctx.fail(node, f"custom domain {node.domain!r} is not implemented by onnxruntime",
                  "replace the op, or register a custom-op library in the session")
     elif node.op_type == "DeformConv" and ort_deform_conv() != "std":
         ctx.fail(node, "the installed onnxruntime has no DeformConv kernel (added in 1.25.0)",
-                 "export with --deform-conv portable, or upgrade onnxruntime to >= 1.25")
+                 "export with `deform_conv=portable`, or upgrade onnxruntime to >= 1.25")
 
 
 # ---- graph traversal -------------------------------------------------------------------------------------------
@@ -432,7 +432,7 @@ def check_model(model: onnx.ModelProto | str | os.PathLike[str], target: str) ->
     if tgt.max_opset and opset > tgt.max_opset:
         ctx.issues.append(Issue("(model)", "opset_import", f"default-domain opset {opset} is newer than "
                                 f"{ctx.trt}'s parser supports (up to {tgt.max_opset})",
-                                f"export with --target {tgt.name} (opset {tgt.opset})"))
+                                f"export with `target={tgt.name}` (opset {tgt.opset})"))
     functions = {(f.domain, f.name): f for f in proto.functions}
     check_node = _check_trt_node if tgt.is_tensorrt else _check_ort_node
     count = _visit(ctx, proto.graph, functions, check_node, set())

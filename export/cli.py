@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .errors import EXIT_FAILED, EXIT_SIGINT, EXIT_USAGE, ExportError, Interrupted, UsageError
+from .errors import EXIT_FAILED, EXIT_SIGINT, EXIT_USAGE, OPTION_REF, ExportError, Interrupted, UsageError
 from .pipeline import Progress  # light: torch and onnx are imported by the steps, not here
 
 PROG = "blocks-export"
@@ -65,13 +65,13 @@ class RichProgress(Progress):
 
     def done(self, step: Any) -> None:
         self._stop()
-        note = f"  [dim]{step.note}[/]" if step.note else ""
+        note = f"  [dim]{flag_words(step.note)}[/]" if step.note else ""
         self.console.print(f"{self._MARK.get(step.status, '?')} {step.name:<9} {step.seconds:7.2f}s{note}")
 
     def message(self, text: str) -> None:
         from rich.markup import escape
 
-        self.console.print(f"  [dim]{escape(text)}[/]")
+        self.console.print(f"  [dim]{escape(flag_words(text))}[/]")
 
     def _stop(self) -> None:
         if self._status is not None:
@@ -129,9 +129,45 @@ def _run(fn: Callable[[], int], *, debug: bool, json_out: bool) -> None:
     raise typer.Exit(code)
 
 
+#: Option names of the library's words (``errors.OPTION_REF``) that are not spelled ``--name-with-dashes`` here.
+_FLAG_SPELLING = {"output": "-o/--output"}
+#: Names the CLI has a flag for: the ``ExportOptions`` fields and the CLI's own switches.
+_FLAGS = frozenset({"to", "output", "imgsz", "batch", "dynamic", "opset", "target", "deform_conv", "fp16", "fp16_io",
+                    "exporter", "simplify", "verify", "trust_pickle", "arch", "arch_kwargs", "force", "quiet", "json",
+                    "min_shape", "opt_shape", "max_shape", "workspace_mb", "verify_with", "debug"})
+
+
+def flag_words(text: str) -> str:
+    """Library words to the CLI's: ```fp16=True``` -> ``--fp16``, ```simplify=False``` -> ``--no-simplify``,
+    ```deform_conv=portable``` -> ``--deform-conv portable``, ```output``` -> ``-o/--output``."""
+    def spell(m: Any) -> str:
+        name, value = m.group(1), m.group(2)
+        if name not in _FLAGS:
+            return str(m.group(0))
+        flag = _FLAG_SPELLING.get(name, "--" + name.replace("_", "-"))
+        if value is None or value == "True":
+            return flag
+        if value == "False":
+            return "--no-" + name.replace("_", "-")
+        return f"{flag} {value}"
+
+    return OPTION_REF.sub(spell, text)
+
+
+class _InFlagWords:
+    """A console whose printed strings are in the CLI's words (see ``flag_words``)."""
+
+    def __init__(self, console: Any) -> None:
+        self._console = console
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        self._console.print(*(flag_words(o) if isinstance(o, str) else o for o in objects), **kwargs)
+
+
 def _refuse(message: str, code: int, json_out: bool, err: Any) -> None:
     from rich.markup import escape
 
+    message = flag_words(message)
     err.print(f"{PROG}: error: {escape(message)}")
     if json_out:
         print(_error_json(message, code))
@@ -236,9 +272,9 @@ def export_command(
         with contextlib.redirect_stdout(sys.stderr):
             result = run_export(model, options, progress)
         if json_out:
-            print(to_json(result.report))
+            print(flag_words(to_json(result.report)))
         elif not quiet:
-            render(result.report, _stdout())
+            render(result.report, _InFlagWords(_stdout()))
         return result.exit_code
 
     _run(body, debug=debug, json_out=json_out)
@@ -270,13 +306,13 @@ def inspect_command(
         if json_out:
             from .report import to_json
 
-            print(to_json(info))
+            print(flag_words(to_json(info)))
         else:
             out = _stdout()
             from rich.markup import escape
 
             for line in info.lines:
-                out.print(escape(line))
+                out.print(escape(flag_words(line)))
         return 0
 
     _run(body, debug=debug, json_out=json_out)
@@ -303,13 +339,13 @@ def check_command(
         if json_out:
             from .report import to_json
 
-            print(to_json({**result.as_dict(), "lines": result.lines()}))
+            print(flag_words(to_json({**result.as_dict(), "lines": result.lines()})))
         else:
             from rich.markup import escape
 
             out = _stdout()
             for line in result.lines():
-                out.print(escape(line))
+                out.print(escape(flag_words(line)))
         return 0 if result else EXIT_FAILED
 
     _run(body, debug=debug, json_out=json_out)

@@ -94,23 +94,23 @@ def derive_dynamic_ranges(program: Any, traced_shape: tuple[int, ...],
     if fixed:
         names = " and ".join(AXIS_NAMES[a] for a in fixed)
         values = ", ".join(str(int(sizes[a])) for a in fixed)
-        raise UsageError(f"--dynamic: the {names} of input {INPUT_NAME} cannot be dynamic: the model fixes "
+        raise UsageError(f"`dynamic=True`: the {names} of input {INPUT_NAME} cannot be dynamic: the model fixes "
                          f"{'it' if len(fixed) == 1 else 'them'} to {values} (a size used as a Python number or a "
-                         "fixed reshape); export without --dynamic")
+                         "fixed reshape); export without `dynamic=True`")
     # Each axis is k * s for one symbol s (k = 1 unless torch.export already factored a multiple out).
     symbols: dict[int, tuple[Any, int]] = {}
     for a in AXIS_NAMES:
         expr = sizes[a].node.expr
         coeff, rest = expr.as_coeff_Mul()
         if not isinstance(rest, sympy.Symbol) or not coeff.is_Integer:
-            raise ExportFailed(f"--dynamic: the {AXIS_NAMES[a]} of input {INPUT_NAME} became {expr} in the "
+            raise ExportFailed(f"`dynamic=True`: the {AXIS_NAMES[a]} of input {INPUT_NAME} became {expr} in the "
                                "trace; its valid sizes cannot be derived")
         symbols[a] = (rest, int(coeff))
     tied = [(a, b) for a in symbols for b in symbols if a < b and symbols[a][0] == symbols[b][0]]
     if tied:
         a, b = tied[0]
-        raise UsageError(f"--dynamic: the model ties the {AXIS_NAMES[b]} of input {INPUT_NAME} to its "
-                         f"{AXIS_NAMES[a]} (they must be equal); export without --dynamic")
+        raise UsageError(f"`dynamic=True`: the model ties the {AXIS_NAMES[b]} of input {INPUT_NAME} to its "
+                         f"{AXIS_NAMES[a]} (they must be equal); export without `dynamic=True`")
     env = _get_shape_env(program.graph_module)
     own = {s for s, _ in symbols.values()}
     guards = list(dict.fromkeys(g.expr for g in (env.guards if env is not None else ())
@@ -153,9 +153,9 @@ def derive_dynamic_ranges(program: Any, traced_shape: tuple[int, ...],
         # fixed Linear accepts 15 and 16 after a stride-2 convolution): not a dynamic axis.
         if hi is not None and hi - lo < max(1, size // 2):
             span = f"{lo}..{hi}" if hi > lo else str(lo)
-            raise UsageError(f"--dynamic: the {AXIS_NAMES[a]} of input {INPUT_NAME} cannot be dynamic: only "
+            raise UsageError(f"`dynamic=True`: the {AXIS_NAMES[a]} of input {INPUT_NAME} cannot be dynamic: only "
                              f"{span} pass the model's shape guards (a size used as a Python number or a fixed "
-                             "reshape); export without --dynamic")
+                             "reshape); export without `dynamic=True`")
         out[str(a)] = {"min": lo, "max": hi, "multiple_of": step}
     # Each axis was probed with the others at the traced sizes; guards that join axes (H*W >= 2) must also
     # hold where the minima meet.
@@ -166,7 +166,7 @@ def derive_dynamic_ranges(program: Any, traced_shape: tuple[int, ...],
         for a in (2, 3):
             lows[a] += int(out[str(a)]["multiple_of"] or 1)
     else:
-        raise ExportFailed("--dynamic: no combination of the smallest valid batch, height and width passes the "
+        raise ExportFailed("`dynamic=True`: no combination of the smallest valid batch, height and width passes the "
                            "model's shape guards")
     for a in (2, 3):
         out[str(a)]["min"] = lows[a]
@@ -262,9 +262,9 @@ def probe_ranges(model: Any, shape: tuple[int, ...], runs: Callable[[tuple[int, 
         steps = [st for st in PROBE_STEPS if size % st == 0]
         step = next((st for st in steps if runs(at(size + st)) and runs(at(size + 2 * st))), None)
         if step is None:
-            raise UsageError(f"--dynamic: the {AXIS_NAMES[a]} of input {INPUT_NAME} cannot be dynamic: the model "
+            raise UsageError(f"`dynamic=True`: the {AXIS_NAMES[a]} of input {INPUT_NAME} cannot be dynamic: the model "
                              f"runs at {size} but at no larger size tried (it fixes the size, e.g. a flatten "
-                             "into a Linear); export without --dynamic")
+                             "into a Linear); export without `dynamic=True`")
         # Smallest multiple it runs at, from below: small sizes are the cheap probes.
         lo = next(k * step for k in range(1, size // step + 1) if k * step == size or runs(at(k * step)))
         out[str(a)] = {"min": lo, "max": None, "multiple_of": step}

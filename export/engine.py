@@ -109,16 +109,17 @@ def _shape_range(value: ShapeRange) -> tuple[list[int], list[int], list[int]]:
 
 def jetson_command(onnx_path: Path, target: str, fp16: bool, profile: Mapping[str, ShapeRange] | None = None,
                    workspace_mb: int | None = None) -> str:
-    """The ``blocks-export`` command that builds the same engine on the device."""
-    parts = ["blocks-export", Path(onnx_path).name, "--to", "trt", "--target", target]
+    """The ``blocks-export`` command that builds the same engine on the device, its options in the library's
+    words (``errors.OPTION_REF``; the CLI spells them as its flags)."""
+    parts = ["blocks-export", Path(onnx_path).name, "`to=trt`", f"`target={target}`"]
     if fp16:
-        parts.append("--fp16")
+        parts.append("`fp16=True`")
     if profile and len(profile) == 1:
         lo, opt, hi = _shape_range(next(iter(profile.values())))
-        for flag, shape in (("--min-shape", lo), ("--opt-shape", opt), ("--max-shape", hi)):
-            parts += [flag, ",".join(str(int(d)) for d in shape)]
+        for name, shape in (("min_shape", lo), ("opt_shape", opt), ("max_shape", hi)):
+            parts.append(f"`{name}={','.join(str(int(d)) for d in shape)}`")
     if workspace_mb:
-        parts += ["--workspace-mb", str(workspace_mb)]
+        parts.append(f"`workspace_mb={workspace_mb}`")
     return " ".join(parts)
 
 
@@ -193,11 +194,11 @@ def _plan(tgt: Target, fp16: bool, graph_fp16: bool) -> _Plan:
         if fp16 or graph_fp16:
             if not hasattr(trt.BuilderFlag, "FP16"):
                 raise EngineBuildError(f"TensorRT {trt.__version__} has no BuilderFlag.FP16 (weak typing was "
-                                       "removed in 11.x); build with --target trt11 from the fp16 ONNX (--fp16)")
+                                       "removed in 11.x); build with `target=trt11` from the fp16 ONNX (`fp16=True`)")
             fp16_flag = True
     elif fp16 and not graph_fp16:
-        raise EngineBuildError(f"--fp16 for target {tgt.name} needs the mixed-precision fp16 ONNX (precision "
-                               "lives in the graph there); export with --fp16 and build from that file")
+        raise EngineBuildError(f"`fp16=True` for target {tgt.name} needs the mixed-precision fp16 ONNX (precision "
+                               "lives in the graph there); export with `fp16=True` and build from that file")
     strongly = False
     if graph_fp16 and tgt.fp16 != "builder_flag":
         if hasattr(creation, "STRONGLY_TYPED"):
@@ -207,7 +208,7 @@ def _plan(tgt: Target, fp16: bool, graph_fp16: bool) -> _Plan:
             strongly = True  # 11.x: every network is strongly typed; the flag is accepted or absent
         else:
             raise EngineBuildError(f"TensorRT {trt.__version__} cannot build strongly typed networks "
-                                   "(10.0+ can); use --target jetpack5/jetpack6.0 with the fp32 ONNX")
+                                   "(10.0+ can); use `target=jetpack5`/`target=jetpack6.0` with the fp32 ONNX")
     elif major >= 11:
         strongly = True
     precision = "fp16" if (fp16_flag or graph_fp16) else "fp32"
@@ -356,7 +357,7 @@ def _set_profile(builder: trt.Builder, config: trt.IBuilderConfig, network: trt.
                 raise ValueError(f"profile for input {t.name!r}: need min <= opt <= max, got {lo}, {opt}, {hi}")
             ranges[t.name] = {"min": lo, "opt": opt, "max": hi}
         elif any(d < 0 for d in shape):
-            raise ValueError(f"input {t.name!r} has dynamic shape {shape}: give --min-shape/--opt-shape/--max-shape "
+            raise ValueError(f"input {t.name!r} has dynamic shape {shape}: give `min_shape`/`opt_shape`/`max_shape` "
                              "(or export at static shapes)")
         else:
             ranges[t.name] = {"min": shape, "opt": shape, "max": shape}
@@ -484,7 +485,7 @@ def build_engine(onnx_path: Path, engine_path: Path, *, fp16: bool, target: str,
     seconds = time.monotonic() - start
     if serialized is None:
         raise EngineBuildError(f"TensorRT's builder returned no engine for {onnx_path.name}: "
-                               + ("; ".join(errors[-5:]) or "no error message; rerun with a larger --workspace-mb"))
+                               + ("; ".join(errors[-5:]) or "no error message; rerun with a larger `workspace_mb`"))
     engine_bytes = bytes(memoryview(serialized))
     new_cache = bytes(memoryview(config.get_timing_cache().serialize()))
 
@@ -564,7 +565,7 @@ def verify_engine(engine_path: Path, *, tensorrt_version: str | None, compute_ca
             problems.append(f"built for compute capability {cc}, this GPU is {compute_capability}")
     if problems and verify:
         raise EngineRefused(f"refused engine {engine_path.name}: {'; '.join(problems)}; rebuild it here "
-                            "(blocks-export MODEL.onnx --to trt) or load it with verify=False")
+                            "(blocks-export MODEL.onnx `to=trt`) or load it with verify=False")
     if not verify:
         import warnings
 

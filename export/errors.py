@@ -6,6 +6,8 @@ input; 3 a runtime is missing (TensorRT, a GPU, an optional component); 130/143 
 
 from __future__ import annotations
 
+import re
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -20,14 +22,44 @@ def one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0][:200] if text else ''}"
 
 
+#: How library text names an export option: ```name``` or ```name=value```, ``name`` an
+#: ``ExportOptions`` field (```fp16=True```, ```simplify=False```, ```deform_conv=portable```). Only the CLI
+#: turns these into its flag words (``export/cli.py``); a library caller reads them as keyword arguments.
+OPTION_REF = re.compile(r"`([a-z][a-z0-9_]*)(?:=([^`]*))?`")
+
+
+def option_refs(text: str) -> list[tuple[str, str | None]]:
+    """The options ``text`` names, in order, as ``(name, value)`` (``value`` None for a bare reference)."""
+    return [(m.group(1), m.group(2)) for m in OPTION_REF.finditer(text)]
+
+
 class ExportError(Exception):
-    """Base class: ``str(error)`` is one line saying what is wrong and what to do."""
+    """Base class: ``str(error)`` is one line saying what is wrong and what to do.
+
+    The options it concerns are structured facts: ``option`` is the one the message is about (the reference it
+    opens with, e.g. ```imgsz='0'`: expected ...``), ``value`` the value given, ``options`` every option it names
+    (the one at fault and those the hint suggests).
+    """
 
     exit_code: int = EXIT_FAILED
 
+    @property
+    def options(self) -> list[tuple[str, str | None]]:
+        return option_refs(str(self))
+
+    @property
+    def option(self) -> str | None:
+        m = OPTION_REF.match(str(self))
+        return m.group(1) if m else None
+
+    @property
+    def value(self) -> str | None:
+        m = OPTION_REF.match(str(self))
+        return m.group(2) if m else None
+
 
 class UsageError(ExportError, ValueError):
-    """An option or a combination of options that cannot work (e.g. ``--deform-conv std --opset 17``)."""
+    """An option or a combination of options that cannot work (e.g. ``deform_conv='std'`` with ``opset=17``)."""
 
     exit_code = EXIT_USAGE
 
@@ -39,7 +71,7 @@ class InputError(ExportError, ValueError):
 
 
 class OutputError(ExportError):
-    """The output path cannot be written (exists without ``--force``, folder missing or read-only, ...)."""
+    """The output path cannot be written (exists and ``force`` is off, folder missing or read-only, ...)."""
 
     exit_code = EXIT_USAGE
 

@@ -20,14 +20,14 @@ from .errors import OutputError, OutputWriteError
 def check_output_path(path: Path, force: bool) -> None:
     """Refuse, before any work is done, an output that cannot or must not be written."""
     if path.is_dir():
-        raise OutputError(f"output {path} is a directory; give a file name with -o/--output")
+        raise OutputError(f"output {path} is a directory; give a file name with `output`")
     folder = path.parent
     if not folder.is_dir():
-        raise OutputError(f"output folder {folder} does not exist; create it or choose another -o/--output")
+        raise OutputError(f"output folder {folder} does not exist; create it or choose another `output`")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputError(f"output folder {folder} is not writable; choose another -o/--output")
+        raise OutputError(f"output folder {folder} is not writable; choose another `output`")
     if path.exists() and not force:
-        raise OutputError(f"output {path} already exists; pass --force to overwrite it")
+        raise OutputError(f"output {path} already exists; pass `force=True` to overwrite it")
 
 
 # Write failures that are the output location's fault, not a bug: reported as OutputError (exit 2).
@@ -39,8 +39,8 @@ def output_error(path: Path, error: OSError) -> OSError:
     if error.errno not in _OUTPUT_ERRNOS:
         return error
     what = os.strerror(error.errno) if error.errno is not None else str(error)
-    hint = ("free some space or choose another -o/--output" if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-            else "choose a writable -o/--output")
+    hint = ("free some space or choose another `output`" if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+            else "choose a writable `output`")
     refused = OutputWriteError(f"cannot write {path} ({what}); the previous file, if any, is untouched; {hint}")
     refused.errno = error.errno  # one-argument OSError: str() is the message alone, errno kept for callers
     return refused

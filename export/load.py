@@ -272,7 +272,7 @@ def _refuse_code(path: Path, needed: list[str], where: str = "") -> InputError:
     shown = ", ".join(needed[:3]) + (f" and {len(needed) - 3} more" if len(needed) > 3 else "")
     inside = f" ({where})" if where else ""
     return InputError(f"{path}: loading this file would run code from it (it pickles {shown}{inside}); "
-                      "pass --trust-pickle only if you trust its source, or export a state_dict and use --arch")
+                      "pass `trust_pickle=True` only if you trust its source, or export a state_dict and use `arch`")
 
 
 def gate_archive(path: Path, kind: str, trust_pickle: bool) -> None:
@@ -339,7 +339,7 @@ def _no_model_message(obj: Any, path: Path) -> str:
         what = f"a dict with keys {sorted(map(str, obj))[:6]} and no 'model' or 'ema' module"
     else:
         what = f"a {type(obj).__name__}"
-    return f"{path}: the file holds {what}, not a model; save the nn.Module, or a state_dict and pass --arch"
+    return f"{path}: the file holds {what}, not a model; save the nn.Module, or a state_dict and pass `arch`"
 
 
 def _state_dict_in(obj: Any) -> Mapping[str, Any] | None:
@@ -378,27 +378,27 @@ def build_arch(arch: str, kwargs: Mapping[str, object] | None = None) -> Any:
 
     module_name, sep, attr = arch.partition(":")
     if not sep or not module_name or not attr:
-        raise InputError(f"--arch {arch!r}: expected MODULE:CALLABLE, e.g. mymodels.net:build_model")
+        raise InputError(f"`arch={arch!r}`: expected MODULE:CALLABLE, e.g. mymodels.net:build_model")
     with _cwd_on_path():
         try:
             module = importlib.import_module(module_name)
         except ImportError as e:
-            raise InputError(f"--arch {arch!r}: cannot import module {module_name!r} ({e}); "
+            raise InputError(f"`arch={arch!r}`: cannot import module {module_name!r} ({e}); "
                              "check the name and that it is on PYTHONPATH") from e
     target: Any = module
     for part in attr.split("."):
         if not hasattr(target, part):
-            raise InputError(f"--arch {arch!r}: module {module_name!r} has no attribute {attr!r}")
+            raise InputError(f"`arch={arch!r}`: module {module_name!r} has no attribute {attr!r}")
         target = getattr(target, part)
     if not callable(target):
-        raise InputError(f"--arch {arch!r}: {attr!r} is a {type(target).__name__}, not a callable that builds "
+        raise InputError(f"`arch={arch!r}`: {attr!r} is a {type(target).__name__}, not a callable that builds "
                          "the model")
     try:
         model = target(**dict(kwargs or {}))
     except Exception as e:
-        raise InputError(f"--arch {arch!r}: calling {attr}() raised {type(e).__name__}: {e}") from e
+        raise InputError(f"`arch={arch!r}`: calling {attr}() raised {type(e).__name__}: {e}") from e
     if not isinstance(model, torch.nn.Module):
-        raise InputError(f"--arch {arch!r}: {attr}() returned a {type(model).__name__}, not an nn.Module")
+        raise InputError(f"`arch={arch!r}`: {attr}() returned a {type(model).__name__}, not an nn.Module")
     return model
 
 
@@ -414,11 +414,11 @@ def _load_state_dict(model: Any, sd: Mapping[str, Any], arch: str, path: Path) -
             parts.append(f"missing keys: {show(missing)}")
         if unexpected:
             parts.append(f"unexpected keys: {show(unexpected)}")
-        raise InputError(f"{path}: the state_dict does not match --arch {arch}: {'; '.join(parts)}")
+        raise InputError(f"{path}: the state_dict does not match `arch={arch}`: {'; '.join(parts)}")
     bad = [k for k in own if tuple(own[k].shape) != tuple(sd[k].shape)]
     if bad:
         k = bad[0]
-        raise InputError(f"{path}: the state_dict does not match --arch {arch}: {k} has shape "
+        raise InputError(f"{path}: the state_dict does not match `arch={arch}`: {k} has shape "
                          f"{tuple(sd[k].shape)}, the architecture expects {tuple(own[k].shape)}")
     model.load_state_dict(sd, strict=True)
 
@@ -511,7 +511,7 @@ def _load_untrusted(path: Path, trust_pickle: bool, error: Exception) -> Any:
         # The weights-only loader is the gate; when neither reader names a global, its own reason is shown.
         reason = " ".join((str(error).strip().splitlines() or [""])[:1])[:160]
         raise InputError(f"{path}: PyTorch's weights-only loader refuses this file ({reason}); pass "
-                         "--trust-pickle only if you trust its source, or export a state_dict and use --arch")
+                         "`trust_pickle=True` only if you trust its source, or export a state_dict and use `arch`")
     try:
         with _cwd_on_path(), warnings.catch_warnings():  # the pickled classes live in the user's project
             warnings.simplefilter("ignore")
@@ -528,7 +528,7 @@ def _from_object(obj: Any, path: Path, digest: str, arch: str | None,
     if isinstance(obj, torch.nn.Module) or (isinstance(obj, Mapping) and any(
             isinstance(obj.get(k), torch.nn.Module) for k in ("ema", "model"))):
         if arch is not None:
-            raise InputError(f"{path}: the file holds a whole model; --arch is only for state_dict files")
+            raise InputError(f"{path}: the file holds a whole model; `arch` is only for state_dict files")
         model = _finish(_model_from_object(obj, path))
         source = "pickled module" if isinstance(obj, torch.nn.Module) else "checkpoint dict"
     else:
@@ -536,12 +536,12 @@ def _from_object(obj: Any, path: Path, digest: str, arch: str | None,
         if sd is None:
             raise InputError(_no_model_message(obj, path))
         if arch is None:
-            raise InputError(f"{path}: the file holds a state_dict (weights only); pass --arch MODULE:CALLABLE "
+            raise InputError(f"{path}: the file holds a state_dict (weights only); pass `arch=MODULE:CALLABLE` "
                              "naming a function that builds the architecture")
         model = build_arch(arch, arch_kwargs)
         _load_state_dict(model, sd, arch, path)
         model = _finish(model)
-        source = f"state_dict + --arch {arch}"
+        source = f"state_dict + `arch={arch}`"
     check_single_input(model, path)
     meta = getattr(model, "export_metadata", None)
     return LoadedModel(path, "module", model, digest, source, metadata=dict(meta) if isinstance(meta, Mapping) else {})

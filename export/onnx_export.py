@@ -93,9 +93,9 @@ def resolve_opset(opset: int, opset_fixed: bool, lowering: str, uses_deform_conv
     """Raise the opset to 19 for ONNX ``DeformConv`` unless the user fixed it (then refuse)."""
     if uses_deform_conv and lowering == "std" and opset < STD_DEFORM_CONV_OPSET:
         if opset_fixed:
-            raise UsageError(f"--opset {opset}: the model has a deformable convolution and --deform-conv std "
-                             f"emits ONNX DeformConv, which needs opset >= {STD_DEFORM_CONV_OPSET}; use --opset "
-                             f"{STD_DEFORM_CONV_OPSET} or --deform-conv portable")
+            raise UsageError(f"`opset={opset}`: the model has a deformable convolution and `deform_conv=std` "
+                             f"emits ONNX DeformConv, which needs opset >= {STD_DEFORM_CONV_OPSET}; use `opset="
+                             f"{STD_DEFORM_CONV_OPSET}` or `deform_conv=portable`")
         return STD_DEFORM_CONV_OPSET, [f"opset raised to {STD_DEFORM_CONV_OPSET} for ONNX DeformConv"]
     return opset, []
 
@@ -135,7 +135,7 @@ def export_program(model: Any, example: Any, dynamic: bool,
             with _quiet_exporter():
                 return torch.export.export(model, (example,), strict=False), None, []
         except Exception as e:
-            raise ExportFailed(f"torch.export failed: {one_line(e)} (rerun with --debug for the traceback)") from e
+            raise ExportFailed(f"torch.export failed: {one_line(e)} (rerun with `debug=True` for the traceback)") from e
     if example.shape[0] == 1:
         # torch.export specialises dimensions of size 0 and 1 ("0/1 specialization"), so a dynamic batch is
         # traced with two samples; in eval mode samples do not interact, the graph is the same.
@@ -149,8 +149,8 @@ def export_program(model: Any, example: Any, dynamic: bool,
         with _quiet_exporter():
             program = torch.export.export(model, (example,), dynamic_shapes=shapes, strict=False)
     except Exception as e:
-        raise ExportFailed(f"--dynamic: torch.export failed: {one_line(e)} "
-                           "(rerun with --debug for the traceback)") from e
+        raise ExportFailed(f"`dynamic=True`: torch.export failed: {one_line(e)} "
+                           "(rerun with `debug=True` for the traceback)") from e
     ranges, notes = derive_dynamic_ranges(program, tuple(int(s) for s in example.shape), batch_max)
     return program, ranges, notes
 
@@ -162,7 +162,7 @@ def to_onnx(model: Any, example: Any, *, opset: int, opset_fixed: bool = False, 
     import torch
 
     if exporter not in ("dynamo", "torchscript"):
-        raise UsageError(f"--exporter {exporter!r}: expected dynamo or torchscript")
+        raise UsageError(f"`exporter={exporter!r}`: expected dynamo or torchscript")
     is_program = isinstance(model, torch.export.ExportedProgram)
     is_script = isinstance(model, torch.jit.ScriptModule)
     notes: list[str] = []
@@ -174,8 +174,8 @@ def to_onnx(model: Any, example: Any, *, opset: int, opset_fixed: bool = False, 
 
     if exporter == "torchscript":
         if is_program:  # its module() does not trace under the TorchScript exporter ("Calling train()")
-            raise UsageError("--exporter torchscript: a torch.export program (.pt2) exports with the dynamo "
-                             "exporter only; use --exporter dynamo")
+            raise UsageError("`exporter=torchscript`: a torch.export program (.pt2) exports with the dynamo "
+                             "exporter only; use `exporter=dynamo`")
         ranges = None
         if dynamic and not is_script:
             # The TorchScript exporter knows no shape constraints: torch.export traces the same module for
@@ -195,7 +195,7 @@ def to_onnx(model: Any, example: Any, *, opset: int, opset_fixed: bool = False, 
     if is_program:
         program = model
         if dynamic:
-            notes.append("torch.export program: its own shapes are kept (--dynamic does not change them)")
+            notes.append("torch.export program: its own shapes are kept (`dynamic=True` does not change them)")
     else:
         program, derived, more = export_program(model, example, dynamic, batch_max)
         notes += more
@@ -209,7 +209,7 @@ def to_onnx(model: Any, example: Any, *, opset: int, opset_fixed: bool = False, 
         try:
             dc.check_lowering(lowering, opset)
         except ValueError as e:
-            raise UsageError(f"--deform-conv {lowering}: {e}") from e
+            raise UsageError(f"`deform_conv={lowering}`: {e}") from e
         table = dc.dynamo_translation_table(lowering, max(opset, DYNAMO_MIN_OPSET))
     table = {**(table or {}), **_block_translations(max(opset, DYNAMO_MIN_OPSET))}
     # Read before translation: the ONNX exporter's decompositions rewrite the program's symbolic shapes.
@@ -223,7 +223,7 @@ def to_onnx(model: Any, example: Any, *, opset: int, opset_fixed: bool = False, 
             assert onnx_program is not None  # dynamo=True always returns the program
             proto = onnx_program.model_proto
     except Exception as e:
-        raise ExportFailed(f"ONNX translation failed: {one_line(e)} (rerun with --debug for the traceback)") from e
+        raise ExportFailed(f"ONNX translation failed: {one_line(e)} (rerun with `debug=True` for the traceback)") from e
     if decompose_layernorm or opset < LAYER_NORM_OPSET:
         if (n := decompose_layer_norm(proto)):
             notes.append(f"{n} LayerNormalization node(s) decomposed into standard ops")
@@ -353,11 +353,11 @@ def _convert_opset(proto: Any, opset: int) -> Any:
     try:
         converted = onnx.version_converter.convert_version(work, opset)
     except Exception as e:
-        raise ExportFailed(f"the graph cannot be converted to opset {opset} ({one_line(e)}); try --exporter "
-                           "torchscript or a target with a newer opset") from e
+        raise ExportFailed(f"the graph cannot be converted to opset {opset} ({one_line(e)}); try "
+                           "`exporter=torchscript` or a target with a newer opset") from e
     version = next((o.version for o in converted.opset_import if o.domain in ("", "ai.onnx")), None)
     if version != opset:
-        raise ExportFailed(f"the graph stayed at opset {version}, not {opset}; try --exporter torchscript")
+        raise ExportFailed(f"the graph stayed at opset {version}, not {opset}; try `exporter=torchscript`")
     _drop_unknown_attributes(converted, opset)
     if custom:
         n_in, n_out = len(proto.graph.input), len(proto.graph.output)
@@ -392,7 +392,7 @@ def _drop_unknown_attributes(model: Any, opset: int) -> None:
         for a in unknown:
             if onnx.helper.get_attribute_value(a) not in (0, None, b"", ""):
                 raise ExportFailed(f"node {node.name} ({node.op_type}) uses attribute {a.name}, which opset "
-                                   f"{opset} does not have; try --exporter torchscript")
+                                   f"{opset} does not have; try `exporter=torchscript`")
             node.attribute.remove(a)
 
 
@@ -413,7 +413,7 @@ def _torchscript_export(model: Any, example: Any, opset: int, lowering: str, dyn
         dc.check_lowering(lowering, opset)
     except ValueError as e:
         if uses_dc:
-            raise UsageError(f"--deform-conv {lowering}: {e}") from e
+            raise UsageError(f"`deform_conv={lowering}`: {e}") from e
     else:
         ctx = dc.torchscript_symbolic(lowering, opset)
     buf = io.BytesIO()
@@ -423,8 +423,8 @@ def _torchscript_export(model: Any, example: Any, opset: int, lowering: str, dyn
                               opset_version=opset, input_names=[INPUT_NAME], output_names=output_names,
                               dynamic_axes=dynamic_axes)
     except Exception as e:
-        raise ExportFailed(f"TorchScript exporter failed: {one_line(e)} (try --exporter dynamo; "
-                           "rerun with --debug for the traceback)") from e
+        raise ExportFailed(f"TorchScript exporter failed: {one_line(e)} (try `exporter=dynamo`; "
+                           "rerun with `debug=True` for the traceback)") from e
     proto = onnx.load_from_string(buf.getvalue())
     dyn = None
     if dynamic:

@@ -47,23 +47,23 @@ class ExportOptions:
 
         object.__setattr__(self, "verify_with", check_runtime_names(self.verify_with))
         if self.to not in DESTINATIONS:
-            raise UsageError(f"--to {self.to!r}: expected one of {', '.join(DESTINATIONS)}")
+            raise UsageError(f"`to={self.to!r}`: expected one of {', '.join(DESTINATIONS)}")
         if self.exporter is not None and self.exporter not in EXPORTERS:
-            raise UsageError(f"--exporter {self.exporter!r}: expected one of {', '.join(EXPORTERS)}")
+            raise UsageError(f"`exporter={self.exporter!r}`: expected one of {', '.join(EXPORTERS)}")
         if self.deform_conv not in DEFORM_CONV_CHOICES:
-            raise UsageError(f"--deform-conv {self.deform_conv!r}: expected one of {', '.join(DEFORM_CONV_CHOICES)}")
+            raise UsageError(f"`deform_conv={self.deform_conv!r}`: expected one of {', '.join(DEFORM_CONV_CHOICES)}")
         if self.batch < 1:
-            raise UsageError(f"--batch {self.batch}: the batch size must be a positive integer")
+            raise UsageError(f"`batch={self.batch}`: the batch size must be a positive integer")
         if self.imgsz is not None and (len(self.imgsz) != 2 or min(self.imgsz) < 1):
-            raise UsageError(f"--imgsz {self.imgsz}: expected one or two positive integers (N or H,W)")
+            raise UsageError(f"`imgsz={self.imgsz}`: expected one or two positive integers (N or H,W)")
         if self.opset is not None and not 7 <= self.opset <= 30:
-            raise UsageError(f"--opset {self.opset}: expected an ONNX opset between 7 and 30")
+            raise UsageError(f"`opset={self.opset}`: expected an ONNX opset between 7 and 30")
         if self.fp16_io and not self.fp16:
-            raise UsageError("--fp16-io needs --fp16 (fp16 inputs and outputs only exist in an fp16 graph)")
+            raise UsageError("`fp16_io=True` needs `fp16=True` (fp16 inputs and outputs only exist in an fp16 graph)")
         if self.workspace_mb is not None and self.workspace_mb < 1:
             raise UsageError(f"workspace_mb={self.workspace_mb}: must be a positive number of MiB")
-        for flag, shape in (("--min-shape", self.min_shape), ("--opt-shape", self.opt_shape),
-                            ("--max-shape", self.max_shape)):
+        for flag, shape in (("`min_shape`", self.min_shape), ("`opt_shape`", self.opt_shape),
+                            ("`max_shape`", self.max_shape)):
             if shape is not None and (not shape or min(shape) < 1):
                 raise UsageError(f"{flag} {shape}: expected positive integers such as 1x3x640x640")
 
@@ -74,11 +74,11 @@ def parse_imgsz(text: str) -> tuple[int, int]:
     try:
         values = [int(p) for p in parts]
     except ValueError:
-        raise UsageError(f"--imgsz {text!r}: expected N or H,W with positive integers, e.g. 640 or 480,640") from None
+        raise UsageError(f"`imgsz={text!r}`: expected N or H,W with positive integers, e.g. 640 or 480,640") from None
     if len(values) == 1:
         values = values * 2
     if len(values) != 2 or min(values) < 1:
-        raise UsageError(f"--imgsz {text!r}: expected N or H,W with positive integers, e.g. 640 or 480,640")
+        raise UsageError(f"`imgsz={text!r}`: expected N or H,W with positive integers, e.g. 640 or 480,640")
     return values[0], values[1]
 
 

@@ -111,7 +111,7 @@ def resolve_target(options: ExportOptions) -> Target:
     try:
         return get_target(name)
     except ValueError as e:
-        raise UsageError(f"--target: {e}") from e
+        raise UsageError(f"`target`: {e}") from e
 
 
 def resolve_lowering(options: ExportOptions, target: Target) -> str:
@@ -126,7 +126,7 @@ def check_options(options: ExportOptions, target: Target, lowering: str) -> None
         try:
             check_lowering(lowering, options.opset)
         except ValueError as e:
-            raise UsageError(f"--deform-conv {lowering} --opset {options.opset}: {e}") from e
+            raise UsageError(f"`deform_conv={lowering}` `opset={options.opset}`: {e}") from e
 
 
 def default_output(source: Path, options: ExportOptions) -> Path:
@@ -170,7 +170,7 @@ def probe_input(model: Any, shape: tuple[int, ...], path: Path) -> None:
     except Exception as e:
         dims = "x".join(map(str, shape))
         raise InputError(f"{path}: the model cannot run on an input of shape {dims} ({one_line(e)}); "
-                         "choose another --imgsz/--batch") from e
+                         "choose another `imgsz`/`batch`") from e
     if not outs:
         raise InputError(f"{path}: the model returns no tensor; nothing to export")
     del torch
@@ -206,10 +206,10 @@ def run_export(source: Path, options: ExportOptions, progress: Progress | None =
     lowering = resolve_lowering(options, target)
     check_options(options, target, lowering)
     if options.to == "onnx" and source.suffix.lower() == ".onnx":
-        raise UsageError(f"{source} is already ONNX; use --to trt to build an engine, or `blocks-export check`")
+        raise UsageError(f"{source} is already ONNX; use `to=trt` to build an engine, or `blocks-export check`")
     output = default_output(source, options)
     if output.resolve() == source.resolve():
-        raise OutputError(f"output {output} is the input file; choose another -o/--output")
+        raise OutputError(f"output {output} is the input file; choose another `output`")
     onnx_out = output if options.to == "onnx" else output.with_suffix(".onnx")
     check_output_path(output, options.force)
     if options.to == "trt" and source.suffix.lower() != ".onnx":
@@ -342,7 +342,7 @@ def _simplify(ctx: _Context) -> None:
     from .simplify import simplify
 
     if not ctx.options.simplify:
-        ctx.runner.skip("simplify", "--no-simplify")
+        ctx.runner.skip("simplify", "`simplify=False`")
     elif sum(len(t.raw_data) for t in ctx.proto.graph.initializer) >= EXTERNAL_DATA_BYTES:
         ctx.runner.skip("simplify", "model over 2 GB: simplification skipped")
     else:
@@ -368,7 +368,7 @@ def _verify(ctx: _Context) -> None:
     from .verify import has_scopes, locate_divergence, verification_shapes
 
     if not ctx.options.verify:
-        ctx.runner.skip("verify", "--no-verify")
+        ctx.runner.skip("verify", "`verify=False`")
         return
     assert ctx.exported is not None
     replaced = [r.name for r in ctx.rewrite_report.replaced] if ctx.rewrite_report is not None else []
@@ -465,8 +465,8 @@ def _engine_profile(onnx_path: Path, options: ExportOptions) -> dict[str, dict[s
     given = (options.min_shape, options.opt_shape, options.max_shape)
     if any(given):
         if not all(given):
-            raise UsageError("--min-shape, --opt-shape and --max-shape go together; give all three")
-        for flag, sh in zip(("--min-shape", "--opt-shape", "--max-shape"), given, strict=True):
+            raise UsageError("`min_shape`, `opt_shape` and `max_shape` go together; give all three")
+        for flag, sh in zip(("`min_shape`", "`opt_shape`", "`max_shape`"), given, strict=True):
             assert sh is not None
             if len(sh) != len(dims) or any(d is not None and d != v for d, v in zip(dims, sh, strict=True)):
                 raise UsageError(f"{flag} {'x'.join(map(str, sh))} does not fit input {inp.name} "
@@ -520,7 +520,7 @@ def _onnx_to_engine(loaded: LoadedModel, options: ExportOptions, target: Target,
         raise InputError(f"{loaded.path}: not a valid ONNX model ({one_line(e)})") from e
     report.onnx = str(loaded.path)
     if not target.is_tensorrt:
-        raise UsageError(f"--to trt needs a TensorRT target; {target.name!r} is not one")
+        raise UsageError(f"`to=trt` needs a TensorRT target; {target.name!r} is not one")
     if not _check_step(model, target, runner, report):
         return _finish(report, output, runner, True)
     _engine_step(loaded.path, output, options, target, runner, report)

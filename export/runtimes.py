@@ -58,10 +58,10 @@ def check_runtime_names(names: Sequence[str]) -> tuple[str, ...]:
     """``UsageError`` (one line) for an unknown or repeated runtime; the names as a tuple otherwise."""
     names = tuple(names)
     if not names:
-        raise UsageError(f"--verify-with: name at least one runtime ({', '.join(RUNTIMES)})")
+        raise UsageError(f"`verify_with`: name at least one runtime ({', '.join(RUNTIMES)})")
     for n in names:
         if n not in RUNTIMES:
-            raise UsageError(f"--verify-with {n!r}: expected one of {', '.join(RUNTIMES)}")
+            raise UsageError(f"`verify_with={n!r}`: expected one of {', '.join(RUNTIMES)}")
     return tuple(dict.fromkeys(names))
 
 
@@ -79,13 +79,13 @@ def require(runtime: str) -> None:
         try:
             import openvino  # noqa: F401
         except ImportError:
-            raise RuntimeMissing("--verify-with openvino: OpenVINO is not installed here; "
-                                 "pip install 'blocks-export[openvino]' (or drop --verify-with openvino)") from None
+            raise RuntimeMissing("`verify_with=openvino`: OpenVINO is not installed here; "
+                                 "pip install 'blocks-export[openvino]' (or drop `verify_with=openvino`)") from None
     elif runtime == ONNXRUNTIME:
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
-            raise RuntimeMissing("--verify-with onnxruntime: onnxruntime is not installed here; "
+            raise RuntimeMissing("`verify_with=onnxruntime`: onnxruntime is not installed here; "
                                  "pip install onnxruntime") from None
     else:
         check_runtime_names([runtime])

@@ -12,6 +12,7 @@ from onnx import TensorProto, helper
 
 from blocks_export.blocks import CA, ACmix, CB2d, SPDConv, randomize_, to_export
 from blocks_export.export.check import CheckReport, check_model
+from blocks_export.export.cli import flag_words
 from blocks_export.export.deform_conv import torchscript_symbolic
 
 F = TensorProto.FLOAT
@@ -58,14 +59,14 @@ def test_opset_newer_than_the_parser_is_reported_with_the_target_to_export_for()
     report = check_model(_one("Relu", opset=18), "jetpack5")
     name, op, why, fix = _issue(report, "(model)")
     assert op == "opset_import" and "18" in why and "17" in why
-    assert fix == "export with --target jetpack5 (opset 16)"
+    assert flag_words(fix) == "export with --target jetpack5 (opset 16)"
     assert check_model(_one("Relu", opset=18), "jetpack6")
 
 
 def test_layernorm_fails_on_jetpack5_only_and_the_fix_is_the_jetpack5_target():
     m = _one("LayerNormalization", inputs=["x", "s"], inits=[helper.make_tensor("s", F, [8], [1.0] * 8)])
     _, op, why, fix = _issue(check_model(m, "jetpack5"), "the_layernormalization")
-    assert "not supported by TensorRT 8.5.2" in why and "--target jetpack5" in fix
+    assert "not supported by TensorRT 8.5.2" in why and "--target jetpack5" in flag_words(fix)
     assert all(check_model(m, t) for t in ["jetpack6.0", "jetpack6", "trt10", "trt11", "ort"])
 
 
@@ -87,8 +88,8 @@ def test_deform_conv_needs_tensorrt_10_and_the_fix_names_a_lowering():
     m = _one("DeformConv", opset=19, inputs=["x", "w", "offset"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
     for t in ["jetpack6", "trt10", "trt11", "ort"]:
         assert check_model(m, t), (t, check_model(m, t).lines())
-    assert _issue(check_model(m, "jetpack5"), "the_deformconv")[3] == "export with --deform-conv portable"
-    assert "--deform-conv plugin" in _issue(check_model(m, "jetpack6.0"), "the_deformconv")[3]
+    assert flag_words(_issue(check_model(m, "jetpack5"), "the_deformconv")[3]) == "export with --deform-conv portable"
+    assert "--deform-conv plugin" in flag_words(_issue(check_model(m, "jetpack6.0"), "the_deformconv")[3])
 
 
 @pytest.mark.parametrize("attrs, why", [({"kernel_shape": [3, 3], "pads": [1, 0, 1, 1]}, "begin and end differ"),
@@ -107,7 +108,7 @@ def test_modulated_deform_conv_plugin_availability_per_release(target, version, 
     report = check_model(m, target)
     assert bool(report) is ok, report.lines()
     if target == "jetpack5":
-        assert report.issues[0].fix == "export with --deform-conv portable"
+        assert flag_words(report.issues[0].fix) == "export with --deform-conv portable"
 
 
 def test_plugin_node_in_the_ort_trt_domain_passes_with_a_warning_and_the_cpu_copy_fails():

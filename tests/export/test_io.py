@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from blocks_export.export.cli import flag_words
 from blocks_export.export.errors import OutputError
 from blocks_export.export.io import atomic_folder_files, atomic_path, atomic_write_bytes, check_output_path
 
@@ -56,8 +57,9 @@ def test_multi_file_output_moves_every_file_or_none(tmp_path: Path) -> None:
 def test_output_checks_refuse_each_unwritable_case(tmp_path: Path) -> None:
     existing = tmp_path / "m.onnx"
     existing.write_bytes(b"x")
-    with pytest.raises(OutputError, match="--force"):
+    with pytest.raises(OutputError) as refused:
         check_output_path(existing, force=False)
+    assert ("force", "True") in refused.value.options and "--force" in flag_words(str(refused.value))
     check_output_path(existing, force=True)
     with pytest.raises(OutputError, match="does not exist"):
         check_output_path(tmp_path / "missing" / "m.onnx", force=False)

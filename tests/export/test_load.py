@@ -9,6 +9,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import export_models  # noqa: E402
 
+from blocks_export.export.cli import flag_words
 from blocks_export.export.errors import InputError  # noqa: E402
 from blocks_export.export.load import load_model  # noqa: E402
 
@@ -29,8 +30,9 @@ def test_hostile_pickle_is_refused_without_running_its_code(tmp_path: Path) -> N
         path = tmp_path / f"evil{i}.pt"
         with open(path, "wb") as f:
             torch.save({"model": export_models.Marker(str(marker))}, f, _use_new_zipfile_serialization=not legacy)
-        with pytest.raises(InputError, match="--trust-pickle") as e:
+        with pytest.raises(InputError) as e:
             load_model(path)
+        assert "--trust-pickle" in flag_words(str(e.value))
         assert "posix.system" in str(e.value) or "nt.system" in str(e.value)
         assert "\n" not in str(e.value)
     assert not marker.exists()
@@ -38,8 +40,9 @@ def test_hostile_pickle_is_refused_without_running_its_code(tmp_path: Path) -> N
 
 def test_pickled_module_needs_trust_and_then_loads_in_eval_fp32(tmp_path: Path, refnet: torch.nn.Module) -> None:
     path = _save(refnet, tmp_path / "m.pt")
-    with pytest.raises(InputError, match="--trust-pickle"):
+    with pytest.raises(InputError) as e:
         load_model(path)
+    assert "--trust-pickle" in flag_words(str(e.value))
     loaded = load_model(path, trust_pickle=True)
     assert loaded.kind == "module" and not loaded.model.training
     x = torch.rand(1, 3, 32, 32)
@@ -62,8 +65,9 @@ def test_ultralytics_checkpoint_prefers_ema_and_casts_fp16_to_fp32(tmp_path: Pat
 
 def test_state_dict_with_arch_loads_with_weights_only(tmp_path: Path, refnet: torch.nn.Module) -> None:
     path = _save(refnet.state_dict(), tmp_path / "sd.pt")
-    with pytest.raises(InputError, match="--arch"):
+    with pytest.raises(InputError) as e:
         load_model(path)
+    assert "--arch" in flag_words(str(e.value))
     loaded = load_model(path, arch="export_models:build_refnet")
     x = torch.rand(1, 3, 32, 32)
     torch.testing.assert_close(loaded.model(x), refnet(x), rtol=0, atol=0)

@@ -555,9 +555,9 @@ def inspect_file(source: Path, options: ExportOptions) -> InspectReport:
                   f"PLAN       | target {target.name} ({target.description}) | opset {info.opset} | "
                   f"DeformConv lowering {lowering} | output {default_output(source, options)}"]
     if loaded.kind == "onnx":
-        import onnx
+        from .check import read_onnx
 
-        model = onnx.load(str(source), load_external_data=False)
+        model = read_onnx(source)  # a corrupt, truncated or absurdly nested file: one line, exit 2
         info.ops = sorted({n.op_type for n in model.graph.node})
         info.lines.append(f"ONNX       | opset {[o.version for o in model.opset_import]} | "
                           f"{len(model.graph.node)} nodes | ops: {', '.join(info.ops)}")

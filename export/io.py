@@ -46,9 +46,54 @@ def output_error(path: Path, error: OSError) -> OSError:
     return refused
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Filesystems without hard links (FAT, some network mounts): the exclusive publish falls back to a check.
+_NO_LINK_ERRNOS = {errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOSYS,
+                   getattr(errno, "ENOTSUP", errno.EOPNOTSUPP), errno.EOPNOTSUPP}
+
+
+def publish(tmp: Path, path: Path, force: bool) -> None:
+    """Move the finished ``tmp`` to ``path``.
+
+    The file gets the mode a plain ``open()`` would give it (0666 less the umask; ``mkstemp`` makes 0600),
+    or, replacing a file with ``force``, that file's mode. Without ``force`` a file that appeared at ``path``
+    since the run started is never replaced: ``os.link`` fails with EEXIST where ``os.replace`` would
+    silently overwrite (a second export into the same new output).
+    """
+    mode = 0o666 & ~_umask()
+    if force:
+        with contextlib.suppress(FileNotFoundError):
+            mode = os.stat(path).st_mode & 0o7777
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+        return
+    os.chmod(tmp, mode)
+    try:
+        os.link(tmp, path, follow_symlinks=False)
+    except FileExistsError:
+        raise OutputError(f"output {path} already exists (it appeared while this run was working); "
+                          "pass --force to overwrite it") from None
+    except OSError as e:
+        if e.errno not in _NO_LINK_ERRNOS:
+            raise
+        if os.path.lexists(path):
+            raise OutputError(f"output {path} already exists (it appeared while this run was working); "
+                              "pass --force to overwrite it") from None
+        os.replace(tmp, path)
+        return
+    with contextlib.suppress(OSError):
+        tmp.unlink()
+
+
 @contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on normal exit it replaces ``path``, otherwise it is removed."""
+def atomic_path(path: Path, force: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on normal exit it becomes ``path`` (see ``publish``: without
+    ``force`` an existing ``path`` is refused, not replaced), otherwise it is removed."""
     path = Path(path)
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -58,7 +103,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
-        os.replace(tmp, path)
+        publish(tmp, path, force)
     except OSError as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -69,21 +114,21 @@ def atomic_path(path: Path) -> Iterator[Path]:
         raise
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, force: bool = True) -> None:
     """Write ``data`` to ``path`` atomically (fsync'd before the rename)."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path, force) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: Path, text: str, force: bool = True) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), force)
 
 
 @contextlib.contextmanager
-def atomic_folder_files(folder: Path, names: list[str]) -> Iterator[Path]:
+def atomic_folder_files(folder: Path, names: list[str], force: bool = True) -> Iterator[Path]:
     """Yield a temporary folder inside ``folder``; on normal exit its files ``names`` are moved into ``folder``.
 
     For outputs made of several files (an ONNX model and its external-data file): each move is atomic; the
@@ -96,7 +141,7 @@ def atomic_folder_files(folder: Path, names: list[str]) -> Iterator[Path]:
     try:
         yield tmp
         for name in names:
-            os.replace(tmp / name, folder / name)
+            publish(tmp / name, folder / name, force)
     except OSError as e:
         raise output_error(folder / names[-1], e) from e
     finally:

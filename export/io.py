@@ -10,7 +10,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
+import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,11 +93,44 @@ def publish(tmp: Path, path: Path, force: bool) -> None:
         tmp.unlink()
 
 
+STALE_TMP_SECONDS = 24 * 3600  # a temporary file of ours this old outlived its run (SIGKILL, power loss)
+_OUR_TMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")  # tempfile.mkstemp(prefix=".NAME.", suffix=".tmp")
+
+
+def remove_stale_temporaries(path: Path, now: float | None = None) -> list[Path]:
+    """Remove ``.NAME.XXXXXXXX.tmp`` files beside ``path`` (our naming, for this very NAME) older than a day.
+
+    Only regular files (never a link, never a folder) owned by this user match; everything else is left.
+    """
+    path = Path(path)
+    now = time.time() if now is None else now
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _OUR_TMP.match(entry.name)
+        if m is None or m.group("name") != path.name:
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if (not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid()
+                    or now - st.st_mtime < STALE_TMP_SECONDS):
+                continue
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+        except OSError:
+            continue
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path, force: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on normal exit it becomes ``path`` (see ``publish``: without
     ``force`` an existing ``path`` is refused, not replaced), otherwise it is removed."""
     path = Path(path)
+    remove_stale_temporaries(path)
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:

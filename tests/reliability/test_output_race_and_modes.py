@@ -72,3 +72,27 @@ def test_outputs_follow_the_umask_and_force_keeps_the_existing_mode(tmp_path: Pa
     code, _, err = _export(source, tmp_path / "m.onnx", "--force")
     assert code == 0, err
     assert stat.S_IMODE((tmp_path / "m.onnx").stat().st_mode) == 0o604
+
+
+def test_stale_temporaries_of_ours_are_removed_and_nothing_else(tmp_path: Path, source: Path) -> None:
+    # What a SIGKILL during the write leaves behind: .m.onnx.XXXXXXXX.tmp, here dated two days back.
+    day = 24 * 3600
+    stale = tmp_path / ".m.onnx.k3j9_x2a.tmp"
+    fresh = tmp_path / ".m.onnx.abcdefgh.tmp"  # another run's, still writing
+    other_name = tmp_path / ".other.onnx.k3j9_x2a.tmp"
+    not_ours = tmp_path / ".m.onnx.keep.tmp"
+    target = tmp_path / "precious.bin"
+    target.write_bytes(OTHER)
+    link = tmp_path / ".m.onnx.linklink.tmp"
+    for p in (stale, fresh, other_name, not_ours):
+        p.write_bytes(b"partial")
+    os.symlink(target, link)
+    old = os.stat(stale).st_mtime - 2 * day
+    for p in (stale, other_name, not_ours):
+        os.utime(p, (old, old))
+    os.utime(link, (old, old), follow_symlinks=False)
+    code, _, err = _export(source, tmp_path / "m.onnx")
+    assert code == 0, err
+    assert not stale.exists()
+    assert fresh.exists() and other_name.exists() and not_ours.exists() and link.is_symlink()
+    assert target.read_bytes() == OTHER

@@ -1239,6 +1239,36 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "output"
 
 
+def _write_in_folder(folder: str, filename: str, write: Any) -> str:
+    """Write ``filename`` in ``folder`` without ever following a link already there: the data goes to a new
+    temporary file (O_CREAT|O_EXCL|O_NOFOLLOW) that is then renamed over the name, which replaces a link or
+    file of that name itself, never what a link points to."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    attempt = 0
+    while True:
+        tmp = os.path.join(folder, f".{filename}.{os.getpid()}-{attempt}.tmp")
+        try:
+            fd = os.open(tmp, flags, 0o600)
+            break
+        except FileExistsError:
+            attempt += 1
+            if attempt > 100:
+                raise
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+        path = os.path.join(folder, filename)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
 def save_outputs(folder: str, names: Sequence[str], values: Sequence[np.ndarray],
                  sources: Sequence[str]) -> list[str]:
     try:
@@ -1252,11 +1282,11 @@ def save_outputs(folder: str, names: Sequence[str], values: Sequence[np.ndarray]
                 n += 1
                 candidate = f"{base}_{n}"
             used.add(candidate)
-            path = os.path.join(folder, candidate + ".npy")
-            np.save(path, np.asarray(value))
-            written.append(path)
-        with open(os.path.join(folder, "sources.txt"), "w", encoding="utf-8") as f:
-            f.write("".join(s + "\n" for s in sources))
+            array = np.asarray(value)
+            written.append(_write_in_folder(folder, candidate + ".npy",
+                                            lambda f, array=array: np.save(f, array)))
+        text = "".join(s + "\n" for s in sources).encode("utf-8")
+        _write_in_folder(folder, "sources.txt", lambda f: f.write(text))
     except OSError as e:
         raise BadInput(f"cannot write outputs to {folder} ({e.strerror}); choose a writable folder") from None
     return written

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import onnx
+import onnx.defs
 from onnx import TensorProto
 
 from . import trt_ops
@@ -388,10 +389,9 @@ def _visit(ctx: _Context, graph: onnx.GraphProto, functions: dict[tuple[str, str
     return count
 
 
-def _load(model: onnx.ModelProto | str | os.PathLike[str]) -> onnx.ModelProto:
-    """The model at ``model``; ``InputError`` (one line) for a file that is not a usable ONNX model."""
-    if isinstance(model, onnx.ModelProto):
-        return model
+def read_onnx(model: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Parse the ONNX file at ``model`` (no external data); ``InputError`` (one line) for a corrupt, truncated
+    or absurdly nested file (protobuf's DecodeError, onnx's errors, a RecursionError all end here)."""
     path = os.fspath(model)
     # An empty file parses as an empty ModelProto (protobuf's wire format has no header), which would
     # "pass" with 0 nodes: refuse it, and anything else that decodes to a model without a graph.
@@ -406,8 +406,50 @@ def _load(model: onnx.ModelProto | str | os.PathLike[str]) -> onnx.ModelProto:
                          "truncated or corrupted: export it again or copy it again") from None
     if not proto.graph.node and not proto.graph.output:
         raise InputError(f"{path}: not an ONNX model (no graph in the file); export it again or copy it again")
-    _check_external_data(proto, path)
     return proto
+
+
+def _load(model: onnx.ModelProto | str | os.PathLike[str]) -> onnx.ModelProto:
+    """The model at ``model``; ``InputError`` (one line) for a file that is not a usable ONNX model."""
+    if isinstance(model, onnx.ModelProto):
+        _check_tensor_data(model, "the model")
+        return model
+    path = os.fspath(model)
+    proto = read_onnx(path)
+    _check_external_data(proto, path)
+    _check_tensor_data(proto, path)
+    return proto
+
+
+def _check_tensor_data(proto: onnx.ModelProto, path: str) -> None:
+    """Refuse a tensor that declares more elements than it holds (onnxruntime refuses such a model at load:
+    a 2^50-element initializer with no data must not PASS)."""
+    for tensor in onnx.external_data_helper._get_all_tensors(proto):
+        if onnx.external_data_helper.uses_external_data(tensor):
+            continue
+        declared = 1
+        for d in tensor.dims:
+            declared *= d
+        if declared == 0:
+            continue
+        held = (len(tensor.float_data) + len(tensor.int32_data) + len(tensor.int64_data) + len(tensor.double_data)
+                + len(tensor.uint64_data) + len(tensor.string_data))
+        if not held and tensor.HasField("raw_data"):
+            try:
+                itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+            except Exception:  # a data type numpy has no dtype for (4-bit, float8): not checked by size
+                itemsize = 0
+            if itemsize and tensor.data_type not in _SUB_BYTE_TYPES and len(tensor.raw_data) != declared * itemsize:
+                raise InputError(f"{path}: tensor {tensor.name!r} declares {declared} elements but holds "
+                                 f"{len(tensor.raw_data)} bytes; export the model again")
+            continue
+        if not held:
+            raise InputError(f"{path}: tensor {tensor.name!r} declares {declared} elements and holds no data; "
+                             "export the model again")
+
+
+_SUB_BYTE_TYPES = {getattr(TensorProto, n) for n in ("INT4", "UINT4", "INT2", "UINT2", "FLOAT4E2M1")
+                   if hasattr(TensorProto, n)}
 
 
 def _check_external_data(proto: onnx.ModelProto, path: str) -> None:
@@ -417,6 +459,16 @@ def _check_external_data(proto: onnx.ModelProto, path: str) -> None:
         if not onnx.external_data_helper.uses_external_data(tensor):
             continue
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        # onnxruntime refuses a location that is absolute or leaves the model's folder
+        # (onnxruntime/core/framework/tensorprotoutils.cc, ValidateExternalDataPath); a symlink out of it
+        # is refused here too, so what `check` passes is what is loaded from the folder.
+        real_folder = os.path.realpath(folder)
+        resolved = os.path.realpath(os.path.join(real_folder, location))
+        if (not location or os.path.isabs(location) or ".." in location.replace("\\", "/").split("/")
+                or os.path.commonpath([real_folder, resolved]) != real_folder):
+            raise InputError(f"{path}: tensor {tensor.name!r} is stored in external-data file {location!r}, "
+                             f"outside the model's folder {folder}; copy the data file beside the model and "
+                             "reference it by file name")
         if not os.path.isfile(os.path.join(folder, location)):
             raise InputError(f"{path}: tensor {tensor.name!r} is stored in external-data file {location!r}, "
                              f"which is not in {folder}; copy it beside the model")
@@ -432,6 +484,11 @@ def check_model(model: onnx.ModelProto | str | os.PathLike[str], target: str) ->
     if tgt.max_opset and opset > tgt.max_opset:
         ctx.issues.append(Issue("(model)", "opset_import", f"default-domain opset {opset} is newer than "
                                 f"{ctx.trt}'s parser supports (up to {tgt.max_opset})",
+                                f"export with `target={tgt.name}` (opset {tgt.opset})"))
+    elif opset > onnx.defs.onnx_opset_version():
+        # onnxruntime refuses an opset newer than it was built with; none is newer than onnx itself knows.
+        ctx.issues.append(Issue("(model)", "opset_import", f"default-domain opset {opset} is newer than any "
+                                f"ONNX opset onnx {onnx.__version__} knows (up to {onnx.defs.onnx_opset_version()})",
                                 f"export with `target={tgt.name}` (opset {tgt.opset})"))
     functions = {(f.domain, f.name): f for f in proto.functions}
     check_node = _check_trt_node if tgt.is_tensorrt else _check_ort_node

@@ -10,7 +10,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
+import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,10 +49,88 @@ def output_error(path: Path, error: OSError) -> OSError:
     return refused
 
 
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on normal exit it replaces ``path``, otherwise it is removed."""
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Filesystems without hard links (FAT, some network mounts): the exclusive publish falls back to a check.
+_NO_LINK_ERRNOS = {errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOSYS,
+                   getattr(errno, "ENOTSUP", errno.EOPNOTSUPP), errno.EOPNOTSUPP}
+
+
+def publish(tmp: Path, path: Path, force: bool) -> None:
+    """Move the finished ``tmp`` to ``path``.
+
+    The file gets the mode a plain ``open()`` would give it (0666 less the umask; ``mkstemp`` makes 0600),
+    or, replacing a file with ``force``, that file's mode. Without ``force`` a file that appeared at ``path``
+    since the run started is never replaced: ``os.link`` fails with EEXIST where ``os.replace`` would
+    silently overwrite (a second export into the same new output).
+    """
+    mode = 0o666 & ~_umask()
+    if force:
+        with contextlib.suppress(FileNotFoundError):
+            mode = os.stat(path).st_mode & 0o7777
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+        return
+    os.chmod(tmp, mode)
+    try:
+        os.link(tmp, path, follow_symlinks=False)
+    except FileExistsError:
+        raise OutputError(f"output {path} already exists (it appeared while this run was working); "
+                          "pass --force to overwrite it") from None
+    except OSError as e:
+        if e.errno not in _NO_LINK_ERRNOS:
+            raise
+        if os.path.lexists(path):
+            raise OutputError(f"output {path} already exists (it appeared while this run was working); "
+                              "pass --force to overwrite it") from None
+        os.replace(tmp, path)
+        return
+    with contextlib.suppress(OSError):
+        tmp.unlink()
+
+
+STALE_TMP_SECONDS = 24 * 3600  # a temporary file of ours this old outlived its run (SIGKILL, power loss)
+_OUR_TMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")  # tempfile.mkstemp(prefix=".NAME.", suffix=".tmp")
+
+
+def remove_stale_temporaries(path: Path, now: float | None = None) -> list[Path]:
+    """Remove ``.NAME.XXXXXXXX.tmp`` files beside ``path`` (our naming, for this very NAME) older than a day.
+
+    Only regular files (never a link, never a folder) owned by this user match; everything else is left.
+    """
     path = Path(path)
+    now = time.time() if now is None else now
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _OUR_TMP.match(entry.name)
+        if m is None or m.group("name") != path.name:
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if (not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid()
+                    or now - st.st_mtime < STALE_TMP_SECONDS):
+                continue
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+        except OSError:
+            continue
+    return removed
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path, force: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on normal exit it becomes ``path`` (see ``publish``: without
+    ``force`` an existing ``path`` is refused, not replaced), otherwise it is removed."""
+    path = Path(path)
+    remove_stale_temporaries(path)
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
@@ -58,7 +139,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
-        os.replace(tmp, path)
+        publish(tmp, path, force)
     except OSError as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -69,21 +150,21 @@ def atomic_path(path: Path) -> Iterator[Path]:
         raise
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, force: bool = True) -> None:
     """Write ``data`` to ``path`` atomically (fsync'd before the rename)."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path, force) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: Path, text: str, force: bool = True) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), force)
 
 
 @contextlib.contextmanager
-def atomic_folder_files(folder: Path, names: list[str]) -> Iterator[Path]:
+def atomic_folder_files(folder: Path, names: list[str], force: bool = True) -> Iterator[Path]:
     """Yield a temporary folder inside ``folder``; on normal exit its files ``names`` are moved into ``folder``.
 
     For outputs made of several files (an ONNX model and its external-data file): each move is atomic; the
@@ -96,7 +177,7 @@ def atomic_folder_files(folder: Path, names: list[str]) -> Iterator[Path]:
     try:
         yield tmp
         for name in names:
-            os.replace(tmp / name, folder / name)
+            publish(tmp / name, folder / name, force)
     except OSError as e:
         raise output_error(folder / names[-1], e) from e
     finally:

@@ -56,8 +56,13 @@ class ExportOptions:
             raise UsageError(f"`batch={self.batch}`: the batch size must be a positive integer")
         if self.imgsz is not None and (len(self.imgsz) != 2 or min(self.imgsz) < 1):
             raise UsageError(f"`imgsz={self.imgsz}`: expected one or two positive integers (N or H,W)")
-        if self.opset is not None and not 7 <= self.opset <= 30:
-            raise UsageError(f"`opset={self.opset}`: expected an ONNX opset between 7 and 30")
+        if self.opset is not None:
+            import onnx.defs
+
+            newest = onnx.defs.onnx_opset_version()  # the newest opset the installed onnx knows
+            if not 7 <= self.opset <= newest:
+                raise UsageError(f"`opset={self.opset}`: expected an ONNX opset between 7 and {newest} "
+                                 f"(the newest onnx {onnx.__version__} knows)")
         if self.fp16_io and not self.fp16:
             raise UsageError("`fp16_io=True` needs `fp16=True` (fp16 inputs and outputs only exist in an fp16 graph)")
         if self.workspace_mb is not None and self.workspace_mb < 1:
@@ -66,11 +71,14 @@ class ExportOptions:
                             ("`max_shape`", self.max_shape)):
             if shape is not None and (not shape or min(shape) < 1):
                 raise UsageError(f"{flag} {shape}: expected positive integers such as 1x3x640x640")
+            if shape is not None and self.to != "trt":
+                raise UsageError(f"{flag} sets a TensorRT engine profile and has no effect with `to={self.to}`; "
+                                 "drop it or set `to=trt`")
 
 
 def parse_imgsz(text: str) -> tuple[int, int]:
     """``"640"`` -> (640, 640); ``"480,640"`` -> (480, 640) (H, W)."""
-    parts = [p.strip() for p in text.replace("x", ",").split(",") if p.strip()]
+    parts = [p.strip() for p in text.replace("x", ",").split(",")]  # "640," is a typo, not 640
     try:
         values = [int(p) for p in parts]
     except ValueError:
@@ -84,7 +92,7 @@ def parse_imgsz(text: str) -> tuple[int, int]:
 
 def parse_shape(flag: str, text: str) -> tuple[int, ...]:
     """``"1x3x640x640"`` (or comma-separated) -> (1, 3, 640, 640)."""
-    parts = [p.strip() for p in text.replace(",", "x").split("x") if p.strip()]
+    parts = [p.strip() for p in text.replace(",", "x").split("x")]
     try:
         values = tuple(int(p) for p in parts)
     except ValueError:

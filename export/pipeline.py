@@ -183,17 +183,17 @@ def rewrite(model: Any, example: Any) -> tuple[Any, RewriteReport]:
     return rewrite_model(model, example)
 
 
-def save_onnx(model: Any, path: Path) -> list[Path]:
+def save_onnx(model: Any, path: Path, force: bool = True) -> list[Path]:
     """Write ``model`` atomically; over 2 GB its tensors go to ``<name>.data`` beside it (external data)."""
     import onnx
 
     size = sum(len(t.raw_data) for t in model.graph.initializer)
     if size < EXTERNAL_DATA_BYTES:
-        with atomic_path(path) as tmp:
+        with atomic_path(path, force) as tmp:
             onnx.save_model(model, str(tmp))
         return [path]
     data_name = path.name + ".data"
-    with atomic_folder_files(path.parent, [data_name, path.name]) as tmpdir:
+    with atomic_folder_files(path.parent, [data_name, path.name], force) as tmpdir:
         onnx.save_model(model, str(tmpdir / path.name), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=data_name, size_threshold=1024)
     return [path, path.parent / data_name]
@@ -212,8 +212,12 @@ def run_export(source: Path, options: ExportOptions, progress: Progress | None =
         raise OutputError(f"output {output} is the input file; choose another `output`")
     onnx_out = output if options.to == "onnx" else output.with_suffix(".onnx")
     check_output_path(output, options.force)
+    # A user's file named like the report is an output too; the report of the ONNX input that this run
+    # continues (m.onnx -> m.engine share m.report.json) is replaced with the run's own, as before.
+    check_output_path(report_path_for(output), _report_force(options, source, output))
     if options.to == "trt" and source.suffix.lower() != ".onnx":
         check_output_path(onnx_out, options.force)
+        check_output_path(report_path_for(onnx_out), options.force)
 
     if options.verify:  # a missing runtime is refused (exit 3) before anything is loaded or written
         from .runtimes import require
@@ -235,9 +239,9 @@ def run_export(source: Path, options: ExportOptions, progress: Progress | None =
     for step in (_prepare, _rewrite, _export, _simplify, _fp16, _verify, _write, _check):
         step(ctx)
     if ctx.failed or options.to == "onnx":
-        return _finish(report, output if options.to == "onnx" else onnx_out, runner, ctx.failed)
+        return _finish(report, output if options.to == "onnx" else onnx_out, runner, ctx.failed, options.force)
     _engine_step(onnx_out, output, options, target, runner, report)
-    return _finish(report, output, runner, False)
+    return _finish(report, output, runner, False, options.force)
 
 
 @dataclass
@@ -427,7 +431,7 @@ def _write(ctx: _Context) -> None:
 
         ultralytics.finish_graph(ctx.proto, ctx.ultra, ctx.exported.opset)
     with ctx.runner.step("write") as s:
-        written = save_onnx(ctx.proto, ctx.onnx_out)
+        written = save_onnx(ctx.proto, ctx.onnx_out, ctx.options.force)
         s.note = str(ctx.onnx_out) + (" (+ external data)" if len(written) > 1 else "")
     ctx.report.onnx = str(ctx.onnx_out)
 
@@ -522,12 +526,17 @@ def _onnx_to_engine(loaded: LoadedModel, options: ExportOptions, target: Target,
     if not target.is_tensorrt:
         raise UsageError(f"`to=trt` needs a TensorRT target; {target.name!r} is not one")
     if not _check_step(model, target, runner, report):
-        return _finish(report, output, runner, True)
+        return _finish(report, output, runner, True, _report_force(options, loaded.path, output))
     _engine_step(loaded.path, output, options, target, runner, report)
-    return _finish(report, output, runner, False)
+    return _finish(report, output, runner, False, _report_force(options, loaded.path, output))
 
 
-def _finish(report: Report, output: Path, runner: _Runner, failed: bool) -> ExportResult:
+def _report_force(options: ExportOptions, source: Path, output: Path) -> bool:
+    """May this run replace an existing report of ``output``? With --force, or when it is its input's report."""
+    return options.force or (source.suffix.lower() == ".onnx" and report_path_for(output) == report_path_for(source))
+
+
+def _finish(report: Report, output: Path, runner: _Runner, failed: bool, force: bool = True) -> ExportResult:
     from .report import write_report
 
     # --no-verify: exit 0, but the report does not claim a parity it did not check.
@@ -536,7 +545,7 @@ def _finish(report: Report, output: Path, runner: _Runner, failed: bool) -> Expo
     report.steps = list(runner.steps)
     path = report_path_for(output)
     report.report = str(path)
-    write_report(report, path)
+    write_report(report, path, force)
     return ExportResult(report.exit_code, report, output, path, runner.steps)
 
 
@@ -555,9 +564,9 @@ def inspect_file(source: Path, options: ExportOptions) -> InspectReport:
                   f"PLAN       | target {target.name} ({target.description}) | opset {info.opset} | "
                   f"DeformConv lowering {lowering} | output {default_output(source, options)}"]
     if loaded.kind == "onnx":
-        import onnx
+        from .check import read_onnx
 
-        model = onnx.load(str(source), load_external_data=False)
+        model = read_onnx(source)  # a corrupt, truncated or absurdly nested file: one line, exit 2
         info.ops = sorted({n.op_type for n in model.graph.node})
         info.lines.append(f"ONNX       | opset {[o.version for o in model.opset_import]} | "
                           f"{len(model.graph.node)} nodes | ops: {', '.join(info.ops)}")

@@ -144,8 +144,8 @@ def to_json(document: Report | InspectReport | dict[str, Any]) -> str:
                       indent=2, sort_keys=False)
 
 
-def write_report(report: Report, path: Path) -> None:
-    atomic_write_text(path, to_json(report) + "\n")
+def write_report(report: Report, path: Path, force: bool = True) -> None:
+    atomic_write_text(path, to_json(report) + "\n", force)
 
 
 def _fmt(v: Any) -> str:

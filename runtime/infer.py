@@ -167,7 +167,7 @@ def _text(buf: bytes, span: tuple[int, int], what: str) -> str:
 
 @dataclass
 class NodeSummary:
-    """One top-level graph node: attributes holds the int (``i``) or bytes (``s``) ones only."""
+    """One graph node (any depth): attributes maps each name to its int (``i``) or bytes (``s``) value."""
 
     name: str
     op_type: str
@@ -182,60 +182,130 @@ class OnnxSummary:
     nodes: list[NodeSummary]
 
 
-def _parse_node(buf: bytes, start: int, end: int) -> NodeSummary:
+# The reader must see exactly what protobuf (and so onnxruntime) sees, or a crafted file could show it one
+# engine path and onnxruntime another. Where the two could differ, the reader refuses instead of guessing:
+# protobuf merges a repeated singular message field (a second `graph`) and keeps the last of a repeated
+# scalar, and it treats a known field sent with another wire type as an unknown field (so `embed_mode` sent
+# length-delimited leaves `i` at 0). https://protobuf.dev/programming-guides/encoding/#last-one-wins
+# Subgraphs (AttributeProto.g = 6, .graphs = 11) and model-local functions (ModelProto.functions = 25,
+# FunctionProto.node = 7) are walked too: an EPContext node hidden in an If branch is still an EPContext node.
+_MAX_GRAPH_DEPTH = 64  # protobuf's own default recursion limit is 100; real models nest a few levels
+
+
+def _once(seen: set[int], number: int, what: str) -> None:
+    if number in seen:
+        raise _ProtoError(f"{what} appears twice (protobuf would merge or override it); refusing an ambiguous file")
+    seen.add(number)
+
+
+def _expect_wire(wire: int, expected: int, what: str) -> None:
+    if wire != expected:
+        raise _ProtoError(f"{what} has wire type {wire}, expected {expected}")
+
+
+def _parse_node(buf: bytes, start: int, end: int, depth: int, out: list[NodeSummary]) -> None:
     node = NodeSummary(name="", op_type="", domain="")
+    seen: set[int] = set()
+    subgraphs: list[tuple[int, int]] = []
     for number, wire, value in _iter_fields(buf, start, end):
         if number == 3:
+            _once(seen, number, "node name")
             node.name = _text(buf, _span(wire, value, "node name"), "node name")
         elif number == 4:
+            _once(seen, number, "node op_type")
             node.op_type = _text(buf, _span(wire, value, "op_type"), "op_type")
         elif number == 7:
+            _once(seen, number, "node domain")
             node.domain = _text(buf, _span(wire, value, "domain"), "domain")
         elif number == 5:
             name, attr_value = None, None
+            a_seen: set[int] = set()
             for a_number, a_wire, a_value in _iter_fields(buf, *_span(wire, value, "attribute")):
                 if a_number == 1:
+                    _once(a_seen, a_number, "attribute name")
                     name = _text(buf, _span(a_wire, a_value, "attribute name"), "attribute name")
-                elif a_number == 3 and a_wire == 0:
+                elif a_number == 3:
+                    _once(a_seen, a_number, "attribute i")
+                    _expect_wire(a_wire, 0, "attribute i")
                     attr_value = a_value - (1 << 64) if a_value >= (1 << 63) else a_value  # int64
                 elif a_number == 4:
+                    _once(a_seen, a_number, "attribute s")
                     s, e = _span(a_wire, a_value, "attribute s")
                     attr_value = bytes(buf[s:e])
-            if name is not None and attr_value is not None:
-                node.attributes[name] = attr_value
-    return node
+                elif a_number == 6:
+                    subgraphs.append(_span(a_wire, a_value, "attribute g"))
+                elif a_number == 11:
+                    subgraphs.append(_span(a_wire, a_value, "attribute graphs"))
+            if 3 in a_seen and 4 in a_seen:
+                raise _ProtoError(f"attribute {name!r} has both an int and a string value")
+            if name is not None:
+                if name in node.attributes:
+                    raise _ProtoError(f"attribute {name!r} appears twice in node {node.name!r}")
+                # An attribute without a value reads as protobuf's default for the field onnxruntime asks
+                # for: i = 0 (for embed_mode: an engine path, not an embedded engine).
+                node.attributes[name] = 0 if attr_value is None else attr_value
+    out.append(node)
+    for span in subgraphs:
+        _parse_graph(buf, span, depth + 1, out)
+
+
+def _parse_graph(buf: bytes, span: tuple[int, int], depth: int, out: list[NodeSummary],
+                 node_field: int = 1) -> None:
+    if depth > _MAX_GRAPH_DEPTH:
+        raise _ProtoError(f"graphs nested more than {_MAX_GRAPH_DEPTH} deep")
+    for number, wire, value in _iter_fields(buf, *span):
+        if number == node_field:
+            _parse_node(buf, *_span(wire, value, "node"), depth, out)
 
 
 def parse_onnx_summary(buf: bytes) -> OnnxSummary:
-    """Metadata, opsets and top-level nodes of a serialized ModelProto; raises _ProtoError."""
+    """Metadata, opsets and nodes (subgraphs and functions included) of a serialized ModelProto.
+
+    Raises _ProtoError, also for a file protobuf would read differently from this reader.
+    """
     if not buf:
         raise _ProtoError("the file is empty")
     metadata: dict[str, str] = {}
     opsets: dict[str, int] = {}
     graph = None
+    functions: list[tuple[int, int]] = []
     for number, wire, value in _iter_fields(buf, 0, len(buf)):
         if number == 7:
+            if graph is not None:
+                raise _ProtoError("the model has two graph fields (protobuf would merge them); "
+                                  "refusing an ambiguous file")
             graph = _span(wire, value, "graph")
+        elif number == 25:
+            functions.append(_span(wire, value, "function"))
         elif number == 14:
             key, text = "", ""
+            e_seen: set[int] = set()
             for e_number, e_wire, e_value in _iter_fields(buf, *_span(wire, value, "metadata entry")):
                 if e_number == 1:
+                    _once(e_seen, e_number, "metadata key")
                     key = _text(buf, _span(e_wire, e_value, "metadata key"), "metadata key")
                 elif e_number == 2:
+                    _once(e_seen, e_number, "metadata value")
                     text = _text(buf, _span(e_wire, e_value, "metadata value"), "metadata value")
             metadata[key] = text
         elif number == 8:
             domain, version = "", 0
+            o_seen: set[int] = set()
             for o_number, o_wire, o_value in _iter_fields(buf, *_span(wire, value, "opset_import")):
                 if o_number == 1:
+                    _once(o_seen, o_number, "opset domain")
                     domain = _text(buf, _span(o_wire, o_value, "opset domain"), "opset domain")
-                elif o_number == 2 and o_wire == 0:
+                elif o_number == 2:
+                    _once(o_seen, o_number, "opset version")
+                    _expect_wire(o_wire, 0, "opset version")
                     version = o_value
             opsets[domain] = version
     if graph is None:
         raise _ProtoError("no graph in the file")
-    nodes = [_parse_node(buf, *_span(wire, value, "node"))
-             for number, wire, value in _iter_fields(buf, *graph) if number == 1]
+    nodes: list[NodeSummary] = []
+    _parse_graph(buf, graph, 0, nodes)
+    for span in functions:
+        _parse_graph(buf, span, 0, nodes, node_field=7)
     return OnnxSummary(metadata=metadata, opsets=opsets, nodes=nodes)
 
 
@@ -449,6 +519,9 @@ def check_engine_path(model_dir: str, reference: str) -> str:
     """
     if not reference:
         raise BadInput("the EPContext node has an empty ep_cache_context path; write the EPContext model again")
+    if "\x00" in reference:
+        raise Unavailable(f"refused: EPContext engine path {reference!r} contains a NUL byte; "
+                          "write the EPContext model again")
     if (os.path.isabs(reference) or reference.startswith(("/", "\\"))
             or re.match(r"^[A-Za-z]:", reference)):
         raise Unavailable(f"refused: EPContext engine path {reference!r} is absolute and escapes the model's "
@@ -492,7 +565,11 @@ def verify_ep_context(model_path: str, nodes: Sequence[NodeSummary], verify: boo
             raise BadInput(f"EPContext node {node.name!r} has no ep_cache_context; "
                            "write the EPContext model again")
         if embed_mode == 0:
-            reference = context.decode("utf-8", "replace")
+            try:
+                reference = context.decode("utf-8")
+            except UnicodeDecodeError:
+                raise Unavailable(f"refused: EPContext node {node.name!r} has an engine path that is not UTF-8; "
+                                  "write the EPContext model again") from None
             engine = check_engine_path(model_dir, reference)
             if not os.path.isfile(engine):
                 raise BadInput(f"{model_name} references engine {reference}, which is not there; "
@@ -1162,6 +1239,36 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "output"
 
 
+def _write_in_folder(folder: str, filename: str, write: Any) -> str:
+    """Write ``filename`` in ``folder`` without ever following a link already there: the data goes to a new
+    temporary file (O_CREAT|O_EXCL|O_NOFOLLOW) that is then renamed over the name, which replaces a link or
+    file of that name itself, never what a link points to."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    attempt = 0
+    while True:
+        tmp = os.path.join(folder, f".{filename}.{os.getpid()}-{attempt}.tmp")
+        try:
+            fd = os.open(tmp, flags, 0o600)
+            break
+        except FileExistsError:
+            attempt += 1
+            if attempt > 100:
+                raise
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+        path = os.path.join(folder, filename)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
 def save_outputs(folder: str, names: Sequence[str], values: Sequence[np.ndarray],
                  sources: Sequence[str]) -> list[str]:
     try:
@@ -1175,11 +1282,11 @@ def save_outputs(folder: str, names: Sequence[str], values: Sequence[np.ndarray]
                 n += 1
                 candidate = f"{base}_{n}"
             used.add(candidate)
-            path = os.path.join(folder, candidate + ".npy")
-            np.save(path, np.asarray(value))
-            written.append(path)
-        with open(os.path.join(folder, "sources.txt"), "w", encoding="utf-8") as f:
-            f.write("".join(s + "\n" for s in sources))
+            array = np.asarray(value)
+            written.append(_write_in_folder(folder, candidate + ".npy",
+                                            lambda f, array=array: np.save(f, array)))
+        text = "".join(s + "\n" for s in sources).encode("utf-8")
+        _write_in_folder(folder, "sources.txt", lambda f: f.write(text))
     except OSError as e:
         raise BadInput(f"cannot write outputs to {folder} ({e.strerror}); choose a writable folder") from None
     return written

@@ -129,6 +129,26 @@ def test_bad_options_are_refused_with_one_line(tmp_path: Path, refnet_pt: Path, 
     assert why in line
 
 
+@pytest.mark.parametrize(("extra", "why"), [
+    (["--imgsz", "640,"], "--imgsz '640,'"),
+    (["--imgsz", ",640"], "--imgsz ',640'"),
+    (["--min-shape", "1x3x32x32"], "--min-shape sets a TensorRT engine profile"),
+    (["--max-shape", "1x3x64x64", "--to", "onnx"], "--max-shape sets a TensorRT engine profile"),
+    (["--opt-shape", "1x3x32x"], "--opt-shape '1x3x32x'"),
+    (["--opset", "NEWEST+1"], "--opset NEWEST+1"),
+])
+def test_bad_options_are_refused_before_the_model_is_loaded(tmp_path: Path, extra: list[str], why: str) -> None:
+    # #13: each was taken silently (or failed late, exit 1). The model does not exist: a refusal naming the
+    # option (exit 2, one line) shows the option was checked before anything was loaded.
+    import onnx.defs
+
+    newer = str(onnx.defs.onnx_opset_version() + 1)  # one past what the installed onnx knows
+    extra, why = [a.replace("NEWEST+1", newer) for a in extra], why.replace("NEWEST+1", newer)
+    line = _refused(tmp_path, tmp_path / "not_there.pt", "--trust-pickle", "-o", tmp_path / "m.onnx", *extra)
+    assert why in line, line
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_output_paths_that_cannot_be_written_are_refused(tmp_path: Path, refnet_pt: Path) -> None:
     existing = tmp_path / "m.onnx"
     existing.write_bytes(b"previous")

@@ -154,3 +154,23 @@ def test_unreadable_or_16_bit_image_is_bad_input(cli, save, tmp_path):
     Image.fromarray(np.full((4, 4), 40000, dtype=np.uint16)).save(tmp_path / "deep.png")
     code, out, err = cli(save(classifier_model()), tmp_path / "deep.png")
     assert code == 2 and "convert it to 8-bit" in err
+
+
+def test_save_outputs_never_writes_through_a_link_already_in_the_folder(cli, save, tmp_path):
+    # #13: links planted in DIR under the names the outputs get must not redirect the writes outside DIR.
+    model = save(features_model())
+    x = np.random.default_rng(2).standard_normal((1, 3, 8, 6)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    victim_npy, victim_txt = tmp_path / "victim.npy", tmp_path / "victim.txt"
+    victim_npy.write_bytes(b"keep me")
+    victim_txt.write_bytes(b"keep me too")
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "feat.npy").symlink_to(victim_npy)
+    (raw / "sources.txt").symlink_to(victim_txt)
+    code, out, err = cli(model, tmp_path / "x.npy", "--save-outputs", raw)
+    assert code == 0, err
+    assert victim_npy.read_bytes() == b"keep me" and victim_txt.read_bytes() == b"keep me too"
+    assert not (raw / "feat.npy").is_symlink() and not (raw / "sources.txt").is_symlink()
+    np.testing.assert_allclose(np.load(raw / "feat.npy"), 2 * x + 1, rtol=1e-6)
+    assert not [p.name for p in raw.iterdir() if p.name.endswith(".tmp")]

@@ -1,0 +1,98 @@
+"""Outputs that appear while an export runs, the report file as an output, and file modes (#13)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from bad_inputs import cli, listing, one_error_line
+from torch import nn
+
+OTHER = b"another run's export, must survive"
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("src") / "tiny.pt"
+    torch.save(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()).eval(), path)
+    return path
+
+
+def _export(source: Path, output: Path, *extra: str) -> tuple[int, str, str]:
+    return cli(source, "--to", "onnx", "--trust-pickle", "--imgsz", "8", "--quiet", "-o", output, *extra)
+
+
+def test_output_that_appears_during_the_export_is_not_replaced(tmp_path: Path, source: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # A second export into the same new output wins the race: its file lands at the path after our
+    # start-up check and before our final step. The real save runs; only the competitor is staged here.
+    out = tmp_path / "m.onnx"
+    real_save = onnx.save_model
+
+    def save_model(model: onnx.ModelProto, f: str, *args: object, **kwargs: object) -> None:
+        out.write_bytes(OTHER)
+        real_save(model, f, *args, **kwargs)
+
+    monkeypatch.setattr(onnx, "save_model", save_model)
+    code, _, err = _export(source, out)
+    assert code == 2
+    line = one_error_line(err)
+    assert "already exists" in line and "--force" in line
+    assert out.read_bytes() == OTHER
+    assert not [p for p in listing(tmp_path) if p.endswith(".tmp")], listing(tmp_path)
+
+
+def test_a_users_report_file_is_not_overwritten_without_force(tmp_path: Path, source: Path) -> None:
+    report = tmp_path / "m.report.json"
+    report.write_bytes(OTHER)
+    code, _, err = _export(source, tmp_path / "m.onnx")
+    assert code == 2 and "m.report.json already exists" in one_error_line(err)
+    assert report.read_bytes() == OTHER and not (tmp_path / "m.onnx").exists()
+    code, _, err = _export(source, tmp_path / "m.onnx", "--force")
+    assert code == 0, err
+    assert report.read_bytes() != OTHER
+
+
+def test_outputs_follow_the_umask_and_force_keeps_the_existing_mode(tmp_path: Path, source: Path) -> None:
+    old = os.umask(0o027)
+    try:
+        code, _, err = _export(source, tmp_path / "m.onnx")
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    for name in ("m.onnx", "m.report.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640, name
+    ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    os.chmod(tmp_path / "m.onnx", 0o604)
+    code, _, err = _export(source, tmp_path / "m.onnx", "--force")
+    assert code == 0, err
+    assert stat.S_IMODE((tmp_path / "m.onnx").stat().st_mode) == 0o604
+
+
+def test_stale_temporaries_of_ours_are_removed_and_nothing_else(tmp_path: Path, source: Path) -> None:
+    # What a SIGKILL during the write leaves behind: .m.onnx.XXXXXXXX.tmp, here dated two days back.
+    day = 24 * 3600
+    stale = tmp_path / ".m.onnx.k3j9_x2a.tmp"
+    fresh = tmp_path / ".m.onnx.abcdefgh.tmp"  # another run's, still writing
+    other_name = tmp_path / ".other.onnx.k3j9_x2a.tmp"
+    not_ours = tmp_path / ".m.onnx.keep.tmp"
+    target = tmp_path / "precious.bin"
+    target.write_bytes(OTHER)
+    link = tmp_path / ".m.onnx.linklink.tmp"
+    for p in (stale, fresh, other_name, not_ours):
+        p.write_bytes(b"partial")
+    os.symlink(target, link)
+    old = os.stat(stale).st_mtime - 2 * day
+    for p in (stale, other_name, not_ours):
+        os.utime(p, (old, old))
+    os.utime(link, (old, old), follow_symlinks=False)
+    code, _, err = _export(source, tmp_path / "m.onnx")
+    assert code == 0, err
+    assert not stale.exists()
+    assert fresh.exists() and other_name.exists() and not_ours.exists() and link.is_symlink()
+    assert target.read_bytes() == OTHER

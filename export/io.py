@@ -80,13 +80,13 @@ def publish(tmp: Path, path: Path, force: bool) -> None:
         os.link(tmp, path, follow_symlinks=False)
     except FileExistsError:
         raise OutputError(f"output {path} already exists (it appeared while this run was working); "
-                          "pass --force to overwrite it") from None
+                          "pass `force=True` to overwrite it") from None
     except OSError as e:
         if e.errno not in _NO_LINK_ERRNOS:
             raise
         if os.path.lexists(path):
             raise OutputError(f"output {path} already exists (it appeared while this run was working); "
-                              "pass --force to overwrite it") from None
+                              "pass `force=True` to overwrite it") from None
         os.replace(tmp, path)
         return
     with contextlib.suppress(OSError):

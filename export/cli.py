@@ -134,7 +134,7 @@ _FLAG_SPELLING = {"output": "-o/--output"}
 #: Names the CLI has a flag for: the ``ExportOptions`` fields and the CLI's own switches.
 _FLAGS = frozenset({"to", "output", "imgsz", "batch", "dynamic", "opset", "target", "deform_conv", "fp16", "fp16_io",
                     "exporter", "simplify", "verify", "trust_pickle", "arch", "arch_kwargs", "force", "quiet", "json",
-                    "min_shape", "opt_shape", "max_shape", "workspace_mb", "verify_with", "debug"})
+                    "min_shape", "opt_shape", "max_shape", "workspace_mb", "verify_with", "debug", "channels"})
 
 
 def flag_words(text: str) -> str:
@@ -224,6 +224,8 @@ def export_command(
     output: Annotated[Path | None, typer.Option("-o", "--output", help="output file (default: beside the input)")] = None,
     imgsz: Annotated[str | None, typer.Option("--imgsz", help="N or H,W (default: the model's own, else 640)")] = None,
     batch: BatchOpt = 1,
+    channels: Annotated[int | None, typer.Option("--channels", help="input channels (default: found by running "
+                                                 "the model: its first convolution's, else 3, else 1)")] = None,
     dynamic: Annotated[bool, typer.Option("--dynamic", help="dynamic batch, H and W")] = False,
     opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset (default: the target's)")] = None,
     target: TargetOpt = None,
@@ -258,7 +260,7 @@ def export_command(
         from .report import render, to_json
 
         options = ExportOptions(
-            to=to, output=output, imgsz=parse_imgsz(imgsz) if imgsz else None, batch=batch, dynamic=dynamic,
+            to=to, output=output, imgsz=parse_imgsz(imgsz) if imgsz else None, batch=batch, channels=channels, dynamic=dynamic,
             opset=opset, target=target, deform_conv=deform_conv, fp16=fp16, fp16_io=fp16_io, exporter=exporter,
             simplify=not no_simplify, verify=not no_verify, trust_pickle=trust_pickle, arch=arch,
             arch_kwargs=parse_arch_kwargs(arch_kwargs, arch), force=force,

@@ -21,6 +21,7 @@ class ExportOptions:
     output: Path | None = None
     imgsz: tuple[int, int] | None = None
     batch: int = 1
+    channels: int | None = None  # None: found by running the model (``pipeline.channel_candidates``)
     dynamic: bool = False
     opset: int | None = None
     target: str | None = None
@@ -54,6 +55,8 @@ class ExportOptions:
             raise UsageError(f"`deform_conv={self.deform_conv!r}`: expected one of {', '.join(DEFORM_CONV_CHOICES)}")
         if self.batch < 1:
             raise UsageError(f"`batch={self.batch}`: the batch size must be a positive integer")
+        if self.channels is not None and self.channels < 1:
+            raise UsageError(f"`channels={self.channels}`: the input channels must be a positive integer")
         if self.imgsz is not None and (len(self.imgsz) != 2 or min(self.imgsz) < 1):
             raise UsageError(f"`imgsz={self.imgsz}`: expected one or two positive integers (N or H,W)")
         if self.opset is not None:

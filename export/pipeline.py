@@ -140,14 +140,68 @@ def report_path_for(output: Path) -> Path:
     return output.with_suffix(".report.json")
 
 
-def input_channels(model: Any) -> int:
-    """Channels of the first convolution (or 3): the image input of a CNN."""
+def channel_candidates(model: Any) -> list[int]:
+    """Input channels to try, best guess first: the first convolution's ``in_channels``, divided by the
+    space-to-depth factor where a ``PixelUnshuffle``/space_to_depth comes first (``r*r``, or 4 for the sliced
+    ``x[..., ::2, ::2]`` form, which no module announces), then 3, then 1."""
     import torch
 
+    first, factors = None, []
     for m in model.modules():
-        if isinstance(m, torch.nn.modules.conv._ConvNd):
-            return int(m.in_channels)
-    return 3
+        if isinstance(m, torch.nn.PixelUnshuffle):
+            factors.append(int(m.downscale_factor) ** 2)
+        elif "space_to_depth" in type(m).__name__.lower().replace("spacetodepth", "space_to_depth") \
+                or type(m).__name__.lower().startswith("spd"):
+            factors.append(4)
+        elif isinstance(m, torch.nn.modules.conv._ConvNd):
+            first = int(m.in_channels)
+            break
+    out: list[int] = []
+    if first is not None:
+        out += [first // f for f in factors if first % f == 0] + [first]
+        out += [first // f for f in (4, 16) if first % f == 0]
+    seen: list[int] = []
+    for c in [*out, 3, 1]:
+        if c >= 1 and c not in seen:
+            seen.append(c)
+    return seen
+
+
+PLAIN_HW = (128, 128)  # a size most image models take: tells a channel problem from a size problem
+
+
+def find_input_shape(model: Any, options: ExportOptions, hw: tuple[int, int], path: Path) -> tuple[int, ...]:
+    """``(batch, C, H, W)`` the model runs on: ``--channels`` when given, else the first of
+    ``channel_candidates`` that the model takes (one run each)."""
+    import torch
+
+    from .verify import make_input, torch_outputs
+
+    if options.channels is not None or not isinstance(model, torch.nn.Module):
+        shape = (options.batch, options.channels or 3, *hw)
+        probe_input(model, shape, path, "`channels`/`imgsz`/`batch`" if options.channels else "`imgsz`/`batch`")
+        return shape
+    candidates = channel_candidates(model)
+    errors: list[str] = []
+    for c in candidates:
+        shape = (options.batch, c, *hw)
+        try:
+            if torch_outputs(model, make_input(shape, SEED)):
+                return shape
+        except Exception as e:
+            errors.append(one_line(e))
+        else:
+            raise InputError(f"{path}: the model returns no tensor; nothing to export")
+    # Nothing ran at this size: if the best guess runs at a plain size the size is at fault, else the channels.
+    try:
+        runs_elsewhere = bool(torch_outputs(model, make_input((options.batch, candidates[0], *PLAIN_HW), SEED)))
+    except Exception:
+        runs_elsewhere = False
+    if runs_elsewhere:
+        probe_input(model, (options.batch, candidates[0], *hw), path)
+    chans = ", ".join(map(str, candidates))
+    raise InputError(f"{path}: found no input channels the model runs on (tried {chans}; first error: "
+                     f"{errors[0]}); give the input channels with `channels=N`")
 
 
 def export_imgsz(options: ExportOptions, loaded: LoadedModel) -> tuple[int, int]:
@@ -159,7 +213,7 @@ def export_imgsz(options: ExportOptions, loaded: LoadedModel) -> tuple[int, int]
     return DEFAULT_IMGSZ, DEFAULT_IMGSZ
 
 
-def probe_input(model: Any, shape: tuple[int, ...], path: Path) -> None:
+def probe_input(model: Any, shape: tuple[int, ...], path: Path, flags: str = "`imgsz`/`batch`") -> None:
     """Run the model once at the export shape; a shape it cannot take is bad input, said in one line."""
     import torch
 
@@ -170,7 +224,7 @@ def probe_input(model: Any, shape: tuple[int, ...], path: Path) -> None:
     except Exception as e:
         dims = "x".join(map(str, shape))
         raise InputError(f"{path}: the model cannot run on an input of shape {dims} ({one_line(e)}); "
-                         "choose another `imgsz`/`batch`") from e
+                         f"choose another {flags}") from e
     if not outs:
         raise InputError(f"{path}: the model returns no tensor; nothing to export")
     del torch
@@ -273,14 +327,11 @@ class _Context:
 
 def _prepare(ctx: _Context) -> None:
     """The export shape, and one run of the model at it (a shape the model cannot take is bad input)."""
-    import torch
-
     from .verify import make_input
 
     original = ctx.loaded.model
     h, w = export_imgsz(ctx.options, ctx.loaded)
-    channels = input_channels(original) if isinstance(original, torch.nn.Module) else 3
-    shape: tuple[int, ...] = (ctx.options.batch, channels, h, w)
+    shape: tuple[int, ...] = (ctx.options.batch, ctx.options.channels or 3, h, w)
     if ctx.loaded.kind == "exported_program":  # its static dims are fixed; only its dynamic ones follow options
         shape = tuple(s if s > 0 else d for s, d in zip(_program_input_shape(original), shape, strict=True))
     else:
@@ -291,7 +342,7 @@ def _prepare(ctx: _Context) -> None:
                 original, ctx.ultra = ultralytics.prepare(original, imgsz=(h, w), batch=ctx.options.batch,
                                                           dynamic=ctx.options.dynamic, half=ctx.options.fp16)
                 ctx.loaded.model = original
-        probe_input(original, shape, ctx.loaded.path)
+        shape = find_input_shape(original, ctx.options, (h, w), ctx.loaded.path)
     ctx.shape, ctx.example, ctx.model = shape, make_input(shape, SEED), original
     ctx.report.export_shape = list(shape)
 
@@ -576,8 +627,7 @@ def inspect_file(source: Path, options: ExportOptions) -> InspectReport:
         from .verify import make_input
 
         h, w = export_imgsz(options, loaded)
-        shape = (options.batch, input_channels(loaded.model), h, w)
-        probe_input(loaded.model, shape, loaded.path)
+        shape = find_input_shape(loaded.model, options, (h, w), loaded.path)
         info.export_shape = list(shape)
         info.blocks = inspect_model(loaded.model, make_input(shape, SEED))
         info.lines += info.blocks.lines() or ["BLOCKS     | none of the known blocks found"]

@@ -169,3 +169,18 @@ def hostile_pt2(path: Path, place: str, payload: object) -> Path:
         for name, data in members.items():
             z.writestr(name, data)
     return path
+
+
+def tiny_model_file(folder: Path) -> Path:
+    """A full-pickle checkpoint of a tiny conv model in ``folder`` (exports in a second)."""
+    import torch
+    from torch import nn
+
+    path = folder / "tiny.pt"
+    torch.save(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()).eval(), path)
+    return path
+
+
+def export_tiny(source: Path, output: Path, *extra: str) -> tuple[int, str, str]:
+    """``blocks-export SOURCE --to onnx`` at 8 px into ``output``, quietly, with ``extra`` options."""
+    return cli(source, "--to", "onnx", "--trust-pickle", "--imgsz", "8", "--quiet", "-o", output, *extra)

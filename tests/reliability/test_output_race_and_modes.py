@@ -9,22 +9,17 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
-from bad_inputs import cli, listing, one_error_line
-from torch import nn
+from bad_inputs import export_tiny, listing, one_error_line, tiny_model_file
 
 OTHER = b"another run's export, must survive"
 
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("src") / "tiny.pt"
-    torch.save(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()).eval(), path)
-    return path
+    return tiny_model_file(tmp_path_factory.mktemp("src"))
 
 
-def _export(source: Path, output: Path, *extra: str) -> tuple[int, str, str]:
-    return cli(source, "--to", "onnx", "--trust-pickle", "--imgsz", "8", "--quiet", "-o", output, *extra)
+_export = export_tiny
 
 
 def test_output_that_appears_during_the_export_is_not_replaced(tmp_path: Path, source: Path,

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from blocks_export.blocks.rewrite import RewriteReport
 
     from .check import CheckReport
-    from .engine import EngineResult
+    from .trt.build import EngineResult
     from .ultralytics import BoxAgreement
     from .verify import VerifyResult
 

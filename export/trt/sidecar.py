@@ -1,23 +1,33 @@
 """The engine's sidecar, ``model.engine.json`` (format ``blocks-export-engine/1``): what an engine was built
 from and for, written beside it by ``build``, and checked before anything deserializes the engine.
 
-The sidecar is not a signature (README, Security): it catches a wrong, modified or truncated engine and an
-engine for another TensorRT or GPU, not a forged pair.
+Its check is ONE contract, the runtime script's: ``runtime/infer.py`` stays a single file that runs alone on the
+Jetson, and this module imports its ``read_sidecar`` and ``engine_mismatches``. The sidecar is not a signature
+(README, Security): it catches a wrong, modified or truncated engine and an engine for another TensorRT or GPU,
+not a forged pair.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
+import os
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from ...runtime.infer import (
+    SIDECAR_FORMAT,
+    MachineFacts,
+    SidecarInvalid,
+    engine_mismatches,
+    read_sidecar,
+    sha256_file,
+)
 from ..errors import EXIT_MISSING_RUNTIME, ExportError
 
-ENGINE_FORMAT = "blocks-export-engine/1"
+ENGINE_FORMAT = SIDECAR_FORMAT
 
 
 class EngineRefused(ExportError):
@@ -93,41 +103,30 @@ def encode(sidecar: dict[str, Any]) -> bytes:
     return (json.dumps(sidecar, indent=2) + "\n").encode()
 
 
-def _version_key(text: str) -> tuple[int, ...]:
-    """'10.3.0.26' -> (10, 3, 0): a plan file only deserializes with the TensorRT major.minor.patch that built
-    it (TensorRT developer guide, "Version Compatibility"; the toolkit does not build version-compatible)."""
-    return tuple(int(p) for p in re.findall(r"\d+", str(text))[:3])
-
-
 def verify_engine(engine_path: Path, *, tensorrt_version: str | None, compute_capability: str | None,
                   verify: bool = True) -> list[str]:
     """Check ``engine_path`` against its sidecar (``<engine>.json``) before anything deserializes it.
 
-    SHA-256 always; TensorRT version and compute capability where given (``None``: not determinable here).
-    ``EngineRefused`` (one line) on a missing or unreadable sidecar or any mismatch; with ``verify=False`` the
-    same findings are returned (and warned as ``EngineNotVerifiedWarning``) instead.
+    The contract is the runtime script's (``runtime/infer.py``: ``read_sidecar``, ``engine_mismatches``), so
+    the library and the script on the Jetson refuse the same engines. SHA-256 always; TensorRT version and
+    compute capability where given (``None``: not determinable here, not checked). ``EngineRefused`` (one line)
+    on a missing or unusable sidecar or any mismatch; with ``verify=False`` the same findings are returned (and
+    warned as ``EngineNotVerifiedWarning``) instead.
     """
     engine_path = Path(engine_path)
     sidecar_path = default_paths(engine_path)[0]
     problems: list[str] = []
-    try:
-        sidecar = json.loads(sidecar_path.read_text(encoding="utf-8"))
-        if not isinstance(sidecar, dict) or sidecar.get("format") != ENGINE_FORMAT:
-            raise ValueError(f"not a {ENGINE_FORMAT} sidecar")
-    except (OSError, ValueError) as e:
-        problems.append(f"its sidecar {sidecar_path.name} is missing or unreadable ({e})")
-        sidecar = {}
-    if sidecar:
-        digest = hashlib.sha256(engine_path.read_bytes()).hexdigest()
-        if digest != str(sidecar.get("engine_sha256", "")).lower():
-            problems.append(f"SHA-256 {digest[:12]}... does not match the sidecar's "
-                            f"{str(sidecar.get('engine_sha256'))[:12]}... (modified, or another engine)")
-        built = sidecar.get("tensorrt_version")
-        if tensorrt_version and built and _version_key(built) != _version_key(tensorrt_version):
-            problems.append(f"built with TensorRT {built}, this machine has TensorRT {tensorrt_version}")
-        cc = sidecar.get("compute_capability")
-        if compute_capability and cc and str(cc).replace(".", "") != str(compute_capability).replace(".", ""):
-            problems.append(f"built for compute capability {cc}, this GPU is {compute_capability}")
+    if not sidecar_path.is_file():
+        problems.append(f"its sidecar {sidecar_path.name} is missing")
+    else:
+        try:
+            sidecar = read_sidecar(os.fspath(sidecar_path))
+        except SidecarInvalid as e:
+            problems.append(e.reason)
+        else:
+            machine = MachineFacts(tensorrt_version, "the tensorrt module" if tensorrt_version else "not given",
+                                   compute_capability, "the CUDA driver" if compute_capability else "not given")
+            problems += engine_mismatches(sidecar, sha256_file(os.fspath(engine_path)), machine)[0]
     if problems and verify:
         raise EngineRefused(f"refused engine {engine_path.name}: {'; '.join(problems)}; rebuild it here "
                             "(blocks-export MODEL.onnx `to=trt`) or load it with verify=False")

@@ -95,12 +95,31 @@ def publish(tmp: Path, path: Path, force: bool) -> None:
 
 STALE_TMP_SECONDS = 24 * 3600  # a temporary file of ours this old outlived its run (SIGKILL, power loss)
 _OUR_TMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")  # tempfile.mkstemp(prefix=".NAME.", suffix=".tmp")
+TMP_FOLDER_PREFIX = ".blocks-export."  # tempfile.mkdtemp(prefix=TMP_FOLDER_PREFIX, suffix=".tmp")
+_OUR_TMP_FOLDER = re.compile(r"^\.blocks-export\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def _remove_stale_folder(entry: os.DirEntry[str], now: float) -> bool:
+    """Remove our stale temporary folder ``entry``: a real folder (not a link) of this user, older than a day,
+    holding only regular files (what ``atomic_folder_files`` and ``OutputUnit`` put there); else leave it."""
+    st = entry.stat(follow_symlinks=False)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or now - st.st_mtime < STALE_TMP_SECONDS:
+        return False
+    inside = list(os.scandir(entry.path))
+    if any(not stat.S_ISREG(e.stat(follow_symlinks=False).st_mode) for e in inside):
+        return False
+    for e in inside:
+        os.unlink(e.path)
+    os.rmdir(entry.path)
+    return True
 
 
 def remove_stale_temporaries(path: Path, now: float | None = None) -> list[Path]:
-    """Remove ``.NAME.XXXXXXXX.tmp`` files beside ``path`` (our naming, for this very NAME) older than a day.
+    """Remove our leftovers beside ``path`` older than a day: ``.NAME.XXXXXXXX.tmp`` files (our naming, for
+    this very NAME) and ``.blocks-export.XXXXXXXX.tmp`` folders (multi-file outputs).
 
-    Only regular files (never a link, never a folder) owned by this user match; everything else is left.
+    Only regular files, and folders of regular files, owned by this user match (never a link, never a folder
+    holding anything else, never a name off our pattern); everything else is left.
     """
     path = Path(path)
     now = time.time() if now is None else now
@@ -110,6 +129,13 @@ def remove_stale_temporaries(path: Path, now: float | None = None) -> list[Path]
     except OSError:
         return removed
     for entry in entries:
+        if _OUR_TMP_FOLDER.match(entry.name):
+            try:
+                if _remove_stale_folder(entry, now):
+                    removed.append(Path(entry.path))
+            except OSError:
+                pass
+            continue
         m = _OUR_TMP.match(entry.name)
         if m is None or m.group("name") != path.name:
             continue
@@ -170,8 +196,9 @@ def atomic_folder_files(folder: Path, names: list[str], force: bool = True) -> I
     For outputs made of several files (an ONNX model and its external-data file): each move is atomic; the
     files are moved in the order given, so the model (last) never refers to a data file that is missing.
     """
+    remove_stale_temporaries(folder / names[-1])
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=".blocks-export.", suffix=".tmp", dir=folder))
+        tmp = Path(tempfile.mkdtemp(prefix=TMP_FOLDER_PREFIX, suffix=".tmp", dir=folder))
     except OSError as e:
         raise output_error(folder / names[-1], e) from e
     try:

@@ -91,3 +91,32 @@ def test_stale_temporaries_of_ours_are_removed_and_nothing_else(tmp_path: Path, 
     assert not stale.exists()
     assert fresh.exists() and other_name.exists() and not_ours.exists() and link.is_symlink()
     assert target.read_bytes() == OTHER
+
+
+def test_stale_temporary_folders_of_ours_are_removed_and_nothing_else(tmp_path: Path, source: Path) -> None:
+    # What a SIGKILL while a multi-file output (external data, engine files) was staged leaves behind:
+    # .blocks-export.XXXXXXXX.tmp/ holding the partial files, here dated two days back.
+    old = os.stat(tmp_path).st_mtime - 2 * 24 * 3600
+    stale = tmp_path / ".blocks-export.k3j9_x2a.tmp"
+    fresh = tmp_path / ".blocks-export.abcdefgh.tmp"  # another run's, still writing
+    with_a_link = tmp_path / ".blocks-export.linkdir0.tmp"  # not what we leave: a link inside
+    with_a_folder = tmp_path / ".blocks-export.userdata.tmp"  # not what we leave: a folder inside
+    a_file = tmp_path / ".blocks-export.zz9plur.tmp"  # a file, not a folder (and 7 characters)
+    no_dot = tmp_path / "blocks-export.k3j9_x2a.tmp"
+    target = tmp_path / "precious.bin"
+    target.write_bytes(OTHER)
+    for folder in (stale, fresh, with_a_link, with_a_folder, no_dot):
+        folder.mkdir()
+        (folder / "m.onnx").write_bytes(b"partial")
+    os.symlink(target, with_a_link / "m.onnx.data")
+    (with_a_folder / "notes").mkdir()
+    a_file.write_bytes(OTHER)
+    for p in (stale, with_a_link, with_a_folder, no_dot, a_file, stale / "m.onnx"):
+        os.utime(p, (old, old))
+    code, _, err = _export(source, tmp_path / "m.onnx")
+    assert code == 0, err
+    assert not stale.exists()
+    for kept in (fresh, with_a_link, with_a_folder, no_dot):
+        assert (kept / "m.onnx").read_bytes() == b"partial", kept
+    assert (with_a_link / "m.onnx.data").is_symlink() and (with_a_folder / "notes").is_dir()
+    assert a_file.read_bytes() == OTHER and target.read_bytes() == OTHER

@@ -14,7 +14,7 @@ import re
 import stat
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 
 from .errors import OutputError, OutputWriteError
@@ -248,21 +248,23 @@ def _keep_previous(path: Path) -> Path | None:
     return backup
 
 
-def commit_files(staged: list[tuple[Path, Path]], force: bool) -> None:
+def commit_files(staged: list[tuple[Path, Path]], force: bool, replace: frozenset[Path] = frozenset()) -> None:
     """Move each finished temporary file onto its output, all or nothing: ``[(tmp, path), ...]`` in order.
 
     Each move is ``publish`` (atomic, no-clobber without ``force``, modes as ``publish`` says). Before a file
     with ``force`` replaces another, the previous one gets a second name; if any later move fails, the moves
     done so far are undone (previous files put back, new ones removed) before the error is raised, so the
     outputs are all new or all as they were. Not atomic as a set: a reader looking between two moves can
-    see one new file beside one old one, and a SIGKILL between two moves leaves it so.
+    see one new file beside one old one, and a SIGKILL between two moves leaves it so. ``replace``: outputs
+    that are replaced even without ``force`` (a cache this very run read).
     """
     done: list[tuple[Path, Path | None]] = []
     try:
         for tmp, path in staged:
-            backup = _keep_previous(path) if force else None
+            replacing = force or path in replace
+            backup = _keep_previous(path) if replacing else None
             try:
-                publish(tmp, path, force)
+                publish(tmp, path, replacing)
             except BaseException:
                 if backup is not None:
                     with contextlib.suppress(OSError):
@@ -297,6 +299,7 @@ class OutputUnit:
 
     def __init__(self, force: bool) -> None:
         self.force = force
+        self.replace: set[Path] = set()  # outputs replaced even without force (see commit_files)
         self._staged: list[tuple[Path, Path]] = []
         self._folders: list[Path] = []
         self.writing: Path | None = None
@@ -335,7 +338,7 @@ class OutputUnit:
     def commit(self) -> None:
         staged, self._staged = self._staged, []
         self.writing = staged[-1][1] if staged else None
-        commit_files(staged, self.force)
+        commit_files(staged, self.force, frozenset(self.replace))
         self.writing = None
 
     def discard(self) -> None:
@@ -368,9 +371,11 @@ def output_unit(force: bool = True) -> Iterator[OutputUnit]:
         unit.discard()
 
 
-def write_files(files: dict[Path, bytes], force: bool = True) -> None:
-    """Write ``files`` (path -> bytes) as one unit (``OutputUnit``), in the order given."""
+def write_files(files: Mapping[Path, bytes], force: bool = True, replace: Collection[Path] = ()) -> None:
+    """Write ``files`` (path -> bytes) as one unit (``OutputUnit``), in the order given. Without ``force`` no
+    existing file is replaced (exit 2, the usual line), except those in ``replace``."""
     with output_unit(force) as unit:
+        unit.replace.update(Path(p) for p in replace)
         for path, data in files.items():
             unit.write_bytes(path, data)
         unit.commit()

@@ -48,7 +48,7 @@ from .check import check_model
 from .epcontext import engine_reference, ep_context_model
 from .errors import EXIT_MISSING_RUNTIME, ExportError, ExportFailed, RuntimeMissing
 from .fp16 import float_types, fp32_nodes, name_nodes
-from .io import atomic_folder_files
+from .io import write_files
 from .targets import Target, get_target
 
 if TYPE_CHECKING:
@@ -380,16 +380,10 @@ def _toolkit_version() -> str:
         return "unknown"
 
 
-def _commit(files: Mapping[Path, bytes]) -> None:
-    """Write the files of one build, folder by folder, through ``io.atomic_folder_files`` (each file complete or
-    absent; a failure leaves no temporary file)."""
-    folders: dict[Path, dict[str, bytes]] = {}
-    for path, data in files.items():
-        folders.setdefault(path.parent, {})[path.name] = data
-    for folder, named in folders.items():
-        with atomic_folder_files(folder, list(named)) as tmp:
-            for name, data in named.items():
-                (tmp / name).write_bytes(data)
+def _commit(files: Mapping[Path, bytes], force: bool = True, replace: Sequence[Path] = ()) -> None:
+    """Write the files of one build as one unit through ``io.write_files``: all new or all as they were, no
+    temporary file left; without ``force`` no existing file is replaced (except ``replace``: the timing cache)."""
+    write_files(files, force, replace)
 
 
 def default_paths(engine_path: Path) -> tuple[Path, Path, Path]:
@@ -403,7 +397,7 @@ def default_paths(engine_path: Path) -> tuple[Path, Path, Path]:
 def build_engine(onnx_path: Path, engine_path: Path, *, fp16: bool, target: str,
                  profile: Mapping[str, ShapeRange] | None = None, workspace_mb: int | None = None,
                  progress: Progress | None = None, ctx_path: Path | None = None,
-                 checked: bool = False) -> EngineResult:
+                 checked: bool = False, force: bool = True) -> EngineResult:
     """Build ``engine_path`` (+ sidecar JSON, EPContext model, timing cache) from ``onnx_path`` for ``target``.
 
     ``profile``: {input name: (min, opt, max) shapes} for the dynamic inputs. ``fp16``: on weak-typing targets
@@ -411,6 +405,7 @@ def build_engine(onnx_path: Path, engine_path: Path, *, fp16: bool, target: str,
     Raises ``TensorRTUnavailable`` (nothing written) when TensorRT or a GPU is missing, ``EngineBuildError``
     when the check, parser or builder fails, ``ValueError`` for a bad profile. ``checked``: the caller has
     already run the static target check on this file (the pipeline's check step), so it is not run twice.
+    ``force=False``: an engine, sidecar or EPContext file already there is never replaced (``OutputError``).
     """
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     tgt = get_target(target)
@@ -513,7 +508,8 @@ def build_engine(onnx_path: Path, engine_path: Path, *, fp16: bool, target: str,
     ctx = ep_context_model(model, engine_reference(engine_path, ctx_path), tensorrt_version=str(trt.__version__),
                            compute_capability=device.compute_capability, onnx_model_filename=onnx_path.name)
     _commit({engine_path: engine_bytes, cache_path: new_cache,
-             sidecar_path: (json.dumps(sidecar, indent=2) + "\n").encode(), ctx_path: ctx.SerializeToString()})
+             sidecar_path: (json.dumps(sidecar, indent=2) + "\n").encode(), ctx_path: ctx.SerializeToString()},
+            force, replace=(cache_path,))
     return EngineResult(engine_path, sidecar_path, ctx_path, cache_path, str(trt.__version__), plan.precision,
                         plan.strongly_typed, seconds, sidecar, tuple(warnings))
 

@@ -281,6 +281,11 @@ def run_export(source: Path, options: ExportOptions, progress: Progress | None =
     if options.to == "trt" and source.suffix.lower() != ".onnx":
         check_output_path(onnx_out, options.force)
         check_output_path(report_path_for(onnx_out), options.force)
+    if options.to == "trt":  # the engine's sidecar and EPContext model are outputs too (the cache is not)
+        from .engine import default_paths
+
+        for path in default_paths(output)[:2]:
+            check_output_path(path, options.force)
 
     if options.verify:  # a missing runtime is refused (exit 3) before anything is loaded or written
         from .runtimes import require
@@ -563,7 +568,8 @@ def _engine_step(onnx_path: Path, engine_path: Path, options: ExportOptions, tar
         try:
             report.engine = build_engine(onnx_path, engine_path, fp16=options.fp16, target=target.name,
                                          profile=profile, workspace_mb=options.workspace_mb,
-                                         progress=runner.progress.message, checked=report.check is not None)
+                                         progress=runner.progress.message, checked=report.check is not None,
+                                         force=options.force)
         except TensorRTUnavailable as e:
             raise RuntimeMissing(str(e)) from e
         except EngineBuildError as e:

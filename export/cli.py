@@ -7,6 +7,9 @@ that need it, so ``blocks-export model.onnx --to trt`` runs where torch is absen
 
 from __future__ import annotations
 
+# First, before the slow imports below: the program's signal handlers (see interrupts.py).
+from . import interrupts  # isort: skip
+
 import contextlib
 import signal
 import sys
@@ -81,7 +84,12 @@ class RichProgress(Progress):
 
 @contextlib.contextmanager
 def _sigterm_as_exception() -> Iterator[None]:
-    """SIGTERM raises ``Interrupted`` so that atomic writes clean up, as SIGINT does with KeyboardInterrupt."""
+    """SIGTERM raises ``Interrupted`` so that atomic writes clean up, as SIGINT does with KeyboardInterrupt
+    (in-process callers; the program itself has ``interrupts``' handlers)."""
+    if interrupts.installed():
+        yield
+        return
+
     def handler(signum: int, frame: Any) -> None:
         raise Interrupted()
 
@@ -115,11 +123,17 @@ def _run(fn: Callable[[], int], *, debug: bool, json_out: bool) -> None:
         _refuse(str(e), code, json_out, err)
     except KeyboardInterrupt:
         code = EXIT_SIGINT
-        _refuse("interrupted (SIGINT); nothing was left half-written", code, json_out, err)
+        _refuse(interrupts.message_for(signal.SIGINT), code, json_out, err)
     except Interrupted as e:
         code = e.exit_code
-        _refuse("interrupted (SIGTERM); nothing was left half-written", code, json_out, err)
-    except Exception as e:  # an unexpected failure: still one line unless --debug
+        _refuse(interrupts.message_for(signal.SIGTERM), code, json_out, err)
+    except Exception as e:
+        signum = interrupts.received()
+        if signum is not None:  # a consequence of the signal (a library turned it into another error)
+            code = interrupts.exit_code_for(signum)
+            _refuse(interrupts.message_for(signum), code, json_out, err)
+            raise typer.Exit(code) from None
+        # an unexpected failure: still one line unless --debug
         if debug:
             traceback.print_exc()
         code = EXIT_FAILED
@@ -363,6 +377,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args = list(sys.argv[1:] if argv is None else argv)
     try:
+        interrupts.arm()  # a signal that came while this module was imported ends the run here
         # Without standalone mode, click returns the code of a typer.Exit instead of exiting.
         rc = app(args=with_default_command(args), prog_name=PROG, standalone_mode=False)
     except ClickUsageError as e:
@@ -372,8 +387,14 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(EXIT_USAGE) from None
     except typer.Exit as e:
         raise SystemExit(e.exit_code) from None
-    except typer.Abort:
-        raise SystemExit(EXIT_SIGINT) from None
+    except (typer.Abort, KeyboardInterrupt, Interrupted):  # a signal before a command body runs (parsing)
+        signum = interrupts.received() or signal.SIGINT
+        print(f"{PROG}: error: {interrupts.message_for(signum)}", file=sys.stderr)
+        raise SystemExit(interrupts.exit_code_for(signum)) from None
+    pending = interrupts.received()
+    if pending is not None and rc == EXIT_SIGINT and not interrupts.reported():  # typer's silent exit 130
+        print(f"{PROG}: error: {interrupts.message_for(pending)}", file=sys.stderr)
+        raise SystemExit(interrupts.exit_code_for(pending))
     raise SystemExit(rc if isinstance(rc, int) else 0)
 
 

@@ -14,7 +14,7 @@ import re
 import stat
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 
 from .errors import OutputError, OutputWriteError
@@ -37,14 +37,17 @@ def check_output_path(path: Path, force: bool) -> None:
 _OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG}
 
 
-def output_error(path: Path, error: OSError) -> OSError:
-    """``error`` as a one-line ``OutputError`` when the disk or the folder is at fault, else ``error`` itself."""
+def output_error(path: Path, error: OSError, several: bool = False) -> OSError:
+    """``error`` as a one-line ``OutputError`` when the disk or the folder is at fault, else ``error`` itself.
+    ``several``: ``path`` is one file of an ``OutputUnit`` (the message speaks of all its previous files)."""
     if error.errno not in _OUTPUT_ERRNOS:
         return error
     what = os.strerror(error.errno) if error.errno is not None else str(error)
     hint = ("free some space or choose another `output`" if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
             else "choose a writable `output`")
-    refused = OutputWriteError(f"cannot write {path} ({what}); the previous file, if any, is untouched; {hint}")
+    untouched = ("no output was replaced (previous files, if any, are untouched)" if several
+                 else "the previous file, if any, is untouched")
+    refused = OutputWriteError(f"cannot write {path} ({what}); {untouched}; {hint}")
     refused.errno = error.errno  # one-argument OSError: str() is the message alone, errno kept for callers
     return refused
 
@@ -95,12 +98,31 @@ def publish(tmp: Path, path: Path, force: bool) -> None:
 
 STALE_TMP_SECONDS = 24 * 3600  # a temporary file of ours this old outlived its run (SIGKILL, power loss)
 _OUR_TMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")  # tempfile.mkstemp(prefix=".NAME.", suffix=".tmp")
+TMP_FOLDER_PREFIX = ".blocks-export."  # tempfile.mkdtemp(prefix=TMP_FOLDER_PREFIX, suffix=".tmp")
+_OUR_TMP_FOLDER = re.compile(r"^\.blocks-export\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def _remove_stale_folder(entry: os.DirEntry[str], now: float) -> bool:
+    """Remove our stale temporary folder ``entry``: a real folder (not a link) of this user, older than a day,
+    holding only regular files (what ``atomic_folder_files`` and ``OutputUnit`` put there); else leave it."""
+    st = entry.stat(follow_symlinks=False)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or now - st.st_mtime < STALE_TMP_SECONDS:
+        return False
+    inside = list(os.scandir(entry.path))
+    if any(not stat.S_ISREG(e.stat(follow_symlinks=False).st_mode) for e in inside):
+        return False
+    for e in inside:
+        os.unlink(e.path)
+    os.rmdir(entry.path)
+    return True
 
 
 def remove_stale_temporaries(path: Path, now: float | None = None) -> list[Path]:
-    """Remove ``.NAME.XXXXXXXX.tmp`` files beside ``path`` (our naming, for this very NAME) older than a day.
+    """Remove our leftovers beside ``path`` older than a day: ``.NAME.XXXXXXXX.tmp`` files (our naming, for
+    this very NAME) and ``.blocks-export.XXXXXXXX.tmp`` folders (multi-file outputs).
 
-    Only regular files (never a link, never a folder) owned by this user match; everything else is left.
+    Only regular files, and folders of regular files, owned by this user match (never a link, never a folder
+    holding anything else, never a name off our pattern); everything else is left.
     """
     path = Path(path)
     now = time.time() if now is None else now
@@ -110,6 +132,13 @@ def remove_stale_temporaries(path: Path, now: float | None = None) -> list[Path]
     except OSError:
         return removed
     for entry in entries:
+        if _OUR_TMP_FOLDER.match(entry.name):
+            try:
+                if _remove_stale_folder(entry, now):
+                    removed.append(Path(entry.path))
+            except OSError:
+                pass
+            continue
         m = _OUR_TMP.match(entry.name)
         if m is None or m.group("name") != path.name:
             continue
@@ -170,8 +199,9 @@ def atomic_folder_files(folder: Path, names: list[str], force: bool = True) -> I
     For outputs made of several files (an ONNX model and its external-data file): each move is atomic; the
     files are moved in the order given, so the model (last) never refers to a data file that is missing.
     """
+    remove_stale_temporaries(folder / names[-1])
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=".blocks-export.", suffix=".tmp", dir=folder))
+        tmp = Path(tempfile.mkdtemp(prefix=TMP_FOLDER_PREFIX, suffix=".tmp", dir=folder))
     except OSError as e:
         raise output_error(folder / names[-1], e) from e
     try:
@@ -186,3 +216,166 @@ def atomic_folder_files(folder: Path, names: list[str], force: bool = True) -> I
                 leftover.unlink()
         with contextlib.suppress(OSError):
             tmp.rmdir()
+
+
+def _backup_name(path: Path) -> Path:
+    """A free name beside ``path`` in our temporary naming (so a SIGKILL's leftover is cleaned up later)."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    os.unlink(name)
+    return Path(name)
+
+
+def _keep_previous(path: Path) -> Path | None:
+    """A second name for the file now at ``path`` (a hard link: ``path`` stays in place), or None if none."""
+    if not os.path.lexists(path):
+        return None
+    for _ in range(3):
+        backup = _backup_name(path)
+        try:
+            os.link(path, backup, follow_symlinks=False)
+            return backup
+        except FileExistsError:
+            continue
+        except OSError as e:
+            if e.errno not in _NO_LINK_ERRNOS:
+                raise
+            break
+    import shutil  # no hard links here (FAT, some network mounts): a copy keeps the previous bytes
+
+    backup = _backup_name(path)
+    shutil.copy2(path, backup, follow_symlinks=False)
+    return backup
+
+
+def commit_files(staged: list[tuple[Path, Path]], force: bool, replace: frozenset[Path] = frozenset()) -> None:
+    """Move each finished temporary file onto its output, all or nothing: ``[(tmp, path), ...]`` in order.
+
+    Each move is ``publish`` (atomic, no-clobber without ``force``, modes as ``publish`` says). Before a file
+    with ``force`` replaces another, the previous one gets a second name; if any later move fails, the moves
+    done so far are undone (previous files put back, new ones removed) before the error is raised, so the
+    outputs are all new or all as they were. Not atomic as a set: a reader looking between two moves can
+    see one new file beside one old one, and a SIGKILL between two moves leaves it so. ``replace``: outputs
+    that are replaced even without ``force`` (a cache this very run read).
+    """
+    done: list[tuple[Path, Path | None]] = []
+    try:
+        for tmp, path in staged:
+            replacing = force or path in replace
+            backup = _keep_previous(path) if replacing else None
+            try:
+                publish(tmp, path, replacing)
+            except BaseException:
+                if backup is not None:
+                    with contextlib.suppress(OSError):
+                        backup.unlink()
+                raise
+            done.append((path, backup))
+    except BaseException:
+        for path, backup in reversed(done):
+            with contextlib.suppress(OSError):
+                if backup is not None:
+                    os.replace(backup, path)
+                else:
+                    path.unlink()
+        raise
+    finally:
+        for tmp, _path in staged:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+    for _path, backup in done:
+        if backup is not None:
+            with contextlib.suppress(OSError):
+                backup.unlink()
+
+
+class OutputUnit:
+    """Outputs written as one unit (an ONNX model, its report, an engine and its sidecars): every file is
+    first written in full to a temporary beside its output (``stage``), then all are moved into place
+    (``commit_files``); a failure before or during the moves leaves every previous output as it was.
+
+    Use through ``output_unit``; ``commit`` once everything is staged.
+    """
+
+    def __init__(self, force: bool) -> None:
+        self.force = force
+        self.replace: set[Path] = set()  # outputs replaced even without force (see commit_files)
+        self._staged: list[tuple[Path, Path]] = []
+        self._folders: list[Path] = []
+        self.writing: Path | None = None
+
+    @property
+    def paths(self) -> list[Path]:
+        return [path for _tmp, path in self._staged]
+
+    def stage(self, path: Path) -> Path:
+        """A new temporary file beside ``path`` to write ``path``'s content into."""
+        path = Path(path)
+        self.writing = path
+        remove_stale_temporaries(path)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        self._staged.append((Path(name), path))
+        return Path(name)
+
+    def stage_folder(self, folder: Path, names: list[str]) -> Path:
+        """A temporary folder in ``folder`` whose files ``names`` (written by the caller) become
+        ``folder/name``, in that order (an ONNX model and its external data: the data first)."""
+        folder = Path(folder)
+        self.writing = folder / names[-1]
+        remove_stale_temporaries(folder / names[-1])
+        tmp = Path(tempfile.mkdtemp(prefix=TMP_FOLDER_PREFIX, suffix=".tmp", dir=folder))
+        self._folders.append(tmp)
+        self._staged += [(tmp / name, folder / name) for name in names]
+        return tmp
+
+    def write_bytes(self, path: Path, data: bytes) -> None:
+        with open(self.stage(path), "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def commit(self) -> None:
+        staged, self._staged = self._staged, []
+        self.writing = staged[-1][1] if staged else None
+        commit_files(staged, self.force, frozenset(self.replace))
+        self.writing = None
+
+    def discard(self) -> None:
+        for tmp, _path in self._staged:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        self._staged = []
+        for folder in self._folders:
+            for leftover in folder.iterdir() if folder.exists() else ():
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        self._folders = []
+
+
+@contextlib.contextmanager
+def output_unit(force: bool = True) -> Iterator[OutputUnit]:
+    """An ``OutputUnit``; whatever was staged and not committed is removed on exit, interrupt included. A
+    write failure of the disk's or the folder's making becomes one ``OutputWriteError`` line saying that
+    the previous files are untouched (true: nothing was moved, or the moves were undone)."""
+    unit = OutputUnit(force)
+    try:
+        yield unit
+    except OSError as e:
+        failed = unit.writing
+        unit.discard()
+        raise output_error(failed if failed is not None else Path("output"), e, several=True) from e
+    finally:
+        unit.discard()
+
+
+def write_files(files: Mapping[Path, bytes], force: bool = True, replace: Collection[Path] = ()) -> None:
+    """Write ``files`` (path -> bytes) as one unit (``OutputUnit``), in the order given. Without ``force`` no
+    existing file is replaced (exit 2, the usual line), except those in ``replace``."""
+    with output_unit(force) as unit:
+        unit.replace.update(Path(p) for p in replace)
+        for path, data in files.items():
+            unit.write_bytes(path, data)
+        unit.commit()

@@ -28,7 +28,7 @@ from .errors import (
     UsageError,
     one_line,
 )
-from .io import atomic_folder_files, atomic_path, check_output_path
+from .io import OutputUnit, atomic_folder_files, atomic_path, check_output_path, output_unit
 from .load import LoadedModel, load_model
 from .options import ExportOptions
 from .report import InspectReport, Report, StepRecord
@@ -237,16 +237,25 @@ def rewrite(model: Any, example: Any) -> tuple[Any, RewriteReport]:
     return rewrite_model(model, example)
 
 
-def save_onnx(model: Any, path: Path, force: bool = True) -> list[Path]:
-    """Write ``model`` atomically; over 2 GB its tensors go to ``<name>.data`` beside it (external data)."""
+def save_onnx(model: Any, path: Path, force: bool = True, unit: OutputUnit | None = None) -> list[Path]:
+    """Write ``model`` atomically; over 2 GB its tensors go to ``<name>.data`` beside it (external data).
+    With ``unit``, the files are only staged in it: they land when the unit is committed (with the report)."""
     import onnx
 
     size = sum(len(t.raw_data) for t in model.graph.initializer)
+    data_name = path.name + ".data"
+    if unit is not None:
+        if size < EXTERNAL_DATA_BYTES:
+            onnx.save_model(model, str(unit.stage(path)))
+            return [path]
+        tmpdir = unit.stage_folder(path.parent, [data_name, path.name])
+        onnx.save_model(model, str(tmpdir / path.name), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_name, size_threshold=1024)
+        return [path, path.parent / data_name]
     if size < EXTERNAL_DATA_BYTES:
         with atomic_path(path, force) as tmp:
             onnx.save_model(model, str(tmp))
         return [path]
-    data_name = path.name + ".data"
     with atomic_folder_files(path.parent, [data_name, path.name], force) as tmpdir:
         onnx.save_model(model, str(tmpdir / path.name), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=data_name, size_threshold=1024)
@@ -272,6 +281,11 @@ def run_export(source: Path, options: ExportOptions, progress: Progress | None =
     if options.to == "trt" and source.suffix.lower() != ".onnx":
         check_output_path(onnx_out, options.force)
         check_output_path(report_path_for(onnx_out), options.force)
+    if options.to == "trt":  # the engine's sidecar and EPContext model are outputs too (the cache is not)
+        from .trt.sidecar import default_paths
+
+        for path in default_paths(output)[:2]:
+            check_output_path(path, options.force)
 
     if options.verify:  # a missing runtime is refused (exit 3) before anything is loaded or written
         from .runtimes import require
@@ -290,10 +304,14 @@ def run_export(source: Path, options: ExportOptions, progress: Progress | None =
     if loaded.kind == "onnx":
         return _onnx_to_engine(loaded, options, target, output, runner, report)
     ctx = _Context(loaded, options, target, lowering, output, onnx_out, runner, report)
-    for step in (_prepare, _rewrite, _export, _simplify, _fp16, _verify, _write, _check):
-        step(ctx)
-    if ctx.failed or options.to == "onnx":
-        return _finish(report, output if options.to == "onnx" else onnx_out, runner, ctx.failed, options.force)
+    # The ONNX file (+ external data) and its report land together or not at all (io.OutputUnit).
+    with output_unit(options.force) as ctx.unit:
+        for step in (_prepare, _rewrite, _export, _simplify, _fp16, _verify, _write, _check):
+            step(ctx)
+        if ctx.failed or options.to == "onnx":
+            return _finish(report, output if options.to == "onnx" else onnx_out, runner, ctx.failed, options.force,
+                           ctx.unit)
+        ctx.unit.commit()  # the engine is built from the ONNX file: it is in place first
     _engine_step(onnx_out, output, options, target, runner, report)
     return _finish(report, output, runner, False, options.force)
 
@@ -319,6 +337,7 @@ class _Context:
     verification: VerifyResult | None = None
     ultra: UltralyticsInfo | None = None  # an Ultralytics model, exported in Ultralytics' ONNX layout
     failed: bool = False
+    unit: OutputUnit | None = None  # where _write stages the ONNX file; _finish adds the report and commits
 
     @property
     def precision(self) -> str:
@@ -482,7 +501,7 @@ def _write(ctx: _Context) -> None:
 
         ultralytics.finish_graph(ctx.proto, ctx.ultra, ctx.exported.opset)
     with ctx.runner.step("write") as s:
-        written = save_onnx(ctx.proto, ctx.onnx_out, ctx.options.force)
+        written = save_onnx(ctx.proto, ctx.onnx_out, ctx.options.force, ctx.unit)
         s.note = str(ctx.onnx_out) + (" (+ external data)" if len(written) > 1 else "")
     ctx.report.onnx = str(ctx.onnx_out)
 
@@ -550,7 +569,8 @@ def _engine_step(onnx_path: Path, engine_path: Path, options: ExportOptions, tar
         try:
             report.engine = build_engine(onnx_path, engine_path, fp16=options.fp16, target=target.name,
                                          profile=profile, workspace_mb=options.workspace_mb,
-                                         progress=runner.progress.message, checked=report.check is not None)
+                                         progress=runner.progress.message, checked=report.check is not None,
+                                         force=options.force)
         except TensorRTUnavailable as e:
             raise RuntimeMissing(str(e)) from e
         except EngineBuildError as e:
@@ -588,8 +608,9 @@ def _report_force(options: ExportOptions, source: Path, output: Path) -> bool:
     return options.force or (source.suffix.lower() == ".onnx" and report_path_for(output) == report_path_for(source))
 
 
-def _finish(report: Report, output: Path, runner: _Runner, failed: bool, force: bool = True) -> ExportResult:
-    from .report import write_report
+def _finish(report: Report, output: Path, runner: _Runner, failed: bool, force: bool = True,
+            unit: OutputUnit | None = None) -> ExportResult:
+    from .report import to_json, write_report
 
     # --no-verify: exit 0, but the report does not claim a parity it did not check.
     report.status = "FAILED" if failed else ("PASSED" if report.verification is not None else "UNVERIFIED")
@@ -597,7 +618,11 @@ def _finish(report: Report, output: Path, runner: _Runner, failed: bool, force: 
     report.steps = list(runner.steps)
     path = report_path_for(output)
     report.report = str(path)
-    write_report(report, path, force)
+    if unit is None:
+        write_report(report, path, force)
+    else:  # the report joins the unit's files (the ONNX), then all land at once
+        unit.write_bytes(path, (to_json(report) + "\n").encode("utf-8"))
+        unit.commit()
     return ExportResult(report.exit_code, report, output, path, runner.steps)
 
 

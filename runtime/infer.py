@@ -1369,12 +1369,9 @@ def create_session(ort: Any, model_path: str, chain: list[str], trt_options: dic
             session = ort.InferenceSession(model_path, sess_options=options, providers=providers)
     except Exception as e:  # onnxruntime's pybind errors (Fail, InvalidGraph, ...) share no useful base class
         error = Unavailable if chain[0] != CPU_EP else BadInput
-        # onnxruntime's own message says what is wrong (unknown op, opset, missing external data), not what
-        # to do: say it, after the message so that the reason stays first.
-        hint = ("check that every file of the model was copied (external data included) and that it was "
-                "exported for this onnxruntime (opset, operators)")
+        hint = _load_hint(e)
         raise error(f"onnxruntime could not load {os.path.basename(model_path)} with {chain[0]}: "
-                    f"{_first_line(e)} -- {hint}") from None
+                    f"{_first_line(e)}" + (f" -- {hint}" if hint else "")) from None
     elapsed = time.perf_counter() - start
     # Without this, a provider failing during run() makes onnxruntime switch providers silently and
     # retry, so a benchmark would time another provider than the one reported.
@@ -1382,6 +1379,23 @@ def create_session(ort: Any, model_path: str, chain: list[str], trt_options: dic
     if disable_fallback is not None:
         disable_fallback()
     return session, elapsed
+
+
+def _load_hint(error: Exception) -> str | None:
+    """What to do about onnxruntime's refusal to load a model, where its message says only what is wrong.
+
+    A missing external-data file: check the copy; an operator or opset onnxruntime does not know: re-export for
+    it. Anything else (an invalid graph, a type error, a bad protobuf) is said by onnxruntime's message alone:
+    a hint about copies would send the user the wrong way.
+    """
+    text = str(error)
+    lower = text.lower()
+    if type(error).__name__ == "NoSuchFile" or "external data" in lower or "no such file" in lower:
+        return "check that every file of the model was copied (external data included)"
+    if (type(error).__name__ == "NotImplemented" or "not a registered function/op" in lower
+            or "opset" in lower or "ValidateOpsetForDomain" in text):
+        return "export it for this onnxruntime (opset, operators) or run it with a newer onnxruntime"
+    return None
 
 
 def _input_specs(session: Any) -> list[InputSpec]:

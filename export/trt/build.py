@@ -1,7 +1,7 @@
 """Build a TensorRT engine from an ONNX file.
 
-``build_engine`` writes, beside each other and each complete or absent (``io.atomic_folder_files``, all built
-in memory first): ``model.engine`` (the plain serialized engine, no header), ``model.engine.json`` (the
+``build_engine`` writes, beside each other and as one unit (``io.write_files``: all new or all as they
+were, built in memory first): ``model.engine`` (the plain serialized engine, no header), ``model.engine.json`` (the
 sidecar, ``sidecar.py``), ``model_ctx.onnx`` (the onnxruntime EPContext model, ``epcontext``), and keeps the
 builder's timing cache in ``model.timing.cache`` (read before, written after every build).
 
@@ -30,7 +30,7 @@ import onnx
 from ..check import check_model
 from ..epcontext import engine_reference, ep_context_model
 from ..fp16 import float_types, fp32_nodes, name_nodes
-from ..io import atomic_folder_files
+from ..io import write_files
 from ..targets import Target, get_target
 from . import api
 from .api import EngineBuildError, Progress
@@ -303,22 +303,16 @@ def _serialize(req: _Request, builder: trt.Builder, network: trt.INetworkDefinit
     return bytes(memoryview(serialized)), seconds
 
 
-def _write(files: Mapping[Path, bytes]) -> None:
-    """Write the files of one build, folder by folder, through ``io.atomic_folder_files`` (each file complete or
-    absent; a failure leaves no temporary file)."""
-    folders: dict[Path, dict[str, bytes]] = {}
-    for path, data in files.items():
-        folders.setdefault(path.parent, {})[path.name] = data
-    for folder, named in folders.items():
-        with atomic_folder_files(folder, list(named)) as tmp:
-            for name, data in named.items():
-                (tmp / name).write_bytes(data)
+def _write(files: Mapping[Path, bytes], force: bool = True, replace: Sequence[Path] = ()) -> None:
+    """Write the files of one build as one unit through ``io.write_files``: all new or all as they were, no
+    temporary file left; without ``force`` no existing file is replaced (except ``replace``: the timing cache)."""
+    write_files(files, force, replace)
 
 
 def build_engine(onnx_path: Path, engine_path: Path, *, fp16: bool, target: str,
                  profile: Mapping[str, ShapeRange] | None = None, workspace_mb: int | None = None,
                  progress: Progress | None = None, ctx_path: Path | None = None,
-                 checked: bool = False) -> EngineResult:
+                 checked: bool = False, force: bool = True) -> EngineResult:
     """Build ``engine_path`` (+ sidecar JSON, EPContext model, timing cache) from ``onnx_path`` for ``target``.
 
     ``profile``: {input name: (min, opt, max) shapes} for the dynamic inputs. ``fp16``: on weak-typing targets
@@ -326,6 +320,7 @@ def build_engine(onnx_path: Path, engine_path: Path, *, fp16: bool, target: str,
     Raises ``TensorRTUnavailable`` (nothing written) when TensorRT or a GPU is missing, ``EngineBuildError``
     when the check, parser or builder fails, ``ValueError`` for a bad profile. ``checked``: the caller has
     already run the static target check on this file (the pipeline's check step), so it is not run twice.
+    ``force=False``: an engine, sidecar or EPContext file already there is never replaced (``OutputError``).
     """
     req = _request(onnx_path, engine_path, fp16, target, profile, workspace_mb, ctx_path)
     model = onnx.load(os.fspath(req.onnx_path), load_external_data=False)
@@ -356,6 +351,6 @@ def build_engine(onnx_path: Path, engine_path: Path, *, fp16: bool, target: str,
     ctx = ep_context_model(model, engine_reference(req.engine_path, req.ctx_path), tensorrt_version=version,
                            compute_capability=device.compute_capability, onnx_model_filename=req.onnx_path.name)
     _write({req.engine_path: engine_bytes, req.cache_path: new_cache, req.sidecar_path: encode(sidecar),
-            req.ctx_path: ctx.SerializeToString()})
+            req.ctx_path: ctx.SerializeToString()}, force, replace=(req.cache_path,))
     return EngineResult(req.engine_path, req.sidecar_path, req.ctx_path, req.cache_path, version, plan.precision,
                         plan.strongly_typed, seconds, sidecar, tuple(warnings))

@@ -1,10 +1,14 @@
+import io
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).parent))
 import export_models  # noqa: E402
@@ -159,3 +163,55 @@ def test_onnx_input_is_not_loaded_with_torch(tmp_path: Path) -> None:
     path.write_bytes(b"not parsed here")
     loaded = load_model(path)
     assert loaded.kind == "onnx" and loaded.model is None and len(loaded.sha256) == 64
+
+
+# The loader is total over garbage: whatever the bytes, an InputError (exit 2) of one line, never another error.
+# In-process and bounded; derandomize makes the examples the same every run.
+_GARBAGE = settings(max_examples=40, deadline=None, derandomize=True, database=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+
+def _refused_in_one_line(data: bytes, suffix: str, trust_pickle: bool) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"model{suffix}"
+        path.write_bytes(data)
+        try:
+            load_model(path, trust_pickle=trust_pickle)
+        except InputError as e:
+            assert e.exit_code == 2 and "\n" not in str(e), str(e)
+        else:  # garbage that loads would have to be a model: it never is
+            pytest.fail(f"{data[:32]!r}... loaded")
+
+
+@_GARBAGE
+@given(data=st.binary(min_size=1, max_size=4096), suffix=st.sampled_from([".pt", ".pth", ".pt2", ".bin"]),
+       trust_pickle=st.booleans())
+def test_random_bytes_are_refused_in_one_line(data: bytes, suffix: str, trust_pickle: bool) -> None:
+    _refused_in_one_line(data, suffix, trust_pickle)
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+@_GARBAGE
+@given(body=st.binary(max_size=2048), protocol=st.sampled_from([b"\x80\x02", b"\x80\x04", b""]),
+       envelope=st.sampled_from(["pickle", "torch_zip", "torchscript_zip", "pt2_zip"]))
+def test_random_bytes_in_a_pickle_or_zip_envelope_are_refused_in_one_line(body: bytes, protocol: bytes,
+                                                                          envelope: str) -> None:
+    stream = protocol + body
+    if envelope == "pickle":
+        data = stream
+    elif envelope == "torch_zip":
+        data = _zip({"archive/data.pkl": stream, "archive/byteorder": b"little", "archive/version": b"3\n"})
+    elif envelope == "torchscript_zip":
+        data = _zip({"archive/data.pkl": stream, "archive/constants.pkl": stream, "archive/code/__torch__.py": body,
+                     "archive/version": b"3\n"})
+    else:
+        data = _zip({"archive/archive_format": b"pt2", "archive/models/model.json": body,
+                     "archive/data/sample_inputs/model.pt": stream, "archive/version": b"3\n"})
+    _refused_in_one_line(data, ".pt2" if envelope == "pt2_zip" else ".pt", False)

@@ -103,3 +103,46 @@ def test_trust_pickle_really_runs_the_files_code(tmp_path: Path) -> None:
     code, _out, err = cli(tmp_path / "evil.pt", "--to", "onnx", "--trust-pickle")
     assert marker.exists()
     assert code == 2 and "not a model" in one_error_line(err)  # os.system's return value is no model
+
+
+def _memo_trick_pickle(command: str) -> bytes:
+    """``posix.system(command)`` whose module and name reach STACK_GLOBAL only through the memo (pushed,
+    memoized, popped, fetched back): a scan that reads the strings just before STACK_GLOBAL sees none."""
+    def text(s: str) -> bytes:
+        data = s.encode()
+        return b"\x8c" + bytes([len(data)]) + data  # SHORT_BINUNICODE
+
+    return (b"\x80\x04" + text("posix") + b"\x94" + b"0" + text("system") + b"\x94" + b"0"  # MEMOIZE, POP
+            + b"h\x00" + b"h\x01" + b"\x93"  # BINGET 0, BINGET 1, STACK_GLOBAL
+            + text(command) + b"\x85" + b"R" + b".")  # TUPLE1, REDUCE, STOP
+
+
+def _in_torch_zip(pickle_bytes: bytes, path: Path) -> None:
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", pickle_bytes)
+        z.writestr("archive/byteorder", "little")
+        z.writestr("archive/version", "3\n")
+
+
+@pytest.mark.parametrize("envelope", ["plain_pickle", "torch_zip"])
+def test_memo_trick_pickle_is_refused_in_one_line_naming_the_global(tmp_path: Path, envelope: str) -> None:
+    marker = tmp_path / MARKER
+    data = _memo_trick_pickle(f"touch {marker}")
+    src = tmp_path / "model.pt"
+    if envelope == "plain_pickle":
+        src.write_bytes(data)
+    else:
+        _in_torch_zip(data, src)
+    code, _out, err = cli(src, "--to", "onnx", "-o", tmp_path / "model.onnx")
+    line = one_error_line(err)
+    assert code == 2, err
+    assert "posix.system" in line and "--trust-pickle" in line, line
+    assert "corrupted" not in line and "Warning" not in err, err
+    assert not marker.exists()
+    assert listing(tmp_path) == ["model.pt"]
+
+
+def test_memo_trick_pickle_is_live_so_the_refusal_above_means_something(tmp_path: Path) -> None:
+    marker = tmp_path / MARKER
+    pickle.loads(_memo_trick_pickle(f"touch {marker}"))
+    assert marker.exists()

@@ -78,8 +78,56 @@ def test_bad_onnx_is_refused_with_one_reason(tmp_path: Path, case: str, consumer
     assert not any(p.endswith((".engine", "_ctx.onnx", ".tmp")) for p in after)
 
 
-@pytest.mark.parametrize("case", ["unknown_domain", "opset_too_new", "external_data_missing"])
-def test_runtime_refusal_of_a_model_onnxruntime_cannot_load_says_what_to_do(tmp_path: Path, case: str) -> None:
-    code, _out, err = _run_infer(write_onnx_case(case, tmp_path))
-    line = one_error_line(err, "error:")
-    assert code == 2 and "every file of the model was copied" in line and "exported for this onnxruntime" in line
+# case -> the hint the refusal ends with (None: onnxruntime's own words alone)
+LOAD_HINTS = {
+    "unknown_domain": "export it for this onnxruntime",
+    "opset_too_new": "export it for this onnxruntime",
+    "external_data_missing": "every file of the model was copied",
+    "invalid_graph": None,
+    "type_mismatch": None,
+}
+
+
+def _onnxruntime_refuses(case: str, folder: Path) -> Path:
+    """A model that parses (protobuf, infer.py's own checks) and that onnxruntime refuses as invalid."""
+    import onnx
+    from bad_inputs import relu_model
+    from onnx import TensorProto
+
+    if case not in ("invalid_graph", "type_mismatch"):
+        return write_onnx_case(case, folder)
+    model = relu_model()
+    if case == "invalid_graph":
+        model.graph.node[0].input[0] = "ghost"  # produced by nothing
+    else:
+        model.graph.output[0].type.tensor_type.elem_type = TensorProto.INT64  # Relu gives float
+    onnx.save(model, folder / "model.onnx")
+    return folder / "model.onnx"
+
+
+@pytest.mark.parametrize("case", sorted(LOAD_HINTS))
+def test_runtime_refusal_of_a_model_onnxruntime_cannot_load_says_what_onnxruntime_said(tmp_path: Path,
+                                                                                      case: str) -> None:
+    """Through the script, as a device runs it: onnxruntime's reason, and a hint only where one helps."""
+    import subprocess
+    import sys
+
+    import onnxruntime as ort
+
+    path = _onnxruntime_refuses(case, tmp_path)
+    try:
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # the attack's precondition: onnxruntime itself refuses this file
+        said = str(e).splitlines()[0]
+    else:
+        pytest.fail("onnxruntime loads it")
+    proc = subprocess.run([sys.executable, str(Path(infer.__file__)), str(path), "--random", "--provider", "cpu"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    line = one_error_line(proc.stderr, "error:")
+    assert proc.returncode == 2, proc.stderr
+    assert said.split("failed:")[-1][:60] in line, (said, line)
+    hint = LOAD_HINTS[case]
+    if hint is None:
+        assert "copied" not in line and "external data" not in line and " -- " not in line, line
+    else:
+        assert hint in line, line

@@ -135,16 +135,19 @@ def test_disk_full_while_writing_the_engine_keeps_the_previous_engine(tmp_path: 
     onnx.save(relu_model(), tmp_path / "m.onnx")
     for name in ("m.engine", "m.engine.json", "m_ctx.onnx"):
         (tmp_path / name).write_bytes(PREVIOUS)
-    real_write_bytes = Path.write_bytes
+    from blocks_export.export import io
 
-    def full(self: Path, data: bytes) -> int:  # the disk fills up halfway through the engine file
-        if self.name == "m.engine":
-            real_write_bytes(self, data[: len(data) // 2])
+    real_fsync = os.fsync
+    synced: list[int] = []
+
+    def full(fd: int) -> None:  # the disk fills up: the engine file (the unit's first) does not reach it
+        synced.append(fd)
+        if len(synced) == 1:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write_bytes(self, data)
+        real_fsync(fd)
 
-    # The engine files go through the one atomic writer (export/io.py), which writes each file with write_bytes.
-    monkeypatch.setattr(Path, "write_bytes", full)
+    # The engine files go through the one atomic writer (export/io.py), which fsyncs each staged file.
+    monkeypatch.setattr(io.os, "fsync", full)
     code, _, err = cli(tmp_path / "m.onnx", "--to", "trt", "--target", "jetpack6", "--force", "--quiet")
     line = one_error_line(err)
     assert code == 2 and "No space left on device" in line, line

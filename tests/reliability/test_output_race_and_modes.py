@@ -91,3 +91,91 @@ def test_stale_temporaries_of_ours_are_removed_and_nothing_else(tmp_path: Path, 
     assert not stale.exists()
     assert fresh.exists() and other_name.exists() and not_ours.exists() and link.is_symlink()
     assert target.read_bytes() == OTHER
+
+
+def test_stale_temporary_folders_of_ours_are_removed_and_nothing_else(tmp_path: Path, source: Path) -> None:
+    # What a SIGKILL while a multi-file output (external data, engine files) was staged leaves behind:
+    # .blocks-export.XXXXXXXX.tmp/ holding the partial files, here dated two days back.
+    old = os.stat(tmp_path).st_mtime - 2 * 24 * 3600
+    stale = tmp_path / ".blocks-export.k3j9_x2a.tmp"
+    fresh = tmp_path / ".blocks-export.abcdefgh.tmp"  # another run's, still writing
+    with_a_link = tmp_path / ".blocks-export.linkdir0.tmp"  # not what we leave: a link inside
+    with_a_folder = tmp_path / ".blocks-export.userdata.tmp"  # not what we leave: a folder inside
+    a_file = tmp_path / ".blocks-export.zz9plur.tmp"  # a file, not a folder (and 7 characters)
+    no_dot = tmp_path / "blocks-export.k3j9_x2a.tmp"
+    target = tmp_path / "precious.bin"
+    target.write_bytes(OTHER)
+    for folder in (stale, fresh, with_a_link, with_a_folder, no_dot):
+        folder.mkdir()
+        (folder / "m.onnx").write_bytes(b"partial")
+    os.symlink(target, with_a_link / "m.onnx.data")
+    (with_a_folder / "notes").mkdir()
+    a_file.write_bytes(OTHER)
+    for p in (stale, with_a_link, with_a_folder, no_dot, a_file, stale / "m.onnx"):
+        os.utime(p, (old, old))
+    code, _, err = _export(source, tmp_path / "m.onnx")
+    assert code == 0, err
+    assert not stale.exists()
+    for kept in (fresh, with_a_link, with_a_folder, no_dot):
+        assert (kept / "m.onnx").read_bytes() == b"partial", kept
+    assert (with_a_link / "m.onnx.data").is_symlink() and (with_a_folder / "notes").is_dir()
+    assert a_file.read_bytes() == OTHER and target.read_bytes() == OTHER
+
+
+@pytest.fixture
+def trt_double(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tensorrt test double on a fake Orin: the engine build runs here, without a GPU."""
+    import sys
+
+    import trt_double as double
+
+    from blocks_export.export import engine
+
+    monkeypatch.setitem(sys.modules, "tensorrt", double.make_tensorrt("10"))
+    monkeypatch.setattr(engine, "cuda_device", lambda command, index=0: engine.DeviceInfo("Orin", "8.7"))
+
+
+def _onnx_input(folder: Path) -> Path:
+    from bad_inputs import relu_model
+
+    onnx.save(relu_model(), folder / "m.onnx")
+    return folder / "m.onnx"
+
+
+@pytest.mark.parametrize("name", ["m.engine.json", "m_ctx.onnx"])
+def test_an_existing_engine_sidecar_is_refused_without_force(tmp_path: Path, trt_double: None, name: str) -> None:
+    from bad_inputs import cli
+
+    src = _onnx_input(tmp_path)
+    (tmp_path / name).write_bytes(OTHER)
+    code, _, err = cli(src, "--to", "trt", "--target", "jetpack6", "--quiet")
+    line = one_error_line(err)
+    assert code == 2 and "already exists" in line and "--force" in line, line
+    assert (tmp_path / name).read_bytes() == OTHER
+    assert listing(tmp_path) == sorted(["m.onnx", name])
+
+
+@pytest.mark.parametrize("name", ["m.engine", "m.engine.json", "m_ctx.onnx"])
+def test_an_engine_file_that_appears_during_the_build_is_not_replaced(tmp_path: Path, trt_double: None,
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      name: str) -> None:
+    # Another build into the same new engine lands its file after our start-up check and before our final
+    # step. The real build runs; only the competitor's file is staged, while the EPContext model is made.
+    from bad_inputs import cli
+
+    from blocks_export.export import engine
+
+    src = _onnx_input(tmp_path)
+    real = engine.ep_context_model
+
+    def competitor_lands(*args: object, **kwargs: object) -> object:
+        (tmp_path / name).write_bytes(OTHER)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "ep_context_model", competitor_lands)
+    code, _, err = cli(src, "--to", "trt", "--target", "jetpack6", "--quiet")
+    line = one_error_line(err)
+    assert code == 2 and "already exists" in line and "--force" in line, line
+    assert (tmp_path / name).read_bytes() == OTHER
+    # The build's files are one unit: none of them landed beside the competitor's (the cache is not an output).
+    assert set(listing(tmp_path)) - {"m.timing.cache"} == {"m.onnx", name}

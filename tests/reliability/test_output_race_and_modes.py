@@ -129,10 +129,10 @@ def trt_double(monkeypatch: pytest.MonkeyPatch) -> None:
 
     import trt_double as double
 
-    from blocks_export.export import engine
+    from blocks_export.export.trt import api
 
     monkeypatch.setitem(sys.modules, "tensorrt", double.make_tensorrt("10"))
-    monkeypatch.setattr(engine, "cuda_device", lambda command, index=0: engine.DeviceInfo("Orin", "8.7"))
+    monkeypatch.setattr(api, "cuda_device", lambda command, index=0: api.DeviceInfo("Orin", "8.7"))
 
 
 def _onnx_input(folder: Path) -> Path:
@@ -163,16 +163,16 @@ def test_an_engine_file_that_appears_during_the_build_is_not_replaced(tmp_path: 
     # step. The real build runs; only the competitor's file is staged, while the EPContext model is made.
     from bad_inputs import cli
 
-    from blocks_export.export import engine
+    from blocks_export.export.trt import build
 
     src = _onnx_input(tmp_path)
-    real = engine.ep_context_model
+    real = build.ep_context_model
 
     def competitor_lands(*args: object, **kwargs: object) -> object:
         (tmp_path / name).write_bytes(OTHER)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "ep_context_model", competitor_lands)
+    monkeypatch.setattr(build, "ep_context_model", competitor_lands)
     code, _, err = cli(src, "--to", "trt", "--target", "jetpack6", "--quiet")
     line = one_error_line(err)
     assert code == 2 and "already exists" in line and "--force" in line, line

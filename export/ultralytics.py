@@ -95,15 +95,32 @@ class UltralyticsInfo:
         }
         if self.kpt_shape is not None:
             meta["kpt_shape"] = list(self.kpt_shape)
+        if "kpt_names" in self.extra:
+            meta["kpt_names"] = self.extra["kpt_names"]
         return meta
 
 
 def task_of(model: Any) -> str | None:
-    """The Ultralytics task of ``model`` ("detect", ...) or None: by its classes' names and modules only, so that
-    nothing is imported for a model that is not Ultralytics'."""
+    """The Ultralytics task of ``model`` ("detect", ...) or None for a model that is not Ultralytics': by its classes'
+    names and modules only, so that nothing is imported for a model that is not Ultralytics'.
+
+    The first Ultralytics class of the model's MRO decides (a user's own subclass of ``DetectionModel`` is a
+    detector). An Ultralytics model of another kind (RT-DETR, YOLO-World, YOLOE, semantic segmentation, depth) is
+    refused in one line: exporting its raw eval outputs would be a graph neither ``yolo export`` nor
+    ``YOLO('model.onnx')`` agrees with.
+    """
     for cls in type(model).__mro__:
-        if cls.__module__.startswith("ultralytics.") and cls.__name__ in TASK_OF_CLASS:
+        if not cls.__module__.startswith("ultralytics."):
+            continue
+        if cls.__name__ in TASK_OF_CLASS:
             return TASK_OF_CLASS[cls.__name__]
+        if any(c.__name__ == "BaseModel" and c.__module__.startswith("ultralytics.") for c in cls.__mro__):
+            from .errors import InputError
+
+            raise InputError(
+                f"{type(model).__name__}: an Ultralytics {cls.__name__} is not exported in Ultralytics' layout here "
+                f"(supported: {', '.join(TASK_OF_CLASS)}); without custom blocks, use `yolo export format=onnx`")
+        return None
     return None
 
 
@@ -161,7 +178,8 @@ def prepare(model: Any, *, imgsz: tuple[int, int], batch: int, dynamic: bool,
         yaml_file=str(yaml.get("yaml_file", "")) if isinstance(yaml, dict) else "",
         data=str(args.get("data", "")) if isinstance(args, dict) else "",
         kpt_shape=tuple(head.kpt_shape) if task == "pose" and hasattr(head, "kpt_shape") else None,
-        extra={"version": __version__})
+        extra={"version": __version__, **({"kpt_names": model.kpt_names}
+                                          if task == "pose" and hasattr(model, "kpt_names") else {})})
     return model, info
 
 

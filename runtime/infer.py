@@ -19,6 +19,7 @@ Every refusal is one line on stderr saying what is wrong and what to do; --debug
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import ctypes
 import hashlib
@@ -374,7 +375,29 @@ def parse_meta(metadata: dict[str, str]) -> ModelMeta:
             raise BadInput(f"metadata {META}export_shape[{name!r}] should be a list of ints; "
                            "export the model again")
         meta.export_shape[name] = shape
+    if metadata.get("author") == "Ultralytics":  # exported by `yolo export`: its own keys say the same things
+        _ultralytics_meta(metadata, meta)
     return meta
+
+
+def _ultralytics_meta(metadata: dict[str, str], meta: ModelMeta) -> None:
+    """Task, class names and letterbox from Ultralytics' metadata (ultralytics/engine/exporter.py writes each value
+    as ``str()`` of a Python literal), for whatever the ``blocks_export.*`` keys do not already say."""
+    def literal(key: str) -> Any:
+        try:
+            return ast.literal_eval(metadata.get(key, "None"))
+        except (ValueError, SyntaxError):
+            return None
+
+    names, imgsz = literal("names"), literal("imgsz")
+    if meta.labels is None and isinstance(names, dict):
+        meta.labels = [str(names[k]) for k in sorted(names)]
+    if meta.task is None and metadata.get("task") in ("detect", "classify"):
+        meta.task = metadata["task"]
+    if meta.task == "detect" and "resize" not in meta.preprocess:
+        meta.preprocess = dict(meta.preprocess, resize="letterbox")  # Ultralytics' LetterBox, pad 114
+    if "size" not in meta.preprocess and isinstance(imgsz, list) and len(imgsz) == 2:
+        meta.preprocess = dict(meta.preprocess, size=[int(v) for v in imgsz])
 
 
 # --------------------------------------------------------------------------------- engine integrity
@@ -863,16 +886,43 @@ def resize_bilinear(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return top * (1 - wy) + bottom * wy
 
 
-def letterbox(img: np.ndarray, size: tuple[int, int], pad: float = LETTERBOX_PAD) -> np.ndarray:
-    """Resize [H, W, C] keeping the aspect ratio, centre it in [size[0], size[1], C] padded with ``pad``."""
-    h, w, channels = img.shape
+def letterbox_geometry(image_hw: Sequence[int], size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Where letterbox puts an image of ``image_hw`` (H, W) in ``size``: (top, left, new_h, new_w).
+
+    As Ultralytics' ``LetterBox`` (ultralytics/data/augment.py): one ratio for both sides, each side rounded, the
+    image centred with the odd pixel of padding at the bottom / right.
+    """
+    h, w = int(image_hw[0]), int(image_hw[1])
     out_h, out_w = size
     ratio = min(out_h / h, out_w / w)
     new_h = min(out_h, max(1, int(round(h * ratio))))
     new_w = min(out_w, max(1, int(round(w * ratio))))
-    out = np.full((out_h, out_w, channels), pad, dtype=np.float32)
-    top, left = (out_h - new_h) // 2, (out_w - new_w) // 2
+    return (out_h - new_h) // 2, (out_w - new_w) // 2, new_h, new_w
+
+
+def letterbox(img: np.ndarray, size: tuple[int, int], pad: float = LETTERBOX_PAD) -> np.ndarray:
+    """Resize [H, W, C] keeping the aspect ratio, centre it in [size[0], size[1], C] padded with ``pad``."""
+    top, left, new_h, new_w = letterbox_geometry(img.shape[:2], size)
+    out = np.full((size[0], size[1], img.shape[2]), pad, dtype=np.float32)
     out[top:top + new_h, left:left + new_w] = resize_bilinear(img, (new_h, new_w))
+    return out
+
+
+def to_image_pixels(boxes: np.ndarray, image_hw: Sequence[int], prep: Preprocess) -> np.ndarray:
+    """[N, 4] x1, y1, x2, y2 boxes in model-input pixels -> the same boxes in the original image's pixels.
+
+    Undoes ``preprocess_image``'s resize: the letterbox offset and ratio (each side's own ratio, since each side
+    was rounded: what Ultralytics' ``scale_boxes`` does, ultralytics/utils/ops.py), or the stretch; then clipped
+    to the image.
+    """
+    h, w = int(image_hw[0]), int(image_hw[1])
+    if prep.resize == "letterbox":
+        top, left, new_h, new_w = letterbox_geometry((h, w), prep.size)
+    else:
+        top, left, new_h, new_w = 0, 0, prep.size[0], prep.size[1]
+    out = np.asarray(boxes, dtype=np.float64).copy()
+    out[:, [0, 2]] = ((out[:, [0, 2]] - left) * (w / new_w)).clip(0, w)
+    out[:, [1, 3]] = ((out[:, [1, 3]] - top) * (h / new_h)).clip(0, h)
     return out
 
 
@@ -970,6 +1020,7 @@ class Batch:
     feeds: dict[str, np.ndarray]
     sources: list[str]
     valid: int  # items that are real (the rest pads a static batch)
+    image_hw: list[tuple[int, int]] = field(default_factory=list)  # decoded images' (H, W), one per source
 
 
 def collect_sources(paths: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -1027,12 +1078,17 @@ def _chunks(items: np.ndarray, sources: list[str], name: str, limit: int, static
 def image_batches(paths: list[str], spec: InputSpec, meta: ModelMeta, resize: str | None,
                   requested_batch: int | None) -> tuple[list[Batch], Preprocess]:
     prep = make_preprocess(meta, spec.shape, resize)
-    tensors = [preprocess_image(read_image(p), prep) for p in paths]
+    decoded = [read_image(p) for p in paths]
+    tensors = [preprocess_image(img, prep) for img in decoded]
     stacked = np.stack(tensors).astype(numpy_dtype(spec))  # (N, C, H, W)
     if _channels_last(spec.shape):
         stacked = np.ascontiguousarray(stacked.transpose(0, 2, 3, 1))  # (N, H, W, C)
     limit, static = batch_limit(spec, meta, requested_batch)
-    return _chunks(stacked, list(paths), spec.name, limit, static), prep
+    batches = _chunks(stacked, list(paths), spec.name, limit, static)
+    sizes = {p: (int(img.shape[0]), int(img.shape[1])) for p, img in zip(paths, decoded)}
+    for batch in batches:
+        batch.image_hw = [sizes[p] for p in batch.sources]
+    return batches, prep
 
 
 def _load_npy(path: str) -> np.ndarray:
@@ -1220,19 +1276,31 @@ def detections(output: np.ndarray, conf: float = CONF_THRESHOLD, iou: float = IO
     return result
 
 
-def detection_predictions(output: np.ndarray, sources: list[str],
-                          labels: list[str] | None) -> list[dict[str, Any]]:
-    """JSON-ready detections per source: label, class, score, box (x1, y1, x2, y2 in model-input pixels)."""
+def detection_predictions(output: np.ndarray, sources: list[str], labels: list[str] | None,
+                          image_hw: dict[str, tuple[int, int]] | None = None,
+                          prep: Preprocess | None = None) -> list[dict[str, Any]]:
+    """JSON-ready detections per source: label, class, score, box x1, y1, x2, y2.
+
+    Boxes are in the original image's pixels for a source in ``image_hw`` (decoded images, with the ``prep``
+    that resized them), in model-input pixels otherwise (.npy arrays, random inputs); ``box_space`` says which.
+    """
     items = []
     for source, dets in zip(sources, detections(output)):
-        items.append({"source": source, "detections": [
-            {"label": labels[c] if labels and c < len(labels) else f"class_{c}", "class": c,
-             "score": round(s, 5), "box_xyxy": [round(float(v), 2) for v in box]} for box, s, c in dets]})
+        hw = (image_hw or {}).get(source)
+        boxes = np.array([box for box, _, _ in dets], dtype=np.float64).reshape(-1, 4)
+        if hw is not None and prep is not None and len(boxes):
+            boxes = to_image_pixels(boxes, hw, prep)
+        items.append({"source": source, "box_space": "image" if hw is not None and prep is not None else "input",
+                      "detections": [
+                          {"label": labels[c] if labels and c < len(labels) else f"class_{c}", "class": c,
+                           "score": round(s, 5), "box_xyxy": [round(float(v), 2) for v in box]}
+                          for box, (_, s, c) in zip(boxes, dets)]})
     return items
 
 
 def print_detections(item: dict[str, Any], out: Any) -> None:
-    print(f"{item['source']}: {len(item['detections'])} detection(s) (boxes x1,y1,x2,y2 in model-input pixels)",
+    space = "image" if item.get("box_space") == "image" else "model-input"
+    print(f"{item['source']}: {len(item['detections'])} detection(s) (boxes x1,y1,x2,y2 in {space} pixels)",
           file=out)
     for det in item["detections"]:
         print("  {:<20} {:.3f}  [{}]".format(det["label"], det["score"],
@@ -1638,7 +1706,8 @@ def run(args: argparse.Namespace, out: Any, err: Any) -> int:
         result["predictions"] = [{"source": s, "topk": row}
                                  for s, row in zip(sources, top_k(scores, args.topk, meta.labels))]
     elif meta.task == "detect" and merged and is_detect_layout(merged[0], len(meta.labels) if meta.labels else None):
-        result["predictions"] = detection_predictions(merged[0], sources, meta.labels)
+        image_hw = {s: hw for b in batches for s, hw in zip(b.sources, b.image_hw)}
+        result["predictions"] = detection_predictions(merged[0], sources, meta.labels, image_hw, prep)
     if args.save_outputs:
         result["saved"] = save_outputs(args.save_outputs, output_names, merged, sources)
     if args.bench:

@@ -6,6 +6,8 @@ Ultralytics itself: ``YOLO('ours.onnx').predict`` must give the boxes ``YOLO('mo
 """
 from __future__ import annotations
 
+import ast
+import json
 import sys
 from pathlib import Path
 
@@ -21,9 +23,15 @@ from test_cli import invoke  # noqa: E402
 
 from blocks_export.export.verify import session  # noqa: E402
 
-IMGSZ = 320
+IMGSZ = 320  # the fast representative; the slow matrix runs at Ultralytics' default 640
 ULTRA_KEYS = {"description", "author", "date", "version", "license", "docs", "stride", "task", "head", "batch",
               "imgsz", "names", "args", "channels", "end2end"}
+# The metadata values YOLO('model.onnx') reads back (ultralytics/nn/backends/base.py, apply_metadata).
+SAME_META = ("stride", "task", "head", "batch", "imgsz", "names", "channels", "end2end", "kpt_shape")
+# The acceptance matrix: our CLI flags, and the `yolo export` arguments whose graph ours must look like. fp16
+# keeps fp32 inputs and outputs, so its interface is the fp32 export's.
+MODES = {"static": ([], False), "dynamic": (["--dynamic"], True),
+         "fp16-jetpack6": (["--fp16", "--target", "jetpack6"], False), "jetpack5": (["--target", "jetpack5"], False)}
 
 
 def _reference(ckpt: Path) -> torch.nn.Module:
@@ -33,16 +41,23 @@ def _reference(ckpt: Path) -> torch.nn.Module:
 
 
 def _own_parity(onnx_path: Path, ckpt: Path, shapes: list[tuple[int, ...]], rel_l2: float) -> None:
+    """Every output of our graph against the checkpoint's model, by this test's own onnxruntime session."""
     sess = session(onnx_path.read_bytes())
     ref_model = _reference(ckpt)
     for i, shape in enumerate(shapes):
         x = torch.rand(shape, generator=torch.Generator().manual_seed(10 + i))
         with torch.no_grad():
-            ref = ref_model(x)[0].numpy()  # eval mode: (decoded [B, 4 + nc, anchors], raw maps)
-        (got,) = sess.run(None, {"images": x.numpy()})
-        assert got.shape == ref.shape
-        err = np.linalg.norm(got - ref) / np.linalg.norm(ref)
-        assert err <= rel_l2, (shape, err)
+            ref = ref_model(x)
+        # eval mode: (what export mode returns, the raw head outputs); segment's first part is itself the pair
+        # (decoded [B, 4 + nc + 32, anchors], prototypes), classify's the probabilities.
+        ref = list(ref[0]) if isinstance(ref[0], tuple | list) else [ref[0]]
+        got = sess.run(None, {"images": x.numpy()})
+        assert len(got) == len(ref)
+        for g, r in zip(got, ref, strict=True):
+            r = r.float().numpy()
+            assert g.shape == r.shape
+            err = np.linalg.norm(g.astype(np.float64) - r) / np.linalg.norm(r)
+            assert err <= rel_l2, (shape, err)
 
 
 def _io(model: onnx.ModelProto) -> list[tuple[str, list[int | str]]]:
@@ -52,13 +67,35 @@ def _io(model: onnx.ModelProto) -> list[tuple[str, list[int | str]]]:
     return [(v.name, dims(v)) for v in (*model.graph.input, *model.graph.output)]
 
 
-def _ultralytics_export(tmp: Path, dynamic: bool) -> onnx.ModelProto:
-    """What `yolo export format=onnx` writes for the plain YOLOv8n (no blocks) at the same size."""
+def _meta(model: onnx.ModelProto) -> dict[str, str]:
+    return {p.key: p.value for p in model.metadata_props}
+
+
+_EXPORTS: dict[tuple[str, ...], onnx.ModelProto] = {}
+
+
+def _ultralytics_export(tmp: Path, model: torch.nn.Module, imgsz: int, dynamic: bool, task: str = "detect",
+                        key: str = "yolov8n.yaml") -> onnx.ModelProto:
+    """What `yolo export format=onnx` writes (its defaults: simplify=True) for ``model`` without our blocks."""
     from ultralytics import YOLO
 
-    pt = um.save_checkpoint(um.plain(), tmp / "plain.pt", IMGSZ)
-    out = YOLO(str(pt)).export(format="onnx", imgsz=IMGSZ, dynamic=dynamic, simplify=False, verbose=False)
-    return onnx.load(out)
+    cache = (key, task, str(imgsz), str(dynamic))
+    if cache not in _EXPORTS:
+        pt = um.save_checkpoint(model, tmp / f"plain_{task}_{imgsz}_{int(dynamic)}.pt", imgsz, task)
+        out = YOLO(str(pt), task=task).export(format="onnx", imgsz=imgsz, dynamic=dynamic, verbose=False)
+        _EXPORTS[cache] = onnx.load(out)
+    return _EXPORTS[cache]
+
+
+def _same_interface(ours: onnx.ModelProto, theirs: onnx.ModelProto) -> None:
+    """Names, shapes and dim names, and the metadata Ultralytics reads back, equal to Ultralytics' export."""
+    assert _io(ours) == _io(theirs)
+    ours_meta, theirs_meta = _meta(ours), _meta(theirs)
+    assert ULTRA_KEYS <= set(theirs_meta) and set(theirs_meta) <= set(ours_meta)
+    for key in SAME_META:
+        assert ours_meta.get(key) == theirs_meta.get(key), key
+    ours_args, theirs_args = ast.literal_eval(ours_meta["args"]), ast.literal_eval(theirs_meta["args"])
+    assert ours_args["dynamic"] == theirs_args["dynamic"] and ours_args["batch"] == theirs_args["batch"]
 
 
 def _boxes(result) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -66,100 +103,169 @@ def _boxes(result) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return b.xyxy.numpy(), b.conf.numpy(), b.cls.numpy()
 
 
-def _unmatched(a, b, score_atol: float) -> list[str]:
-    """Boxes of ``a`` with no box of ``b`` of the same class at IoU >= 0.99 and a score within ``score_atol``.
+def _unmatched(a, b, score_atol: float, px: float | None = None, cascade: bool = False) -> list[str]:
+    """Boxes of ``a`` with no box of ``b`` of the same class at IoU >= 0.99 (or, with ``px``, every corner within
+    ``px`` pixels, boxes clipped to no area at the image edge exempt) and a score within ``score_atol``.
 
     Exempt: a box within ``score_atol`` of predict's 0.25 confidence, or one whose suppression is borderline
     (IoU within 0.01 of NMS's 0.7 with a box of ``b``): either side of a threshold by a rounding difference; and
     one that ties in score with an overlapping box of ``b`` of its class (NMS keeps either of two equal scores).
+    With ``cascade`` (fp16, whose rounding makes rows of near-equal copies equal), also one that ``b``'s NMS
+    suppressed: ``b`` kept a higher-scored box of its class over it at IoU > 0.7 (another copy of a tie won).
     """
     from blocks_export.runtime.infer import box_iou
 
     iou = box_iou(a[0], b[0]) if len(b[0]) else np.zeros((len(a[0]), 0))
     bad = []
     for i in range(len(a[0])):
-        same = (b[2] == a[2][i]) & (iou[i] >= 0.99) & (np.abs(b[1] - a[1][i]) <= score_atol)
+        if px is not None and np.prod(a[0][i, 2:] - a[0][i, :2]) == 0:
+            continue  # clipped to nothing: a box in the letterbox padding, one of a row of equal-score copies
+        close = iou[i] >= 0.99 if px is None else np.abs(b[0] - a[0][i]).max(axis=1, initial=0) <= px
+        same = (b[2] == a[2][i]) & close & (np.abs(b[1] - a[1][i]) <= score_atol)
         if same.any():
             continue
         tie = (b[2] == a[2][i]) & (iou[i] >= 0.3) & (np.abs(b[1] - a[1][i]) <= score_atol)
         borderline = a[1][i] <= 0.25 + score_atol or bool((np.abs(iou[i] - 0.7) <= 0.01).any()) or bool(tie.any())
+        if cascade:
+            borderline = borderline or bool(((b[2] == a[2][i]) & (iou[i] > 0.7) & (b[1] > a[1][i])).any())
         if not borderline:
             bad.append(f"class {int(a[2][i])} score {a[1][i]:.4f} box {a[0][i].round(1).tolist()}")
     return bad
 
 
-def _same_predictions(pt: Path, onnx_path: Path, score_atol: float) -> None:
+def _same_predictions(pt: Path, onnx_path: Path, imgsz: int, score_atol: float) -> None:
+    """Ultralytics itself on both files: YOLO('ours.onnx').predict gives the boxes YOLO('model.pt') gives."""
     from ultralytics import YOLO
 
-    img = (np.random.default_rng(0).random((IMGSZ, IMGSZ, 3)) * 255).astype(np.uint8)
-    ref = _boxes(YOLO(str(pt), task="detect").predict(img, imgsz=IMGSZ, verbose=False)[0])
-    got = _boxes(YOLO(str(onnx_path), task="detect").predict(img, imgsz=IMGSZ, verbose=False)[0])
+    img = (np.random.default_rng(0).random((imgsz, imgsz, 3)) * 255).astype(np.uint8)
+    ref = _boxes(YOLO(str(pt), task="detect").predict(img, imgsz=imgsz, verbose=False)[0])
+    got = _boxes(YOLO(str(onnx_path), task="detect").predict(img, imgsz=imgsz, verbose=False)[0])
     assert len(ref[0]) >= 5, "the test model must predict boxes for this comparison to mean anything"
-    assert abs(len(got[0]) - len(ref[0])) <= max(1, len(ref[0]) // 20)
-    assert not _unmatched(ref, got, score_atol)
-    assert not _unmatched(got, ref, score_atol)
+    cascade = score_atol >= 1e-2  # fp16: every box accounted for both ways instead of equal counts
+    if not cascade:
+        assert abs(len(got[0]) - len(ref[0])) <= max(1, len(ref[0]) // 20)
+    assert not _unmatched(ref, got, score_atol, cascade=cascade)
+    assert not _unmatched(got, ref, score_atol, cascade=cascade)
+
+
+_CKPTS: dict[tuple[str, int], Path] = {}
+
+
+def _blocks_ckpt(tmp: Path, yaml: str, imgsz: int) -> Path:
+    """``yaml`` with our test's pasted blocks, saved as an Ultralytics training checkpoint (one per module run)."""
+    if (yaml, imgsz) not in _CKPTS:
+        _CKPTS[yaml, imgsz] = um.save_checkpoint(um.with_blocks(yaml, cls_bias=-5.0), tmp / f"{yaml}_{imgsz}.pt",
+                                                 imgsz)
+    return _CKPTS[yaml, imgsz]
 
 
 @pytest.fixture(scope="module")
-def blocks_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return um.save_checkpoint(um.with_blocks(cls_bias=-5.0), tmp_path_factory.mktemp("ultra") / "yolo.pt", IMGSZ)
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("ultra")
+
+
+def _export_case(shared: Path, tmp_path: Path, yaml: str, mode: str, imgsz: int) -> Path:
+    """One cell of the acceptance matrix, through the CLI with every default step on, checked by this test."""
+    flags, dynamic = MODES[mode]
+    ckpt = _blocks_ckpt(shared, yaml, imgsz)
+    out = tmp_path / f"ours_{mode}.onnx"
+    result = invoke(ckpt, "--to", "onnx", "--trust-pickle", "--imgsz", str(imgsz), *flags, "-o", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    ours = onnx.load(str(out))
+    ops = {n.op_type for n in ours.graph.node}
+    # JetPack 5's TensorRT 8.5 has no DeformConv: the DCNs are lowered; elsewhere they are one DeformConv each.
+    assert ("DeformConv" in ops) == (mode != "jetpack5")
+    fp16 = mode.startswith("fp16")
+    shapes = [(1, 3, imgsz, imgsz)] + ([(2, 3, imgsz // 2, imgsz * 3 // 4)] if dynamic else [])
+    _own_parity(out, ckpt, shapes, rel_l2=1e-2 if fp16 else 1e-5)
+    _same_interface(ours, _ultralytics_export(shared, um.plain(yaml), imgsz, dynamic, key=yaml))
+    _same_predictions(ckpt, out, imgsz, score_atol=1e-2 if fp16 else 1e-4)
+    return out
 
 
 def test_yolov8_with_blocks_exports_like_yolo_export_and_predicts_the_same_boxes(
-        blocks_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    out = tmp_path / "ours.onnx"
-    result = invoke(blocks_ckpt, "--to", "onnx", "--trust-pickle", "--imgsz", str(IMGSZ), "-o", out, "--quiet")
-    assert result.exit_code == 0, result.output
-    ours = onnx.load(str(out))
-    assert {n.op_type for n in ours.graph.node} >= {"DeformConv"}  # the DCNs were exported, not dropped
-    _own_parity(out, blocks_ckpt, [(1, 3, IMGSZ, IMGSZ)], rel_l2=1e-5)
+        shared: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = _export_case(shared, tmp_path, "yolov8n.yaml", "static", IMGSZ)
 
-    monkeypatch.chdir(tmp_path)
-    theirs = _ultralytics_export(tmp_path, dynamic=False)
-    assert _io(ours) == _io(theirs)
-    ours_meta = {p.key: p.value for p in ours.metadata_props}
-    theirs_meta = {p.key: p.value for p in theirs.metadata_props}
-    assert ULTRA_KEYS <= set(theirs_meta) and set(theirs_meta) <= set(ours_meta)
-    for key in ("stride", "task", "head", "batch", "imgsz", "names", "channels", "end2end"):
-        assert ours_meta[key] == theirs_meta[key], key
+    # runtime/infer.py on a non-square image: the boxes Ultralytics predicts, in the image's own pixels, with the
+    # class names of the metadata. The 640x400 image is a 320x200 one with every pixel doubled, so the letterbox
+    # halving is exact in both resizers (OpenCV's uint8 one and infer.py's float one): the two see one input.
+    from PIL import Image
+    from ultralytics import YOLO
 
-    _same_predictions(blocks_ckpt, out, score_atol=1e-4)
-    # runtime/infer.py reads the same layout and names
     from blocks_export.runtime import infer
 
-    sess = session(out.read_bytes())
-    x = torch.rand((1, 3, IMGSZ, IMGSZ), generator=torch.Generator().manual_seed(3)).numpy()
-    (pred,) = sess.run(None, {"images": x})
-    assert infer.is_detect_layout(pred, 3)
-    items = infer.detection_predictions(pred, ["x"], ["class0", "class1", "class2"])
-    assert all(d["label"].startswith("class") for d in items[0]["detections"])
+    small = (np.random.default_rng(5).random((200, 320, 3)) * 255).astype(np.uint8)
+    image = tmp_path / "wide.png"
+    Image.fromarray(small.repeat(2, axis=0).repeat(2, axis=1)).save(image)
+    assert infer.main([str(out), str(image), "--json", "--provider", "cpu"]) == 0
+    (item,) = json.loads(capsys.readouterr().out)["predictions"]
+    assert item["box_space"] == "image"
+    dets = item["detections"]
+    got = (np.array([d["box_xyxy"] for d in dets]).reshape(-1, 4), np.array([d["score"] for d in dets]),
+           np.array([d["class"] for d in dets]))
+    assert all(d["label"] == f"class{d['class']}" for d in dets)
+    # rect=False: the .pt backend letterboxes to the full square too (predict's default rect=True pads the .pt
+    # input only to a stride multiple, a different input from a static ONNX's).
+    ref = _boxes(YOLO(str(_blocks_ckpt(shared, "yolov8n.yaml", IMGSZ)), task="detect").predict(
+        str(image), imgsz=IMGSZ, rect=False, verbose=False)[0])
+    assert len(ref[0]) >= 5 and ref[0][:, 2].max() > IMGSZ  # in image pixels (640 wide), not input pixels
+    # infer.py rounds boxes to 0.01 px and scores to 1e-5; boxes are twice the input's size here
+    assert not _unmatched(ref, got, 1e-4, px=0.1) and not _unmatched(got, ref, 1e-4, px=0.1)
+
+    # YOLO('ours.onnx').val on a tiny offline dataset labelled with the .pt model's predictions: the same mAP as
+    # YOLO('model.pt').val. rect=False: one 320x320 input on both sides (a .pt validates rect batches padded to
+    # 352). Ultralytics' FLOPs count (thop, while it loads a .pt for val) crashes in torchvision's deform_conv2d
+    # at times; it only prints a number, so it is switched off.
+    import ultralytics.utils.torch_utils as ultralytics_torch_utils
+
+    monkeypatch.setattr(ultralytics_torch_utils, "get_flops", lambda *a, **k: 0.0)
+    ckpt = _blocks_ckpt(shared, "yolov8n.yaml", IMGSZ)
+    data = _tiny_dataset(tmp_path / "data", YOLO(str(ckpt), task="detect"), IMGSZ)
+    kw = {"data": str(data), "imgsz": IMGSZ, "batch": 1, "rect": False, "plots": False, "verbose": False,
+          "device": "cpu", "workers": 0}
+    ref_map = YOLO(str(ckpt), task="detect").val(**kw).box.map50
+    got_map = YOLO(str(out), task="detect").val(**kw).box.map50
+    # Not 1: predict keeps boxes over 0.25, val ranks every box over 0.001. Near-equal-score copies in flat image
+    # regions swap order on 1e-6 differences and NMS keeps others, hence 0.02 (measured: 0.376 vs 0.369).
+    assert ref_map > 0.2 and abs(got_map - ref_map) <= 0.02, (ref_map, got_map)
+
+
+def _tiny_dataset(root: Path, labeller, imgsz: int, count: int = 2) -> Path:
+    """``count`` seeded noise images, labelled with ``labeller``'s predictions, and the data yaml pointing at them."""
+    from PIL import Image
+
+    (root / "images" / "val").mkdir(parents=True)
+    (root / "labels" / "val").mkdir(parents=True)
+    rng = np.random.default_rng(7)
+    for i in range(count):
+        img = (rng.random((imgsz, imgsz, 3)) * 255).astype(np.uint8)
+        Image.fromarray(img).save(root / "images" / "val" / f"im{i}.png")
+        boxes = labeller.predict(img[..., ::-1].copy(), imgsz=imgsz, verbose=False)[0].boxes  # predict takes BGR
+        lines = [f"{int(c)} {' '.join(f'{v:.6f}' for v in xywhn)}"
+                 for c, xywhn in zip(boxes.cls.tolist(), boxes.xywhn.tolist(), strict=True)]
+        assert lines, "the labeller must predict boxes for the dataset to mean anything"
+        (root / "labels" / "val" / f"im{i}.txt").write_text("\n".join(lines) + "\n")
+    names = "".join(f"  {i}: class{i}\n" for i in range(3))
+    (root / "data.yaml").write_text(f"path: {root}\ntrain: images/val\nval: images/val\nnames:\n{names}")
+    return root / "data.yaml"
+
+
+# Measured (2 cores, onnxruntime 1.32 CPU): YOLO11n with these blocks in fp16 is refused by the export's own box
+# rule (scores differ by up to 0.031 > 0.01; 162/552 boxes agree), the plain YOLO11n passes it (0.0062). Strict:
+# this cell turns red when the blocks' fp16 precision is fixed.
+_V11_FP16 = pytest.mark.xfail(strict=True, reason="YOLO11n + blocks in fp16: box scores differ by 0.031 > 0.01, the "
+                              "export exits 1 (plain YOLO11n: 0.0062)")
 
 
 @pytest.mark.slow
-def test_yolov8_with_blocks_dynamic_and_jetpack5(blocks_ckpt: Path, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    theirs = _ultralytics_export(tmp_path, dynamic=True)
-    dyn = tmp_path / "dyn.onnx"
-    result = invoke(blocks_ckpt, "--to", "onnx", "--trust-pickle", "--imgsz", str(IMGSZ), "--dynamic", "-o", dyn,
-                    "--quiet")
-    assert result.exit_code == 0, result.output
-    # Ultralytics' unsimplified dynamic graph leaves the channel dim unnamed by its exporter
-    # ("Concatoutput0_dim_1"); ours has it fixed (4 + nc). Names and the named dynamic axes must be equal.
-    ours_io, theirs_io = _io(onnx.load(str(dyn))), _io(theirs)
-    assert [n for n, _ in ours_io] == [n for n, _ in theirs_io]
-    for (_, a), (_, b) in zip(ours_io, theirs_io, strict=True):
-        assert len(a) == len(b)
-        assert all(x == y for x, y in zip(a, b, strict=True) if not (isinstance(y, str) and y.startswith("Concat")))
-    _own_parity(dyn, blocks_ckpt, [(1, 3, IMGSZ, IMGSZ), (2, 3, 256, 384)], rel_l2=1e-5)
-
-    jp5 = tmp_path / "jp5.onnx"
-    result = invoke(blocks_ckpt, "--to", "onnx", "--trust-pickle", "--imgsz", str(IMGSZ), "--target", "jetpack5",
-                    "-o", jp5, "--quiet")
-    assert result.exit_code == 0, result.output
-    assert "DeformConv" not in {n.op_type for n in onnx.load(str(jp5)).graph.node}
-    _own_parity(jp5, blocks_ckpt, [(1, 3, IMGSZ, IMGSZ)], rel_l2=1e-5)
-    _same_predictions(blocks_ckpt, jp5, score_atol=1e-4)
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("yaml", ["yolov8n.yaml", "yolo11n.yaml"])
+def test_acceptance_matrix_at_640(shared: Path, tmp_path: Path, yaml: str, mode: str,
+                                  request: pytest.FixtureRequest) -> None:
+    if (yaml, mode) == ("yolo11n.yaml", "fp16-jetpack6"):
+        request.applymarker(_V11_FP16)
+    _export_case(shared, tmp_path, yaml, mode, 640)
 
 
 @pytest.mark.slow
@@ -172,3 +278,63 @@ def test_plain_yolov8_fp16_dynamic_graph_loads_and_matches_in_onnxruntime(tmp_pa
     # Detect head's dynamic anchor grid casts arange to the feature dtype, a Cast the fp16 conversion must retarget).
     _own_parity(out, ckpt, [(1, 3, IMGSZ, IMGSZ), (2, 3, 256, 384)], rel_l2=1e-2)
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("task", [  # the classifier (the cheapest export) in the default run
+    pytest.param("segment", marks=pytest.mark.slow), pytest.param("pose", marks=pytest.mark.slow),
+    pytest.param("obb", marks=pytest.mark.slow), "classify"])
+def test_other_tasks_export_in_ultralytics_layout(shared: Path, tmp_path: Path, task: str) -> None:
+    """Segment (two outputs), pose, OBB and classify models with pasted blocks: the outputs, shapes and metadata
+    Ultralytics' exporter writes for the same model without the blocks, and parity in our own run."""
+    imgsz = 64
+    ckpt = um.save_checkpoint(um.task_model(task, blocks=True), tmp_path / f"{task}.pt", imgsz, task)
+    out = tmp_path / f"{task}.onnx"
+    result = invoke(ckpt, "--to", "onnx", "--trust-pickle", "--imgsz", str(imgsz), "-o", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    ours = onnx.load(str(out))
+    assert "DeformConv" in {n.op_type for n in ours.graph.node}
+    _own_parity(out, ckpt, [(1, 3, imgsz, imgsz)], rel_l2=1e-5)
+    _same_interface(ours, _ultralytics_export(shared, um.task_model(task, blocks=False), imgsz, False, task))
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # Ultralytics may write settings or run folders beside the working directory
+
+
+def test_an_ultralytics_model_of_another_task_is_refused_in_one_line(tmp_path: Path) -> None:
+    """A depth model (a DetectionModel subclass whose head is not a detector's): one line, exit 2, no file."""
+    from ultralytics.nn.tasks import DepthModel
+
+    ckpt = um.save_checkpoint(DepthModel("yolo26n-depth.yaml", verbose=False).eval(), tmp_path / "depth.pt", 64,
+                              "depth")
+    out = tmp_path / "depth.onnx"
+    result = invoke(ckpt, "--to", "onnx", "--trust-pickle", "--imgsz", "64", "-o", out, "--quiet")
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if "DepthModel" in line]
+    assert len(lines) == 1 and "not exported in Ultralytics' layout" in lines[0], result.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("image_hw", [(400, 640), (480, 360), (333, 517), (50, 1000), (320, 320)])
+def test_infer_maps_boxes_back_to_image_pixels_as_ultralytics_scale_boxes(image_hw: tuple[int, int]) -> None:
+    """runtime/infer.py's letterbox inverse against Ultralytics' own (ultralytics.utils.ops.scale_boxes)."""
+    from ultralytics.utils.ops import scale_boxes
+
+    from blocks_export.runtime import infer
+
+    size = (320, 256)
+    prep = infer.Preprocess(size=size, resize="letterbox")
+    rng = np.random.default_rng(sum(image_hw))
+    xy = rng.random((20, 2)) * np.array([size[1], size[0]]) * 0.8
+    boxes = np.concatenate([xy, xy + rng.random((20, 2)) * 60 + 1], axis=1)  # input pixels
+    ours = infer.to_image_pixels(boxes, image_hw, prep)
+    theirs = scale_boxes(size, torch.from_numpy(boxes.copy()), image_hw).numpy()
+    np.testing.assert_allclose(ours, theirs, atol=1e-6)
+    # and the letterbox itself puts the image where that inverse expects it
+    top, left, new_h, new_w = infer.letterbox_geometry(image_hw, size)
+    img = np.zeros(image_hw + (3,), dtype=np.uint8) + 7
+    boxed = infer.letterbox(img, size)
+    inside = np.argwhere(boxed[..., 0] == 7)
+    assert inside.min(axis=0).tolist() == [top, left] and inside.max(axis=0).tolist() == [top + new_h - 1,
+                                                                                          left + new_w - 1]

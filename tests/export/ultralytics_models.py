@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from fixtures import seed_blocks
 from torch import nn
-from ultralytics.nn.tasks import DetectionModel
+from ultralytics.nn.tasks import ClassificationModel, DetectionModel, OBBModel, PoseModel, SegmentationModel
 
 from blocks_export.blocks._init import randomize_
 
@@ -99,6 +99,34 @@ def with_blocks(yaml: str = "yolov8n.yaml", nc: int = 3, seed: int = 0, cls_bias
     return _randomise(model, seed, cls_bias)
 
 
+# Ultralytics' model class and yaml per task (the "-seg", "-pose", "-obb", "-cls" variants of YOLOv8n).
+TASK_MODELS = {"segment": (SegmentationModel, "yolov8n-seg.yaml"), "pose": (PoseModel, "yolov8n-pose.yaml"),
+               "obb": (OBBModel, "yolov8n-obb.yaml"), "classify": (ClassificationModel, "yolov8n-cls.yaml")}
+
+
+def task_model(task: str, blocks: bool, nc: int = 3, seed: int = 0) -> torch.nn.Module:
+    """The YOLOv8n ``task`` model from yaml, BatchNorm statistics randomised; with ``blocks``, a DCNv2 in the last
+    bottleneck and Coordinate Attention after SPPF (after the last backbone C2f for the classifier, which has no
+    SPPF)."""
+    cls, yaml = TASK_MODELS[task]
+    model = cls(yaml, nc=nc, verbose=False)
+    layers = model.model
+    if blocks:
+        b = [m for m in layers.modules() if type(m).__name__ == "Bottleneck"][-1]
+        c = b.cv2.conv
+        b.cv2 = DCNv2(c.in_channels, c.out_channels, c.kernel_size[0], c.stride[0])
+        kinds = [type(m).__name__ for m in layers]
+        slot = kinds.index("SPPF") if "SPPF" in kinds else len(kinds) - 2
+        c = out_channels(layers[slot])
+        layers[slot] = After(layers[slot], CoordAttention(c, c))
+    dfl = {k: v.clone() for k, v in model.state_dict().items() if ".dfl." in k}
+    with torch.no_grad():
+        randomize_(model, seed=seed)
+    model.load_state_dict({**model.state_dict(), **dfl})
+    model.names = {i: f"class{i}" for i in range(nc)}
+    return model.eval()
+
+
 def _randomise(model: DetectionModel, seed: int, cls_bias: float) -> DetectionModel:
     dfl = {k: v.clone() for k, v in model.state_dict().items() if ".dfl." in k}
     with torch.no_grad():
@@ -129,10 +157,10 @@ def _calibrate_class_logits(model: DetectionModel, centre: float, spread: float 
         h.remove()
 
 
-def save_checkpoint(model: DetectionModel, path: Path, imgsz: int = 320) -> Path:
+def save_checkpoint(model: torch.nn.Module, path: Path, imgsz: int = 320, task: str = "detect") -> Path:
     """An Ultralytics training checkpoint: fp16 weights under ``model``, ``ema`` None, ``train_args``."""
     half = copy.deepcopy(model).half()
     torch.save({"epoch": -1, "best_fitness": None, "model": half, "ema": None, "updates": None,
-                "optimizer": None, "train_args": {"task": "detect", "imgsz": imgsz, "data": "coco8.yaml"},
+                "optimizer": None, "train_args": {"task": task, "imgsz": imgsz, "data": "coco8.yaml"},
                 "date": "2026-01-01T00:00:00", "version": "8.4"}, path)
     return path

@@ -103,6 +103,7 @@ class Int8Result:
     fallback: list[str] = field(default_factory=list)
     passed: bool = False
     notes: list[str] = field(default_factory=list)
+    held_out: list[str] = field(default_factory=list)  # the images verified (never used for calibration)
 
     def __bool__(self) -> bool:
         return self.passed
@@ -121,7 +122,7 @@ class Int8Result:
                 "naive_rel_l2": self.naive_rel_l2, "naive_top1_agreement": self.naive_top1_agreement,
                 "quantized_nodes": self.quantized_nodes, "float_nodes": self.float_nodes,
                 "fallback": list(self.fallback), "sensitivity": [s.as_dict() for s in self.sensitivity],
-                "notes": list(self.notes)}
+                "notes": list(self.notes), "held_out": list(self.held_out)}
 
 
 # ---- calibration images ----------------------------------------------------------------------------------------
@@ -362,7 +363,13 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, batch: int, cache: Path,
             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
             nodes_to_quantize=list(nodes_to_quantize) if nodes_to_quantize is not None else None,
             nodes_to_exclude=list(nodes_to_exclude), calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                           # float weights behind a Q/DQ pair: the form every TensorRT line parses (8.x quantizes
+                           # weights itself with the IQuantizeLayer's scale; int8 weight initializers are 10+)
+                           "AddQDQPairToWeight": True,
+                           # MatMul weights [..., C, K]: one scale per output column K (the last axis), so that
+                           # the scale factors out of the sum over C (onnxruntime's default axis is 1)
+                           "QDQOpTypePerChannelSupportToAxis": {"MatMul": -1}},
             calibration_cache_path=str(cache))
         return onnx.load(str(out))
 
@@ -439,7 +446,7 @@ def quantize_model(model: onnx.ModelProto, original: Any, data: CalibrationSet, 
     work = onnx.ModelProto()
     work.CopyFrom(model)
     name_nodes(work)
-    result = Int8Result(data.folder, len(data.calibration), len(data.held_out), budget)
+    result = Int8Result(data.folder, len(data.calibration), len(data.held_out), budget, held_out=list(data.held_out))
     reference = torch_run(original, data.held_out_tensors, batch)
     result.reference_accuracy = _accuracy(reference, data.labels)
     float_kept = int8_float_nodes(work)

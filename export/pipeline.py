@@ -597,7 +597,8 @@ def _engine_profile(onnx_path: Path, options: ExportOptions) -> dict[str, dict[s
 def _engine_step(onnx_path: Path, engine_path: Path, options: ExportOptions, target: Target, runner: _Runner,
                  report: Report) -> None:
     """Build the engine; the builder also writes its sidecar JSON and the EPContext model (``*_ctx.onnx``)."""
-    from .engine import EngineBuildError, TensorRTUnavailable, build_engine
+    from .trt.api import EngineBuildError, TensorRTUnavailable
+    from .trt.build import build_engine
 
     profile = _engine_profile(onnx_path, options)
     with runner.step("engine") as s:

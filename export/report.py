@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from blocks_export.blocks.rewrite import RewriteReport
 
     from .check import CheckReport
-    from .engine import EngineResult
     from .int8 import Int8Result
+    from .trt.build import EngineResult
     from .ultralytics import BoxAgreement
     from .verify import VerifyResult
 

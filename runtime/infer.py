@@ -458,22 +458,40 @@ def sha256_file(path: str) -> str:
     return digest.hexdigest()
 
 
-def load_sidecar(path: str) -> dict[str, Any]:
-    """Read a ``model.engine.json``; raises Unavailable when it is not a blocks-export engine sidecar."""
+class SidecarInvalid(ValueError):
+    """A file that is not a usable engine sidecar: ``reason`` (what is wrong) and ``remedy`` (what to copy)."""
+
+    def __init__(self, reason: str, remedy: str) -> None:
+        super().__init__(reason)
+        self.reason, self.remedy = reason, remedy
+
+
+# The engine-sidecar contract, one piece of code for every engine loader: ``read_sidecar`` +
+# ``engine_mismatches`` here, used by this script and by the library (``export/trt/sidecar.py`` imports them),
+# so the two can never give different verdicts on the same engine and sidecar.
+def read_sidecar(path: str) -> dict[str, Any]:
+    """Read a ``model.engine.json``; ``SidecarInvalid`` when it is not a blocks-export engine sidecar."""
     name = os.path.basename(path)
     try:
         with open(path, encoding="utf-8") as f:
             sidecar = json.load(f)
     except (OSError, ValueError) as e:
-        raise Unavailable(f"cannot read engine sidecar {name} ({_first_line(e)}); copy it again from the "
-                          "machine that built the engine, or pass --no-verify-engine") from None
+        raise SidecarInvalid(f"cannot read engine sidecar {name} ({_first_line(e)})",
+                             "copy it again from the machine that built the engine") from None
     if not isinstance(sidecar, dict) or sidecar.get("format") != SIDECAR_FORMAT:
-        raise Unavailable(f"{name} is not a {SIDECAR_FORMAT} engine sidecar; copy the right one, "
-                          "or pass --no-verify-engine")
+        raise SidecarInvalid(f"{name} is not a {SIDECAR_FORMAT} engine sidecar", "copy the right one")
     digest = sidecar.get("engine_sha256")
     if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
-        raise Unavailable(f"{name} has no valid engine_sha256; copy it again, or pass --no-verify-engine")
+        raise SidecarInvalid(f"{name} has no valid engine_sha256", "copy it again")
     return sidecar
+
+
+def load_sidecar(path: str) -> dict[str, Any]:
+    """Read a ``model.engine.json``; raises Unavailable when it is not a blocks-export engine sidecar."""
+    try:
+        return read_sidecar(path)
+    except SidecarInvalid as e:
+        raise Unavailable(f"{e.reason}; {e.remedy}, or pass --no-verify-engine") from None
 
 
 def engine_mismatches(sidecar: dict[str, Any], engine_sha256: str,

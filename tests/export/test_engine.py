@@ -17,15 +17,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from blocks_export.export import engine
 from blocks_export.export.cli import flag_words
-from blocks_export.export.engine import (
-    DeviceInfo,
-    EngineBuildError,
-    TensorRTUnavailable,
-    build_engine,
-    cuda_device,
-)
+from blocks_export.export.trt import api
+from blocks_export.export.trt.api import DeviceInfo, EngineBuildError, TensorRTUnavailable, cuda_device
+from blocks_export.export.trt.build import build_engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from trt_double import Knobs, make_tensorrt  # noqa: E402
@@ -61,7 +56,7 @@ def fake_trt(monkeypatch: pytest.MonkeyPatch):
     def install(flavour: str = "10", knobs: Knobs | None = None, **kw) -> types.ModuleType:
         trt = make_tensorrt(flavour, knobs, **kw)
         monkeypatch.setitem(sys.modules, "tensorrt", trt)
-        monkeypatch.setattr(engine, "cuda_device", lambda command, index=0: DeviceInfo("Orin (double)", "8.7"))
+        monkeypatch.setattr(api, "cuda_device", lambda command, index=0: DeviceInfo("Orin (double)", "8.7"))
         return trt
     return install
 
@@ -102,7 +97,7 @@ def test_missing_gpu_is_reported_before_anything_is_written(onnx_file, tmp_path,
     def no_gpu(command: str, index: int = 0) -> DeviceInfo:
         raise TensorRTUnavailable(f"no usable CUDA GPU here; on the Jetson run: {command}")
 
-    monkeypatch.setattr(engine, "cuda_device", no_gpu)
+    monkeypatch.setattr(api, "cuda_device", no_gpu)
     with pytest.raises(TensorRTUnavailable) as e:
         build_engine(onnx_file(_model()), tmp_path / "model.engine", fp16=False, target="jetpack6")
     assert "on the Jetson run: blocks-export model.onnx --to trt" in flag_words(str(e.value))
@@ -168,7 +163,7 @@ def test_timing_cache_is_read_back_on_the_next_build(fake_trt, onnx_file, tmp_pa
 def test_trt86_fp16_uses_explicit_batch_and_the_builder_flag_with_periodic_progress(
         fake_trt, onnx_file, tmp_path, monkeypatch):
     trt = fake_trt("8.6", Knobs(build_sleep=0.25))
-    monkeypatch.setattr(engine, "TICK_SECONDS", 0.05)
+    monkeypatch.setattr(api, "TICK_SECONDS", 0.05)
     lines: list[str] = []
     result = build_engine(onnx_file(_model()), tmp_path / "model.engine", fp16=True, target="jetpack6.0",
                           progress=lines.append)

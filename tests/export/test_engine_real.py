@@ -15,14 +15,10 @@ import pytest
 import torch
 
 from blocks_export.blocks import CA, CB2d, randomize_, to_export
-from blocks_export.export.engine import (
-    TensorRTUnavailable,
-    build_engine,
-    cuda_device,
-    engine_parity,
-    load_tensorrt,
-)
 from blocks_export.export.fp16 import to_fp16
+from blocks_export.export.trt.api import TensorRTUnavailable, cuda_device, load_tensorrt
+from blocks_export.export.trt.build import build_engine
+from blocks_export.export.trt.run import engine_parity
 
 
 def _tensorrt_and_gpu() -> str | None:

@@ -191,8 +191,9 @@ def test_dynamic_export_of_the_sample_classifier_derives_its_constraints_and_ver
 
 
 def test_plugin_lowered_onnx_goes_on_to_the_engine_step_without_tensorrt(tmp_path: Path) -> None:
-    from blocks_export.export.engine import TensorRTUnavailable, build_engine
     from blocks_export.export.errors import RuntimeMissing
+    from blocks_export.export.trt.api import TensorRTUnavailable
+    from blocks_export.export.trt.build import build_engine
 
     model = export_models.build(export_models.DcnGcNet)
     src = tmp_path / "m.pt"
@@ -232,8 +233,9 @@ def test_dynamic_detector_records_multiples_of_32_and_verifies_a_non_square_and_
 
 
 def test_the_target_check_runs_once_on_the_way_to_an_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from blocks_export.export import check, engine
+    from blocks_export.export import check
     from blocks_export.export.errors import RuntimeMissing
+    from blocks_export.export.trt import build
 
     src = tmp_path / "m.pt"
     torch.save(export_models.build(export_models.RefNet), src)
@@ -248,7 +250,7 @@ def test_the_target_check_runs_once_on_the_way_to_an_engine(tmp_path: Path, monk
         return real(model, target)
 
     monkeypatch.setattr(check, "check_model", counting)
-    monkeypatch.setattr(engine, "check_model", counting)
+    monkeypatch.setattr(build, "check_model", counting)
     try:
         run_export(onnx_path, ExportOptions(to="trt", target="jetpack6", output=tmp_path / "m.engine"))
     except RuntimeMissing:  # no TensorRT here: the build stops after the check

@@ -1,4 +1,4 @@
-"""A test double of the ``tensorrt`` Python module: just the documented API surface ``export/engine.py`` uses.
+"""A test double of the ``tensorrt`` Python module: just the documented API surface ``export/trt/`` uses.
 
 It verifies the builder's ORCHESTRATION only — which calls are made, in which order, with which flags, and how
 every error path is reported. It does not parse ONNX into a network the way TensorRT does (it only reads the

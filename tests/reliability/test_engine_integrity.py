@@ -1,5 +1,5 @@
 """Engine integrity: the sidecar records the engine's SHA-256, TensorRT version and compute capability, and
-every engine loader (the runtime script, ``engine.run_engine``/``engine_parity``) refuses, with one line and
+every engine loader (the runtime script, ``trt.run.run_engine``/``engine_parity``) refuses, with one line and
 before deserializing, an engine that does not match it; the override says loudly what it skipped.
 
 The engine is built through the tensorrt test double (``tests/export/trt_double.py``) on a fake GPU (8.7)."""
@@ -18,7 +18,9 @@ import pytest
 import trt_double
 from bad_inputs import relu_model
 
-from blocks_export.export import engine
+from blocks_export.export.trt import api, sidecar
+from blocks_export.export.trt.build import build_engine
+from blocks_export.export.trt.run import engine_parity, run_engine
 from blocks_export.runtime import infer
 
 BUILT_TRT = trt_double.VERSIONS["10"]
@@ -31,9 +33,9 @@ def built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     import onnx
 
     monkeypatch.setitem(sys.modules, "tensorrt", trt_double.make_tensorrt("10"))
-    monkeypatch.setattr(engine, "cuda_device", lambda command, index=0: engine.DeviceInfo("Orin", BUILT_CC))
+    monkeypatch.setattr(api, "cuda_device", lambda command, index=0: api.DeviceInfo("Orin", BUILT_CC))
     onnx.save(relu_model(), tmp_path / "model.onnx")
-    result = engine.build_engine(tmp_path / "model.onnx", tmp_path / "model.engine", fp16=False, target="jetpack6")
+    result = build_engine(tmp_path / "model.onnx", tmp_path / "model.engine", fp16=False, target="jetpack6")
     assert result.ctx_path == tmp_path / "model_ctx.onnx"
     return tmp_path / "model.engine"
 
@@ -120,11 +122,11 @@ def test_engine_loader_refuses_a_mismatched_engine_before_deserializing(built: P
     if change:
         change(built)
     monkeypatch.setattr(sys.modules["tensorrt"], "__version__", trt_here)
-    monkeypatch.setattr(engine, "cuda_device", lambda command, index=0: engine.DeviceInfo("GPU", cc_here))
+    monkeypatch.setattr(api, "cuda_device", lambda command, index=0: api.DeviceInfo("GPU", cc_here))
     feeds = {"images": np.zeros((1, 3, 8, 8), np.float32)}
-    for load in (lambda: engine.run_engine(built, feeds),
-                 lambda: engine.engine_parity(built, feeds, {"output0": feeds["images"]}, "fp32")):
-        with pytest.raises(engine.EngineRefused) as e:  # the double has no Runtime: refused before it is used
+    for load in (lambda: run_engine(built, feeds),
+                 lambda: engine_parity(built, feeds, {"output0": feeds["images"]}, "fp32")):
+        with pytest.raises(sidecar.EngineRefused) as e:  # the double has no Runtime: refused before it is used
             load()
         assert words in str(e.value) and len(str(e.value).splitlines()) == 1 and e.value.exit_code == 3
 
@@ -134,10 +136,10 @@ def test_engine_loader_override_warns_what_it_skipped(built: Path, monkeypatch: 
     change, trt_here, cc_here, words = LOADER_MISMATCHES[case]
     if change:
         change(built)
-    with pytest.warns(engine.EngineNotVerifiedWarning, match="WITHOUT verification") as record:
-        problems = engine.verify_engine(built, tensorrt_version=trt_here, compute_capability=cc_here, verify=False)
+    with pytest.warns(sidecar.EngineNotVerifiedWarning, match="WITHOUT verification") as record:
+        problems = sidecar.verify_engine(built, tensorrt_version=trt_here, compute_capability=cc_here, verify=False)
     assert problems and words in str(record[0].message)
 
 
 def test_engine_loader_accepts_the_engine_it_was_built_with(built: Path) -> None:
-    assert engine.verify_engine(built, tensorrt_version=BUILT_TRT, compute_capability=BUILT_CC) == []
+    assert sidecar.verify_engine(built, tensorrt_version=BUILT_TRT, compute_capability=BUILT_CC) == []

@@ -128,10 +128,10 @@ def test_disk_full_while_writing_the_engine_keeps_the_previous_engine(tmp_path: 
     import trt_double
     from bad_inputs import relu_model
 
-    from blocks_export.export import engine
+    from blocks_export.export.trt import api
 
     monkeypatch.setitem(sys.modules, "tensorrt", trt_double.make_tensorrt("10"))
-    monkeypatch.setattr(engine, "cuda_device", lambda command, index=0: engine.DeviceInfo("Orin", "8.7"))
+    monkeypatch.setattr(api, "cuda_device", lambda command, index=0: api.DeviceInfo("Orin", "8.7"))
     onnx.save(relu_model(), tmp_path / "m.onnx")
     for name in ("m.engine", "m.engine.json", "m_ctx.onnx"):
         (tmp_path / name).write_bytes(PREVIOUS)

@@ -42,12 +42,12 @@ elif STEP == "simplify":
 if STEP == "engine" or os.environ.get("BLOCKS_EXPORT_TEST_TRT") == "1":
     import trt_double
 
-    from blocks_export.export import engine
+    from blocks_export.export.trt import api
 
     knobs = trt_double.Knobs()
     trt = trt_double.make_tensorrt("10", knobs)
     sys.modules["tensorrt"] = trt
-    engine.cuda_device = lambda command, index=0: engine.DeviceInfo("Orin (double)", "8.7")
+    api.cuda_device = lambda command, index=0: api.DeviceInfo("Orin (double)", "8.7")
     if STEP == "engine":
         builder = trt.Builder
         build = builder.build_serialized_network

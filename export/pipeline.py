@@ -485,7 +485,10 @@ def _calibration(ctx: _Context) -> None:
     assert ctx.options.calib is not None
     with ctx.runner.step("calibration images") as s:
         info = ctx.loaded.metadata
-        prep = image_preprocess(metadata_for(info.get("preprocess"), info.get("task")), ctx.shape)
+        preprocess = info.get("preprocess")
+        if isinstance(preprocess, dict):  # the graph's input size, when `imgsz` exports at another than the model's
+            preprocess = {**preprocess, "size": [int(ctx.shape[2]), int(ctx.shape[3])]}
+        prep = image_preprocess(metadata_for(preprocess, info.get("task")), ctx.shape)
         labels = info.get("labels") if isinstance(info.get("labels"), list | tuple) else None
         ctx.calibration = read_calibration(Path(ctx.options.calib), prep, ctx.shape[1], ctx.options.calib_count,
                                            [str(x) for x in labels] if labels else None)

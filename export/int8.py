@@ -434,11 +434,13 @@ def _accuracy(out: list[np.ndarray], labels: list[int | None]) -> float | None:
 
 
 def quantize_model(model: onnx.ModelProto, original: Any, data: CalibrationSet, batch: int, *, budget: float,
-                   blocks: Sequence[str], scoped: onnx.ModelProto | None = None,
+                   blocks: Sequence[str], scoped: onnx.ModelProto | None = None, fp16: bool = False,
                    progress: Any = None) -> tuple[onnx.ModelProto, Int8Result]:
     """The block-aware INT8 graph of ``model`` and its measurements against the ORIGINAL model (``original``).
 
     ``blocks``: module paths of the model's blocks (the rewrite report's); each is quantized alone first.
+    ``fp16``: what stays out of INT8 runs in fp16 (the fp16 pass on the Q/DQ graph, its fp32 islands kept); the
+    sensitivity and fallback are measured on the fp32-float graph, the final graph on itself.
     """
     from .fp16 import name_nodes
 
@@ -484,6 +486,10 @@ def quantize_model(model: onnx.ModelProto, original: Any, data: CalibrationSet, 
             excluded = sorted(float_kept | {n for b in result.fallback for n in groups[b]})
             say("quantizing" + (f" ({len(result.fallback)} part(s) floating point)" if result.fallback else ""))
             final = quantize(work, data.calib_tensors, batch, cache, nodes_to_exclude=excluded)
+            if fp16:
+                from .fp16 import to_fp16
+
+                final = to_fp16(final)
             out = run_graph(final, data.held_out_tensors, batch)
             result.rel_l2, result.cosine = _worst(reference, out)
             if result.rel_l2 <= budget or len(remaining) <= 1:

@@ -93,9 +93,9 @@ class ExportOptions:
             raise UsageError(f"`calib_count={self.calib_count}`: must be a positive number of images")
         if self.int8_budget is not None and not self.int8_budget > 0:
             raise UsageError(f"`int8_budget={self.int8_budget}`: must be a positive relative L2 error, e.g. 0.05")
-        if self.int8 and self.fp16:
-            raise UsageError("`int8=True` with `fp16=True`: a mixed INT8/fp16 graph is not written yet; drop one "
-                             "(blocks kept out of INT8 run in fp32)")
+        if self.int8 and self.fp16_io:
+            raise UsageError("`int8=True` with `fp16_io=True`: the INT8 graph keeps fp32 inputs and outputs; drop "
+                             "`fp16_io=True`")
         if self.int8 and self.deform_conv == "plugin":
             raise UsageError("`int8=True` with `deform_conv=plugin`: calibration runs onnxruntime, which has no "
                              "kernel for the TensorRT plugin node; use `deform_conv=std` or `deform_conv=portable`")

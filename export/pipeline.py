@@ -285,7 +285,8 @@ def run_export(source: Path, options: ExportOptions, progress: Progress | None =
             require(runtime)
     runner = _Runner(progress)
     report = Report(source=str(source), output=str(output), target=target.name, deform_conv=lowering,
-                    precision="int8" if options.int8 else "fp16" if options.fp16 else "fp32")
+                    precision=("int8+fp16" if options.fp16 else "int8") if options.int8 else
+                    "fp16" if options.fp16 else "fp32")
     with runner.step("load") as s:
         loaded = load_model(source, trust_pickle=options.trust_pickle, arch=options.arch,
                             arch_kwargs=options.arch_kwargs)
@@ -421,7 +422,9 @@ def _simplify(ctx: _Context) -> None:
 def _fp16(ctx: _Context) -> None:
     from .fp16 import to_fp16
 
-    if ctx.options.fp16:
+    if ctx.options.fp16 and ctx.options.int8:
+        ctx.runner.skip("fp16", "with `int8=True` the fp16 pass runs on the INT8 graph (int8 step)")
+    elif ctx.options.fp16:
         with ctx.runner.step("fp16") as s:
             ctx.proto = to_fp16(ctx.proto, keep_io_types=not ctx.options.fp16_io)
             s.note = "keep fp32 IO" if not ctx.options.fp16_io else "fp16 IO"
@@ -513,7 +516,7 @@ def _int8(ctx: _Context) -> None:
     with ctx.runner.step("int8") as s:
         try:
             ctx.proto, result = quantize_model(ctx.proto, ctx.loaded.model, ctx.calibration, ctx.shape[0],
-                                               budget=budget, blocks=blocks, scoped=scoped,
+                                               budget=budget, blocks=blocks, scoped=scoped, fp16=ctx.options.fp16,
                                                progress=ctx.runner.progress.message)
         except (ValueError, RuntimeError) as e:
             raise ExportFailed(f"INT8 quantization failed: {one_line(e)}") from e

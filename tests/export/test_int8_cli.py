@@ -200,3 +200,26 @@ def test_images_of_the_wrong_channel_count_are_refused(tmp_path: Path, model_pt:
     _images(calib, 5, mode="L")
     line = _refused(tmp_path, model_pt, calib)
     assert "grayscale" in line and "3 channel" in line
+
+
+@pytest.mark.slow
+def test_int8_with_fp16_runs_what_stays_out_of_int8_in_fp16(tmp_path: Path, model_pt: Path) -> None:
+    calib = tmp_path / "calib"
+    _images(calib, 10)
+    out = tmp_path / "mixed.onnx"
+    result = invoke(model_pt, "--trust-pickle", "--imgsz", SIZE, "--int8", "--fp16", "--calib", calib, "-o", out,
+                    "--json", "--quiet")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["precision"] == "int8+fp16"
+    graph = onnx.load(str(out))
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.graph.initializer)
+    assert "DequantizeLinear" in {n.op_type for n in graph.graph.node}
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    original = torch.load(model_pt, weights_only=False).eval()
+    held = [Path(p) for p in report["int8"]["held_out"]]
+    x = np.concatenate([_preprocess(p) for p in held])
+    with torch.no_grad():
+        ref = original(torch.from_numpy(x)).numpy()
+    got = np.concatenate([sess.run(None, {sess.get_inputs()[0].name: x[i:i + 1]})[0] for i in range(len(x))])
+    assert np.linalg.norm(ref - got) / np.linalg.norm(ref) <= RULES["int8"].rel_l2

@@ -286,8 +286,9 @@ def int8_float_nodes(model: onnx.ModelProto) -> set[str]:
             if len(n.input) > k and n.input[k]:
                 keep |= back_to_conv(n.input[k], COORD_OPS | {"Sigmoid"})
     # The portable lowering's coordinate chain starts from an offset convolution too.
+    by_name = {m.name: m for m in graph.node}
     for name in list(keep):
-        node = next((m for m in graph.node if m.name == name), None)
+        node = by_name.get(name)
         if node is not None and node.op_type in COORD_OPS:
             for i in node.input:
                 p = producer.get(i)
@@ -369,7 +370,10 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, batch: int, cache: Path,
                            "AddQDQPairToWeight": True,
                            # MatMul weights [..., C, K]: one scale per output column K (the last axis), so that
                            # the scale factors out of the sum over C (onnxruntime's default axis is 1)
-                           "QDQOpTypePerChannelSupportToAxis": {"MatMul": -1}},
+                           "QDQOpTypePerChannelSupportToAxis": {"MatMul": -1},
+                           # NVIDIA's placement: the inputs of weighted ops, not their outputs (onnxruntime would
+                           # put a Q/DQ pair after every one, in front of LayerNorm, gates and softmax logits)
+                           "OpTypesToExcludeOutputQuantization": list(WEIGHTED_OPS) if op_types is not None else []},
             calibration_cache_path=str(cache))
         return onnx.load(str(out))
 

@@ -16,7 +16,7 @@ from PIL import Image
 from torch import nn
 from typer.testing import CliRunner
 
-from blocks_export.blocks import CA, CB2d, randomize_
+from blocks_export.blocks import CA, DCN, CB2d, randomize_
 from blocks_export.export.cli import app, with_default_command
 from blocks_export.runtime.parity import RULES
 
@@ -24,7 +24,8 @@ SIZE = 24
 
 
 class PastedNet(nn.Module):
-    """A classifier as people paste blocks into one: two Coordinate Attention blocks and a GCNet block."""
+    """A classifier as people paste blocks into one: two Coordinate Attention blocks, a modulated DCN and a GCNet
+    block."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -32,12 +33,13 @@ class PastedNet(nn.Module):
         self.att1 = CA(8, 8, reduction=4)
         self.down = nn.Sequential(nn.Conv2d(8, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU())
         self.att2 = CA(16, 16, reduction=4)
+        self.dcn = DCN(16, 16, 3, 1)
         self.gc = CB2d(16)
         self.fc = nn.Linear(16, 5)
         self.export_metadata = {"task": "classify", "labels": list("abcde")}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.gc(self.att2(self.down(self.att1(self.stem(x)))))
+        y = self.gc(self.dcn(self.att2(self.down(self.att1(self.stem(x))))))
         return self.fc(y.mean((2, 3)))
 
 
@@ -115,6 +117,12 @@ def test_int8_graph_matches_the_original_on_held_out_images_and_keeps_gates_floa
     for n in graph.graph.node:
         if n.op_type in ("Softmax", "LayerNormalization"):
             assert not _dq_fed(graph, n), n.name
+    deform = [n for n in graph.graph.node if n.op_type == "DeformConv"]
+    assert len(deform) == 1
+    offsets = [producers[deform[0].input[2]]]  # ONNX DeformConv: X, W, offset, B, mask
+    while offsets[-1].op_type not in ("Conv", "Gemm", "MatMul"):  # back through Slice/Split/Concat/Sigmoid
+        offsets.append(producers[offsets[-1].input[0]])
+    assert not _dq_fed(graph, offsets[-1]), "the offset convolution must stay floating point"
 
     # Verified on the held-out images (not the calibration ones): the test reruns both models on them itself.
     held = [Path(p) for p in report["int8"]["held_out"]]

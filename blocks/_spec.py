@@ -33,7 +33,9 @@ class BlockSpec:
     what pickled checkpoints name, so it never moves); ``twin``: the export-friendly class ``to_export``
     returns; ``recognize``: finds the block inside foreign modules (``blocks/_match.py`` has the shared
     helpers); ``example``: builds an ``Example``; ``fp32_ops``: ONNX op types of the twin's graph that must stay
-    fp32 in a mixed-precision graph (``export/fp16.py`` keeps them so).
+    fp32 in a mixed-precision graph (``export/fp16.py`` keeps them so; ``export/int8.py`` keeps them floating point in
+    an INT8 graph); ``int8_float_ops``: op types that an INT8 graph keeps floating point on top of those (sigmoid
+    gates, with what computes their logits and what applies them: fine in fp16, not in 8 bits).
     """
 
     name: str
@@ -43,3 +45,4 @@ class BlockSpec:
     recognize: Recognizer
     example: Callable[[], Example]
     fp32_ops: frozenset[str] = frozenset()
+    int8_float_ops: frozenset[str] = frozenset()

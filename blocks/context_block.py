@@ -337,4 +337,4 @@ def _example() -> Example:
 
 
 SPEC = BlockSpec("CB2d", CB2d, CB2dExport, to_export, recognize, _example,
-                 fp32_ops=frozenset({"Softmax", "LayerNormalization"}))
+                 fp32_ops=frozenset({"Softmax", "LayerNormalization"}), int8_float_ops=frozenset({"Sigmoid"}))

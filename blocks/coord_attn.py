@@ -212,4 +212,4 @@ def _example() -> Example:
     return Example(CA(16, 16), ((1, 16, 12, 10), (2, 16, 9, 14), (1, 16, 7, 5), (3, 16, 16, 24)))
 
 
-SPEC = BlockSpec("CA", CA, CoordAttExport, to_export, recognize, _example)
+SPEC = BlockSpec("CA", CA, CoordAttExport, to_export, recognize, _example, int8_float_ops=frozenset({"Sigmoid"}))

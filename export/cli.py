@@ -148,7 +148,8 @@ _FLAG_SPELLING = {"output": "-o/--output"}
 #: Names the CLI has a flag for: the ``ExportOptions`` fields and the CLI's own switches.
 _FLAGS = frozenset({"to", "output", "imgsz", "batch", "dynamic", "opset", "target", "deform_conv", "fp16", "fp16_io",
                     "exporter", "simplify", "verify", "trust_pickle", "arch", "arch_kwargs", "force", "quiet", "json",
-                    "min_shape", "opt_shape", "max_shape", "workspace_mb", "verify_with", "debug", "channels"})
+                    "min_shape", "opt_shape", "max_shape", "workspace_mb", "verify_with", "debug", "channels",
+                    "int8", "calib", "calib_count", "int8_budget"})
 
 
 def flag_words(text: str) -> str:
@@ -266,6 +267,16 @@ def export_command(
         "--verify-with", help="runtime that verifies the graph: onnxruntime or openvino; repeat for both "
                               "(default: onnxruntime). OpenVINO verifies a DeformConv/plugin graph through the same "
                               "model exported with the portable lowering")] = None,
+    int8: Annotated[bool, typer.Option("--int8", help="INT8 Q/DQ graph (explicit quantization), calibrated on "
+                                                      "--calib; the blocks' sensitive parts stay floating point")] = False,
+    calib: Annotated[Path | None, typer.Option("--calib", help="with --int8: folder of calibration images like the "
+                                                               "deployment's (some are held out to verify)")] = None,
+    calib_count: Annotated[int | None, typer.Option("--calib-count", help="with --int8: images used to calibrate "
+                                                                          "(default: 128, at most 80 %; the rest "
+                                                                          "verify)")] = None,
+    int8_budget: Annotated[float | None, typer.Option("--int8-budget", help="with --int8: largest output rel L2 vs "
+                                                                            "the original; blocks over it stay "
+                                                                            "floating point (default 0.05)")] = None,
 ) -> None:
     """Export MODEL to ONNX (and a TensorRT engine with --to trt), then prove parity with the original."""
     def body() -> int:
@@ -282,6 +293,7 @@ def export_command(
             min_shape=parse_shape("--min-shape", min_shape) if min_shape else None,
             opt_shape=parse_shape("--opt-shape", opt_shape) if opt_shape else None,
             max_shape=parse_shape("--max-shape", max_shape) if max_shape else None, workspace_mb=workspace_mb,
+            int8=int8, calib=calib, calib_count=calib_count, int8_budget=int8_budget,
             **({"verify_with": tuple(verify_with)} if verify_with else {}))
         progress = None if quiet else RichProgress(_stderr())
         # Anything the model or a library prints goes to stderr: stdout carries only the report.

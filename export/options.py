@@ -42,6 +42,10 @@ class ExportOptions:
     max_shape: tuple[int, ...] | None = None
     workspace_mb: int | None = None
     verify_with: tuple[str, ...] = ("onnxruntime",)  # runtimes that verify the graph (``export/runtimes.py``)
+    int8: bool = False  # explicit-quantization INT8 (Q/DQ) graph, calibrated on the images in ``calib``
+    calib: Path | None = None  # folder of calibration images (part of them is held out for verification)
+    calib_count: int | None = None  # calibration images (None: ``int8.DEFAULT_CALIB_COUNT``, at most 80 %)
+    int8_budget: float | None = None  # worst output rel L2 vs the original (None: ``parity.RULES["int8"]``)
 
     def __post_init__(self) -> None:
         from .runtimes import check_runtime_names
@@ -68,6 +72,7 @@ class ExportOptions:
                                  f"(the newest onnx {onnx.__version__} knows)")
         if self.fp16_io and not self.fp16:
             raise UsageError("`fp16_io=True` needs `fp16=True` (fp16 inputs and outputs only exist in an fp16 graph)")
+        self._check_int8()
         if self.workspace_mb is not None and self.workspace_mb < 1:
             raise UsageError(f"workspace_mb={self.workspace_mb}: must be a positive number of MiB")
         for flag, shape in (("`min_shape`", self.min_shape), ("`opt_shape`", self.opt_shape),
@@ -77,6 +82,23 @@ class ExportOptions:
             if shape is not None and self.to != "trt":
                 raise UsageError(f"{flag} sets a TensorRT engine profile and has no effect with `to={self.to}`; "
                                  "drop it or set `to=trt`")
+
+    def _check_int8(self) -> None:
+        if self.int8 and self.calib is None:
+            raise UsageError("`int8=True` needs calibration images: give a folder of images like the deployment's "
+                             "with `calib=DIR` (random data is not calibration)")
+        if not self.int8 and (self.calib is not None or self.calib_count is not None or self.int8_budget is not None):
+            raise UsageError("`calib`, `calib_count` and `int8_budget` go with `int8=True`; add it or drop them")
+        if self.calib_count is not None and self.calib_count < 1:
+            raise UsageError(f"`calib_count={self.calib_count}`: must be a positive number of images")
+        if self.int8_budget is not None and not self.int8_budget > 0:
+            raise UsageError(f"`int8_budget={self.int8_budget}`: must be a positive relative L2 error, e.g. 0.05")
+        if self.int8 and self.fp16_io:
+            raise UsageError("`int8=True` with `fp16_io=True`: the INT8 graph keeps fp32 inputs and outputs; drop "
+                             "`fp16_io=True`")
+        if self.int8 and self.deform_conv == "plugin":
+            raise UsageError("`int8=True` with `deform_conv=plugin`: calibration runs onnxruntime, which has no "
+                             "kernel for the TensorRT plugin node; use `deform_conv=std` or `deform_conv=portable`")
 
 
 def parse_imgsz(text: str) -> tuple[int, int]:

@@ -36,6 +36,7 @@ from .report import InspectReport, Report, StepRecord
 if TYPE_CHECKING:
     from blocks_export.blocks.rewrite import RewriteReport
 
+    from .int8 import CalibrationSet, Int8Result
     from .onnx_export import OnnxExport
     from .targets import Target
     from .ultralytics import UltralyticsInfo
@@ -127,6 +128,10 @@ def check_options(options: ExportOptions, target: Target, lowering: str) -> None
             check_lowering(lowering, options.opset)
         except ValueError as e:
             raise UsageError(f"`deform_conv={lowering}` `opset={options.opset}`: {e}") from e
+    if options.int8 and lowering == "plugin":
+        raise UsageError(f"`int8=True` with `target={target.name}` (DeformConv as the TensorRT plugin node): "
+                         "calibration runs onnxruntime, which has no kernel for it; add `deform_conv=std` or "
+                         "`deform_conv=portable`")
 
 
 def default_output(source: Path, options: ExportOptions) -> Path:
@@ -294,7 +299,8 @@ def run_export(source: Path, options: ExportOptions, progress: Progress | None =
             require(runtime)
     runner = _Runner(progress)
     report = Report(source=str(source), output=str(output), target=target.name, deform_conv=lowering,
-                    precision="fp16" if options.fp16 else "fp32")
+                    precision=("int8+fp16" if options.fp16 else "int8") if options.int8 else
+                    "fp16" if options.fp16 else "fp32")
     with runner.step("load") as s:
         loaded = load_model(source, trust_pickle=options.trust_pickle, arch=options.arch,
                             arch_kwargs=options.arch_kwargs)
@@ -302,11 +308,13 @@ def run_export(source: Path, options: ExportOptions, progress: Progress | None =
     report.source_sha256 = loaded.sha256
     report.warnings += loaded.warnings
     if loaded.kind == "onnx":
+        if options.int8:
+            raise UsageError(f"{source} is already ONNX: `int8=True` quantizes while exporting a PyTorch model")
         return _onnx_to_engine(loaded, options, target, output, runner, report)
     ctx = _Context(loaded, options, target, lowering, output, onnx_out, runner, report)
     # The ONNX file (+ external data) and its report land together or not at all (io.OutputUnit).
     with output_unit(options.force) as ctx.unit:
-        for step in (_prepare, _rewrite, _export, _simplify, _fp16, _verify, _write, _check):
+        for step in (_prepare, _calibration, _rewrite, _export, _simplify, _fp16, _verify, _int8, _write, _check):
             step(ctx)
         if ctx.failed or options.to == "onnx":
             return _finish(report, output if options.to == "onnx" else onnx_out, runner, ctx.failed, options.force,
@@ -336,6 +344,8 @@ class _Context:
     proto: Any = None  # onnx.ModelProto being built
     verification: VerifyResult | None = None
     ultra: UltralyticsInfo | None = None  # an Ultralytics model, exported in Ultralytics' ONNX layout
+    calibration: CalibrationSet | None = None  # ``int8=True``: calibration and held-out images
+    int8: Int8Result | None = None
     failed: bool = False
     unit: OutputUnit | None = None  # where _write stages the ONNX file; _finish adds the report and commits
 
@@ -431,7 +441,9 @@ def _simplify(ctx: _Context) -> None:
 def _fp16(ctx: _Context) -> None:
     from .fp16 import to_fp16
 
-    if ctx.options.fp16:
+    if ctx.options.fp16 and ctx.options.int8:
+        ctx.runner.skip("fp16", "with `int8=True` the fp16 pass runs on the INT8 graph (int8 step)")
+    elif ctx.options.fp16:
         with ctx.runner.step("fp16") as s:
             ctx.proto = to_fp16(ctx.proto, keep_io_types=not ctx.options.fp16_io)
             s.note = "keep fp32 IO" if not ctx.options.fp16_io else "fp16 IO"
@@ -486,6 +498,54 @@ def _verify(ctx: _Context) -> None:
     ctx.verification = ctx.report.verification = verification
 
 
+def _calibration(ctx: _Context) -> None:
+    """``int8=True``: read the calibration folder before the export, so that bad images cost no export."""
+    from .int8 import image_preprocess, metadata_for, read_calibration
+
+    if not ctx.options.int8:
+        return
+    assert ctx.options.calib is not None
+    with ctx.runner.step("calibration images") as s:
+        info = ctx.loaded.metadata
+        preprocess = info.get("preprocess")
+        if isinstance(preprocess, dict):  # the graph's input size, when `imgsz` exports at another than the model's
+            preprocess = {**preprocess, "size": [int(ctx.shape[2]), int(ctx.shape[3])]}
+        prep = image_preprocess(metadata_for(preprocess, info.get("task")), ctx.shape)
+        labels = info.get("labels") if isinstance(info.get("labels"), list | tuple) else None
+        ctx.calibration = read_calibration(Path(ctx.options.calib), prep, ctx.shape[1], ctx.options.calib_count,
+                                           [str(x) for x in labels] if labels else None)
+        s.note = (f"{len(ctx.calibration.calibration)} for calibration, {len(ctx.calibration.held_out)} held out "
+                  f"for verification ({ctx.options.calib})")
+
+
+def _int8(ctx: _Context) -> None:
+    """``int8=True``: the block-aware Q/DQ graph, verified against the original model on held-out images."""
+    from blocks_export.runtime.parity import RULES
+
+    from .int8 import quantize_model
+
+    if ctx.calibration is None:
+        return
+    if ctx.failed:  # the floating-point graph already failed its verification: quantizing it proves nothing
+        ctx.runner.skip("int8", "the floating-point graph failed verification")
+        return
+    budget = ctx.options.int8_budget or RULES["int8"].rel_l2
+    blocks = [r.name for r in ctx.rewrite_report.replaced] if ctx.rewrite_report is not None else []
+    scoped = ctx.exported.model if ctx.exported is not None else None
+    with ctx.runner.step("int8") as s:
+        try:
+            ctx.proto, result = quantize_model(ctx.proto, ctx.loaded.model, ctx.calibration, ctx.shape[0],
+                                               budget=budget, blocks=blocks, scoped=scoped, fp16=ctx.options.fp16,
+                                               progress=ctx.runner.progress.message)
+        except (ValueError, RuntimeError) as e:
+            raise ExportFailed(f"INT8 quantization failed: {one_line(e)}") from e
+        ctx.int8 = ctx.report.int8 = result
+        s.note = result.line()
+        if not result:
+            s.status = "failed"
+            ctx.failed = True
+
+
 def _write(ctx: _Context) -> None:
     from .metadata import build_metadata, set_metadata
 
@@ -493,7 +553,8 @@ def _write(ctx: _Context) -> None:
     blocks_meta = [asdict(r) for r in ctx.rewrite_report.replaced] if ctx.rewrite_report is not None else []
     set_metadata(ctx.proto, build_metadata(
         source_sha256=ctx.loaded.sha256, input_name=ctx.exported.input_name, export_shape=ctx.shape,
-        dynamic=ctx.exported.dynamic, model_info=ctx.loaded.metadata, blocks=blocks_meta, precision=ctx.precision,
+        dynamic=ctx.exported.dynamic, model_info=ctx.loaded.metadata, blocks=blocks_meta,
+        precision="int8" if ctx.int8 is not None else ctx.precision,
         target=ctx.target.name, deform_conv=ctx.lowering,
         parity=ctx.verification.summary() if ctx.verification else None, graph=ctx.proto.graph))
     if ctx.ultra is not None:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from blocks_export.blocks.rewrite import RewriteReport
 
     from .check import CheckReport
+    from .int8 import Int8Result
     from .trt.build import EngineResult
     from .ultralytics import BoxAgreement
     from .verify import VerifyResult
@@ -58,6 +59,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     verification: VerifyResult | None = None
     detections: BoxAgreement | None = None  # Ultralytics detectors: decoded-box agreement with PyTorch
+    int8: Int8Result | None = None  # ``int8=True``: the INT8 graph vs the original on held-out images
     onnx: str | None = None
     check: CheckReport | None = None
     engine: EngineResult | None = None
@@ -83,6 +85,8 @@ class Report:
         d["verification"] = self.verification.as_dict() if self.verification is not None else None
         if self.detections is not None:
             d["detections"] = self.detections.as_dict()
+        if self.int8 is not None:
+            d["int8"] = self.int8.as_dict()
         if self.onnx is not None:
             d["onnx"] = self.onnx
         if self.check is not None:
@@ -182,6 +186,8 @@ def render(report: Report, console: Any) -> None:
             console.print(f"[dim]verification: {n}[/]")
         if ver.divergence:
             console.print(divergence_line(ver.divergence))
+    if report.int8 is not None:
+        render_int8(report.int8, console)
     if report.check is not None and not report.check:
         for line in report.check.lines():
             console.print(f"[red]{line}[/]")
@@ -191,6 +197,25 @@ def render(report: Report, console: Any) -> None:
         console.print(f"[yellow]warning:[/] {w}")
     colour = {"PASSED": "green", "UNVERIFIED": "yellow"}.get(report.status, "red")
     console.print(f"[bold {colour}]{report.status}[/] {report.onnx or report.output} (report: {report.report})")
+
+
+def render_int8(result: Int8Result, console: Any) -> None:
+    """The per-block sensitivity table and the INT8 verdict line."""
+    from rich.table import Table
+
+    table = Table(title=f"INT8 sensitivity: one block quantized at a time (budget rel L2 {result.budget:.1e})",
+                  show_edge=False)
+    for col in ("block", "nodes", "rel L2", "top-1 agreement", "kept floating point"):
+        table.add_column(col)
+    for s in result.sensitivity:
+        agree = f"{s.top1_agreement:.4f}" if s.top1_agreement is not None else ""
+        table.add_row(s.block, str(s.nodes), _fmt(s.rel_l2), agree, s.why if s.fallback else "no")
+    console.print(table)
+    if result.naive_rel_l2 is not None:
+        console.print(f"[dim]int8: naive (everything quantized) rel_l2={_fmt(result.naive_rel_l2)}[/]")
+    for n in result.notes:
+        console.print(f"[dim]int8: {n}[/]")
+    console.print(result.line())
 
 
 def divergence_line(div: dict[str, Any]) -> str:

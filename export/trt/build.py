@@ -94,11 +94,15 @@ class _Plan:
     fp16_flag: bool
     strongly_typed: bool
     precision: str
+    int8_flag: bool = False  # 8.x: explicit quantization (Q/DQ in the graph) still needs ``BuilderFlag.INT8``
 
 
-def _plan(tgt: Target, fp16: bool, graph_fp16: bool) -> _Plan:
+def _plan(tgt: Target, fp16: bool, graph_fp16: bool, graph_int8: bool = False) -> _Plan:
     """Network creation flags and precision switches for this TensorRT, target and ONNX."""
     import tensorrt as trt
+
+    if graph_int8:
+        return _plan_int8(tgt, fp16)
 
     major = api.major(trt.__version__)
     if tgt.trt_major is not None and major != tgt.trt_major:
@@ -134,6 +138,36 @@ def _plan(tgt: Target, fp16: bool, graph_fp16: bool) -> _Plan:
         strongly = True
     precision = "fp16" if (fp16_flag or graph_fp16) else "fp32"
     return _Plan(flags, fp16_flag, strongly, precision)
+
+
+def _plan_int8(tgt: Target, fp16: bool) -> _Plan:
+    """A Q/DQ graph (explicit quantization; TensorRT developer guide, "Explicit Quantization": "use explicit
+    quantization with strong typing; precision-control build flags are not required"). From 10.0 the network is
+    strongly typed and takes every precision from the graph; 8.x has no strong typing and runs the Q/DQ layers in
+    INT8 only with ``BuilderFlag.INT8`` set (the explicit precision of that line), fp16 elsewhere with ``fp16``."""
+    import tensorrt as trt
+
+    major = api.major(trt.__version__)
+    if tgt.trt_major is not None and major != tgt.trt_major:
+        raise EngineBuildError(f"target {tgt.name} is TensorRT {tgt.trt_version}, this machine has TensorRT "
+                               f"{trt.__version__}; export and build with a matching target")
+    creation = trt.NetworkDefinitionCreationFlag
+    if major < 10:
+        if not hasattr(trt.BuilderFlag, "INT8"):
+            raise EngineBuildError(f"TensorRT {trt.__version__} has no BuilderFlag.INT8 for a Q/DQ graph")
+        flags = 1 << int(creation.EXPLICIT_BATCH) if hasattr(creation, "EXPLICIT_BATCH") else 0
+        return _Plan(flags, fp16 and hasattr(trt.BuilderFlag, "FP16"), False, "int8", int8_flag=True)
+    if hasattr(creation, "STRONGLY_TYPED"):
+        return _Plan(1 << int(creation.STRONGLY_TYPED), False, True, "int8")
+    if major >= 11:
+        return _Plan(0, False, True, "int8")  # 11.x: every network is strongly typed
+    raise EngineBuildError(f"TensorRT {trt.__version__} cannot build strongly typed networks (10.0+ can); build the "
+                           "Q/DQ graph with `target=jetpack5`/`target=jetpack6.0` (explicit INT8) or a newer TensorRT")
+
+
+def graph_is_int8(model: onnx.ModelProto) -> bool:
+    """Does ``model`` carry Q/DQ pairs (an explicitly quantized graph)?"""
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
 
 
 # Layer types kept in fp32 in weakly typed fp16 builds (8.x), as ``fp16.BLOCKED_OPS`` keeps their ops fp32 in the
@@ -261,9 +295,11 @@ def _configure(req: _Request, model: onnx.ModelProto, plan: _Plan, graph_fp16: b
     if req.workspace_mb:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(req.workspace_mb) << 20)
     pinned: list[str] = []
+    if plan.int8_flag:
+        config.set_flag(trt.BuilderFlag.INT8)
     if plan.fp16_flag:
         config.set_flag(trt.BuilderFlag.FP16)
-        if not graph_fp16:
+        if not graph_fp16 and not plan.int8_flag:
             named = onnx.ModelProto()
             named.CopyFrom(model)
             name_nodes(named)
@@ -332,7 +368,7 @@ def build_engine(onnx_path: Path, engine_path: Path, *, fp16: bool, target: str,
     device = api.cuda_device(command)
     import tensorrt as trt
 
-    plan = _plan(req.target, fp16, graph_fp16)
+    plan = _plan(req.target, fp16, graph_fp16, graph_is_int8(model))
     errors: list[str] = []
     warnings: list[str] = []
     logger = api.logger(errors, warnings)

@@ -75,6 +75,7 @@ def make_tensorrt(flavour: str = "10", knobs: Knobs | None = None, *, strongly_t
     flags = {"DEBUG": 2, "REFIT": 3, "PREFER_PRECISION_CONSTRAINTS": 10}
     if flavour != "11":
         flags["FP16"] = 0
+        flags["INT8"] = 1  # removed with implicit quantization in 11.x
     trt.BuilderFlag = _enum_class("BuilderFlag", flags)  # type: ignore[attr-defined]
     trt.MemoryPoolType = _enum_class("MemoryPoolType", {"WORKSPACE": 0})  # type: ignore[attr-defined]
     trt.DataType = _enum_class("DataType", {v: i for i, v in enumerate(_DTYPES.values())})  # type: ignore[attr-defined]

@@ -1,0 +1,559 @@
+"""INT8 with explicit quantization: a Q/DQ ONNX graph calibrated on the user's images, block-aware, measured.
+
+The quantizer is onnxruntime's ``quantize_static`` in ``QuantFormat.QDQ`` (QuantizeLinear/DequantizeLinear
+pairs), with per-channel symmetric int8 weights and per-tensor symmetric int8 activations (zero point 0: the
+only form TensorRT's parser takes, ``operators-8.5-GA.md``/``10.1-GA.md``: "`x_zero_point` must be zero").
+
+Placement follows NVIDIA's Q/DQ placement recommendations for explicit quantization (TensorRT developer guide,
+"Explicit Quantization", https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/
+quantized-types-explicit-quantization.html): quantize the inputs of the weighted operations (Conv,
+ConvTranspose, MatMul, Gemm) and not their outputs, so TensorRT fuses DQ -> Conv (+ BN/activation) into one int8
+kernel; everything else computes in floating point. On top of that the blocks' precision-sensitive parts stay
+floating point, read from the same walk the fp16 pass uses (``fp16.fp32_nodes``: the ops of every
+``BlockSpec.fp32_ops``, softmax logits, large reductions, the portable DeformConv coordinate chain), plus
+what INT8 adds (``BlockSpec.int8_float_ops``: the sigmoid gates and what computes their logits, and the
+convolution that computes DeformConv offsets and masks).
+
+Calibration images are read and preprocessed by ``runtime/infer.py``'s own functions (``read_image``,
+``make_preprocess``, ``preprocess_image``) from the metadata the exported graph carries, so the graph is
+calibrated on exactly what the runtime will feed it. The folder is split, after a seeded shuffle, into the
+calibration images (``calib_count``) and held-out images that verify the result against the ORIGINAL model.
+
+Sensitivity: each block is quantized alone (the rest floating point) and its output error on the held-out
+images reported; with a budget (``int8_budget``, on the worst output relative L2), a block over it stays in
+floating point in the final graph (``fallback``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from .errors import InputError, UsageError, one_line
+
+# NVIDIA's placement: Q/DQ on the inputs of weighted operations only (module docstring).
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+DEFAULT_CALIB_COUNT = 128
+MAX_HELD_OUT = 64  # held-out images verified (each one is a run of the original model and of each candidate)
+SEED = 0
+OUTSIDE = "(outside blocks)"
+INPUT_LAYER = "(input layer)"  # outside the blocks: weighted ops that read the graph input
+OUTPUT_LAYER = "(output layer)"  # outside the blocks: weighted ops whose result reaches an output unweighted
+# Inputs of DeformConv-like nodes that carry sampling offsets and masks (ONNX DeformConv: X, W, offset, B, mask;
+# TensorRT plugin: x, offset, mask, weight, bias).
+_OFFSET_INPUTS = {"DeformConv": (2, 4), "ModulatedDeformConv2d": (1, 2)}
+
+
+@dataclass
+class CalibrationSet:
+    """Calibration and held-out tensors [N, C, H, W] float32, from the images of one folder."""
+
+    folder: str
+    calibration: list[str]
+    held_out: list[str]
+    calib_tensors: np.ndarray
+    held_out_tensors: np.ndarray
+    labels: list[int | None] = field(default_factory=list)  # held-out labels, from label-named subfolders
+
+
+@dataclass
+class BlockSensitivity:
+    """Output error of the graph with only ``block`` quantized."""
+
+    block: str
+    nodes: int  # weighted nodes of the block that were quantized
+    rel_l2: float
+    top1_agreement: float | None = None
+    fallback: bool = False
+    why: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"block": self.block, "nodes": self.nodes, "rel_l2": self.rel_l2,
+                "top1_agreement": self.top1_agreement, "fallback": self.fallback, "why": self.why}
+
+
+@dataclass
+class Int8Result:
+    """What the INT8 step produced and measured (the report's ``int8`` key)."""
+
+    calib_folder: str
+    calibration_images: int
+    held_out_images: int
+    budget: float
+    quantized_nodes: int = 0
+    float_nodes: int = 0  # weighted nodes kept in floating point by the blocks' specs
+    rel_l2: float = float("inf")  # worst output, INT8 graph vs the original model, held-out images
+    cosine: float = 0.0
+    top1_agreement: float | None = None  # classifiers: argmax agreement with the original model
+    accuracy: float | None = None  # with label-named subfolders
+    reference_accuracy: float | None = None
+    naive_rel_l2: float | None = None  # everything quantized (onnxruntime's default op set), same images
+    naive_top1_agreement: float | None = None
+    sensitivity: list[BlockSensitivity] = field(default_factory=list)
+    fallback: list[str] = field(default_factory=list)
+    passed: bool = False
+    notes: list[str] = field(default_factory=list)
+    held_out: list[str] = field(default_factory=list)  # the images verified (never used for calibration)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def line(self) -> str:
+        status = "PASSED" if self.passed else "FAILED"
+        top1 = f" top1_agreement={self.top1_agreement:.4f}" if self.top1_agreement is not None else ""
+        return (f"{status} | int8 vs original | {self.held_out_images} held-out image(s) | rel_l2={self.rel_l2:.3e} "
+                f"(budget {self.budget:.1e}){top1} | fallback: {', '.join(self.fallback) or 'none'}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"calib_folder": self.calib_folder, "calibration_images": self.calibration_images,
+                "held_out_images": self.held_out_images, "budget": self.budget, "passed": self.passed,
+                "rel_l2": self.rel_l2, "cosine": self.cosine, "top1_agreement": self.top1_agreement,
+                "accuracy": self.accuracy, "reference_accuracy": self.reference_accuracy,
+                "naive_rel_l2": self.naive_rel_l2, "naive_top1_agreement": self.naive_top1_agreement,
+                "quantized_nodes": self.quantized_nodes, "float_nodes": self.float_nodes,
+                "fallback": list(self.fallback), "sensitivity": [s.as_dict() for s in self.sensitivity],
+                "notes": list(self.notes), "held_out": list(self.held_out)}
+
+
+# ---- calibration images ----------------------------------------------------------------------------------------
+
+def _image_files(folder: Path) -> list[tuple[str, str | None]]:
+    """(path, label-folder name or None) of the images in ``folder`` and its direct subfolders, sorted."""
+    from blocks_export.runtime.infer import IMAGE_EXTENSIONS
+
+    found: list[tuple[str, str | None]] = []
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as e:
+        raise InputError(f"calibration folder {folder} cannot be read ({one_line(e)}); check `calib`") from None
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            try:
+                sub = sorted(os.scandir(entry.path), key=lambda e: e.name)
+            except OSError as e:
+                raise InputError(f"calibration folder {entry.path} cannot be read ({one_line(e)}); "
+                                 "check `calib`") from None
+            found += [(s.path, entry.name) for s in sub if s.is_file() and s.name.lower().endswith(IMAGE_EXTENSIONS)]
+        elif entry.is_file() and entry.name.lower().endswith(IMAGE_EXTENSIONS):
+            found.append((entry.path, None))
+    return found
+
+
+def image_preprocess(metadata: dict[str, str], input_shape: Sequence[int]) -> Any:
+    """The runtime's ``Preprocess`` for a graph with ``metadata`` (``blocks_export.*`` strings) and input shape."""
+    from blocks_export.runtime.infer import BadInput, make_preprocess, parse_meta
+
+    try:
+        return make_preprocess(parse_meta(metadata), list(input_shape), None)
+    except BadInput as e:
+        raise InputError(f"calibration images cannot be preprocessed: {e}") from None
+
+
+def read_calibration(folder: Path, prep: Any, channels: int, calib_count: int | None,
+                     label_names: Sequence[str] | None = None) -> CalibrationSet:
+    """Split ``folder``'s images (seeded shuffle) into calibration and held-out sets and preprocess them with the
+    runtime's code. Bad input (no folder, no images, too few, unreadable or wrong-channel images) is one line."""
+    from blocks_export.runtime.infer import BadInput, preprocess_image, read_image
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"calibration folder {folder} does not exist or is not a folder; check `calib`")
+    files = _image_files(folder)
+    if not files:
+        raise InputError(f"calibration folder {folder} holds no images (.png, .jpg, ...); give a folder of images "
+                         "like the ones the model will see in `calib`")
+    if channels not in (1, 3):
+        raise InputError(f"the model input has {channels} channels; calibration from images needs 1 (grayscale) "
+                         "or 3 (RGB)")
+    n = len(files)
+    if calib_count is not None:
+        if calib_count < 1:
+            raise UsageError(f"`calib_count={calib_count}`: must be a positive number of images")
+        if calib_count >= n:
+            raise InputError(f"calibration folder {folder} holds {n} image(s); `calib_count={calib_count}` needs "
+                             f"{calib_count} plus at least one held out for verification; add images or lower it")
+        count = calib_count
+    else:
+        if n < 2:
+            raise InputError(f"calibration folder {folder} holds 1 image; calibration and held-out verification "
+                             "need at least 2")
+        count = min(DEFAULT_CALIB_COUNT, n - max(1, n // 5))
+    order = np.random.default_rng(SEED).permutation(n)
+    chosen = [files[i] for i in order]
+    calib, held = chosen[:count], chosen[count:count + MAX_HELD_OUT]
+
+    def load(items: list[tuple[str, str | None]]) -> np.ndarray:
+        tensors = []
+        for path, _ in items:
+            try:
+                img = read_image(path)
+            except BadInput as e:
+                raise InputError(f"calibration image: {e}") from None
+            got = 1 if img.ndim == 2 else img.shape[2]
+            if got != channels:
+                kind = {1: "grayscale", 3: "RGB"}
+                raise InputError(f"calibration image {path} is {kind.get(got, str(got) + '-channel')} but the model "
+                                 f"takes {channels} channel(s) ({kind[channels]}); give images of the model's kind")
+            tensors.append(preprocess_image(img, prep))
+        return np.stack(tensors).astype(np.float32)  # (N, C, H, W)
+
+    labels: list[int | None] = []
+    names = list(label_names or [])
+    for _, sub in held:
+        labels.append(names.index(sub) if sub is not None and sub in names else None)
+    return CalibrationSet(str(folder), [p for p, _ in calib], [p for p, _ in held], load(calib), load(held), labels)
+
+
+def _reader(name: str, tensors: np.ndarray, batch: int) -> Any:
+    """onnxruntime ``CalibrationDataReader`` over preprocessed tensors, in batches of the graph's batch size."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self._it: Iterator[dict[str, np.ndarray]] = iter(self._batches())
+
+        @staticmethod
+        def _batches() -> list[dict[str, np.ndarray]]:
+            out, n, b = [], len(tensors), max(1, batch)
+            for start in range(0, n, b):
+                idx = [(start + k) % n for k in range(b)]  # a short last batch is filled from the start
+                out.append({name: tensors[idx]})
+            return out
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._it, None)
+
+        def rewind(self) -> None:
+            self._it = iter(self._batches())
+
+    return Reader()
+
+
+# ---- which nodes stay floating point, which block a node belongs to --------------------------------------------
+
+def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    return {o: n for n in graph.node for o in n.output if o}
+
+
+def int8_float_nodes(model: onnx.ModelProto) -> set[str]:
+    """Names of the nodes that stay floating point in an INT8 graph (module docstring). Nodes must be named."""
+    from blocks_export.blocks import BLOCKS
+
+    from .fp16 import COORD_OPS, fp32_nodes
+
+    keep = set(fp32_nodes(model))
+    graph = model.graph
+    producer = _producers(graph)
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    gate_ops = frozenset().union(*(s.int8_float_ops for s in BLOCKS))
+
+    def back_to_conv(start: str, through: frozenset[str]) -> set[str]:
+        """The nodes from ``start`` back through ``through`` ops, and the weighted op that computes them."""
+        found: set[str] = set()
+        queue = [start]
+        while queue:
+            node = producer.get(queue.pop())
+            if node is None or node.name in found:
+                continue
+            if node.op_type in WEIGHTED_OPS:
+                found.add(node.name)
+            elif node.op_type in through:
+                found.add(node.name)
+                queue.extend(i for i in node.input if i)
+        return found
+
+    layout = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Add", "Mul",
+                        "BatchNormalization", "Split", "Slice"})
+    for n in graph.node:
+        if n.op_type in gate_ops and not _is_swish(n, consumers):  # a gate, what applies it, its logits
+            keep.add(n.name)
+            keep |= {c.name for c in consumers.get(n.output[0], []) if c.op_type == "Mul"}
+            keep |= back_to_conv(n.input[0], layout)
+        for k in _OFFSET_INPUTS.get(n.op_type, ()):
+            if len(n.input) > k and n.input[k]:
+                keep |= back_to_conv(n.input[k], COORD_OPS | {"Sigmoid"})
+    # The portable lowering's coordinate chain starts from an offset convolution too.
+    by_name = {m.name: m for m in graph.node}
+    for name in list(keep):
+        node = by_name.get(name)
+        if node is not None and node.op_type in COORD_OPS:
+            for i in node.input:
+                p = producer.get(i)
+                if p is not None and p.op_type in WEIGHTED_OPS:
+                    keep.add(p.name)
+    return keep
+
+
+def _is_swish(node: onnx.NodeProto, consumers: dict[str, list[onnx.NodeProto]]) -> bool:
+    """``x * sigmoid(x)`` (SiLU): an activation, not a gate; it quantizes like any activation."""
+    muls = [c for c in consumers.get(node.output[0], []) if c.op_type == "Mul"]
+    return bool(muls) and all(node.input[0] in c.input for c in muls)
+
+
+def _name_scopes(node: onnx.NodeProto) -> list[str]:
+    """Module paths a node sits in: the dynamo exporter's scope metadata, else a TorchScript name ``/a/b/Op``."""
+    from .verify import _scopes
+
+    scopes = _scopes(node)
+    if scopes:
+        return scopes
+    if node.name.startswith("/"):
+        parts = [p for p in node.name.split("/")[1:-1] if p]
+        return [".".join(parts[:k]) for k in range(1, len(parts) + 1)]
+    return []
+
+
+def node_blocks(model: onnx.ModelProto, blocks: Sequence[str], scoped: onnx.ModelProto | None = None) -> dict[str, str]:
+    """Node name -> the (deepest) block path it belongs to, for the nodes of ``model`` inside ``blocks``.
+
+    A simplified graph loses the exporter's scope metadata; ``scoped`` (the graph before simplification) then
+    gives them through the node's name or one of its output names, which the simplifier keeps.
+    """
+    wanted = sorted(set(blocks), key=len, reverse=True)
+
+    def block_of(scopes: list[str]) -> str | None:
+        return next((b for b in wanted if b in scopes), None)
+
+    by_name: dict[str, str] = {}
+    by_output: dict[str, str] = {}
+    for source in ([scoped] if scoped is not None else []) + [model]:
+        for n in source.graph.node:
+            b = block_of(_name_scopes(n))
+            if b is not None:
+                by_name[n.name] = b
+                for o in n.output:
+                    by_output[o] = b
+    out: dict[str, str] = {}
+    for n in model.graph.node:
+        b = by_name.get(n.name) or next((by_output[o] for o in n.output if o in by_output), None)
+        if b is not None:
+            out[n.name] = b
+    return out
+
+
+# ---- quantization and measurement ------------------------------------------------------------------------------
+
+def quantize(model: onnx.ModelProto, calib: np.ndarray, batch: int, cache: Path, *,
+             op_types: Sequence[str] | None = WEIGHTED_OPS, nodes_to_quantize: Sequence[str] | None = None,
+             nodes_to_exclude: Sequence[str] = ()) -> onnx.ModelProto:
+    """A QDQ copy of ``model`` (onnxruntime ``quantize_static``); calibration ranges are cached in ``cache``."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    input_name = model.graph.input[0].name
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    with tempfile.TemporaryDirectory(prefix="blocks-export-int8-") as tmp, _quiet_logging(), \
+            np.errstate(invalid="ignore", divide="ignore"):
+        out = Path(tmp) / "int8.onnx"
+        quantize_static(
+            work, str(out), _reader(input_name, calib, batch), quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(op_types) if op_types is not None else None, per_channel=True,
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            nodes_to_quantize=list(nodes_to_quantize) if nodes_to_quantize is not None else None,
+            nodes_to_exclude=list(nodes_to_exclude), calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                           # float weights behind a Q/DQ pair: the form every TensorRT line parses (8.x quantizes
+                           # weights itself with the IQuantizeLayer's scale; int8 weight initializers are 10+)
+                           "AddQDQPairToWeight": True,
+                           # MatMul weights [..., C, K]: one scale per output column K (the last axis), so that
+                           # the scale factors out of the sum over C (onnxruntime's default axis is 1)
+                           "QDQOpTypePerChannelSupportToAxis": {"MatMul": -1},
+                           # NVIDIA's placement: the inputs of weighted ops, not their outputs (onnxruntime would
+                           # put a Q/DQ pair after every one, in front of LayerNorm, gates and softmax logits)
+                           "OpTypesToExcludeOutputQuantization": list(WEIGHTED_OPS) if op_types is not None else []},
+            calibration_cache_path=str(cache))
+        return onnx.load(str(out))
+
+
+@contextlib.contextmanager
+def _quiet_logging() -> Iterator[None]:
+    """The quantizer logs advice on the root logger ("consider pre-processing"); keep it off the user's terminal."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def run_graph(model: onnx.ModelProto, tensors: np.ndarray, batch: int) -> list[np.ndarray]:
+    """Outputs of ``model`` on onnxruntime CPU for every image of ``tensors``, concatenated on the batch axis."""
+    from .verify import session
+
+    sess = session(model)
+    name = sess.get_inputs()[0].name
+    return _batched(lambda x: [np.asarray(o) for o in sess.run(None, {name: x})], tensors, batch)
+
+
+def torch_run(model: Any, tensors: np.ndarray, batch: int) -> list[np.ndarray]:
+    """Outputs of the original PyTorch model for every image of ``tensors``."""
+    import torch
+
+    from .verify import torch_outputs
+
+    return _batched(lambda x: torch_outputs(model, torch.from_numpy(x)), tensors, batch)
+
+
+def _batched(fn: Any, tensors: np.ndarray, batch: int) -> list[np.ndarray]:
+    n, parts = len(tensors), []
+    for start in range(0, n, batch):
+        idx = [(start + k) % n for k in range(batch)]
+        valid = min(batch, n - start)
+        parts.append([np.asarray(o, dtype=np.float32)[:valid] for o in fn(tensors[idx])])
+    return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+
+
+def _worst(reference: list[np.ndarray], got: list[np.ndarray]) -> tuple[float, float]:
+    from blocks_export.runtime.parity import compare
+
+    cmp = compare(reference, got, "int8")
+    return cmp.worst_rel_l2, min((o.cosine for o in cmp.outputs), default=0.0)
+
+
+def top1(reference: list[np.ndarray], got: list[np.ndarray]) -> float | None:
+    """Argmax agreement of a classifier's scores [N, K] (one output), else None."""
+    if len(reference) != 1 or reference[0].ndim != 2 or reference[0].shape[1] < 2:
+        return None
+    return float((reference[0].argmax(1) == got[0].argmax(1)).mean())
+
+
+def _accuracy(out: list[np.ndarray], labels: list[int | None]) -> float | None:
+    if len(out) != 1 or out[0].ndim != 2 or not labels or any(lb is None for lb in labels):
+        return None
+    return float((out[0].argmax(1) == np.asarray(labels)).mean())
+
+
+def quantize_model(model: onnx.ModelProto, original: Any, data: CalibrationSet, batch: int, *, budget: float,
+                   blocks: Sequence[str], scoped: onnx.ModelProto | None = None, fp16: bool = False,
+                   progress: Any = None) -> tuple[onnx.ModelProto, Int8Result]:
+    """The block-aware INT8 graph of ``model`` and its measurements against the ORIGINAL model (``original``).
+
+    ``blocks``: module paths of the model's blocks (the rewrite report's); each is quantized alone first.
+    ``fp16``: what stays out of INT8 runs in fp16 (the fp16 pass on the Q/DQ graph, its fp32 islands kept); the
+    sensitivity and fallback are measured on the fp32-float graph, the final graph on itself.
+    """
+    from .fp16 import name_nodes
+
+    say = progress or (lambda _text: None)
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    name_nodes(work)
+    result = Int8Result(data.folder, len(data.calibration), len(data.held_out), budget, held_out=list(data.held_out))
+    reference = torch_run(original, data.held_out_tensors, batch)
+    result.reference_accuracy = _accuracy(reference, data.labels)
+    float_kept = int8_float_nodes(work)
+    weighted = [n.name for n in work.graph.node if n.op_type in WEIGHTED_OPS]
+    result.float_nodes = sum(1 for n in weighted if n in float_kept)
+    where = node_blocks(work, blocks, scoped)
+    groups: dict[str, list[str]] = {}
+    edges = _edge_layers(work)
+    for n in weighted:
+        if n not in float_kept:
+            groups.setdefault(where.get(n) or edges.get(n, OUTSIDE), []).append(n)
+    with tempfile.TemporaryDirectory(prefix="blocks-export-calib-") as tmp:
+        cache = Path(tmp) / "ranges.json"
+        say("calibrating (everything quantized: the naive graph)")
+        # The widest tensor set first, so the cached ranges cover every later, smaller one.
+        naive = quantize(work, data.calib_tensors, batch, cache, op_types=None)
+        naive_out = run_graph(naive, data.held_out_tensors, batch)
+        result.naive_rel_l2 = _worst(reference, naive_out)[0]
+        result.naive_top1_agreement = top1(reference, naive_out)
+        order = [b for b in blocks if b in groups] + [g for g in (INPUT_LAYER, OUTSIDE, OUTPUT_LAYER) if g in groups]
+        for b in order:
+            say(f"sensitivity: {b}")
+            q = quantize(work, data.calib_tensors, batch, cache, nodes_to_quantize=groups[b])
+            out = run_graph(q, data.held_out_tensors, batch)
+            err = _worst(reference, out)[0]
+            row = BlockSensitivity(b, len(groups[b]), err, top1(reference, out))
+            if err > budget:
+                row.fallback = True
+                row.why = f"alone it moves the output by rel_l2 {err:.2e} > budget {budget:.1e}"
+                result.fallback.append(b)
+            result.sensitivity.append(row)
+        # Errors add up: while the whole graph is over the budget, the most sensitive quantized part goes back too.
+        remaining = sorted((r for r in result.sensitivity if not r.fallback), key=lambda r: r.rel_l2)
+        while True:
+            excluded = sorted(float_kept | {n for b in result.fallback for n in groups[b]})
+            say("quantizing" + (f" ({len(result.fallback)} part(s) floating point)" if result.fallback else ""))
+            final = quantize(work, data.calib_tensors, batch, cache, nodes_to_exclude=excluded)
+            if fp16:
+                from .fp16 import to_fp16
+
+                final = to_fp16(final)
+            out = run_graph(final, data.held_out_tensors, batch)
+            result.rel_l2, result.cosine = _worst(reference, out)
+            if result.rel_l2 <= budget or len(remaining) <= 1:
+                break
+            row = remaining.pop()
+            row.fallback = True
+            row.why = (f"rel_l2 {row.rel_l2:.2e} alone, the largest left, and the graph was at {result.rel_l2:.2e} "
+                       f"> budget {budget:.1e}")
+            result.fallback.append(row.block)
+    result.top1_agreement = top1(reference, out)
+    result.accuracy = _accuracy(out, data.labels)
+    result.quantized_nodes = sum(len(v) for k, v in groups.items() if k not in result.fallback)
+    result.passed = bool(result.rel_l2 <= budget and np.isfinite(result.rel_l2))
+    if not result.passed:
+        result.notes.append(f"the INT8 graph moves the output by rel_l2 {result.rel_l2:.2e}, over the budget "
+                            f"{budget:.1e}, with every block over it already in floating point; raise "
+                            "`int8_budget`, or calibrate on more images like the deployment's")
+    _set_precision(final)
+    return final, result
+
+
+def _edge_layers(model: onnx.ModelProto) -> dict[str, str]:
+    """Weighted nodes that read the graph input, or whose result reaches a graph output through unweighted ops."""
+    graph = model.graph
+    inputs = {i.name for i in graph.input}
+    producer = _producers(graph)
+    out: dict[str, str] = {}
+    for n in graph.node:
+        if n.op_type in WEIGHTED_OPS and n.input and n.input[0] in inputs:
+            out[n.name] = INPUT_LAYER
+    queue, seen = [o.name for o in graph.output], set()
+    while queue:
+        node = producer.get(queue.pop())
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        if node.op_type in WEIGHTED_OPS:
+            out.setdefault(node.name, OUTPUT_LAYER)
+        else:
+            queue.extend(i for i in node.input if i)
+    return out
+
+
+def _set_precision(model: onnx.ModelProto) -> None:
+    for prop in model.metadata_props:
+        if prop.key == "blocks_export.precision":
+            prop.value = "int8"
+            return
+    model.metadata_props.add(key="blocks_export.precision", value="int8")
+
+
+def metadata_for(preprocess: Any, task: Any = None) -> dict[str, str]:
+    """``blocks_export.*`` strings that ``runtime.infer.parse_meta`` reads, from the model's metadata values."""
+    meta: dict[str, str] = {}
+    if isinstance(preprocess, dict):
+        meta["blocks_export.preprocess"] = json.dumps(preprocess)
+    if isinstance(task, str):
+        meta["blocks_export.task"] = task
+    return meta
+
+
+__all__ = ["BlockSensitivity", "CalibrationSet", "Int8Result", "WEIGHTED_OPS", "image_preprocess",
+           "int8_float_nodes", "node_blocks", "quantize", "quantize_model", "read_calibration", "top1"]

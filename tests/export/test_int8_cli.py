@@ -1,0 +1,233 @@
+"""``blocks-export MODEL --int8 --calib DIR``: a Q/DQ graph that the test's own onnxruntime run, on held-out images
+it preprocesses itself, finds close to the ORIGINAL PyTorch model; the blocks' gates and softmax stay floating
+point; bad calibration folders are refused in one line, exit 2, nothing written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from typer.testing import CliRunner
+
+from blocks_export.blocks import CA, DCN, CB2d, randomize_
+from blocks_export.export.cli import app, with_default_command
+from blocks_export.runtime.parity import RULES
+
+SIZE = 24
+
+
+class PastedNet(nn.Module):
+    """A classifier as people paste blocks into one: two Coordinate Attention blocks, a modulated DCN and a GCNet
+    block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.SiLU())
+        self.att1 = CA(8, 8, reduction=4)
+        self.down = nn.Sequential(nn.Conv2d(8, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU())
+        self.att2 = CA(16, 16, reduction=4)
+        self.dcn = DCN(16, 16, 3, 1)
+        self.gc = CB2d(16)
+        self.fc = nn.Linear(16, 5)
+        self.export_metadata = {"task": "classify", "labels": list("abcde")}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.gc(self.dcn(self.att2(self.down(self.att1(self.stem(x))))))
+        return self.fc(y.mean((2, 3)))
+
+
+def _images(folder: Path, count: int, mode: str = "RGB", seed: int = 0) -> list[Path]:
+    """Seeded image-like pictures: a gradient and a few rectangles each."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
+    for i in range(count):
+        img = np.stack([(xx * rng.random() + yy * rng.random()) * 255 / 2 for _ in range(3)], axis=2)
+        for _ in range(3):
+            y0, x0 = rng.integers(0, SIZE // 2, 2)
+            img[y0:y0 + SIZE // 3, x0:x0 + SIZE // 3] = rng.random(3) * 255
+        pic = Image.fromarray(img.clip(0, 255).astype(np.uint8), "RGB")
+        path = folder / f"img_{i:02d}.png"
+        (pic.convert("L") if mode == "L" else pic).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def model_pt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    model = randomize_(PastedNet(), seed=3).eval()
+    path = tmp_path_factory.mktemp("int8") / "pasted.pt"
+    torch.save(model, path)
+    return path
+
+
+def invoke(*args: object):
+    return CliRunner().invoke(app, with_default_command([str(a) for a in args]))
+
+
+def _preprocess(path: Path) -> np.ndarray:
+    """The test's own preprocessing (the model has no preprocess metadata: RGB, x / 255, no resize)."""
+    x = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
+    return x.transpose(2, 0, 1)[None]
+
+
+def _dq_fed(model: onnx.ModelProto, node: onnx.NodeProto) -> bool:
+    producers = {o: n for n in model.graph.node for o in n.output}
+    return any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in node.input)
+
+
+def test_int8_graph_matches_the_original_on_held_out_images_and_keeps_gates_floating(
+        tmp_path: Path, model_pt: Path) -> None:
+    calib = tmp_path / "calib"
+    _images(calib, 12)
+    out = tmp_path / "pasted_int8.onnx"
+    result = invoke(model_pt, "--trust-pickle", "--imgsz", SIZE, "--int8", "--calib", calib, "--calib-count", 9,
+                    "-o", out, "--json", "--quiet")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["precision"] == "int8" and report["int8"]["held_out_images"] == 3
+    assert {r["block"] for r in report["int8"]["sensitivity"]} >= {"att1", "att2"}
+
+    graph = onnx.load(str(out))
+    ops = [n.op_type for n in graph.graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    quantized_convs = [n for n in graph.graph.node if n.op_type == "Conv" and _dq_fed(graph, n)]
+    assert quantized_convs, "no convolution reads int8 inputs"
+    producers = {o: n for n in graph.graph.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    gates = [n for n in graph.graph.node if n.op_type == "Sigmoid"
+             and not all(n.input[0] in c.input for c in consumers.get(n.output[0], []) if c.op_type == "Mul")]
+    assert len(gates) == 4  # two per CA block (the GCNet block adds its context: no gate)
+    for g in gates:  # the gate, its logits' convolution and what it multiplies stay floating point
+        assert not _dq_fed(graph, g)
+        logits = producers[g.input[0]]
+        assert logits.op_type in ("Conv", "Gemm", "MatMul") and not _dq_fed(graph, logits), logits.name
+    for n in graph.graph.node:
+        if n.op_type in ("Softmax", "LayerNormalization"):
+            assert not _dq_fed(graph, n), n.name
+    deform = [n for n in graph.graph.node if n.op_type == "DeformConv"]
+    assert len(deform) == 1
+    offsets = [producers[deform[0].input[2]]]  # ONNX DeformConv: X, W, offset, B, mask
+    while offsets[-1].op_type not in ("Conv", "Gemm", "MatMul"):  # back through Slice/Split/Concat/Sigmoid
+        offsets.append(producers[offsets[-1].input[0]])
+    assert not _dq_fed(graph, offsets[-1]), "the offset convolution must stay floating point"
+
+    # Verified on the held-out images (not the calibration ones): the test reruns both models on them itself.
+    held = [Path(p) for p in report["int8"]["held_out"]]
+    assert len(held) == 3 and all(p.parent == calib for p in held)
+    original = torch.load(model_pt, weights_only=False).eval()
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    ref, got = [], []
+    for p in held:
+        x = _preprocess(p)
+        with torch.no_grad():
+            ref.append(original(torch.from_numpy(x)).numpy())
+        got.append(sess.run(None, {name: x})[0])
+    r, q = np.concatenate(ref), np.concatenate(got)
+    err = float(np.linalg.norm(r - q) / np.linalg.norm(r))
+    assert 1e-6 < err <= RULES["int8"].rel_l2  # quantized (not the fp32 graph), within the int8 rule
+    assert (r.argmax(1) == q.argmax(1)).mean() >= 2 / 3
+
+
+@pytest.mark.slow
+def test_a_tiny_budget_keeps_every_block_floating_point_and_says_why(tmp_path: Path, model_pt: Path) -> None:
+    calib = tmp_path / "calib"
+    _images(calib, 10)
+    out = tmp_path / "tiny_budget.onnx"
+    result = invoke(model_pt, "--trust-pickle", "--imgsz", SIZE, "--int8", "--calib", calib, "--int8-budget",
+                    "1e-9", "-o", out, "--json", "--quiet")
+    report = json.loads(result.stdout)
+    fallback = set(report["int8"]["fallback"])
+    assert {"att1", "att2", "gc"} <= fallback
+    rows = {r["block"]: r for r in report["int8"]["sensitivity"]}
+    assert all(rows[b]["fallback"] and "budget" in rows[b]["why"] for b in ("att1", "att2", "gc"))
+    graph = onnx.load(str(out))
+    weighted = [n for n in graph.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    assert sum(_dq_fed(graph, n) for n in weighted) <= 1  # at most the one part the loop leaves
+
+
+# ---- bad calibration input: one line, exit 2, nothing written ---------------------------------------------------
+
+def _refused(tmp_path: Path, model_pt: Path, calib: Path, *extra: object) -> str:
+    out = tmp_path / "refused.onnx"
+    result = invoke(model_pt, "--trust-pickle", "--imgsz", SIZE, "--int8", "--calib", calib, "-o", out, "--quiet", *extra)
+    assert result.exit_code == 2, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("blocks-export: error:"), result.stderr
+    assert not out.exists() and not (tmp_path / "refused.report.json").exists()
+    return lines[0]
+
+
+def test_int8_without_calibration_images_is_refused(tmp_path: Path, model_pt: Path) -> None:
+    out = tmp_path / "refused.onnx"
+    result = invoke(model_pt, "--trust-pickle", "--imgsz", SIZE, "--int8", "-o", out)
+    assert result.exit_code == 2
+    assert "--calib" in result.stderr and not out.exists()
+
+
+def test_empty_calibration_folder_is_refused(tmp_path: Path, model_pt: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    assert "holds no images" in _refused(tmp_path, model_pt, tmp_path / "empty")
+
+
+def test_missing_calibration_folder_is_refused(tmp_path: Path, model_pt: Path) -> None:
+    assert "does not exist" in _refused(tmp_path, model_pt, tmp_path / "nowhere")
+
+
+def test_unreadable_calibration_image_is_refused(tmp_path: Path, model_pt: Path) -> None:
+    calib = tmp_path / "calib"
+    _images(calib, 6)
+    (calib / "img_03.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(40)))  # a truncated PNG
+    line = _refused(tmp_path, model_pt, calib)
+    assert "img_03.png" in line
+
+
+def test_fewer_images_than_calib_count_is_refused(tmp_path: Path, model_pt: Path) -> None:
+    calib = tmp_path / "calib"
+    _images(calib, 4)
+    line = _refused(tmp_path, model_pt, calib, "--calib-count", 8)
+    assert "holds 4 image(s)" in line and "--calib-count 8" in line
+
+
+def test_images_of_the_wrong_channel_count_are_refused(tmp_path: Path, model_pt: Path) -> None:
+    calib = tmp_path / "gray"
+    _images(calib, 5, mode="L")
+    line = _refused(tmp_path, model_pt, calib)
+    assert "grayscale" in line and "3 channel" in line
+
+
+@pytest.mark.slow
+def test_int8_with_fp16_runs_what_stays_out_of_int8_in_fp16(tmp_path: Path, model_pt: Path) -> None:
+    calib = tmp_path / "calib"
+    _images(calib, 10)
+    out = tmp_path / "mixed.onnx"
+    result = invoke(model_pt, "--trust-pickle", "--imgsz", SIZE, "--int8", "--fp16", "--calib", calib, "-o", out,
+                    "--json", "--quiet")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["precision"] == "int8+fp16"
+    graph = onnx.load(str(out))
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.graph.initializer)
+    assert "DequantizeLinear" in {n.op_type for n in graph.graph.node}
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    original = torch.load(model_pt, weights_only=False).eval()
+    held = [Path(p) for p in report["int8"]["held_out"]]
+    x = np.concatenate([_preprocess(p) for p in held])
+    with torch.no_grad():
+        ref = original(torch.from_numpy(x)).numpy()
+    got = np.concatenate([sess.run(None, {sess.get_inputs()[0].name: x[i:i + 1]})[0] for i in range(len(x))])
+    assert np.linalg.norm(ref - got) / np.linalg.norm(ref) <= RULES["int8"].rel_l2

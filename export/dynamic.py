@@ -245,7 +245,8 @@ def probe_ranges(model: Any, shape: tuple[int, ...], runs: Callable[[tuple[int, 
     ``shape`` [N, C, H, W] is a size the model runs at. Per spatial axis (the other at its ``shape`` size):
     the step is the smallest of ``PROBE_STEPS`` dividing the size with which the model also runs one and
     two steps above it, the minimum the smallest multiple of the step it runs at. ``UsageError`` when no step works: the model fixes that size (a flatten into a ``Linear``).
-    The batch goes from 1, unbounded (or ``batch_max``). ``runs(shape)`` defaults to one forward pass in
+    The batch goes from 1, unbounded (or ``batch_max``); a model traced at batch 1 must also run at batch 2
+    (``UsageError`` otherwise: it fixes the batch). ``runs(shape)`` defaults to one forward pass in
     ``torch.no_grad`` that does not raise; a model that runs but computes something else at a size is for
     verification to catch.
     """
@@ -268,6 +269,10 @@ def probe_ranges(model: Any, shape: tuple[int, ...], runs: Callable[[tuple[int, 
         # Smallest multiple it runs at, from below: small sizes are the cheap probes.
         lo = next(k * step for k in range(1, size // step + 1) if k * step == size or runs(at(k * step)))
         out[str(a)] = {"min": lo, "max": None, "multiple_of": step}
+    if n == 1 and batch_max != 1 and not runs((2, c, h, w)):
+        raise UsageError(f"`dynamic=True`: the batch of input {INPUT_NAME} cannot be dynamic: the model runs at batch "
+                         "1 but not at batch 2 (it fixes the batch, e.g. a reshape to 1); export without "
+                         "`dynamic=True`")
     return out
 
 

@@ -121,6 +121,64 @@ def _quiet_exporter() -> Iterator[None]:
             lg.setLevel(level)
 
 
+class _Signature:
+    """What ``onnxscript``'s torchlib listing reads from a traced function's IR: its domain only."""
+
+    def __init__(self, domain: str) -> None:
+        self.domain = domain
+
+
+_REGISTRIES: dict[int, Any] = {}  # opset -> the torchlib ONNXRegistry built once per process
+
+
+@contextlib.contextmanager
+def torchlib_registry_once() -> Iterator[None]:
+    """Inside: ``torch.onnx.export(..., dynamo=True)`` builds its torchlib registry once per process and opset.
+
+    Every dynamo export starts with ``ONNXRegistry.from_torchlib`` (torch/onnx/_internal/exporter/_compat.py),
+    which lists ~560 torchlib functions; for each of the ~500 traced ones onnxscript's listing reads
+    ``function_ir.domain``, and ``TracedOnnxFunction.function_ir`` parses the function's source anew on every
+    access (onnxscript/_internal/values.py). That is about 4 s of every export on a 2-core machine, the same
+    registry each time. Here the first build reads the domain where the parse would have found it (the
+    function's opset: onnxscript's converter names the IR function after ``this_module.domain``, the opset it
+    was given), and later exports get a copy of the finished registry (``custom_translation_table`` entries are
+    registered into the copy, as before). Private APIs: when they are not as expected, nothing is changed.
+    """
+    try:
+        from onnxscript._internal import values
+        from torch.onnx._internal.exporter import _registration
+
+        registry_cls = _registration.ONNXRegistry
+        original = registry_cls.__dict__["from_torchlib"]
+        traced = values.TracedOnnxFunction
+        function_ir = traced.__dict__["function_ir"]
+        if not isinstance(original, classmethod) or not isinstance(function_ir, property):
+            raise TypeError("unexpected exporter internals")
+    except (ImportError, AttributeError, KeyError, TypeError):
+        yield
+        return
+
+    def from_torchlib(cls: Any, opset_version: int = 18) -> Any:
+        key = int(opset_version)
+        if key not in _REGISTRIES:
+            setattr(traced, "function_ir", property(lambda f: _Signature(f.opset.domain)))  # noqa: B010
+            try:
+                _REGISTRIES[key] = original.__func__(cls, opset_version)
+            finally:
+                setattr(traced, "function_ir", function_ir)  # noqa: B010
+        built = _REGISTRIES[key]
+        copy = cls()
+        copy._opset_version = built._opset_version
+        copy.functions = {target: list(metas) for target, metas in built.functions.items()}
+        return copy
+
+    setattr(registry_cls, "from_torchlib", classmethod(from_torchlib))  # noqa: B010
+    try:
+        yield
+    finally:
+        setattr(registry_cls, "from_torchlib", original)  # noqa: B010
+
+
 def export_program(model: Any, example: Any, dynamic: bool,
                    batch_max: int | None = None) -> tuple[Any, dict[str, dict[str, int | None]] | None, list[str]]:
     """``torch.export.export``; with ``dynamic``, batch/H/W dynamic and their valid ranges derived.
@@ -157,8 +215,13 @@ def export_program(model: Any, example: Any, dynamic: bool,
 
 def to_onnx(model: Any, example: Any, *, opset: int, opset_fixed: bool = False, lowering: str = "std",
             exporter: str = "dynamo", dynamic: bool = False, batch_max: int | None = None,
-            decompose_layernorm: bool = False) -> OnnxExport:
-    """Export ``model`` (``nn.Module``, ``ScriptModule`` or ``ExportedProgram``) at ``example`` [N, C, H, W]."""
+            decompose_layernorm: bool = False, derive_ranges: bool = True) -> OnnxExport:
+    """Export ``model`` (``nn.Module``, ``ScriptModule`` or ``ExportedProgram``) at ``example`` [N, C, H, W].
+
+    ``derive_ranges=False``: with the TorchScript exporter and ``dynamic``, no ``torch.export`` trace is made for
+    the ranges (for a caller that finds them itself, as the pipeline does by probing the original model); the
+    dynamic axes are then recorded without bounds.
+    """
     import torch
 
     if exporter not in ("dynamo", "torchscript"):
@@ -177,7 +240,7 @@ def to_onnx(model: Any, example: Any, *, opset: int, opset_fixed: bool = False, 
             raise UsageError("`exporter=torchscript`: a torch.export program (.pt2) exports with the dynamo "
                              "exporter only; use `exporter=dynamo`")
         ranges = None
-        if dynamic and not is_script:
+        if dynamic and not is_script and derive_ranges:
             # The TorchScript exporter knows no shape constraints: torch.export traces the same module for
             # them (a dimension the model fixes is refused here, as with the dynamo exporter).
             try:
@@ -189,7 +252,8 @@ def to_onnx(model: Any, example: Any, *, opset: int, opset_fixed: bool = False, 
         opset, more = resolve_opset(opset, opset_fixed, lowering, uses_dc)
         notes += more
         n_out = _count_outputs(model, example)
-        return _torchscript_export(model, example, opset, lowering, dynamic, n_out, uses_dc, dc, notes, ranges)
+        return _torchscript_export(model, example, opset, lowering, dynamic, n_out, uses_dc, dc, notes, ranges,
+                               derive_ranges)
 
     derived = None
     if is_program:
@@ -215,7 +279,7 @@ def to_onnx(model: Any, example: Any, *, opset: int, opset_fixed: bool = False, 
     # Read before translation: the ONNX exporter's decompositions rewrite the program's symbolic shapes.
     ranges = derived if derived is not None else (dynamic_ranges(program) if is_program else None)
     try:
-        with _quiet_exporter():
+        with _quiet_exporter(), torchlib_registry_once():
             onnx_program = torch.onnx.export(program, (example,), dynamo=True,
                                              opset_version=max(opset, DYNAMO_MIN_OPSET),
                                              input_names=[INPUT_NAME], output_names=output_names,
@@ -398,7 +462,8 @@ def _drop_unknown_attributes(model: Any, opset: int) -> None:
 
 def _torchscript_export(model: Any, example: Any, opset: int, lowering: str, dynamic: bool, n_out: int,
                         uses_dc: bool, dc: ModuleType, notes: list[str],
-                        ranges: dict[str, dict[str, int | None]] | None = None) -> OnnxExport:
+                        ranges: dict[str, dict[str, int | None]] | None = None,
+                        derive_ranges: bool = True) -> OnnxExport:
     import onnx
     import torch
 
@@ -406,7 +471,7 @@ def _torchscript_export(model: Any, example: Any, opset: int, lowering: str, dyn
     dynamic_axes = None
     if dynamic:
         dynamic_axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}}
-        if ranges is None:
+        if ranges is None and derive_ranges:
             notes.append("TorchScript exporter: dynamic ranges are not derived (constraints unknown)")
     ctx: Any = contextlib.nullcontext()
     try:

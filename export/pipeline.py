@@ -401,16 +401,20 @@ def _export(ctx: _Context) -> None:
     options, target = ctx.options, ctx.target
     # The target's exporter unless the user chose one; a torch.export program only has the dynamo one.
     exporter = options.exporter or ("dynamo" if ctx.loaded.kind == "exported_program" else target.exporter)
+    # With --dynamic the ranges are probed on the original module below: the TorchScript exporter then needs no
+    # torch.export trace of its own for them (about half its export time).
+    probed = options.dynamic and isinstance(ctx.loaded.model, torch.nn.Module)
     with ctx.runner.step("export") as s:
         exported = to_onnx(ctx.model, ctx.example, opset=options.opset or target.opset,
                            opset_fixed=options.opset is not None, lowering=ctx.lowering, exporter=exporter,
-                           dynamic=options.dynamic, decompose_layernorm=target.layernorm == "decompose")
+                           dynamic=options.dynamic, decompose_layernorm=target.layernorm == "decompose",
+                           derive_ranges=not probed)
         if ctx.ultra is not None:
             from . import ultralytics
 
             exported = ultralytics.name_io(exported, ctx.ultra)
         s.note = f"{exported.exporter}, opset {exported.opset}, {len(exported.model.graph.node)} nodes"
-    if options.dynamic and exported.dynamic and isinstance(ctx.loaded.model, torch.nn.Module):
+    if probed and exported.dynamic:
         from .dynamic import probe_note, probe_ranges
 
         # The ranges the ORIGINAL model accepts (probed), not torch.export's guards on the twins.

@@ -366,7 +366,10 @@ def output_unit(force: bool = True) -> Iterator[OutputUnit]:
     except OSError as e:
         failed = unit.writing
         unit.discard()
-        raise output_error(failed if failed is not None else Path("output"), e, several=True) from e
+        mapped = output_error(failed if failed is not None else Path("output"), e, several=True)
+        if mapped is e:  # not the disk's or the folder's fault: the error as it is
+            raise
+        raise mapped from e
     finally:
         unit.discard()
 

@@ -19,6 +19,7 @@ import typer
 
 from .errors import EXIT_FAILED, EXIT_SIGINT, EXIT_USAGE, OPTION_REF, ExportError, Interrupted, UsageError
 from .pipeline import Progress  # light: torch and onnx are imported by the steps, not here
+from .trt.api import Rebuild, TensorRTUnavailable  # light: tensorrt is imported when a build starts
 
 PROG = "blocks-export"
 COMMANDS = ("export", "inspect", "check")
@@ -112,7 +113,7 @@ def _run(fn: Callable[[], int], *, debug: bool, json_out: bool) -> None:
         if debug:
             traceback.print_exc()
         code = e.exit_code
-        _refuse(str(e), code, json_out, err)
+        _refuse(error_text(e), code, json_out, err)
     except KeyboardInterrupt:
         code = EXIT_SIGINT
         _refuse("interrupted (SIGINT); nothing was left half-written", code, json_out, err)
@@ -152,6 +153,19 @@ def flag_words(text: str) -> str:
         return f"{flag} {value}"
 
     return OPTION_REF.sub(spell, text)
+
+
+def jetson_command(rebuild: Rebuild) -> str:
+    """The ``blocks-export`` command line that builds the same engine on the device."""
+    return " ".join(["blocks-export", rebuild.onnx, *(flag_words(f"`{name}={value}`") for name, value in
+                                                      rebuild.options())])
+
+
+def error_text(e: ExportError) -> str:
+    """A library error in the CLI's words; TensorRT or a GPU missing ends with the command to run on the Jetson."""
+    if isinstance(e, TensorRTUnavailable) and e.rebuild is not None:
+        return flag_words(f"{e.reason}; on the Jetson run: {jetson_command(e.rebuild)}")
+    return flag_words(str(e))
 
 
 class _InFlagWords:

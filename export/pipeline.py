@@ -24,7 +24,6 @@ from .errors import (
     ExportFailed,
     InputError,
     OutputError,
-    RuntimeMissing,
     UsageError,
     one_line,
 )
@@ -542,17 +541,16 @@ def _engine_profile(onnx_path: Path, options: ExportOptions) -> dict[str, dict[s
 def _engine_step(onnx_path: Path, engine_path: Path, options: ExportOptions, target: Target, runner: _Runner,
                  report: Report) -> None:
     """Build the engine; the builder also writes its sidecar JSON and the EPContext model (``*_ctx.onnx``)."""
-    from .trt.api import EngineBuildError, TensorRTUnavailable
+    from .trt.api import EngineBuildError
     from .trt.build import build_engine
 
     profile = _engine_profile(onnx_path, options)
     with runner.step("engine") as s:
         try:
+            # TensorRTUnavailable (a RuntimeMissing) goes up as it is: the CLI spells its rebuild facts.
             report.engine = build_engine(onnx_path, engine_path, fp16=options.fp16, target=target.name,
                                          profile=profile, workspace_mb=options.workspace_mb,
                                          progress=runner.progress.message, checked=report.check is not None)
-        except TensorRTUnavailable as e:
-            raise RuntimeMissing(str(e)) from e
         except EngineBuildError as e:
             raise ExportFailed(str(e)) from e
         except ValueError as e:

@@ -72,20 +72,10 @@ def shape_range(value: ShapeRange) -> tuple[list[int], list[int], list[int]]:
     return [int(d) for d in lo], [int(d) for d in opt], [int(d) for d in hi]
 
 
-def jetson_command(onnx_path: Path, target: str, fp16: bool, profile: Mapping[str, ShapeRange] | None = None,
-                   workspace_mb: int | None = None) -> str:
-    """The ``blocks-export`` command that builds the same engine on the device, its options in the library's
-    words (``errors.OPTION_REF``; the CLI spells them as its flags)."""
-    parts = ["blocks-export", Path(onnx_path).name, "`to=trt`", f"`target={target}`"]
-    if fp16:
-        parts.append("`fp16=True`")
-    if profile and len(profile) == 1:
-        lo, opt, hi = shape_range(next(iter(profile.values())))
-        for name, shape in (("min_shape", lo), ("opt_shape", opt), ("max_shape", hi)):
-            parts.append(f"`{name}={','.join(str(int(d)) for d in shape)}`")
-    if workspace_mb:
-        parts.append(f"`workspace_mb={workspace_mb}`")
-    return " ".join(parts)
+def _rebuild(req: _Request) -> api.Rebuild:
+    """The facts of this build, to run where TensorRT and a GPU are."""
+    shapes = shape_range(next(iter(req.profile.values()))) if req.profile and len(req.profile) == 1 else None
+    return api.Rebuild(req.onnx_path.name, req.target.name, req.fp16, shapes, req.workspace_mb)
 
 
 @dataclass(frozen=True)
@@ -332,9 +322,9 @@ def build_engine(onnx_path: Path, engine_path: Path, *, fp16: bool, target: str,
     if not checked:
         _target_check(model, req)
     graph_fp16 = onnx.TensorProto.FLOAT16 in float_types(model)
-    command = jetson_command(req.onnx_path, req.target.name, fp16, profile, workspace_mb)
-    api.load_tensorrt(command)
-    device = api.cuda_device(command)
+    rebuild = _rebuild(req)
+    api.load_tensorrt(rebuild)
+    device = api.cuda_device(rebuild)
     import tensorrt as trt
 
     plan = _plan(req.target, fp16, graph_fp16)

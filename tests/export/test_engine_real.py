@@ -24,10 +24,10 @@ from blocks_export.export.trt.run import engine_parity
 def _tensorrt_and_gpu() -> str | None:
     """None when real TensorRT and a GPU are usable here, else why not."""
     try:
-        load_tensorrt("-")
-        cuda_device("-")
+        load_tensorrt()
+        cuda_device()
     except TensorRTUnavailable as e:
-        return str(e).split(";")[0]
+        return e.reason
     try:
         if not torch.cuda.is_available():
             return "torch has no CUDA here (run_engine uses torch CUDA tensors as buffers)"

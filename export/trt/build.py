@@ -29,7 +29,7 @@ import onnx
 
 from ..check import check_model
 from ..epcontext import engine_reference, ep_context_model
-from ..fp16 import float_types, fp32_nodes, name_nodes
+from ..fp16 import BLOCKED_OPS, float_types, fp32_nodes, name_nodes
 from ..io import atomic_folder_files
 from ..targets import Target, get_target
 from . import api
@@ -126,10 +126,17 @@ def _plan(tgt: Target, fp16: bool, graph_fp16: bool) -> _Plan:
     return _Plan(flags, fp16_flag, strongly, precision)
 
 
-# Layer types kept in fp32 in weakly typed fp16 builds (8.x), as ``fp16.BLOCKED_OPS`` keeps their ops fp32 in the
-# fp16 ONNX: softmax, normalisations, reductions, grid sampling and plugins (the DeformConv plugin computes its
-# sampling coordinates in half precision in fp16, DESIGN.md).
-PINNED_LAYER_TYPES = ("SOFTMAX", "NORMALIZATION", "REDUCE", "GRID_SAMPLE", "PLUGIN_V2", "PLUGIN_V3")
+# The TensorRT layer types the parser makes of each op that ``fp16.BLOCKED_OPS`` keeps in fp32 (the fp32 op policy
+# lives there, once): a weakly typed fp16 build (8.x) pins these layer types, and every layer named after a node
+# that ``fp16.fp32_nodes`` keeps fp32 (softmax logits, large reductions, coordinate arithmetic). The DeformConv
+# plugin computes its sampling coordinates in half precision in fp16 (DESIGN.md).
+LAYER_TYPES_OF_OP = {
+    "Softmax": ("SOFTMAX",), "LogSoftmax": ("SOFTMAX",), "LayerNormalization": ("NORMALIZATION",),
+    "GroupNormalization": ("NORMALIZATION",), "InstanceNormalization": ("NORMALIZATION",),
+    "GridSample": ("GRID_SAMPLE",), "DeformConv": ("PLUGIN_V2", "PLUGIN_V3"),
+    "ModulatedDeformConv2d": ("PLUGIN_V2", "PLUGIN_V3"),
+}
+PINNED_LAYER_TYPES = tuple(sorted({t for op in BLOCKED_OPS for t in LAYER_TYPES_OF_OP[op]}))
 
 
 def _pin_fp32(network: trt.INetworkDefinition, fp32_names: set[str]) -> list[str]:

@@ -209,6 +209,34 @@ def test_weakly_typed_fp16_pins_softmax_and_its_logits_to_fp32(fake_trt, onnx_fi
     assert result.sidecar["fp32_layers"] == ["logits_mm", "softmax"]
 
 
+def _reduction_model(h: int, w: int) -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, h, w])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 1, 1])
+    mean = helper.make_node("ReduceMean", ["x"], ["y"], name="pool", axes=[2, 3], keepdims=1)
+    return helper.make_model(helper.make_graph([mean], "g", [x], [y]), opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize(("h", "w", "pinned"), [(8, 8, False), (40, 40, True)])
+def test_weakly_typed_fp16_pins_a_reduction_exactly_when_the_fp16_policy_keeps_it_fp32(
+        fake_trt, onnx_file, tmp_path, h, w, pinned):
+    from blocks_export.export.fp16 import LARGE_REDUCTION, fp32_nodes
+
+    model = _reduction_model(h, w)
+    assert ("pool" in fp32_nodes(model)) == pinned == (h * w > LARGE_REDUCTION)
+    trt = fake_trt("8.6")
+    result = build_engine(onnx_file(model), tmp_path / "model.engine", fp16=True, target="jetpack6.0")
+    assert result.sidecar["fp32_layers"] == (["pool"] if pinned else [])
+    assert {c[1] for c in _calls(trt, "layer.precision")} == ({"pool"} if pinned else set())
+
+
+def test_the_pinned_layer_types_are_those_of_the_fp16_policy_ops() -> None:
+    from blocks_export.export.fp16 import BLOCKED_OPS
+    from blocks_export.export.trt.build import LAYER_TYPES_OF_OP, PINNED_LAYER_TYPES
+
+    assert set(LAYER_TYPES_OF_OP) == set(BLOCKED_OPS)  # every fp32 op of the policy, and no other
+    assert set(PINNED_LAYER_TYPES) == {"SOFTMAX", "NORMALIZATION", "GRID_SAMPLE", "PLUGIN_V2", "PLUGIN_V3"}
+
+
 def test_fp32_builds_pin_nothing(fake_trt, onnx_file, tmp_path):
     trt = fake_trt("8.6")
     build_engine(onnx_file(_attention_model()), tmp_path / "model.engine", fp16=False, target="jetpack6.0")

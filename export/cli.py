@@ -288,7 +288,7 @@ def export_command(
         with contextlib.redirect_stdout(sys.stderr):
             result = run_export(model, options, progress)
         if json_out:
-            print(flag_words(to_json(result.report)))
+            print(to_json(result.report))  # the report file's document, in the library's words
         elif not quiet:
             render(result.report, _InFlagWords(_stdout()))
         return result.exit_code
@@ -322,7 +322,7 @@ def inspect_command(
         if json_out:
             from .report import to_json
 
-            print(flag_words(to_json(info)))
+            print(to_json(info))
         else:
             out = _stdout()
             from rich.markup import escape
@@ -355,7 +355,7 @@ def check_command(
         if json_out:
             from .report import to_json
 
-            print(flag_words(to_json({**result.as_dict(), "lines": result.lines()})))
+            print(to_json({**result.as_dict(), "lines": result.lines()}))
         else:
             from rich.markup import escape
 

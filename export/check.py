@@ -13,7 +13,7 @@ Sources (cited per rule below): onnx-tensorrt ``docs/operators.md`` of the 8.5-G
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -22,6 +22,8 @@ import onnx
 import onnx.defs
 import onnx.numpy_helper
 from onnx import TensorProto
+
+from blocks_export.plugins.onnx_graph import subgraphs
 
 from . import trt_ops
 from .errors import InputError
@@ -429,19 +431,11 @@ def _check_ort_node(ctx: _Context, node: onnx.NodeProto) -> None:
 
 # ---- graph traversal -------------------------------------------------------------------------------------------
 
-def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
-    for a in node.attribute:
-        if a.type == onnx.AttributeProto.GRAPH:
-            yield a.g
-        elif a.type == onnx.AttributeProto.GRAPHS:
-            yield from a.graphs
-
-
 def _constants(graph: onnx.GraphProto) -> set[str]:
     names = {t.name for t in graph.initializer}
     names |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
     for n in graph.node:
-        for g in _subgraphs(n):
+        for g in subgraphs(n):
             names |= _constants(g)
     return names
 
@@ -509,7 +503,7 @@ def _visit(ctx: _Context, graph: onnx.GraphProto, functions: dict[tuple[str, str
                 count += _visit(ctx, fn_graph, functions, check_node, seen)
             continue
         check_node(ctx, node)
-        for sub in _subgraphs(node):
+        for sub in subgraphs(node):
             count += _visit(ctx, sub, functions, check_node, seen)
     return count
 

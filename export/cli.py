@@ -22,6 +22,7 @@ import typer
 
 from .errors import EXIT_FAILED, EXIT_SIGINT, EXIT_USAGE, OPTION_REF, ExportError, Interrupted, UsageError
 from .pipeline import Progress  # light: torch and onnx are imported by the steps, not here
+from .trt.api import Rebuild, TensorRTUnavailable  # light: tensorrt is imported when a build starts
 
 PROG = "blocks-export"
 COMMANDS = ("export", "inspect", "check")
@@ -120,7 +121,7 @@ def _run(fn: Callable[[], int], *, debug: bool, json_out: bool) -> None:
         if debug:
             traceback.print_exc()
         code = e.exit_code
-        _refuse(str(e), code, json_out, err)
+        _refuse(error_text(e), code, json_out, err)
     except KeyboardInterrupt:
         code = EXIT_SIGINT
         _refuse(interrupts.message_for(signal.SIGINT), code, json_out, err)
@@ -167,6 +168,19 @@ def flag_words(text: str) -> str:
         return f"{flag} {value}"
 
     return OPTION_REF.sub(spell, text)
+
+
+def jetson_command(rebuild: Rebuild) -> str:
+    """The ``blocks-export`` command line that builds the same engine on the device."""
+    return " ".join(["blocks-export", rebuild.onnx, *(flag_words(f"`{name}={value}`") for name, value in
+                                                      rebuild.options())])
+
+
+def error_text(e: ExportError) -> str:
+    """A library error in the CLI's words; TensorRT or a GPU missing ends with the command to run on the Jetson."""
+    if isinstance(e, TensorRTUnavailable) and e.rebuild is not None:
+        return flag_words(f"{e.reason}; on the Jetson run: {jetson_command(e.rebuild)}")
+    return flag_words(str(e))
 
 
 class _InFlagWords:
@@ -300,7 +314,7 @@ def export_command(
         with contextlib.redirect_stdout(sys.stderr):
             result = run_export(model, options, progress)
         if json_out:
-            print(flag_words(to_json(result.report)))
+            print(to_json(result.report))  # the report file's document, in the library's words
         elif not quiet:
             render(result.report, _InFlagWords(_stdout()))
         return result.exit_code
@@ -334,7 +348,7 @@ def inspect_command(
         if json_out:
             from .report import to_json
 
-            print(flag_words(to_json(info)))
+            print(to_json(info))
         else:
             out = _stdout()
             from rich.markup import escape
@@ -367,7 +381,7 @@ def check_command(
         if json_out:
             from .report import to_json
 
-            print(flag_words(to_json({**result.as_dict(), "lines": result.lines()})))
+            print(to_json({**result.as_dict(), "lines": result.lines()}))
         else:
             from rich.markup import escape
 

@@ -292,7 +292,7 @@ def to_onnx(model: Any, example: Any, *, opset: int, opset_fixed: bool = False, 
         if (n := decompose_layer_norm(proto)):
             notes.append(f"{n} LayerNormalization node(s) decomposed into standard ops")
     if opset < DYNAMO_MIN_OPSET:
-        proto = _convert_opset(proto, opset)
+        proto = convert_opset(proto, opset)
         notes.append(f"exported at opset {DYNAMO_MIN_OPSET} and converted to opset {opset}")
     if dynamic:
         name_dims(proto, INPUT_NAME)
@@ -360,60 +360,32 @@ def decompose_layer_norm(model: Any) -> int:
     return count
 
 
-def _topological(nodes: list[Any], available: set[str]) -> list[Any]:
-    """``nodes`` in an order where every input is produced before use (graph inputs/initializers given)."""
-    done = set(available)
-    pending = list(nodes)
-    ordered: list[Any] = []
-    while pending:
-        ready = [n for n in pending if all((not i) or i in done for i in n.input)]
-        if not ready:
-            raise ExportFailed("the graph has a cycle or an undefined value after the opset conversion")
-        for n in ready:
-            ordered.append(n)
-            done.update(n.output)
-        pending = [n for n in pending if all(n is not r for r in ready)]
-    return ordered
+# While the converter runs, default-domain nodes it has no schema for (TensorRT plugin nodes, which the parser
+# reads in the default domain) sit in this domain; they go back afterwards.
+_UNCONVERTED_DOMAIN = "blocks_export.unconverted"
 
 
-def _is_standard(node: Any) -> bool:
-    """An operator of the default ONNX domain (plugin nodes may sit in that domain under their own name)."""
-    import onnx
-
-    return node.domain in ("", "ai.onnx") and onnx.defs.has(node.op_type)
-
-
-def _convert_opset(proto: Any, opset: int) -> Any:
-    """Down-convert the optimised graph with ``onnx.version_converter``.
+def convert_opset(proto: Any, opset: int) -> Any:
+    """``proto`` converted to ``opset`` by ``onnx.version_converter`` (the package's one opset converter).
 
     The dynamo exporter builds opset 18 or newer and converts before its own optimisation, where e.g.
-    ReduceMean's axes are not yet constants and the conversion fails; after optimisation it succeeds.
-    The converter has no schema for non-standard nodes (TensorRT plugin nodes) and refuses them, so they are
-    cut out first (their outputs become graph inputs, their inputs graph outputs) and put back afterwards.
+    ReduceMean's axes are not yet constants and the conversion fails; after optimisation it succeeds. The
+    converter needs a schema for every default-domain node and refuses the others, so those (TensorRT plugin
+    nodes, subgraphs included) wait in a domain of their own during the conversion and return afterwards.
+    ``ExportFailed`` (one line) when the graph cannot be converted.
     """
     import onnx
+    import onnx.version_converter
 
-    custom = [n for n in proto.graph.node if not _is_standard(n)]
+    from blocks_export.plugins.onnx_graph import nodes
+
     work = onnx.ModelProto()
     work.CopyFrom(proto)
-    if custom:
-        try:
-            inferred = onnx.shape_inference.infer_shapes(proto)
-        except Exception:
-            inferred = proto
-        types = {v.name: v for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
-
-        def info(name: str) -> Any:
-            return types.get(name) or onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
-
-        kept = [n for n in work.graph.node if _is_standard(n)]
-        del work.graph.node[:]
-        work.graph.node.extend(kept)
-        initializers = {t.name for t in work.graph.initializer}
-        for n in custom:
-            work.graph.input.extend(info(o) for o in n.output if o)
-            work.graph.output.extend(info(i) for i in n.input if i and i not in initializers)
-        work.graph.ClearField("value_info")
+    moved = [n for n in nodes(work.graph) if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type)]
+    for n in moved:
+        n.domain = _UNCONVERTED_DOMAIN
+    if moved:
+        work.opset_import.append(onnx.helper.make_opsetid(_UNCONVERTED_DOMAIN, 1))
     try:
         converted = onnx.version_converter.convert_version(work, opset)
     except Exception as e:
@@ -423,16 +395,13 @@ def _convert_opset(proto: Any, opset: int) -> Any:
     if version != opset:
         raise ExportFailed(f"the graph stayed at opset {version}, not {opset}; try `exporter=torchscript`")
     _drop_unknown_attributes(converted, opset)
-    if custom:
-        n_in, n_out = len(proto.graph.input), len(proto.graph.output)
-        del converted.graph.input[n_in:]
-        del converted.graph.output[n_out:]
-        available = {i.name for i in converted.graph.input} | {t.name for t in converted.graph.initializer}
-        nodes = _topological([*converted.graph.node, *custom], available)
-        del converted.graph.node[:]
-        converted.graph.node.extend(nodes)
-        existing = {o.domain for o in converted.opset_import}
-        converted.opset_import.extend(o for o in proto.opset_import if o.domain not in existing)
+    if moved:
+        for n in nodes(converted.graph):
+            if n.domain == _UNCONVERTED_DOMAIN:
+                n.domain = ""
+        kept = [o for o in converted.opset_import if o.domain != _UNCONVERTED_DOMAIN]
+        del converted.opset_import[:]
+        converted.opset_import.extend(kept)
     return converted
 
 

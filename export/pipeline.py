@@ -24,7 +24,6 @@ from .errors import (
     ExportFailed,
     InputError,
     OutputError,
-    RuntimeMissing,
     UsageError,
     one_line,
 )
@@ -34,11 +33,15 @@ from .options import ExportOptions
 from .report import InspectReport, Report, StepRecord
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from blocks_export.blocks.rewrite import RewriteReport
 
     from .int8 import CalibrationSet, Int8Result
     from .onnx_export import OnnxExport
     from .targets import Target
+    from .trt.build import EngineResult
+    from .trt.run import ParityCase
     from .ultralytics import UltralyticsInfo
     from .verify import VerifyResult
 
@@ -321,7 +324,8 @@ def run_export(source: Path, options: ExportOptions, progress: Progress | None =
                            ctx.unit)
         ctx.unit.commit()  # the engine is built from the ONNX file: it is in place first
     _engine_step(onnx_out, output, options, target, runner, report)
-    return _finish(report, output, runner, False, options.force)
+    failed = _engine_parity_step(options, runner, report, lambda engine: _torch_cases(ctx, engine), "pytorch")
+    return _finish(report, output, runner, failed, options.force)
 
 
 @dataclass
@@ -626,23 +630,93 @@ def _engine_profile(onnx_path: Path, options: ExportOptions) -> dict[str, dict[s
 def _engine_step(onnx_path: Path, engine_path: Path, options: ExportOptions, target: Target, runner: _Runner,
                  report: Report) -> None:
     """Build the engine; the builder also writes its sidecar JSON and the EPContext model (``*_ctx.onnx``)."""
-    from .trt.api import EngineBuildError, TensorRTUnavailable
+    from .trt.api import EngineBuildError
     from .trt.build import build_engine
 
     profile = _engine_profile(onnx_path, options)
     with runner.step("engine") as s:
         try:
+            # TensorRTUnavailable (a RuntimeMissing) goes up as it is: the CLI spells its rebuild facts.
             report.engine = build_engine(onnx_path, engine_path, fp16=options.fp16, target=target.name,
                                          profile=profile, workspace_mb=options.workspace_mb,
                                          progress=runner.progress.message, checked=report.check is not None,
                                          force=options.force)
-        except TensorRTUnavailable as e:
-            raise RuntimeMissing(str(e)) from e
         except EngineBuildError as e:
             raise ExportFailed(str(e)) from e
         except ValueError as e:
             raise UsageError(str(e)) from e
         s.note = str(engine_path)
+
+
+def _engine_parity_step(options: ExportOptions, runner: _Runner, report: Report,
+                        make_cases: Callable[[EngineResult], list[ParityCase]], reference: str) -> bool:
+    """Run the built engine on the verification inputs and compare it with ``reference`` (the original model,
+    or onnxruntime on the ONNX input); skipped where the engine cannot run here. True when it fails."""
+    from .trt.api import TensorRTUnavailable
+    from .trt.run import parity_cases
+
+    if not options.verify:
+        runner.skip("engine parity", "`verify=False`")
+        return False
+    engine = report.engine
+    assert engine is not None
+    with runner.step("engine parity") as s:
+        outputs = [str(o["name"]) for o in engine.sidecar["outputs"]]
+        try:
+            rows = parity_cases(engine.engine_path, outputs, make_cases(engine), engine.precision, reference)
+        except TensorRTUnavailable as e:
+            s.status, s.note = "skipped", e.reason
+            return False
+        report.engine_parity = rows
+        s.note = f"{sum(map(bool, rows))}/{len(rows)} shape(s) match {reference}"
+        if not all(rows):
+            s.status = "failed"
+    return not all(rows)
+
+
+def _engine_profile_fits(engine: EngineResult) -> Callable[[tuple[int, ...]], bool]:
+    first = next(iter(engine.sidecar["profiles"][0].values()))
+    return lambda shape: len(shape) == len(first["min"]) and all(
+        a <= d <= b for a, d, b in zip(first["min"], shape, first["max"], strict=True))
+
+
+def _torch_cases(ctx: _Context, engine: EngineResult) -> list[ParityCase]:
+    """The verification inputs that the engine's profile takes (else its opt shape), and the original model's
+    outputs for them."""
+    import numpy as np
+
+    from .trt.run import ParityCase
+    from .verify import make_input, torch_outputs
+
+    fits = _engine_profile_fits(engine)
+    runs = ctx.report.verification.runs if ctx.report.verification is not None else []
+    shapes = [s for s in dict.fromkeys(tuple(r.shape) for r in runs) if fits(s)]
+    shapes = shapes or [tuple(next(iter(engine.sidecar["profiles"][0].values()))["opt"])]
+    name = str(engine.sidecar["inputs"][0]["name"])
+    cases = []
+    for shape in shapes:
+        x = make_input(shape, SEED)
+        if ctx.options.fp16_io:
+            x = x.half().float()  # the reference sees exactly the fp16 values the engine receives
+        feed = x.numpy().astype(np.float16 if ctx.options.fp16_io else np.float32)
+        cases.append(ParityCase(shape, {name: feed}, torch_outputs(ctx.loaded.model, x)))
+    return cases
+
+
+def _onnx_cases(onnx_path: Path, engine: EngineResult) -> list[ParityCase]:
+    """Seeded inputs at the profile's opt shapes, and onnxruntime's outputs of the ONNX for them."""
+    import numpy as np
+
+    from blocks_export.plugins.ort_cpu import cpu_session
+
+    from .trt.run import ParityCase
+
+    profile = engine.sidecar["profiles"][0]
+    rng = np.random.default_rng(SEED)
+    feeds = {str(i["name"]): rng.random(tuple(profile[i["name"]]["opt"])).astype(i["dtype"])
+             for i in engine.sidecar["inputs"]}
+    reference = [np.asarray(o) for o in cpu_session(str(onnx_path)).run(None, feeds)]
+    return [ParityCase(tuple(next(iter(feeds.values())).shape), feeds, reference)]
 
 
 def _onnx_to_engine(loaded: LoadedModel, options: ExportOptions, target: Target, output: Path, runner: _Runner,
@@ -665,7 +739,9 @@ def _onnx_to_engine(loaded: LoadedModel, options: ExportOptions, target: Target,
     if not _check_step(model, target, runner, report):
         return _finish(report, output, runner, True, _report_force(options, loaded.path, output))
     _engine_step(loaded.path, output, options, target, runner, report)
-    return _finish(report, output, runner, False, _report_force(options, loaded.path, output))
+    failed = _engine_parity_step(options, runner, report, lambda engine: _onnx_cases(loaded.path, engine),
+                                 "onnxruntime")
+    return _finish(report, output, runner, failed, _report_force(options, loaded.path, output))
 
 
 def _report_force(options: ExportOptions, source: Path, output: Path) -> bool:

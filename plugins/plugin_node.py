@@ -8,29 +8,13 @@ from __future__ import annotations
 
 import onnx
 
-from .deform_conv_contract import (
-    PLUGIN_DOMAIN_ORT_TRT_EP,
-    PLUGIN_DOMAIN_TRT_PARSER,
-    PLUGIN_DOMAINS,
-    PLUGIN_OP_TYPE,
-)
-
-
-def _graphs(graph: onnx.GraphProto):
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _graphs(g)
+from .deform_conv_contract import PLUGIN_DOMAIN_ORT_TRT_EP, PLUGIN_DOMAINS, PLUGIN_OP_TYPE
+from .onnx_graph import nodes
 
 
 def plugin_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     """All ``ModulatedDeformConv2d`` nodes (any of our plugin domains), subgraphs included."""
-    return [n for g in _graphs(model.graph) for n in g.node
-            if n.op_type == PLUGIN_OP_TYPE and n.domain in PLUGIN_DOMAINS]
+    return [n for n in nodes(model.graph) if n.op_type == PLUGIN_OP_TYPE and n.domain in PLUGIN_DOMAINS]
 
 
 def with_plugin_domain(model: onnx.ModelProto, domain: str, version: int = 1) -> onnx.ModelProto:
@@ -47,23 +31,3 @@ def with_plugin_domain(model: onnx.ModelProto, domain: str, version: int = 1) ->
 def plugin_trt_domain(model: onnx.ModelProto) -> onnx.ModelProto:
     """Copy of ``model`` whose ``ModulatedDeformConv2d`` nodes are in domain ``trt.plugins`` (ORT TensorRT EP)."""
     return with_plugin_domain(model, PLUGIN_DOMAIN_ORT_TRT_EP)
-
-
-def convert_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
-    """``onnx.version_converter.convert_version`` for a graph with plugin nodes.
-
-    The converter needs a schema for every default-domain node, which a plugin node in the TensorRT parser's
-    (default) domain lacks; the nodes are moved to ``trt.plugins`` for the conversion and back afterwards.
-    """
-    import onnx.version_converter
-
-    had_plugins = bool(plugin_nodes(model))
-    moved = with_plugin_domain(model, PLUGIN_DOMAIN_ORT_TRT_EP) if had_plugins else model
-    converted = onnx.version_converter.convert_version(moved, opset)
-    if not had_plugins:
-        return converted
-    out = with_plugin_domain(converted, PLUGIN_DOMAIN_TRT_PARSER)
-    kept = [o for o in out.opset_import if o.domain != PLUGIN_DOMAIN_ORT_TRT_EP]
-    del out.opset_import[:]
-    out.opset_import.extend(kept)
-    return out

@@ -1,7 +1,8 @@
 """The TensorRT Python API as this package uses it: typed against ``tensorrt-stubs`` (``.ci/mypy-trt``) and
 imported lazily, so nothing here needs TensorRT until a function is called.
 
-What is missing is said before anything is written: ``load_tensorrt`` (the ``tensorrt`` module with its
+What is missing is said before anything is written (``TensorRTUnavailable``, with the facts of the build to
+run on the Jetson instead; the CLI spells them as its command line): ``load_tensorrt`` (the ``tensorrt`` module with its
 libraries, not the type stubs alone), ``cuda_device`` (a GPU through the CUDA driver). The rest wraps the
 documented classes (https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/): an ``ILogger``
 that keeps the messages, an ``IProgressMonitor`` (10.0+) or a periodic line, the parser's errors with node
@@ -29,8 +30,41 @@ Progress = Callable[[str], None]
 TICK_SECONDS = 15.0
 
 
+@dataclass(frozen=True)
+class Rebuild:
+    """What builds the same engine on the device, as facts (the CLI spells them as its command line)."""
+
+    onnx: str  # the ONNX file's name
+    target: str
+    fp16: bool
+    shapes: tuple[list[int], list[int], list[int]] | None  # (min, opt, max) of a one-input profile
+    workspace_mb: int | None
+
+    def options(self) -> list[tuple[str, str]]:
+        """The build's options as ``(name, value)``, named as ``ExportOptions`` fields."""
+        opts = [("to", "trt"), ("target", self.target)]
+        if self.fp16:
+            opts.append(("fp16", "True"))
+        if self.shapes is not None:
+            opts += [(name, ",".join(str(int(d)) for d in shape))
+                     for name, shape in zip(("min_shape", "opt_shape", "max_shape"), self.shapes, strict=True)]
+        if self.workspace_mb:
+            opts.append(("workspace_mb", str(self.workspace_mb)))
+        return opts
+
+
 class TensorRTUnavailable(RuntimeMissing):
-    """TensorRT or a GPU is missing here; the message names what and the command to run on the Jetson."""
+    """TensorRT or a GPU is missing here: ``reason`` says what; ``rebuild`` (when a build was asked for) holds
+    the facts of the same build to run on the Jetson."""
+
+    def __init__(self, reason: str, rebuild: Rebuild | None = None) -> None:
+        self.reason, self.rebuild = reason, rebuild
+        if rebuild is None:
+            where = "run it on the Jetson (or any machine with TensorRT and a GPU)"
+        else:
+            words = " ".join(f"`{name}={value}`" for name, value in rebuild.options())
+            where = f"on the Jetson build {rebuild.onnx} with {words}"
+        super().__init__(f"{reason}; {where}")
 
 
 class EngineBuildError(ExportFailed):
@@ -43,18 +77,17 @@ class DeviceInfo:
     compute_capability: str  # "8.7"
 
 
-def load_tensorrt(command: str) -> None:
-    """Check that the real ``tensorrt`` module imports, else ``TensorRTUnavailable`` (one line ending with
-    ``command``). Callers then ``import tensorrt`` themselves, so type checkers see the documented API."""
+def load_tensorrt(rebuild: Rebuild | None = None) -> None:
+    """Check that the real ``tensorrt`` module imports, else ``TensorRTUnavailable`` (carrying ``rebuild``).
+    Callers then ``import tensorrt`` themselves, so type checkers see the documented API."""
     try:
         import tensorrt
     except (ImportError, OSError) as e:  # OSError: the bindings are there but libnvinfer is not
-        raise TensorRTUnavailable(f"TensorRT's Python package is not installed here ({e}); "
-                                  f"on the Jetson run: {command}") from None
+        raise TensorRTUnavailable(f"TensorRT's Python package is not installed here ({e})", rebuild) from None
     # The type stubs (tensorrt-stubs) install a `tensorrt` folder without the library: a namespace package.
     if not hasattr(tensorrt, "Builder"):
         raise TensorRTUnavailable("TensorRT's libraries are not installed here (the `tensorrt` package found "
-                                  f"holds only type stubs); on the Jetson run: {command}")
+                                  "holds only type stubs)", rebuild)
 
 
 # CUdevice_attribute values of the CUDA driver API (cuda.h; https://docs.nvidia.com/cuda/cuda-driver-api/).
@@ -62,17 +95,16 @@ _CU_COMPUTE_CAPABILITY_MAJOR = 75
 _CU_COMPUTE_CAPABILITY_MINOR = 76
 
 
-def cuda_device(command: str, index: int = 0) -> DeviceInfo:
-    """Name and compute capability of GPU ``index`` through the CUDA driver (``libcuda``), no CUDA toolkit."""
+def cuda_device(rebuild: Rebuild | None = None, index: int = 0) -> DeviceInfo:
+    """Name and compute capability of GPU ``index`` through the CUDA driver (``libcuda``), no CUDA toolkit;
+    ``TensorRTUnavailable`` (carrying ``rebuild``) without one."""
     try:
         cuda = ctypes.CDLL("libcuda.so.1" if os.name != "nt" else "nvcuda.dll")
     except OSError:
-        raise TensorRTUnavailable(f"no NVIDIA GPU driver here (libcuda not found); on the Jetson run: {command}") \
-            from None
+        raise TensorRTUnavailable("no NVIDIA GPU driver here (libcuda not found)", rebuild) from None
     count = ctypes.c_int(0)
     if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value <= index:
-        raise TensorRTUnavailable(f"no usable CUDA GPU here (driver found, device {index} not available); "
-                                  f"on the Jetson run: {command}")
+        raise TensorRTUnavailable(f"no usable CUDA GPU here (driver found, device {index} not available)", rebuild)
     dev = ctypes.c_int(0)
     name = ctypes.create_string_buffer(256)
     major, minor = ctypes.c_int(0), ctypes.c_int(0)

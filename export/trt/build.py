@@ -29,7 +29,7 @@ import onnx
 
 from ..check import check_model
 from ..epcontext import engine_reference, ep_context_model
-from ..fp16 import float_types, fp32_nodes, name_nodes
+from ..fp16 import BLOCKED_OPS, float_types, fp32_nodes, name_nodes
 from ..io import write_files
 from ..targets import Target, get_target
 from . import api
@@ -72,20 +72,10 @@ def shape_range(value: ShapeRange) -> tuple[list[int], list[int], list[int]]:
     return [int(d) for d in lo], [int(d) for d in opt], [int(d) for d in hi]
 
 
-def jetson_command(onnx_path: Path, target: str, fp16: bool, profile: Mapping[str, ShapeRange] | None = None,
-                   workspace_mb: int | None = None) -> str:
-    """The ``blocks-export`` command that builds the same engine on the device, its options in the library's
-    words (``errors.OPTION_REF``; the CLI spells them as its flags)."""
-    parts = ["blocks-export", Path(onnx_path).name, "`to=trt`", f"`target={target}`"]
-    if fp16:
-        parts.append("`fp16=True`")
-    if profile and len(profile) == 1:
-        lo, opt, hi = shape_range(next(iter(profile.values())))
-        for name, shape in (("min_shape", lo), ("opt_shape", opt), ("max_shape", hi)):
-            parts.append(f"`{name}={','.join(str(int(d)) for d in shape)}`")
-    if workspace_mb:
-        parts.append(f"`workspace_mb={workspace_mb}`")
-    return " ".join(parts)
+def _rebuild(req: _Request) -> api.Rebuild:
+    """The facts of this build, to run where TensorRT and a GPU are."""
+    shapes = shape_range(next(iter(req.profile.values()))) if req.profile and len(req.profile) == 1 else None
+    return api.Rebuild(req.onnx_path.name, req.target.name, req.fp16, shapes, req.workspace_mb)
 
 
 @dataclass(frozen=True)
@@ -170,10 +160,17 @@ def graph_is_int8(model: onnx.ModelProto) -> bool:
     return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
 
 
-# Layer types kept in fp32 in weakly typed fp16 builds (8.x), as ``fp16.BLOCKED_OPS`` keeps their ops fp32 in the
-# fp16 ONNX: softmax, normalisations, reductions, grid sampling and plugins (the DeformConv plugin computes its
-# sampling coordinates in half precision in fp16, DESIGN.md).
-PINNED_LAYER_TYPES = ("SOFTMAX", "NORMALIZATION", "REDUCE", "GRID_SAMPLE", "PLUGIN_V2", "PLUGIN_V3")
+# The TensorRT layer types the parser makes of each op that ``fp16.BLOCKED_OPS`` keeps in fp32 (the fp32 op policy
+# lives there, once): a weakly typed fp16 build (8.x) pins these layer types, and every layer named after a node
+# that ``fp16.fp32_nodes`` keeps fp32 (softmax logits, large reductions, coordinate arithmetic). The DeformConv
+# plugin computes its sampling coordinates in half precision in fp16 (DESIGN.md).
+LAYER_TYPES_OF_OP = {
+    "Softmax": ("SOFTMAX",), "LogSoftmax": ("SOFTMAX",), "LayerNormalization": ("NORMALIZATION",),
+    "GroupNormalization": ("NORMALIZATION",), "InstanceNormalization": ("NORMALIZATION",),
+    "GridSample": ("GRID_SAMPLE",), "DeformConv": ("PLUGIN_V2", "PLUGIN_V3"),
+    "ModulatedDeformConv2d": ("PLUGIN_V2", "PLUGIN_V3"),
+}
+PINNED_LAYER_TYPES = tuple(sorted({t for op in BLOCKED_OPS for t in LAYER_TYPES_OF_OP[op]}))
 
 
 def _pin_fp32(network: trt.INetworkDefinition, fp32_names: set[str]) -> list[str]:
@@ -363,9 +360,9 @@ def build_engine(onnx_path: Path, engine_path: Path, *, fp16: bool, target: str,
     if not checked:
         _target_check(model, req)
     graph_fp16 = onnx.TensorProto.FLOAT16 in float_types(model)
-    command = jetson_command(req.onnx_path, req.target.name, fp16, profile, workspace_mb)
-    api.load_tensorrt(command)
-    device = api.cuda_device(command)
+    rebuild = _rebuild(req)
+    api.load_tensorrt(rebuild)
+    device = api.cuda_device(rebuild)
     import tensorrt as trt
 
     plan = _plan(req.target, fp16, graph_fp16, graph_is_int8(model))

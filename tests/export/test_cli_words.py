@@ -95,3 +95,24 @@ def test_check_command_prescribes_the_fix_in_flag_words(tmp_path: Path) -> None:
     assert result.exit_code == 1, result.output
     assert "the_deformconv" in result.output and "fix: export with --deform-conv portable" in result.output
     assert "`" not in result.output
+
+
+def test_json_on_stdout_is_the_report_file_and_both_name_options_in_the_library_words(tmp_path: Path) -> None:
+    import json
+
+    import torch
+    from torch import nn
+    from typer.testing import CliRunner
+
+    from blocks_export.export.cli import app, with_default_command
+
+    src = tmp_path / "tiny.pt"
+    torch.save(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()).eval(), src)
+    result = CliRunner().invoke(app, with_default_command([str(src), "--trust-pickle", "--imgsz", "12",
+                                                           "--no-simplify", "--no-verify", "--json"]))
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    assert printed == json.loads((tmp_path / "tiny.report.json").read_text())
+    notes = {s["name"]: s["note"] for s in printed["steps"]}
+    assert notes["simplify"] == "`simplify=False`" and notes["verify"] == "`verify=False`"
+    assert flag_words(notes["simplify"]) == "--no-simplify"  # what the terminal shows for the same step

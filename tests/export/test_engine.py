@@ -17,7 +17,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from blocks_export.export.cli import flag_words
+from blocks_export.export.cli import error_text, flag_words
 from blocks_export.export.trt import api
 from blocks_export.export.trt.api import DeviceInfo, EngineBuildError, TensorRTUnavailable, cuda_device
 from blocks_export.export.trt.build import build_engine
@@ -75,12 +75,28 @@ def test_missing_tensorrt_names_what_is_missing_and_the_jetson_command_and_write
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError
     with pytest.raises(TensorRTUnavailable) as e:
         build_engine(src, tmp_path / "model.engine", fp16=True, target="jetpack6")
-    msg = flag_words(str(e.value))
-    assert "\n" not in msg
+    msg = error_text(e.value)
+    assert "\n" not in msg and "\n" not in str(e.value)
     assert "not installed" in msg
     assert msg.endswith("on the Jetson run: blocks-export model.onnx --to trt --target jetpack6 --fp16")
     assert _files(tmp_path) == {"model.onnx"}
     assert e.value.exit_code == 3
+
+
+def test_missing_tensorrt_gives_the_profile_and_workspace_as_facts_that_the_cli_spells(onnx_file, tmp_path,
+                                                                                          monkeypatch):
+    src = onnx_file(_model(dynamic=True))
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(TensorRTUnavailable) as e:
+        build_engine(src, tmp_path / "model.engine", fp16=False, target="trt10", workspace_mb=512,
+                     profile={"x": ((1, 3, 32, 32), (2, 3, 64, 64), (4, 3, 96, 96))})
+    assert e.value.rebuild == api.Rebuild("model.onnx", "trt10", False, ([1, 3, 32, 32], [2, 3, 64, 64],
+                                                                         [4, 3, 96, 96]), 512)
+    assert "--" not in str(e.value)  # the library's words; only the CLI spells flags
+    assert error_text(e.value).endswith("on the Jetson run: blocks-export model.onnx --to trt --target trt10 "
+                                        "--min-shape 1,3,32,32 --opt-shape 2,3,64,64 --max-shape 4,3,96,96 "
+                                        "--workspace-mb 512")
+    assert _files(tmp_path) == {"model.onnx"}
 
 
 def test_type_stubs_alone_count_as_missing_tensorrt(onnx_file, tmp_path, monkeypatch):
@@ -94,13 +110,13 @@ def test_type_stubs_alone_count_as_missing_tensorrt(onnx_file, tmp_path, monkeyp
 def test_missing_gpu_is_reported_before_anything_is_written(onnx_file, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", make_tensorrt("10"))
 
-    def no_gpu(command: str, index: int = 0) -> DeviceInfo:
-        raise TensorRTUnavailable(f"no usable CUDA GPU here; on the Jetson run: {command}")
+    def no_gpu(rebuild: api.Rebuild | None = None, index: int = 0) -> DeviceInfo:
+        raise TensorRTUnavailable("no usable CUDA GPU here", rebuild)
 
     monkeypatch.setattr(api, "cuda_device", no_gpu)
     with pytest.raises(TensorRTUnavailable) as e:
         build_engine(onnx_file(_model()), tmp_path / "model.engine", fp16=False, target="jetpack6")
-    assert "on the Jetson run: blocks-export model.onnx --to trt" in flag_words(str(e.value))
+    assert "on the Jetson run: blocks-export model.onnx --to trt" in error_text(e.value)
     assert _files(tmp_path) == {"model.onnx"}
 
 
@@ -112,7 +128,7 @@ def test_cuda_device_without_a_driver_raises_tensorrt_unavailable():
     except OSError:
         pass
     with pytest.raises(TensorRTUnavailable, match="libcuda"):
-        cuda_device("blocks-export m.onnx --to trt --target jetpack6")
+        cuda_device()
 
 
 def test_trt10_fp16_onnx_builds_strongly_typed_without_the_fp16_flag_and_writes_all_files(
@@ -191,6 +207,34 @@ def test_weakly_typed_fp16_pins_softmax_and_its_logits_to_fp32(fake_trt, onnx_fi
     assert all(c[2] == "FLOAT" for c in _calls(trt, "layer.precision"))
     assert ("layer.set_output_type", "softmax", 0, "FLOAT") in trt.knobs.calls
     assert result.sidecar["fp32_layers"] == ["logits_mm", "softmax"]
+
+
+def _reduction_model(h: int, w: int) -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, h, w])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 1, 1])
+    mean = helper.make_node("ReduceMean", ["x"], ["y"], name="pool", axes=[2, 3], keepdims=1)
+    return helper.make_model(helper.make_graph([mean], "g", [x], [y]), opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize(("h", "w", "pinned"), [(8, 8, False), (40, 40, True)])
+def test_weakly_typed_fp16_pins_a_reduction_exactly_when_the_fp16_policy_keeps_it_fp32(
+        fake_trt, onnx_file, tmp_path, h, w, pinned):
+    from blocks_export.export.fp16 import LARGE_REDUCTION, fp32_nodes
+
+    model = _reduction_model(h, w)
+    assert ("pool" in fp32_nodes(model)) == pinned == (h * w > LARGE_REDUCTION)
+    trt = fake_trt("8.6")
+    result = build_engine(onnx_file(model), tmp_path / "model.engine", fp16=True, target="jetpack6.0")
+    assert result.sidecar["fp32_layers"] == (["pool"] if pinned else [])
+    assert {c[1] for c in _calls(trt, "layer.precision")} == ({"pool"} if pinned else set())
+
+
+def test_the_pinned_layer_types_are_those_of_the_fp16_policy_ops() -> None:
+    from blocks_export.export.fp16 import BLOCKED_OPS
+    from blocks_export.export.trt.build import LAYER_TYPES_OF_OP, PINNED_LAYER_TYPES
+
+    assert set(LAYER_TYPES_OF_OP) == set(BLOCKED_OPS)  # every fp32 op of the policy, and no other
+    assert set(PINNED_LAYER_TYPES) == {"SOFTMAX", "NORMALIZATION", "GRID_SAMPLE", "PLUGIN_V2", "PLUGIN_V3"}
 
 
 def test_fp32_builds_pin_nothing(fake_trt, onnx_file, tmp_path):
@@ -346,5 +390,6 @@ def test_bindings_without_the_tensorrt_libraries_count_as_missing_tensorrt(onnx_
 
     monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
     monkeypatch.setattr(builtins, "__import__", failing_import)
-    with pytest.raises(TensorRTUnavailable, match="libnvinfer.so.10.*on the Jetson run: blocks-export"):
+    with pytest.raises(TensorRTUnavailable) as e:
         build_engine(onnx_file(_model()), tmp_path / "model.engine", fp16=False, target="trt10")
+    assert re.search("libnvinfer.so.10.*on the Jetson run: blocks-export", error_text(e.value))

@@ -24,10 +24,10 @@ from blocks_export.export.trt.run import engine_parity
 def _tensorrt_and_gpu() -> str | None:
     """None when real TensorRT and a GPU are usable here, else why not."""
     try:
-        load_tensorrt("-")
-        cuda_device("-")
+        load_tensorrt()
+        cuda_device()
     except TensorRTUnavailable as e:
-        return str(e).split(";")[0]
+        return e.reason
     try:
         if not torch.cuda.is_available():
             return "torch has no CUDA here (run_engine uses torch CUDA tensors as buffers)"
@@ -75,3 +75,17 @@ def test_engine_matches_pytorch(tmp_path, make, shape, precision):
     assert side["precision"] == precision
     assert result.ctx_path.is_file() and result.timing_cache_path.is_file()
     assert np.isfinite(want).all()
+
+
+def test_export_to_trt_runs_the_engine_parity_step_against_pytorch(tmp_path):
+    from blocks_export.export.options import ExportOptions
+    from blocks_export.export.pipeline import run_export
+
+    model = CB2d(16)
+    randomize_(model, 0)
+    src = tmp_path / "cb.pt"
+    torch.save(torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, 1, 1), model).eval(), src)
+    result = run_export(src, ExportOptions(to="trt", imgsz=(24, 20), trust_pickle=True, target=_target()))
+    rows = result.report.engine_parity
+    assert result.exit_code == 0 and rows, result.report.as_dict()
+    assert all(rows) and all(r.reference == "pytorch" and r.shape == (1, 3, 24, 20) for r in rows)

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import export_models  # noqa: E402
 import helpers  # noqa: E402
 
-from blocks_export.export.cli import flag_words
+from blocks_export.export.cli import error_text
 from blocks_export.export.options import ExportOptions  # noqa: E402
 from blocks_export.export.pipeline import run_export  # noqa: E402
 from blocks_export.plugins.ort_cpu import cpu_session  # noqa: E402
@@ -213,7 +213,7 @@ def test_plugin_lowered_onnx_goes_on_to_the_engine_step_without_tensorrt(tmp_pat
     with pytest.raises(RuntimeMissing) as e:
         run_export(onnx_path, ExportOptions(to="trt", target="jetpack6", output=engine))
     assert e.value.exit_code == 3 and "\n" not in str(e.value)
-    assert "blocks-export m.onnx --to trt" in flag_words(str(e.value))
+    assert "blocks-export m.onnx --to trt" in error_text(e.value)
     assert not engine.exists()
 
 

@@ -2,8 +2,13 @@
 
 It verifies the builder's ORCHESTRATION only — which calls are made, in which order, with which flags, and how
 every error path is reported. It does not parse ONNX into a network the way TensorRT does (it only reads the
-graph inputs and outputs with ``onnx``), does not build or run anything, and proves nothing about numerics or
-about what a real TensorRT accepts. Real behaviour is covered by ``test_engine_real.py`` where TensorRT and a
+graph inputs and outputs with ``onnx``), does not build anything, and proves nothing about what a real TensorRT
+accepts or computes. Its ``Runtime`` deserializes the engines it "built" (it remembers which ONNX each came
+from) into an engine whose execution is an onnxruntime stand-in: ``execute_async_v3`` reads the inputs at the
+addresses it was given, runs the ONNX on onnxruntime CPU, and writes the outputs at the output addresses
+(``HostMemory`` gives host addresses for that, in place of GPU memory). That exercises the engine runner's
+orchestration (names, shapes, dtypes, addresses) and lets the pipeline's engine parity step run; ``perturb``
+makes the stand-in wrong on purpose. Real behaviour is covered by ``test_engine_real.py`` where TensorRT and a
 GPU exist.
 
 Flavours, after the documented differences between releases:
@@ -18,10 +23,12 @@ Flavours, after the documented differences between releases:
 
 from __future__ import annotations
 
+import ctypes
 import types
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import onnx
 
 VERSIONS = {"8.6": "8.6.1.6", "10": "10.3.0.26", "11": "11.0.0.1"}
@@ -38,6 +45,8 @@ class Knobs:
     build_returns_none: bool = False
     build_sleep: float = 0.0
     calls: list[tuple[Any, ...]] = field(default_factory=list)
+    perturb: float = 0.0  # added to every output of the engine stand-in (a wrong engine)
+    engines: dict[bytes, bytes] = field(default_factory=dict)  # serialized engine -> the ONNX it was built from
 
 
 class _Enum:
@@ -159,6 +168,7 @@ def make_tensorrt(flavour: str = "10", knobs: Knobs | None = None, *, strongly_t
             self.inputs: list[Tensor] = []
             self.outputs: list[Tensor] = []
             self.layers: list[Layer] = []
+            self.onnx = b""
 
         @property
         def num_layers(self) -> int:
@@ -211,6 +221,7 @@ def make_tensorrt(flavour: str = "10", knobs: Knobs | None = None, *, strongly_t
         def parse(self, model: bytes, path: str | None = None) -> bool:
             calls.append(("parse", path))
             proto = onnx.load_from_string(bytes(model))
+            self.network.onnx = bytes(model)
             inits = {t.name for t in proto.graph.initializer}
             self.network.inputs = [_tensor(v) for v in proto.graph.input if v.name not in inits]
             self.network.outputs = [_tensor(v) for v in proto.graph.output]
@@ -304,7 +315,130 @@ def make_tensorrt(flavour: str = "10", knobs: Knobs | None = None, *, strongly_t
             if k.build_returns_none:
                 self.logger.log(Severity.ERROR, "Error Code 10: Internal Error (Could not find any implementation)")
                 return None
-            return f"ENGINE flags={network.flags} config={','.join(config.flags)}".encode()
+            engine = f"ENGINE flags={network.flags} config={','.join(config.flags)}".encode()
+            k.engines[engine] = network.onnx
+            return engine
 
     trt.Builder = Builder  # type: ignore[attr-defined]
+    _runtime(trt, k, Severity)
     return trt
+
+
+_NPTYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT32": np.int32, "INT64": np.int64, "BOOL": np.bool_}
+_ONNX_NP = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,
+            onnx.TensorProto.INT32: np.int32, onnx.TensorProto.INT64: np.int64, onnx.TensorProto.BOOL: np.bool_}
+
+
+def _at(address: int, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """The array of ``shape`` and ``dtype`` stored at ``address`` (host memory), without copying."""
+    size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    raw = (ctypes.c_char * size).from_address(address)
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def _runtime(trt: types.ModuleType, k: Knobs, severity: Any) -> None:
+    """``Runtime``, ``ICudaEngine``, ``IExecutionContext``, ``TensorIOMode``, ``nptype``: the onnxruntime stand-in."""
+    calls = k.calls
+    trt.TensorIOMode = _enum_class("TensorIOMode", {"NONE": 0, "INPUT": 1, "OUTPUT": 2})  # type: ignore[attr-defined]
+    trt.nptype = lambda dtype: _NPTYPES[dtype.name]  # type: ignore[attr-defined]
+
+    class Context:
+        def __init__(self, engine: Engine) -> None:
+            self.engine = engine
+            self.shapes: dict[str, tuple[int, ...]] = {}
+            self.addresses: dict[str, int] = {}
+
+        def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
+            calls.append(("set_input_shape", name, tuple(shape)))
+            self.shapes[name] = tuple(int(d) for d in shape)
+            return True
+
+        def set_tensor_address(self, name: str, address: int) -> bool:
+            self.addresses[name] = int(address)
+            return True
+
+        def _run(self) -> dict[str, np.ndarray]:
+            feeds = {n: _at(self.addresses[n], self.shapes[n], self.engine.dtypes[n]).copy()
+                     for n in self.engine.inputs}
+            outs = self.engine.session.run(None, feeds)
+            return {n: (np.asarray(o) + k.perturb).astype(self.engine.dtypes[n])
+                    for n, o in zip(self.engine.outputs, outs, strict=True)}
+
+        def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+            if name in self.engine.inputs:
+                return self.shapes[name]
+            return tuple(self._run()[name].shape)  # the inputs' shapes and addresses are set by now
+
+        def execute_async_v3(self, stream: int) -> bool:
+            calls.append(("execute_async_v3", stream))
+            for name, value in self._run().items():
+                ctypes.memmove(self.addresses[name], np.ascontiguousarray(value).ctypes.data, value.nbytes)
+            return True
+
+    class Engine:
+        def __init__(self, model: bytes) -> None:
+            from blocks_export.plugins.ort_cpu import cpu_session
+
+            proto = onnx.load_from_string(model)
+            inits = {t.name for t in proto.graph.initializer}
+            self.inputs = [v.name for v in proto.graph.input if v.name not in inits]
+            self.outputs = [v.name for v in proto.graph.output]
+            self.dtypes = {v.name: _ONNX_NP[v.type.tensor_type.elem_type]
+                           for v in [*proto.graph.input, *proto.graph.output] if v.name not in inits}
+            self.session = cpu_session(proto)
+
+        @property
+        def num_io_tensors(self) -> int:
+            return len(self.inputs) + len(self.outputs)
+
+        def get_tensor_name(self, index: int) -> str:
+            return [*self.inputs, *self.outputs][index]
+
+        def get_tensor_mode(self, name: str) -> Any:
+            return trt.TensorIOMode.INPUT if name in self.inputs else trt.TensorIOMode.OUTPUT
+
+        def get_tensor_dtype(self, name: str) -> Any:
+            return getattr(trt.DataType, {np.float32: "FLOAT", np.float16: "HALF", np.int32: "INT32",
+                                          np.int64: "INT64", np.bool_: "BOOL"}[self.dtypes[name]])
+
+        def create_execution_context(self) -> Context:
+            return Context(self)
+
+    class Runtime:
+        def __init__(self, logger: Any) -> None:
+            assert getattr(logger, "initialised", False), "ILogger subclass must call ILogger.__init__"
+            self.logger = logger
+
+        def deserialize_cuda_engine(self, data: bytes) -> Engine | None:
+            calls.append(("deserialize_cuda_engine",))
+            model = k.engines.get(bytes(data))
+            if model is None:
+                self.logger.log(severity.ERROR, "Serialization assertion failed: magic tag does not match")
+                return None
+            return Engine(model)
+
+    trt.Runtime = Runtime  # type: ignore[attr-defined]
+
+
+class HostMemory:
+    """``DeviceMemory`` (``export/trt/run.py``) in host memory: numpy arrays, their addresses, no stream."""
+
+    stream = 0
+
+    def __init__(self) -> None:
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def upload(self, name: str, array: np.ndarray) -> int:
+        self.arrays[name] = np.ascontiguousarray(array).copy()
+        return int(self.arrays[name].ctypes.data)
+
+    def empty(self, name: str, shape: Any, dtype: Any) -> int:
+        fill = np.nan if np.issubdtype(dtype, np.floating) else 0  # NaN: an output the engine never wrote
+        self.arrays[name] = np.full(tuple(shape), fill, dtype=dtype)
+        return int(self.arrays[name].ctypes.data)
+
+    def download(self, name: str) -> np.ndarray:
+        return self.arrays[name].copy()
+
+    def synchronize(self) -> None:
+        pass

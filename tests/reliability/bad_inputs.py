@@ -105,6 +105,14 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(path), "OMP_NUM_THREADS": "1", **extra}
 
 
+def signals_as_at_a_terminal() -> None:
+    """``preexec_fn`` of a subprocess that is sent signals: SIGINT back to its default, as a terminal's foreground
+    job has it (a shell's background job inherits SIGINT ignored, and Python then never raises KeyboardInterrupt)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 PT2_PAYLOAD_PLACES = ("sample_inputs", "pickled_constant", "pickled_weight")
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from bad_inputs import listing, relu_model, subprocess_env
+from bad_inputs import listing, relu_model, signals_as_at_a_terminal, subprocess_env
 from torch import nn
 
 EXE = Path(sys.executable).parent / "blocks-export"
@@ -35,7 +35,8 @@ def test_interrupt_exits_with_the_signal_code_and_leaves_no_partial_file(tmp_pat
     src, args = _source(tmp_path, step)
     before = listing(tmp_path)
     proc = subprocess.Popen([str(EXE), str(src), *args], cwd=tmp_path, env=subprocess_env(BLOCKS_EXPORT_TEST_SLOW=step),
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            preexec_fn=signals_as_at_a_terminal)
     try:
         assert proc.stderr is not None
         seen = []

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from bad_inputs import listing, subprocess_env, tiny_model_file
+from bad_inputs import listing, signals_as_at_a_terminal, subprocess_env, tiny_model_file
 
 EXE = Path(sys.executable).parent / "blocks-export"
 SIGNALS = [(signal.SIGINT, 130), (signal.SIGTERM, 143)]
@@ -27,7 +27,8 @@ def _interrupt_at(folder: Path, point: str, sig: int) -> tuple[int, str, str]:
     src = tiny_model_file(folder)
     proc = subprocess.Popen([str(EXE), str(src), "--to", "onnx", "--trust-pickle", "--imgsz", "8",
                              "-o", str(folder / "out.onnx")], cwd=folder, env=subprocess_env(BLOCKS_EXPORT_TEST_SIGNAL_AT=point),
-                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            preexec_fn=signals_as_at_a_terminal)
     try:
         assert proc.stderr is not None and proc.stdout is not None
         seen = []

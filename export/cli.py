@@ -43,10 +43,18 @@ def _stderr() -> Any:
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+#: Console width when stdout is not a terminal: rich would cut tables at 80 columns (shapes become ``1x3x1…``);
+#: a table takes only the width it needs, so a wide console means never cut.
+PIPE_WIDTH = 1000
+
+
 def _stdout() -> Any:
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=True)
+    console = Console(highlight=False, soft_wrap=True)
+    if not console.is_terminal:
+        console = Console(highlight=False, soft_wrap=True, width=PIPE_WIDTH)
+    return console
 
 
 class RichProgress(Progress):
@@ -134,7 +142,8 @@ _FLAG_SPELLING = {"output": "-o/--output"}
 #: Names the CLI has a flag for: the ``ExportOptions`` fields and the CLI's own switches.
 _FLAGS = frozenset({"to", "output", "imgsz", "batch", "dynamic", "opset", "target", "deform_conv", "fp16", "fp16_io",
                     "exporter", "simplify", "verify", "trust_pickle", "arch", "arch_kwargs", "force", "quiet", "json",
-                    "min_shape", "opt_shape", "max_shape", "workspace_mb", "verify_with", "debug", "channels"})
+                    "min_shape", "opt_shape", "max_shape", "workspace_mb", "verify_with", "debug", "channels",
+                    "rtol", "atol"})
 
 
 def flag_words(text: str) -> str:
@@ -252,6 +261,11 @@ def export_command(
         "--verify-with", help="runtime that verifies the graph: onnxruntime or openvino; repeat for both "
                               "(default: onnxruntime). OpenVINO verifies a DeformConv/plugin graph through the same "
                               "model exported with the portable lowering")] = None,
+    rtol: Annotated[float | None, typer.Option("--rtol", help="your own parity tolerance: pass where |onnx - ref| "
+                                               "<= atol + rtol*|ref| everywhere (default: the precision's rule; the "
+                                               "model's own fp32 noise floor passes too)")] = None,
+    atol: Annotated[float | None, typer.Option("--atol", help="absolute part of your own tolerance (see "
+                                               "--rtol)")] = None,
 ) -> None:
     """Export MODEL to ONNX (and a TensorRT engine with --to trt), then prove parity with the original."""
     def body() -> int:
@@ -268,6 +282,7 @@ def export_command(
             min_shape=parse_shape("--min-shape", min_shape) if min_shape else None,
             opt_shape=parse_shape("--opt-shape", opt_shape) if opt_shape else None,
             max_shape=parse_shape("--max-shape", max_shape) if max_shape else None, workspace_mb=workspace_mb,
+            rtol=rtol, atol=atol,
             **({"verify_with": tuple(verify_with)} if verify_with else {}))
         progress = None if quiet else RichProgress(_stderr())
         # Anything the model or a library prints goes to stderr: stdout carries only the report.
@@ -304,7 +319,7 @@ def inspect_command(
                                 deform_conv=deform_conv, trust_pickle=trust_pickle, arch=arch,
                                 arch_kwargs=parse_arch_kwargs(arch_kwargs, arch))
         with contextlib.redirect_stdout(sys.stderr):
-            info = inspect_file(model, options)
+            info = inspect_file(model, options, None if json_out else RichProgress(_stderr()))
         if json_out:
             from .report import to_json
 

@@ -42,6 +42,8 @@ class ExportOptions:
     max_shape: tuple[int, ...] | None = None
     workspace_mb: int | None = None
     verify_with: tuple[str, ...] = ("onnxruntime",)  # runtimes that verify the graph (``export/runtimes.py``)
+    rtol: float | None = None  # the user's own tolerance, elementwise (``runtime/parity.py``); None: the rules table
+    atol: float | None = None
 
     def __post_init__(self) -> None:
         from .runtimes import check_runtime_names
@@ -68,6 +70,9 @@ class ExportOptions:
                                  f"(the newest onnx {onnx.__version__} knows)")
         if self.fp16_io and not self.fp16:
             raise UsageError("`fp16_io=True` needs `fp16=True` (fp16 inputs and outputs only exist in an fp16 graph)")
+        for name, tol in (("rtol", self.rtol), ("atol", self.atol)):
+            if tol is not None and not tol >= 0:
+                raise UsageError(f"`{name}={tol}`: a tolerance must be a number >= 0")
         if self.workspace_mb is not None and self.workspace_mb < 1:
             raise UsageError(f"workspace_mb={self.workspace_mb}: must be a positive number of MiB")
         for flag, shape in (("`min_shape`", self.min_shape), ("`opt_shape`", self.opt_shape),

@@ -128,6 +128,11 @@ def check_options(options: ExportOptions, target: Target, lowering: str) -> None
             raise UsageError(f"`deform_conv={lowering}` `target={target.name}`: TensorRT {target.trt_version}'s ONNX "
                              f"parser reads opsets up to {target.max_opset}, this lowering needs opset "
                              f"{MIN_OPSET[lowering]}; use `deform_conv={target.deform_conv}` (the target's)")
+        from .trt_ops import BUILTIN_PLUGINS
+
+        if lowering == "plugin" and not BUILTIN_PLUGINS["ModulatedDeformConv2d"].get(target.parser_table, {"?"}):
+            raise UsageError(f"`deform_conv=plugin` `target={target.name}`: TensorRT {target.trt_version} ships no "
+                             f"ModulatedDeformConv2d plugin; use `deform_conv={target.deform_conv}` (the target's)")
     if options.deform_conv != "auto" and options.opset is not None:
         from .deform_conv import check_lowering
 

@@ -47,10 +47,18 @@ def _stderr() -> Any:
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+#: Console width when stdout is not a terminal: rich would cut tables at 80 columns (shapes become ``1x3x1…``);
+#: a table takes only the width it needs, so a wide console means never cut.
+PIPE_WIDTH = 1000
+
+
 def _stdout() -> Any:
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=True)
+    console = Console(highlight=False, soft_wrap=True)
+    if not console.is_terminal:
+        console = Console(highlight=False, soft_wrap=True, width=PIPE_WIDTH)
+    return console
 
 
 class RichProgress(Progress):
@@ -150,7 +158,7 @@ _FLAG_SPELLING = {"output": "-o/--output"}
 _FLAGS = frozenset({"to", "output", "imgsz", "batch", "dynamic", "opset", "target", "deform_conv", "fp16", "fp16_io",
                     "exporter", "simplify", "verify", "trust_pickle", "arch", "arch_kwargs", "force", "quiet", "json",
                     "min_shape", "opt_shape", "max_shape", "workspace_mb", "verify_with", "debug", "channels",
-                    "int8", "calib", "calib_count", "int8_budget"})
+                    "int8", "calib", "calib_count", "int8_budget", "rtol", "atol"})
 
 
 def flag_words(text: str) -> str:
@@ -291,6 +299,11 @@ def export_command(
     int8_budget: Annotated[float | None, typer.Option("--int8-budget", help="with --int8: largest output rel L2 vs "
                                                                             "the original; blocks over it stay "
                                                                             "floating point (default 0.05)")] = None,
+    rtol: Annotated[float | None, typer.Option("--rtol", help="your own parity tolerance: pass where |onnx - ref| "
+                                               "<= atol + rtol*|ref| everywhere (default: the precision's rule; the "
+                                               "model's own fp32 noise floor passes too)")] = None,
+    atol: Annotated[float | None, typer.Option("--atol", help="absolute part of your own tolerance (see "
+                                               "--rtol)")] = None,
 ) -> None:
     """Export MODEL to ONNX (and a TensorRT engine with --to trt), then prove parity with the original."""
     def body() -> int:
@@ -308,6 +321,7 @@ def export_command(
             opt_shape=parse_shape("--opt-shape", opt_shape) if opt_shape else None,
             max_shape=parse_shape("--max-shape", max_shape) if max_shape else None, workspace_mb=workspace_mb,
             int8=int8, calib=calib, calib_count=calib_count, int8_budget=int8_budget,
+            rtol=rtol, atol=atol,
             **({"verify_with": tuple(verify_with)} if verify_with else {}))
         progress = None if quiet else RichProgress(_stderr())
         # Anything the model or a library prints goes to stderr: stdout carries only the report.
@@ -344,7 +358,7 @@ def inspect_command(
                                 deform_conv=deform_conv, trust_pickle=trust_pickle, arch=arch,
                                 arch_kwargs=parse_arch_kwargs(arch_kwargs, arch))
         with contextlib.redirect_stdout(sys.stderr):
-            info = inspect_file(model, options)
+            info = inspect_file(model, options, None if json_out else RichProgress(_stderr()))
         if json_out:
             from .report import to_json
 

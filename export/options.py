@@ -46,6 +46,8 @@ class ExportOptions:
     calib: Path | None = None  # folder of calibration images (part of them is held out for verification)
     calib_count: int | None = None  # calibration images (None: ``int8.DEFAULT_CALIB_COUNT``, at most 80 %)
     int8_budget: float | None = None  # worst output rel L2 vs the original (None: ``parity.RULES["int8"]``)
+    rtol: float | None = None  # the user's own tolerance, elementwise (``runtime/parity.py``); None: the rules table
+    atol: float | None = None
 
     def __post_init__(self) -> None:
         from .runtimes import check_runtime_names
@@ -73,6 +75,9 @@ class ExportOptions:
         if self.fp16_io and not self.fp16:
             raise UsageError("`fp16_io=True` needs `fp16=True` (fp16 inputs and outputs only exist in an fp16 graph)")
         self._check_int8()
+        for name, tol in (("rtol", self.rtol), ("atol", self.atol)):
+            if tol is not None and not tol >= 0:
+                raise UsageError(f"`{name}={tol}`: a tolerance must be a number >= 0")
         if self.workspace_mb is not None and self.workspace_mb < 1:
             raise UsageError(f"workspace_mb={self.workspace_mb}: must be a positive number of MiB")
         for flag, shape in (("`min_shape`", self.min_shape), ("`opt_shape`", self.opt_shape),

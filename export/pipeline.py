@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -124,6 +125,18 @@ def resolve_lowering(options: ExportOptions, target: Target) -> str:
 
 def check_options(options: ExportOptions, target: Target, lowering: str) -> None:
     """Refuse contradictory options before anything is loaded."""
+    if options.deform_conv != "auto" and target.is_tensorrt and target.max_opset:
+        from .deform_conv import MIN_OPSET
+
+        if MIN_OPSET.get(lowering, 0) > target.max_opset:  # the written graph could only fail the target check
+            raise UsageError(f"`deform_conv={lowering}` `target={target.name}`: TensorRT {target.trt_version}'s ONNX "
+                             f"parser reads opsets up to {target.max_opset}, this lowering needs opset "
+                             f"{MIN_OPSET[lowering]}; use `deform_conv={target.deform_conv}` (the target's)")
+        from .trt_ops import BUILTIN_PLUGINS
+
+        if lowering == "plugin" and not BUILTIN_PLUGINS["ModulatedDeformConv2d"].get(target.parser_table, {"?"}):
+            raise UsageError(f"`deform_conv=plugin` `target={target.name}`: TensorRT {target.trt_version} ships no "
+                             f"ModulatedDeformConv2d plugin; use `deform_conv={target.deform_conv}` (the target's)")
     if options.deform_conv != "auto" and options.opset is not None:
         from .deform_conv import check_lowering
 
@@ -317,15 +330,34 @@ def run_export(source: Path, options: ExportOptions, progress: Progress | None =
     ctx = _Context(loaded, options, target, lowering, output, onnx_out, runner, report)
     # The ONNX file (+ external data) and its report land together or not at all (io.OutputUnit).
     with output_unit(options.force) as ctx.unit:
-        for step in (_prepare, _calibration, _rewrite, _export, _simplify, _fp16, _verify, _int8, _write, _check):
-            step(ctx)
+        with captured_warnings(report, runner.progress):
+            for step in (_prepare, _calibration, _rewrite, _export, _simplify, _fp16, _verify, _int8, _write,
+                         _check):
+                step(ctx)
         if ctx.failed or options.to == "onnx":
             return _finish(report, output if options.to == "onnx" else onnx_out, runner, ctx.failed, options.force,
                            ctx.unit)
         ctx.unit.commit()  # the engine is built from the ONNX file: it is in place first
-    _engine_step(onnx_out, output, options, target, runner, report)
-    failed = _engine_parity_step(options, runner, report, lambda engine: _torch_cases(ctx, engine), "pytorch")
+    with captured_warnings(report, runner.progress):
+        _engine_step(onnx_out, output, options, target, runner, report)
+        failed = _engine_parity_step(options, runner, report, lambda engine: _torch_cases(ctx, engine), "pytorch")
     return _finish(report, output, runner, failed, options.force)
+
+
+@contextlib.contextmanager
+def captured_warnings(report: Report, progress: Progress) -> Iterator[None]:
+    """Python warnings of the libraries the steps call (torch.onnx, onnxconverter-common's fp16 conversion, ...)
+    go into ``report.library_warnings`` (each distinct one once), not onto stderr; one progress line counts them."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # each warning once per place it is raised from
+        try:
+            yield
+        finally:
+            seen = dict.fromkeys(f"{w.category.__name__}: {' '.join(str(w.message).split())[:300]}" for w in caught)
+            report.library_warnings += [w for w in seen if w not in report.library_warnings]
+            if seen:
+                progress.message(f"{len(seen)} warning(s) from libraries, recorded in the report "
+                                 "(library_warnings)")
 
 
 @dataclass
@@ -346,6 +378,7 @@ class _Context:
     rewrite_report: RewriteReport | None = None
     exported: OnnxExport | None = None
     proto: Any = None  # onnx.ModelProto being built
+    unsimplified: Any = None  # the graph before onnxslim, when it changed it (the fallback of ``_verify``)
     verification: VerifyResult | None = None
     ultra: UltralyticsInfo | None = None  # an Ultralytics model, exported in Ultralytics' ONNX layout
     calibration: CalibrationSet | None = None  # ``int8=True``: calibration and held-out images
@@ -444,6 +477,8 @@ def _simplify(ctx: _Context) -> None:
             if ctx.proto is unsimplified:
                 s.status = "warning"
                 ctx.report.warnings.append(s.note)
+            else:
+                ctx.unsimplified = unsimplified
 
 
 def _fp16(ctx: _Context) -> None:
@@ -458,41 +493,57 @@ def _fp16(ctx: _Context) -> None:
 
 
 def _verify(ctx: _Context) -> None:
+    from ..runtime.parity import user_rule
     from .runtimes import export_portable_twin, verify_with
-    from .verify import has_scopes, locate_divergence, verification_shapes
+    from .verify import verification_shapes
 
     if not ctx.options.verify:
         ctx.runner.skip("verify", "`verify=False`")
         return
     assert ctx.exported is not None
-    replaced = [r.name for r in ctx.rewrite_report.replaced] if ctx.rewrite_report is not None else []
     with ctx.runner.step("verify") as s:
         dyn = (ctx.exported.dynamic or {}).get(ctx.exported.input_name)
         shapes = verification_shapes(ctx.shape, dyn)
         options, target = ctx.options, ctx.target
         exporter = options.exporter or ("dynamo" if ctx.loaded.kind == "exported_program" else target.exporter)
         large = sum(len(t.raw_data) for t in ctx.exported.model.graph.initializer) >= EXTERNAL_DATA_BYTES
-        verification = verify_with(
-            options.verify_with, ctx.loaded.model, ctx.proto, shapes, precision=ctx.precision,
-            fp16_io=options.fp16_io, seed=SEED,
-            portable_twin=lambda: export_portable_twin(
-                ctx.model, ctx.example, opset=options.opset or target.opset, opset_fixed=options.opset is not None,
-                exporter=exporter, dynamic=options.dynamic, decompose_layernorm=target.layernorm == "decompose",
-                simplify=options.simplify and not large, fp16=options.fp16, fp16_io=options.fp16_io))
+        rule = user_rule(ctx.precision, options.rtol, options.atol)
+
+        def run(graph: Any) -> VerifyResult:
+            return verify_with(
+                options.verify_with, ctx.loaded.model, graph, shapes, precision=ctx.precision,
+                fp16_io=options.fp16_io, seed=SEED, rule=rule,
+                portable_twin=lambda: export_portable_twin(
+                    ctx.model, ctx.example, opset=options.opset or target.opset,
+                    opset_fixed=options.opset is not None, exporter=exporter, dynamic=options.dynamic,
+                    decompose_layernorm=target.layernorm == "decompose", simplify=options.simplify and not large,
+                    fp16=options.fp16, fp16_io=options.fp16_io))
+
+        verification = run(ctx.proto)
+        if not verification and ctx.unsimplified is not None:
+            # No step may break parity silently: if the graph before onnxslim passes, that one is written.
+            plain = ctx.unsimplified
+            if options.fp16:
+                from .fp16 import to_fp16
+
+                plain = to_fp16(plain, keep_io_types=not options.fp16_io)
+            retry = run(plain)
+            if retry:
+                why = ("the simplified graph failed verification, the unsimplified one passes: kept the "
+                       f"unsimplified graph ({_failure_summary(verification)})")
+                retry.notes.append(why)
+                ctx.report.warnings.append(why)
+                ctx.proto, verification = plain, retry
+                s.status = "warning"
         if not verification:
             failing = next(r for r in verification.runs if not r.comparison)
-            graph = ctx.proto if has_scopes(ctx.proto) else ctx.exported.model
-            try:
-                verification.divergence = locate_divergence(
-                    ctx.loaded.model, graph, replaced, failing.shape, precision=ctx.precision,
-                    fp16_io=ctx.options.fp16_io, seed=SEED)
-            except Exception as e:  # localisation is a diagnostic: its failure must not hide the verdict
-                verification.divergence = {"block": None, "why": f"localisation failed: {one_line(e)}"}
+            verification.divergence = _diagnose(ctx, verification, ctx.proto, failing.shape, rule)
             s.status = "failed"
             s.note = f"FAILED at {'x'.join(map(str, failing.shape))} on {failing.runtime}"
             ctx.failed = True
         else:
-            s.note = f"{len(shapes)} shape(s) passed on {', '.join(ctx.options.verify_with)}"
+            kept = "; kept the unsimplified graph" if s.status == "warning" else ""
+            s.note = f"{len(shapes)} shape(s) passed on {', '.join(ctx.options.verify_with)}{kept}"
         if ctx.ultra is not None and ctx.ultra.task == "detect" and verification:
             from . import ultralytics
 
@@ -552,6 +603,46 @@ def _int8(ctx: _Context) -> None:
         if not result:
             s.status = "failed"
             ctx.failed = True
+
+
+def _failure_summary(verification: VerifyResult) -> str:
+    run = next((r for r in verification.runs if not r.comparison), None)
+    if run is None:
+        return "failed"
+    at = "x".join(map(str, run.shape))
+    if run.comparison.errors:
+        return f"at {at}: {run.comparison.errors[0]}"
+    return f"at {at}: rel_l2={run.comparison.worst_rel_l2:.3e}"
+
+
+def _diagnose(ctx: _Context, verification: VerifyResult, graph: Any, shape: tuple[int, ...],
+              rule: Any) -> dict[str, Any]:
+    """Where the failing graph goes wrong: the node the runtime failed in and its block, or else the first block
+    whose output diverges, localised on ``graph`` itself (the one that failed)."""
+    from .verify import failure_line, has_scopes, locate_divergence
+
+    classes = {n: type(m).__name__ for n, m in ctx.loaded.model.named_modules()} \
+        if hasattr(ctx.loaded.model, "named_modules") else {}
+    replaced = [r.name for r in ctx.rewrite_report.replaced] if ctx.rewrite_report is not None else []
+    failure = verification.failure
+    if failure is not None and failure.get("node"):
+        block = failure.get("block")
+        # A block path that is not a module of the model (a rewritten twin's inner part): its nearest module.
+        while block and block not in classes and "." in block:
+            block = block.rsplit(".", 1)[0]
+        line = failure_line({**failure, "block": block}, failure.get("runtime", "onnxruntime"),
+                            classes.get(block) if block else None)
+        return {"block": block, "class": classes.get(block, "?") if block else None, "inner": None,
+                "inner_class": None, "shape": list(shape), "rel_l2": None, "max_abs": None, "error": line,
+                "node": failure["node"], "op": failure.get("op"), "replaced": block in replaced}
+    if not has_scopes(graph):
+        why = "the failing graph carries no module scopes (TorchScript exporter, or lost in a later step)"
+        return {"block": None, "why": why}
+    try:
+        return locate_divergence(ctx.loaded.model, graph, replaced, shape, precision=ctx.precision,
+                                 fp16_io=ctx.options.fp16_io, seed=SEED, rule=rule)
+    except Exception as e:  # localisation is a diagnostic: its failure must not hide the verdict
+        return {"block": None, "why": f"localisation failed: {one_line(e)}"}
 
 
 def _write(ctx: _Context) -> None:
@@ -767,8 +858,26 @@ def _finish(report: Report, output: Path, runner: _Runner, failed: bool, force: 
     return ExportResult(report.exit_code, report, output, path, runner.steps)
 
 
-def inspect_file(source: Path, options: ExportOptions) -> InspectReport:
-    """What ``run_export`` would do with ``source``, without exporting: blocks, hazards, the plan."""
+#: Sizes ``inspect`` tries, smallest first, when neither ``imgsz`` nor the checkpoint gives one.
+PROBE_SIZES = (32, 64, 96, 128, 160, 192, 224, 256, 320, 384, 416, 448, 512, 640)
+
+
+def own_size(model: Any, options: ExportOptions, path: Path) -> tuple[tuple[int, ...], str]:
+    """The smallest square input of ``PROBE_SIZES`` the model runs at, and how it was found."""
+    for size in PROBE_SIZES:
+        try:
+            return find_input_shape(model, options, (size, size), path), "the smallest size the model runs at"
+        except InputError:
+            continue
+    return find_input_shape(model, options, (DEFAULT_IMGSZ, DEFAULT_IMGSZ), path), "the default"
+
+
+def inspect_file(source: Path, options: ExportOptions, progress: Progress | None = None) -> InspectReport:
+    """What ``run_export`` would do with ``source``, without exporting: blocks, hazards, the plan.
+
+    The blocks are found by one run of the model: at ``imgsz``, else the checkpoint's size, else the smallest
+    size of ``PROBE_SIZES`` the model runs at (a 64-px model is not run at 640)."""
+    progress = progress or Progress()
     source = Path(source)
     target = resolve_target(options)
     lowering = resolve_lowering(options, target)
@@ -793,9 +902,15 @@ def inspect_file(source: Path, options: ExportOptions) -> InspectReport:
 
         from .verify import make_input
 
-        h, w = export_imgsz(options, loaded)
-        shape = find_input_shape(loaded.model, options, (h, w), loaded.path)
-        info.export_shape = list(shape)
+        if options.imgsz is not None or export_imgsz(options, loaded) != (DEFAULT_IMGSZ, DEFAULT_IMGSZ):
+            shape = find_input_shape(loaded.model, options, export_imgsz(options, loaded), loaded.path)
+            how = "`imgsz`" if options.imgsz is not None else "the checkpoint's size"
+        else:
+            progress.message("no `imgsz` given: finding the smallest input size the model runs at")
+            shape, how = own_size(loaded.model, options, loaded.path)
+        info.export_shape, info.probed_with = list(shape), how
+        progress.message(f"running the model at {'x'.join(map(str, shape))} to find its blocks and hazards")
+        info.lines.append(f"SHAPE      | {'x'.join(map(str, shape))} ({how})")
         info.blocks = inspect_model(loaded.model, make_input(shape, SEED))
         info.lines += info.blocks.lines() or ["BLOCKS     | none of the known blocks found"]
     info.lines += [f"WARNING    | {w}" for w in loaded.warnings]

@@ -54,6 +54,7 @@ class Report:
     source_sha256: str | None = None
     export_shape: list[int] | None = None
     blocks: RewriteReport | None = None
+    library_warnings: list[str] = field(default_factory=list)  # Python warnings of third-party libraries, captured
     opset: int | None = None
     exporter: str | None = None
     dynamic: dict[str, dict[str, dict[str, int | None]]] | None = None
@@ -74,7 +75,7 @@ class Report:
         """The JSON document (keys of steps that did not run are absent)."""
         d: dict[str, Any] = {"format": FORMAT, "source": self.source, "output": self.output, "target": self.target,
                              "deform_conv": self.deform_conv, "precision": self.precision,
-                             "warnings": list(self.warnings)}
+                             "warnings": list(self.warnings), "library_warnings": list(self.library_warnings)}
         optional: dict[str, Any] = {
             "source_sha256": self.source_sha256, "export_shape": self.export_shape,
             "blocks": self.blocks.as_dict() if self.blocks is not None else None,
@@ -116,6 +117,7 @@ class InspectReport:
     warnings: list[str] = field(default_factory=list)
     ops: list[str] | None = None  # an ONNX input's op types
     export_shape: list[int] | None = None
+    probed_with: str | None = None  # how the shape the model was run at was chosen
     blocks: RewriteReport | None = None
     lines: list[str] = field(default_factory=list)
 
@@ -127,6 +129,7 @@ class InspectReport:
             d["ops"] = list(self.ops)
         if self.export_shape is not None:
             d["export_shape"] = list(self.export_shape)
+            d["probed_with"] = self.probed_with
         if self.blocks is not None:
             d["blocks"] = self.blocks.as_dict()
         d["lines"] = list(self.lines)
@@ -162,6 +165,7 @@ def _fmt(v: Any) -> str:
 
 def render(report: Report, console: Any) -> None:
     """Block rewrites, parity per shape and output, and the verdict, on ``console`` (rich)."""
+    from rich.markup import escape
     from rich.table import Table
 
     if report.blocks is not None and report.blocks.replaced:
@@ -174,22 +178,33 @@ def render(report: Report, console: Any) -> None:
 
     ver = report.verification
     if ver is not None:
-        parity = Table(title=f"parity vs the original model ({ver.precision}, CPU)", show_edge=False)
-        for col in ("runtime", "shape", "output", "result", "max abs", "max rel", "rel L2", "cosine"):
-            parity.add_column(col)
+        reference = ver.tolerance.get("reference", "fp32") if ver.tolerance else "fp32"
+        parity = Table(title=f"parity vs the original model ({ver.precision} graph, {reference} reference, CPU)",
+                       show_edge=False)
+        for col in ("runtime", "shape", "output", "result", "max abs", "max rel", "rel L2", "fp32 floor",
+                    "cosine"):
+            parity.add_column(col, no_wrap=True)
+        errors: list[str] = []
         for run in ver.runs:
             shape, rt = "x".join(map(str, run.shape)), run.runtime
-            for err in run.comparison.errors:
-                parity.add_row(rt, shape, "", "[red]FAILED[/]", err, "", "", "")
+            for err in run.comparison.errors:  # one line each, under the table: never wrapped in a cell
+                errors.append(f"{rt} {shape}: {' '.join(str(err).split())}")
+                parity.add_row(rt, shape, "", "[red]FAILED[/]", f"error {len(errors)} (below)", "", "", "", "")
             for o in run.comparison.outputs:
                 res = "[green]PASSED[/]" if o.passed else "[red]FAILED[/]"
-                parity.add_row(rt, shape, o.name, res, _fmt(o.max_abs), _fmt(o.max_rel), _fmt(o.rel_l2),
+                floor = "" if o.floor is None else _fmt(o.floor)
+                parity.add_row(rt, shape, o.name, res, _fmt(o.max_abs), _fmt(o.max_rel), _fmt(o.rel_l2), floor,
                                f"{o.cosine:.9f}")
         console.print(parity)
+        for i, err in enumerate(errors, 1):
+            console.print(f"[red]error {i}:[/] {escape(err)}")
+        if ver.tolerance:
+            console.print(f"[dim]verification: {escape(tolerance_text(ver.tolerance))}[/]")
         for n in ver.notes:
-            console.print(f"[dim]verification: {n}[/]")
+            if n not in report.warnings:  # a warning is shown once, below
+                console.print(f"[dim]verification: {escape(n)}[/]")
         if ver.divergence:
-            console.print(divergence_line(ver.divergence))
+            console.print(escape(divergence_line(ver.divergence)))
     if report.int8 is not None:
         render_int8(report.int8, console)
     for row in report.engine_parity or []:
@@ -229,7 +244,17 @@ def render_int8(result: Int8Result, console: Any) -> None:
     console.print(result.line())
 
 
+def tolerance_text(tol: dict[str, Any]) -> str:
+    """The verdict's rules in one line."""
+    if tol.get("reference") == "float64":
+        return (f"pass: {tol.get('rule')} against a float64 run of the model, or within {tol.get('floor_factor'):g}x "
+                "PyTorch's own fp32 error (the fp32 floor), whichever is looser")
+    return f"pass: {tol.get('rule')} against the fp32 model"
+
+
 def divergence_line(div: dict[str, Any]) -> str:
+    if div.get("node"):  # the runtime failed in a node of the graph: its own words, placed in the model
+        return f"failing node: {div['error']} ({'x'.join(map(str, div['shape']))})"
     if not div.get("block"):
         return f"first diverging block: none found ({div.get('why', '')})"
     inner = f", inside it {div['inner']} ({div['inner_class']})" if div.get("inner") else ""

@@ -203,7 +203,7 @@ def export_portable_twin(model: Any, example: Any, *, opset: int, opset_fixed: b
 
 def verify_with(runtimes: Sequence[str], reference: Any, onnx_model: Any, shapes: list[tuple[int, ...]], *,
                 precision: str = "fp32", fp16_io: bool = False, seed: int = 0,
-                portable_twin: Callable[[], Any] | None = None) -> Any:
+                portable_twin: Callable[[], Any] | None = None, rule: Any = None) -> Any:
     """``verify.verify`` on each runtime in turn; one ``VerifyResult`` holding every runtime's runs.
 
     A runtime that cannot read ``onnx_model`` (``needs_portable_twin``) verifies ``portable_twin()`` (exported
@@ -221,9 +221,15 @@ def verify_with(runtimes: Sequence[str], reference: Any, onnx_model: Any, shapes
             graph = twin
         elif why is not None:
             why = why.split(":")[0] + ": no portable twin was available, so it could not verify this graph"
-        result = verify(reference, graph, shapes, precision=precision, fp16_io=fp16_io, seed=seed, runtime=runtime)
+        result = verify(reference, graph, shapes, precision=precision, fp16_io=fp16_io, seed=seed, runtime=runtime,
+                        rule=rule)
         merged.runs += result.runs
         merged.notes += [f"{runtime}: {why}"] if why else []
+        merged.notes += [n for n in result.notes if n not in merged.notes]
+        merged.tolerance = merged.tolerance or result.tolerance
+        if merged.failure is None and result.failure is not None:
+            merged.failure = {**result.failure, "runtime": runtime,
+                              "graph": "portable twin" if graph is not onnx_model else "exported"}
         merged.runtimes.append({"runtime": runtime, "version": version(runtime), "passed": bool(result),
                                 "graph": "portable twin" if graph is not onnx_model else "exported",
                                 "note": why})

@@ -41,7 +41,22 @@ def simplify(model: Any) -> tuple[Any, str]:
     names = ([i.name for i in model.graph.input], [o.name for o in model.graph.output])
     if ([i.name for i in slim.graph.input], [o.name for o in slim.graph.output]) != names:
         return model, "simplification renamed the graph inputs/outputs; kept the unsimplified graph"
+    keep_node_metadata(model, slim)
     return slim, f"{before} -> {len(slim.graph.node)} nodes"
+
+
+def keep_node_metadata(source: Any, target: Any) -> None:
+    """Copy node metadata (the exporter's module scopes) from ``source`` onto the nodes of ``target`` that are
+    the same node: same name, else the same first output. onnxslim drops ``metadata_props``; without them a
+    failure in the written graph could not be placed in a block (``verify.locate_divergence``)."""
+    by_name = {n.name: n for n in source.graph.node if n.metadata_props}
+    by_output = {n.output[0]: n for n in source.graph.node if n.metadata_props and n.output}
+    for node in target.graph.node:
+        if node.metadata_props:
+            continue
+        origin = by_name.get(node.name) or (by_output.get(node.output[0]) if node.output else None)
+        if origin is not None and origin.op_type == node.op_type:
+            node.metadata_props.extend(origin.metadata_props)
 
 
 def without_unknown_dims(model: Any) -> Any:

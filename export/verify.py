@@ -4,6 +4,11 @@
 Every onnxruntime session comes from ``plugins.ort_cpu.cpu_session`` so that graphs with plugin nodes also run.
 Metrics and pass rules are those of ``runtime/parity.py`` (``compare``, ``RULES`` per precision).
 
+The reference is the original model run in float64 (a deep copy, ``.double()``) where it runs, else its fp32
+run (said in the notes). Each output's fp32 floor is PyTorch's own fp32 error against that float64 run; an output
+passes when the ONNX error is within ``parity.FLOOR_FACTOR`` times its floor or under the rule (the precision's,
+or the user's ``rtol``/``atol``), whichever is looser. Localisation judges block outputs the same way.
+
 When a comparison fails, ``locate_divergence`` names the first block whose output diverges: forward hooks
 record each block's output in PyTorch; in the ONNX graph the dynamo exporter tags every node with the module
 paths it came from (node metadata ``pkg.torch.onnx.name_scopes``, e.g. ``['', 'layer2', 'layer2.ca', 'mul']``),
@@ -15,13 +20,15 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import copy
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..runtime.parity import Comparison, compare
+from ..runtime.parity import FLOOR_FACTOR, RULES, Comparison, Rule, compare, rel_l2
 from .errors import one_line
 
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"
@@ -47,6 +54,8 @@ class VerifyResult:
     divergence: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
     runtimes: list[dict[str, Any]] = field(default_factory=list)  # one entry per runtime (export/runtimes.py)
+    tolerance: dict[str, Any] = field(default_factory=dict)  # the reference and the rules (``tolerance_record``)
+    failure: dict[str, Any] | None = None  # the runtime's own failure, placed in the graph (``failure_of``)
 
     def __bool__(self) -> bool:
         return bool(self.runs) and all(bool(r.comparison) for r in self.runs)
@@ -54,7 +63,7 @@ class VerifyResult:
     def as_dict(self) -> dict[str, Any]:
         return {"passed": bool(self), "precision": self.precision, "runs": [r.as_dict() for r in self.runs],
                 "first_diverging_block": self.divergence, "notes": list(self.notes),
-                "runtimes": list(self.runtimes)}
+                "runtimes": list(self.runtimes), "tolerance": dict(self.tolerance), "failure": self.failure}
 
     def summary(self) -> dict[str, Any]:
         """Short form for the ONNX metadata: pass/fail and the worst relative L2 per shape."""
@@ -62,6 +71,85 @@ class VerifyResult:
                 "runs": [{"shape": list(r.shape), "runtime": r.runtime, "passed": bool(r.comparison),
                           "worst_rel_l2": r.comparison.worst_rel_l2 if r.comparison.outputs else None}
                          for r in self.runs]}
+
+
+# onnxruntime names the node it failed in: at run time "... running MatMul node. Name:'node_MatMul_5' ...", at load
+# "... in node (node_Add_3) ..." / "Node (name) Op (Reshape) ...".
+_FAILED_NODE = (re.compile(r"running (\w+) node\. Name:'([^']*)'"), re.compile(r"[Nn]ode \(([^)]+)\)"),
+                re.compile(r"[Nn]ode:? '([^']+)'"))
+
+
+def _proto(model: Any) -> Any:
+    import onnx
+
+    if isinstance(model, onnx.ModelProto):
+        return model
+    if isinstance(model, bytes | bytearray):
+        return onnx.load_from_string(bytes(model))
+    return onnx.load(str(model), load_external_data=False)
+
+
+def node_block(node: Any) -> str | None:
+    """The module path a node came from: the dynamo exporter's deepest name scope, else the TorchScript
+    exporter's node name ``/layer2/ca/Mul_1`` -> ``layer2.ca``."""
+    scopes = [s for s in _scopes(node) if s]
+    if scopes:
+        return scopes[-1]
+    if node.name.startswith("/") and node.name.count("/") >= 2:
+        return ".".join(node.name.strip("/").split("/")[:-1]) or None
+    return None
+
+
+def failure_of(error: BaseException, model: Any) -> dict[str, Any]:
+    """The runtime's failure placed in ``model`` (the graph that failed): {"node", "op", "block", "message"};
+    "node" is None when the message names no node of the graph."""
+    text = " ".join(str(error).split())
+    names = []
+    for pattern in _FAILED_NODE:
+        names += [m.groups()[-1] for m in pattern.finditer(text)]
+    out: dict[str, Any] = {"node": None, "op": None, "block": None, "message": _runtime_message(text)}
+    try:
+        graph = _proto(model).graph
+    except Exception:
+        return out
+    by_name = {n.name: n for n in graph.node}
+    node = next((by_name[n] for n in names if n in by_name), None)
+    if node is not None:
+        out.update(node=node.name, op=node.op_type, block=node_block(node) or _block_around(graph, node))
+    return out
+
+
+def _block_around(graph: Any, node: Any) -> str | None:
+    """For a node without scopes (a later step made or renamed it): the deepest block shared by the nodes that
+    feed it and the nodes it feeds."""
+    ins, outs = set(node.input), set(node.output)
+    around = [b for n in graph.node if n is not node and (ins & set(n.output) or outs & set(n.input))
+              if (b := node_block(n))]
+    if not around:
+        return None
+    common = around[0].split(".")
+    for b in around[1:]:
+        parts = b.split(".")
+        k = 0
+        while k < min(len(common), len(parts)) and common[k] == parts[k]:
+            k += 1
+        common = common[:k]
+    return ".".join(common) or None
+
+
+def _runtime_message(text: str) -> str:
+    """The useful tail of an onnxruntime message, one line: after "Status Message:" when present."""
+    tail = text.split("Status Message:", 1)[-1].strip()
+    return tail[:200]
+
+
+def failure_line(failure: dict[str, Any], runtime: str = "onnxruntime", block_class: str | None = None) -> str:
+    """``failure_of``'s result as one line."""
+    where = f"node {failure['node']} ({failure['op']})" if failure.get("node") else "an unnamed node"
+    block = failure.get("block")
+    inside = f" in block {block}" + (f" ({block_class})" if block_class else "") if block else \
+        (" outside every block" if failure.get("node") else "")
+    return f"{runtime} failed at {where}{inside}: {failure.get('message', '')}"
 
 
 def session(model: Any, threads: int = 1) -> Any:
@@ -139,28 +227,101 @@ def torch_outputs(model: Any, x: Any) -> list[np.ndarray]:
     return [t.detach().float().cpu().numpy() for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
 
 
+def float64_copy(model: Any) -> tuple[Any | None, str | None]:
+    """``(a float64 deep copy of model, None)``, or ``(None, why not)`` (a TorchScript/torch.export input, a
+    model that cannot be copied or cast)."""
+    import torch
+
+    if not isinstance(model, torch.nn.Module) or isinstance(model, torch.jit.ScriptModule):
+        return None, "the input is not a PyTorch module"
+    try:
+        return copy.deepcopy(model).double(), None
+    except Exception as e:
+        return None, one_line(e)
+
+
+def torch_outputs64(model64: Any, x: Any) -> list[np.ndarray]:
+    """Outputs of the float64 copy at ``x`` (cast to float64), as float64 arrays in pytree order."""
+    import torch
+    import torch.utils._pytree as pytree
+
+    with torch.no_grad():
+        out = model64(x.double())
+    return [t.detach().double().cpu().numpy() for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+
+
+class Reference:
+    """The original model's outputs at one input: fp32, and float64 with each output's fp32 floor when the float64
+    copy runs (``exact`` then holds the float64 outputs, else the fp32 ones)."""
+
+    def __init__(self, model: Any, model64: Any | None, x: Any) -> None:
+        self.fp32 = torch_outputs(model, x)
+        self.fp64: list[np.ndarray] | None = None
+        self.why: str | None = None
+        if model64 is not None:
+            try:
+                out64 = torch_outputs64(model64, x)
+                if len(out64) == len(self.fp32) and all(a.shape == b.shape for a, b in zip(out64, self.fp32,
+                                                                                            strict=True)):
+                    self.fp64 = out64
+                else:
+                    self.why = "its float64 copy returns other outputs"
+            except Exception as e:
+                self.why = f"its float64 copy fails: {one_line(e)}"
+
+    @property
+    def exact(self) -> list[np.ndarray]:
+        return self.fp64 if self.fp64 is not None else self.fp32
+
+    @property
+    def floors(self) -> list[float | None] | None:
+        if self.fp64 is None:
+            return None
+        return [rel_l2(a, b) for a, b in zip(self.fp64, self.fp32, strict=True)]
+
+
+def tolerance_record(precision: str, rule: Rule | None, reference: str) -> dict[str, Any]:
+    """What the report says about the verdict's rules."""
+    r = rule or RULES[precision]
+    return {"reference": reference, "rule": r.text(), "rel_l2": None if r.elementwise else r.rel_l2,
+            "rtol": r.rtol, "atol": r.atol, "floor_factor": FLOOR_FACTOR if reference == "float64" else None}
+
+
 def verify(reference: Any, onnx_model: Any, shapes: list[tuple[int, ...]], *, precision: str = "fp32",
-           fp16_io: bool = False, seed: int = 0, runtime: str = "onnxruntime") -> VerifyResult:
+           fp16_io: bool = False, seed: int = 0, runtime: str = "onnxruntime", rule: Rule | None = None,
+           float64: bool = True) -> VerifyResult:
     """Compare ``reference`` (a PyTorch model) with ``onnx_model`` (proto, bytes or path) at each shape,
-    running the graph on ``runtime`` (``export/runtimes.py``)."""
+    running the graph on ``runtime`` (``export/runtimes.py``).
+
+    ``rule``: the user's own (``parity.user_rule``), else ``RULES[precision]``. ``float64``: judge against a
+    float64 copy of ``reference`` and its fp32 floor (module docstring); without it, or where the copy does not
+    run, against the fp32 run under the rule alone."""
     from .runtimes import open_runner
 
+    model64, why64 = float64_copy(reference) if float64 else (None, "float64 reference not asked for")
+    notes = [] if model64 is not None else [f"parity judged against the fp32 model (no float64 copy: {why64})"]
+    tolerance = tolerance_record(precision, rule, "float64" if model64 is not None else "fp32")
     try:
         sess = open_runner(runtime, onnx_model)
     except Exception as e:
         why = (f"{runtime} cannot load the graph: {one_line(e)}",)
         return VerifyResult(precision, [Run(tuple(s), Comparison(precision, (), "x".join(map(str, s)), why), runtime)
-                                        for s in shapes])
+                                        for s in shapes], notes=notes, tolerance=tolerance,
+                            failure=failure_of(e, onnx_model))
     in_name = sess.input_names[0]
     out_names = sess.output_names
     runs = []
+    failure: dict[str, Any] | None = None
     for shape in shapes:
         x = make_input(shape, seed)
         if fp16_io:
             x = x.half().float()  # the reference sees exactly the fp16 values the graph receives
         label = "x".join(map(str, shape))
         try:
-            ref = torch_outputs(reference, x)
+            refs = Reference(reference, model64, x)
+            ref = refs.exact
+            if refs.why is not None:
+                notes.append(f"{label}: parity judged against the fp32 model ({refs.why})")
         except Exception as e:  # the graph accepts this shape (torch.export's ranges) but the model does not
             runs.append(Run(tuple(shape), Comparison(precision, (), label,
                                                      (f"the PyTorch model fails at this shape: {one_line(e)}",)),
@@ -170,17 +331,19 @@ def verify(reference: Any, onnx_model: Any, shapes: list[tuple[int, ...]], *, pr
         try:
             got = sess.run({in_name: feed})
         except Exception as e:
+            failure = failure or failure_of(e, onnx_model)
             runs.append(Run(tuple(shape), Comparison(precision, (), label, (f"{runtime} failed: {one_line(e)}",)),
                             runtime))
             continue
         names = out_names if len(out_names) == len(ref) else [f"output{i}" for i in range(len(ref))]
         got_named = {names[i]: np.asarray(g, dtype=np.float32) for i, g in enumerate(got[:len(names)])}
-        cmp = compare(dict(zip(names, ref, strict=False)), got_named, precision=precision, label=label)
+        cmp = compare(dict(zip(names, ref, strict=False)), got_named, precision=precision, label=label, rule=rule,
+                      floors=refs.floors)
         if len(got) != len(ref):
             cmp = Comparison(precision, cmp.outputs, label,
                              (*cmp.errors, f"{len(got)} ONNX outputs, the PyTorch model returns {len(ref)}"))
         runs.append(Run(tuple(shape), cmp, runtime))
-    return VerifyResult(precision, runs)
+    return VerifyResult(precision, runs, notes=list(dict.fromkeys(notes)), tolerance=tolerance, failure=failure)
 
 
 # --- first diverging block -------------------------------------------------------------------------------
@@ -264,7 +427,8 @@ def _hook_outputs(model: Any, paths: list[str], x: Any) -> tuple[dict[str, np.nd
 
         def post(_m: Any, _args: Any, out: Any, path: str = path) -> None:
             if calls.get(path) == 1 and isinstance(out, torch.Tensor):
-                outputs[path] = out.detach().float().cpu().numpy()
+                out = out.detach().cpu()
+                outputs[path] = (out.double() if out.dtype == torch.float64 else out.float()).numpy()
 
         handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
     try:
@@ -278,7 +442,8 @@ def _hook_outputs(model: Any, paths: list[str], x: Any) -> tuple[dict[str, np.nd
 
 
 def locate_divergence(reference: Any, onnx_model: Any, replaced: list[str], shape: tuple[int, ...], *,
-                      precision: str = "fp32", fp16_io: bool = False, seed: int = 0) -> dict[str, Any]:
+                      precision: str = "fp32", fp16_io: bool = False, seed: int = 0,
+                      rule: Rule | None = None) -> dict[str, Any]:
     """Name the first block (in start order) whose output differs between ``reference`` and ``onnx_model``.
 
     ``onnx_model`` must carry the dynamo exporter's name scopes. Returns {"block", "class", "inner",
@@ -295,6 +460,11 @@ def locate_divergence(reference: Any, onnx_model: Any, replaced: list[str], shap
         x = x.half().float()
     paths = block_paths(reference, replaced)
     torch_out, order = _hook_outputs(reference, paths, x)
+    model64, _ = float64_copy(reference)
+    torch64: dict[str, np.ndarray] = {}
+    if model64 is not None:  # the same rule as the verdict: float64 truth, each block's own fp32 floor
+        with contextlib.suppress(Exception):
+            torch64, _ = _hook_outputs(model64, paths, x.double())
     bounds = boundary_values(onnx_model, order)
     wanted = sorted({v for vs in bounds.values() for v in vs})
     if not wanted:
@@ -321,7 +491,11 @@ def locate_divergence(reference: Any, onnx_model: Any, replaced: list[str], shap
                  if v in values and np.shape(values[v]) == ref.shape]
         if not cands:
             return None
-        best = min((compare([ref], [c], precision=precision) for c in cands), key=lambda c: c.worst_rel_l2)
+        exact = torch64.get(path)
+        floors = [rel_l2(exact, ref)] if exact is not None and exact.shape == ref.shape else None
+        truth = exact if floors else ref
+        best = min((compare([truth], [c], precision=precision, rule=rule, floors=floors) for c in cands),
+                   key=lambda c: c.worst_rel_l2)
         return None if best else best
 
     first = next(((p, c) for p in order if (c := diverges(p)) is not None), None)

@@ -306,7 +306,8 @@ def run_export(source: Path, options: ExportOptions, progress: Progress | None =
         from .trt.sidecar import default_paths
 
         for path in default_paths(output)[:2]:
-            check_output_path(path, options.force)
+            if path.resolve() != source.resolve():  # an EPContext input: the check step decides on it
+                check_output_path(path, options.force)
 
     if options.verify:  # a missing runtime is refused (exit 3) before anything is loaded or written
         from .runtimes import require

@@ -50,8 +50,8 @@ def preprocess_for(model_info: Mapping[str, Any], export_shape: tuple[int, ...])
     """The model's ``preprocess`` settings with ``size`` = the exported input's [H, W] (``None`` without settings).
 
     A checkpoint records the size it was trained at; exported at another ``imgsz``, images must be resized to
-    the size the graph takes (static H/W) or was exported and verified at (dynamic H/W: the default resize,
-    other sizes are the user's choice with ``infer.py --shape`` / .npy inputs).
+    the size the graph takes (static H/W) or was exported and verified at (dynamic H/W: the runtime's default
+    resize; other sizes go in as .npy arrays).
     """
     preprocess = model_info.get("preprocess")
     if not isinstance(preprocess, Mapping):

@@ -46,6 +46,22 @@ def value_specs(values: Any, dim_names: Mapping[int, str] | None = None) -> list
     return specs
 
 
+def preprocess_for(model_info: Mapping[str, Any], export_shape: tuple[int, ...]) -> dict[str, Any] | None:
+    """The model's ``preprocess`` settings with ``size`` = the exported input's [H, W] (``None`` without settings).
+
+    A checkpoint records the size it was trained at; exported at another ``imgsz``, images must be resized to
+    the size the graph takes (static H/W) or was exported and verified at (dynamic H/W: the runtime's default
+    resize; other sizes go in as .npy arrays).
+    """
+    preprocess = model_info.get("preprocess")
+    if not isinstance(preprocess, Mapping):
+        return None
+    out = dict(preprocess)
+    if len(export_shape) == 4:
+        out["size"] = [int(export_shape[2]), int(export_shape[3])]
+    return out
+
+
 def build_metadata(*, source_sha256: str, input_name: str, export_shape: tuple[int, ...],
                    dynamic: Mapping[str, Any] | None, model_info: Mapping[str, Any], blocks: list[Any],
                    precision: str, target: str, deform_conv: str, parity: Mapping[str, Any] | None,
@@ -73,8 +89,9 @@ def build_metadata(*, source_sha256: str, input_name: str, export_shape: tuple[i
     elif isinstance(model_info.get("names"), Mapping | list | tuple):  # Ultralytics stores `names`
         names = model_info["names"]
         meta["labels"] = [str(names[k]) for k in sorted(names)] if isinstance(names, Mapping) else list(map(str, names))
-    if isinstance(model_info.get("preprocess"), Mapping):
-        meta["preprocess"] = dict(model_info["preprocess"])
+    preprocess = preprocess_for(model_info, export_shape)
+    if preprocess is not None:
+        meta["preprocess"] = preprocess
     return {PREFIX + k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
 
 

@@ -561,16 +561,15 @@ def _verify(ctx: _Context) -> None:
 def _calibration(ctx: _Context) -> None:
     """``int8=True``: read the calibration folder before the export, so that bad images cost no export."""
     from .int8 import image_preprocess, metadata_for, read_calibration
+    from .metadata import preprocess_for
 
     if not ctx.options.int8:
         return
     assert ctx.options.calib is not None
     with ctx.runner.step("calibration images") as s:
         info = ctx.loaded.metadata
-        preprocess = info.get("preprocess")
-        if isinstance(preprocess, dict):  # the graph's input size, when `imgsz` exports at another than the model's
-            preprocess = {**preprocess, "size": [int(ctx.shape[2]), int(ctx.shape[3])]}
-        prep = image_preprocess(metadata_for(preprocess, info.get("task")), ctx.shape)
+        # The settings the written graph's metadata will carry (size = the export's H/W).
+        prep = image_preprocess(metadata_for(preprocess_for(info, ctx.shape), info.get("task")), ctx.shape)
         labels = info.get("labels") if isinstance(info.get("labels"), list | tuple) else None
         ctx.calibration = read_calibration(Path(ctx.options.calib), prep, ctx.shape[1], ctx.options.calib_count,
                                            [str(x) for x in labels] if labels else None)

@@ -65,7 +65,7 @@ LETTERBOX_PAD = 114.0
 
 DEFAULTS_HELP = (
     "Preprocessing comes from the model's blocks_export.preprocess metadata; missing fields default to: "
-    "size = the model's static input H, W (else blocks_export.export_shape), resize = stretch, "
+    "size = the model's static input H, W (which always wins; else blocks_export.export_shape), resize = stretch, "
     "color = RGB (GRAY for a 1-channel input), scale = 1/255, mean = 0, std = 1; "
     "x = (pixel * scale - mean) / std, NCHW. Resizing is bilinear with half-pixel centres (OpenCV "
     "INTER_LINEAR); letterbox keeps the aspect ratio and pads with 114. "
@@ -943,6 +943,12 @@ def _channels_last(shape: Sequence[Any]) -> bool:
     return len(shape) == 4 and shape[3] in (1, 3) and shape[1] not in (1, 3)
 
 
+def _other_size(size: Any, height: int, width: int) -> bool:
+    """``size`` is a well-formed [H, W] other than ``height``, ``width`` (a malformed one is reported later)."""
+    return (isinstance(size, (list, tuple)) and len(size) == 2 and all(type(v) is int and v > 0 for v in size)
+            and (size[0], size[1]) != (height, width))
+
+
 def make_preprocess(meta: ModelMeta, input_shape: Sequence[Any], resize_override: str | None) -> Preprocess:
     """Preprocess settings from the metadata, defaults for the missing fields (see DEFAULTS_HELP)."""
     if len(input_shape) != 4:
@@ -953,8 +959,8 @@ def make_preprocess(meta: ModelMeta, input_shape: Sequence[Any], resize_override
     channels = input_shape[3] if last else input_shape[1]
     height, width = (input_shape[1], input_shape[2]) if last else (input_shape[2], input_shape[3])
     size = spec.get("size")
-    if size is None and isinstance(height, int) and isinstance(width, int):
-        size = [height, width]
+    if isinstance(height, int) and isinstance(width, int) and (size is None or _other_size(size, height, width)):
+        size = [height, width]  # a static input takes only its own H/W (older exports kept the checkpoint's size)
     if size is None:
         for shape in meta.export_shape.values():
             if len(shape) == 4:

@@ -92,3 +92,10 @@ def test_malformed_preprocess_metadata_is_bad_input(infer):
         meta = infer.ModelMeta(preprocess=spec)
         with pytest.raises(infer.BadInput, match="preprocess"):
             infer.make_preprocess(meta, [1, 3, 4, 4], None)
+
+
+def test_a_static_input_resizes_to_its_own_size_and_a_dynamic_one_to_the_metadata_size(infer):
+    meta = infer.ModelMeta(preprocess={"size": [32, 32]}, export_shape={"x": [1, 3, 40, 40]})
+    assert infer.make_preprocess(meta, [1, 3, 48, 24], None).size == (48, 24)
+    assert infer.make_preprocess(meta, [1, 48, 24, 3], None).size == (48, 24)  # channels last
+    assert infer.make_preprocess(meta, ["n", 3, "h", "w"], None).size == (32, 32)

@@ -30,6 +30,7 @@ import onnx
 from onnx import TensorProto
 
 from ..plugins.plugin_node import plugin_trt_domain
+from .metadata import set_metadata_entry
 
 BLOCKED_OPS = frozenset({
     "Softmax", "LogSoftmax", "LayerNormalization", "GroupNormalization", "InstanceNormalization",
@@ -217,14 +218,6 @@ def _retarget_float_casts(model: onnx.ModelProto) -> None:
                     a.i = TensorProto.FLOAT16
 
 
-def _set_precision_metadata(model: onnx.ModelProto) -> None:
-    for prop in model.metadata_props:
-        if prop.key == "blocks_export.precision":
-            prop.value = "fp16"
-            return
-    model.metadata_props.add(key="blocks_export.precision", value="fp16")
-
-
 def to_fp16(model: onnx.ModelProto, *, keep_io_types: bool = True) -> onnx.ModelProto:
     """Mixed-precision copy of ``model`` (the input is not modified); passes ``onnx.checker`` (plugin nodes
     aside, which have no ONNX schema)."""
@@ -245,7 +238,7 @@ def to_fp16(model: onnx.ModelProto, *, keep_io_types: bool = True) -> onnx.Model
         if not cast_mixed_inputs(out, blocked):
             break
         del out.graph.value_info[:]
-    _set_precision_metadata(out)
+    set_metadata_entry(out, "precision", "fp16")
     # A TensorRT plugin node sits in the default domain, where ONNX has no schema for it; check a copy whose
     # plugin nodes are in their onnxruntime domain (a custom domain, which the checker does not validate).
     onnx.checker.check_model(plugin_trt_domain(out))

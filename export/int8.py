@@ -40,6 +40,7 @@ import numpy as np
 import onnx
 
 from .errors import InputError, UsageError, one_line
+from .metadata import set_metadata_entry
 
 # NVIDIA's placement: Q/DQ on the inputs of weighted operations only (module docstring).
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
@@ -511,7 +512,7 @@ def quantize_model(model: onnx.ModelProto, original: Any, data: CalibrationSet, 
         result.notes.append(f"the INT8 graph moves the output by rel_l2 {result.rel_l2:.2e}, over the budget "
                             f"{budget:.1e}, with every block over it already in floating point; raise "
                             "`int8_budget`, or calibrate on more images like the deployment's")
-    _set_precision(final)
+    set_metadata_entry(final, "precision", "int8")
     return final, result
 
 
@@ -535,14 +536,6 @@ def _edge_layers(model: onnx.ModelProto) -> dict[str, str]:
         else:
             queue.extend(i for i in node.input if i)
     return out
-
-
-def _set_precision(model: onnx.ModelProto) -> None:
-    for prop in model.metadata_props:
-        if prop.key == "blocks_export.precision":
-            prop.value = "int8"
-            return
-    model.metadata_props.add(key="blocks_export.precision", value="int8")
 
 
 def metadata_for(preprocess: Any, task: Any = None) -> dict[str, str]:

@@ -104,6 +104,16 @@ def set_metadata(model: Any, entries: Mapping[str, str]) -> None:
         p.key, p.value = k, v
 
 
+def set_metadata_entry(model: Any, name: str, value: str) -> None:
+    """Set the one entry ``blocks_export.<name>`` of ``model.metadata_props``, every other entry kept."""
+    key = PREFIX + name
+    for prop in model.metadata_props:
+        if prop.key == key:
+            prop.value = value
+            return
+    model.metadata_props.add(key=key, value=value)
+
+
 def read_metadata(model: Any) -> dict[str, Any]:
     """``blocks_export.*`` entries with JSON values decoded (plain strings stay strings)."""
     out: dict[str, Any] = {}

@@ -219,9 +219,12 @@ def finish_graph(model: Any, info: UltralyticsInfo, opset: int) -> None:
             if axis < len(d) and not d[axis].HasField("dim_value"):
                 d[axis].dim_param = name
     meta: dict[str, Any] = replace(info, extra={**info.extra, "opset": opset}).metadata()
-    # For runtime/infer.py: class names, task and Ultralytics' preprocessing (letterbox, RGB, /255).
+    # For runtime/infer.py: class names, task and Ultralytics' preprocessing (RGB, /255; the LetterBox of its
+    # detection predictors, the shorter-side resize and centre crop of classify_transforms for a classifier:
+    # ultralytics/data/augment.py, ultralytics/models/yolo/classify/predict.py).
+    resize = "crop" if info.task == "classify" else "letterbox"
     own = {"blocks_export.labels": json.dumps([info.names[k] for k in sorted(info.names)]),
-           "blocks_export.preprocess": json.dumps({"size": list(info.imgsz), "resize": "letterbox",
+           "blocks_export.preprocess": json.dumps({"size": list(info.imgsz), "resize": resize,
                                                    "color": "RGB", "scale": 1 / 255})}
     if info.task in ("detect", "classify"):
         own["blocks_export.task"] = info.task

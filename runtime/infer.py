@@ -56,19 +56,23 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", "
 
 # Preprocessing used when the model's `blocks_export.preprocess` metadata lacks a field.
 DEFAULT_RESIZE = "stretch"
+RESIZE_MODES = ("stretch", "letterbox", "crop")
 DEFAULT_SCALE = 1.0 / 255.0
 DEFAULT_MEAN = 0.0
 DEFAULT_STD = 1.0
 # Letterbox border value in 0..255 pixel units, before scale/mean/std: the YOLO convention
 # (Ultralytics `LetterBox`, ultralytics/data/augment.py, pads with 114).
 LETTERBOX_PAD = 114.0
+# Fractional bits of Pillow's 8-bit resampling coefficients (PRECISION_BITS in src/libImaging/Resample.c).
+PILLOW_BITS = 22
 
 DEFAULTS_HELP = (
     "Preprocessing comes from the model's blocks_export.preprocess metadata; missing fields default to: "
     "size = the model's static input H, W (which always wins; else blocks_export.export_shape), resize = stretch, "
     "color = RGB (GRAY for a 1-channel input), scale = 1/255, mean = 0, std = 1; "
     "x = (pixel * scale - mean) / std, NCHW. Resizing is bilinear with half-pixel centres (OpenCV "
-    "INTER_LINEAR); letterbox keeps the aspect ratio and pads with 114. "
+    "INTER_LINEAR); letterbox keeps the aspect ratio and pads with 114; crop scales the shorter side to the size "
+    "and takes the centre (antialiased bilinear, as Pillow; Ultralytics classifiers). "
     "Exit codes: 0 ok, 1 internal error, 2 bad usage or input, 3 provider or engine unavailable or refused, "
     "130/143 interrupted."
 )
@@ -381,7 +385,7 @@ def parse_meta(metadata: dict[str, str]) -> ModelMeta:
 
 
 def _ultralytics_meta(metadata: dict[str, str], meta: ModelMeta) -> None:
-    """Task, class names and letterbox from Ultralytics' metadata (ultralytics/engine/exporter.py writes each value
+    """Task, class names and resize mode from Ultralytics' metadata (ultralytics/engine/exporter.py writes each value
     as ``str()`` of a Python literal), for whatever the ``blocks_export.*`` keys do not already say."""
     def literal(key: str) -> Any:
         try:
@@ -396,6 +400,12 @@ def _ultralytics_meta(metadata: dict[str, str], meta: ModelMeta) -> None:
         meta.task = metadata["task"]
     if meta.task == "detect" and "resize" not in meta.preprocess:
         meta.preprocess = dict(meta.preprocess, resize="letterbox")  # Ultralytics' LetterBox, pad 114
+    # Ultralytics' ClassificationPredictor preprocesses every classifier with classify_transforms (resize the shorter
+    # side, centre crop; ultralytics/models/yolo/classify/predict.py, ultralytics/data/augment.py), never a
+    # letterbox: exports written before "crop" existed said letterbox for every task.
+    if meta.task == "classify" and metadata.get("task") == "classify" and meta.preprocess.get("resize") in (
+            None, "letterbox"):
+        meta.preprocess = dict(meta.preprocess, resize="crop")
     if "size" not in meta.preprocess and isinstance(imgsz, list) and len(imgsz) == 2:
         meta.preprocess = dict(meta.preprocess, size=[int(v) for v in imgsz])
 
@@ -908,6 +918,74 @@ def letterbox(img: np.ndarray, size: tuple[int, int], pad: float = LETTERBOX_PAD
     return out
 
 
+def _pillow_taps(n_in: int, n_out: int) -> np.ndarray:
+    """[n_out, n_in] fixed-point weights of Pillow's bilinear resampling of one axis for 8-bit images.
+
+    Pillow's ``precompute_coeffs`` and ``normalize_coeffs_8bpc`` (src/libImaging/Resample.c): a triangle filter
+    widened by the downscale factor (so downscaling averages: antialiased), centred on (i + 0.5) * scale, its taps
+    normalised to sum 1 and then rounded to 22 fractional bits.
+    """
+    scale = n_in / n_out
+    filterscale = max(scale, 1.0)
+    support = filterscale  # the triangle's support (1) times the filter scale
+    centres = (np.arange(n_out, dtype=np.float64) + 0.5) * scale
+    first = np.maximum((centres - support + 0.5).astype(np.int64), 0)  # C's (int) of a value >= 0 here
+    end = np.minimum((centres + support + 0.5).astype(np.int64), n_in)
+    taps = np.arange(n_in, dtype=np.float64)[None, :]
+    weights = np.clip(1.0 - np.abs((taps - centres[:, None] + 0.5) * (1.0 / filterscale)), 0.0, None)
+    weights[(taps < first[:, None]) | (taps >= end[:, None])] = 0.0
+    total = weights.sum(axis=1, keepdims=True)
+    weights = weights / np.where(total == 0.0, 1.0, total)
+    return np.floor(0.5 + weights * float(1 << PILLOW_BITS))
+
+
+def resize_antialiased(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize [H, W, C] uint8 to [size[0], size[1], C] as Pillow's ``Image.resize(..., BILINEAR)`` does, in numpy.
+
+    Pillow resamples 8-bit images in two passes, each rounded to uint8 (fixed-point sums with a half added before
+    the shift, clipped to 0..255); an axis whose size does not change is not resampled. This is what torchvision's
+    ``Resize`` does to a PIL image, hence what Ultralytics classifies (float32 result, values 0..255). The sums are
+    integers below 2^31, exact in float64 in any summation order. Horizontal pass first, as ``ImagingResampleInner`` has it up to Pillow
+    12; Pillow 13 picks the order by its own cost estimate, and where it goes vertical first single pixels differ
+    by one level (measured: at most 1, on Pillow 13.0).
+    """
+    data = np.asarray(img, dtype=np.float64)
+    half, unit = float(1 << (PILLOW_BITS - 1)), float(1 << PILLOW_BITS)
+    if data.shape[1] != size[1]:
+        taps = _pillow_taps(data.shape[1], size[1])  # (out_w, in_w)
+        data = np.clip(np.floor((np.tensordot(data, taps, axes=([1], [1])).transpose(0, 2, 1) + half) / unit), 0, 255)
+    if data.shape[0] != size[0]:
+        taps = _pillow_taps(data.shape[0], size[0])  # (out_h, in_h)
+        data = np.clip(np.floor((np.tensordot(taps, data, axes=([1], [0])) + half) / unit), 0, 255)
+    return data.astype(np.float32)
+
+
+def crop_geometry(image_hw: Sequence[int], size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Where ``crop`` takes ``size`` from an image of ``image_hw`` (H, W): (top, left, resized_h, resized_w).
+
+    As Ultralytics' ``classify_transforms`` (ultralytics/data/augment.py) builds it from torchvision: a square size
+    resizes the shorter side to it (the longer one to ``int(size * long / short)``, torchvision's
+    ``_compute_resized_output_size``) and crops the centre, offsets ``int(round(excess / 2))`` (``center_crop``);
+    a non-square size resizes to exactly that size.
+    """
+    h, w = int(image_hw[0]), int(image_hw[1])
+    out_h, out_w = size
+    if out_h != out_w:
+        return 0, 0, out_h, out_w
+    if w <= h:
+        new_h, new_w = int(out_h * h / w), out_w
+    else:
+        new_h, new_w = out_h, int(out_w * w / h)
+    return int(round((new_h - out_h) / 2.0)), int(round((new_w - out_w) / 2.0)), new_h, new_w
+
+
+def centre_crop(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize [H, W, C] uint8 so that ``size`` fits (shorter side, Pillow bilinear), then take its centre."""
+    top, left, new_h, new_w = crop_geometry(img.shape[:2], size)
+    resized = resize_antialiased(img, (new_h, new_w))
+    return resized[top:top + size[0], left:left + size[1]]
+
+
 def to_image_pixels(boxes: np.ndarray, image_hw: Sequence[int], prep: Preprocess) -> np.ndarray:
     """[N, 4] x1, y1, x2, y2 boxes in model-input pixels -> the same boxes in the original image's pixels.
 
@@ -918,6 +996,9 @@ def to_image_pixels(boxes: np.ndarray, image_hw: Sequence[int], prep: Preprocess
     h, w = int(image_hw[0]), int(image_hw[1])
     if prep.resize == "letterbox":
         top, left, new_h, new_w = letterbox_geometry((h, w), prep.size)
+    elif prep.resize == "crop":
+        top, left, new_h, new_w = crop_geometry((h, w), prep.size)
+        top, left = -top, -left  # the crop's origin lies at (top, left) of the resized image
     else:
         top, left, new_h, new_w = 0, 0, prep.size[0], prep.size[1]
     out = np.asarray(boxes, dtype=np.float64).copy()
@@ -931,6 +1012,8 @@ def preprocess_image(img: np.ndarray, prep: Preprocess) -> np.ndarray:
     pixels = convert_color(img, prep.color)
     if prep.resize == "letterbox":
         resized = letterbox(pixels, prep.size)
+    elif prep.resize == "crop":
+        resized = centre_crop(pixels, prep.size)
     else:
         resized = resize_bilinear(pixels, prep.size)
     mean = np.asarray(prep.mean, dtype=np.float32)
@@ -971,8 +1054,8 @@ def make_preprocess(meta: ModelMeta, input_shape: Sequence[Any], resize_override
                        "right size, or export with blocks_export.preprocess metadata")
     color = spec.get("color") or ("GRAY" if channels == 1 else "RGB")
     resize = resize_override or spec.get("resize") or DEFAULT_RESIZE
-    if resize not in ("stretch", "letterbox"):
-        raise BadInput(f"preprocess resize {resize!r}: expected 'stretch' or 'letterbox'")
+    if resize not in RESIZE_MODES:
+        raise BadInput(f"preprocess resize {resize!r}: expected one of {', '.join(RESIZE_MODES)}")
     if color not in ("RGB", "GRAY"):
         raise BadInput(f"preprocess color {color!r}: expected 'RGB' or 'GRAY'")
     n_channels = 1 if color == "GRAY" else 3
@@ -1514,7 +1597,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, help="CPU intra-op threads (default: onnxruntime's choice)")
     parser.add_argument("--batch", type=int, help="items per run for a dynamic-batch model (default: all, "
                         "up to the exported maximum)")
-    parser.add_argument("--resize", choices=("stretch", "letterbox"), help="override the metadata's resize mode")
+    parser.add_argument("--resize", choices=RESIZE_MODES, help="override the metadata's resize mode")
     parser.add_argument("--topk", type=int, default=5, help="classes shown per image for classifiers (default 5)")
     parser.add_argument("--save-outputs", metavar="DIR", help="write each raw output as DIR/<name>.npy")
     parser.add_argument("--bench", type=int, default=0, metavar="N", help="time N runs on the first batch")

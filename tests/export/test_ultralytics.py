@@ -328,3 +328,98 @@ def test_infer_maps_boxes_back_to_image_pixels_as_ultralytics_scale_boxes(image_
     inside = np.argwhere(boxed[..., 0] == 7)
     assert inside.min(axis=0).tolist() == [top, left] and inside.max(axis=0).tolist() == [top + new_h - 1,
                                                                                           left + new_w - 1]
+
+
+def _smooth_images(folder: Path, shapes: list[tuple[int, int]], seed: int = 3) -> list[Path]:
+    """Seeded images of ``shapes`` (H, W) with structure at every scale a centre crop can cut off: coarse noise
+    enlarged (bicubic) plus fine noise, saved as PNG."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i, (h, w) in enumerate(shapes):
+        coarse = Image.fromarray((rng.random((h // 8 + 2, w // 8 + 2, 3)) * 255).astype(np.uint8))
+        img = np.asarray(coarse.resize((w, h), Image.BICUBIC), dtype=np.float64) + rng.normal(0, 12, (h, w, 3))
+        paths.append(folder / f"im{i}_{h}x{w}.png")
+        Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(paths[-1])
+    return paths
+
+
+def _infer_top1(capsys: pytest.CaptureFixture, onnx_path: Path, images: list[Path], *extra: str) -> dict:
+    from blocks_export.runtime import infer
+
+    assert infer.main([str(onnx_path), *map(str, images), "--json", "--provider", "cpu", *extra]) == 0
+    result = json.loads(capsys.readouterr().out)
+    return {"resize": result["preprocess"]["resize"],
+            "top1": {Path(p["source"]).name: p["topk"][0] for p in result["predictions"]}}
+
+
+def test_classifier_top1_through_infer_is_ultralytics_own_on_non_square_images(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A YOLOv8n-cls with pasted blocks, exported by the CLI: runtime/infer.py preprocesses as Ultralytics'
+    ClassificationPredictor does (shorter side resized, centre crop) and gives ``YOLO('model.pt')``'s top-1."""
+    from ultralytics import YOLO
+
+    imgsz = 64
+    ckpt = um.save_checkpoint(um.task_model("classify", blocks=True, nc=10), tmp_path / "cls.pt", imgsz, "classify")
+    out = tmp_path / "cls.onnx"
+    result = invoke(ckpt, "--to", "onnx", "--trust-pickle", "--imgsz", str(imgsz), "-o", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    images = _smooth_images(tmp_path, [(120, 200), (200, 90), (77, 131), (96, 300), (301, 127), (150, 151),
+                                       (100, 160), (90, 64)])
+    yolo = YOLO(str(ckpt), task="classify")
+    ref = {p.name: yolo.predict(str(p), imgsz=imgsz, verbose=False)[0].probs for p in images}
+    # Close calls exempt: this random network moves probabilities by up to 0.08 for the one-grey-level differences
+    # Pillow 13's pass order makes (ultralytics_models._calibrate_classifier); measured: 6 of 8 images clear (margins
+    # 0.21-0.79), all 8 top-1s equal, letterbox changes 5 of the 6.
+    clear = [n for n, probs in ref.items() if float(probs.top5conf[0] - probs.top5conf[1]) >= 0.15]
+    assert len(clear) >= 5 and len({ref[n].top1 for n in clear}) >= 3, "top-1s must be clear and depend on the image"
+
+    got = _infer_top1(capsys, out, images, "--topk", "1")
+    assert got["resize"] == "crop"
+    assert [n for n in clear if got["top1"][n]["index"] != ref[n].top1] == []
+
+    # The comparison can fail: the letterbox infer.py used for classifiers before gives other answers.
+    boxed = _infer_top1(capsys, out, images, "--topk", "1", "--resize", "letterbox")
+    assert any(boxed["top1"][n]["index"] != ref[n].top1 for n in clear)
+
+
+@pytest.mark.parametrize("image_hw,size", [((120, 200), 64), ((200, 90), 64), ((77, 131), 32), ((64, 100), 64),
+                                           ((65, 64), 64), ((67, 64), 64), ((20, 30), 64), ((301, 127), 224),
+                                           ((50, 80), (32, 48))])
+def test_infer_centre_crop_is_ultralytics_classify_transforms(tmp_path: Path, image_hw: tuple[int, int],
+                                                              size: int | tuple[int, int]) -> None:
+    """runtime/infer.py's crop against Ultralytics' own classify_transforms (torchvision Resize + CenterCrop on a
+    PIL image): the same geometry (odd excesses included: torchvision rounds half to even), pixels within one
+    level, and equal where at most one axis is resampled (Pillow's pass order cannot matter there)."""
+    from PIL import Image
+    from ultralytics.data.augment import classify_transforms
+
+    from blocks_export.runtime import infer
+
+    hw = (size, size) if isinstance(size, int) else size
+    img = np.asarray(Image.open(_smooth_images(tmp_path, [image_hw], seed=sum(image_hw))[0]))
+    theirs = classify_transforms(hw)(Image.fromarray(img)).numpy() * 255
+    ours = infer.preprocess_image(img, infer.Preprocess(size=hw, resize="crop")) * 255
+    assert ours.shape == theirs.shape == (3, *hw)
+    diff = np.abs(ours.astype(np.float64) - theirs)
+    assert diff.max() <= 1 + 1e-3 and diff.mean() <= 0.3
+    top, left, new_h, new_w = infer.crop_geometry(image_hw, hw)
+    if new_h == image_hw[0] or new_w == image_hw[1]:
+        assert diff.max() <= 1e-3
+
+
+@pytest.mark.parametrize("own,expected", [(None, "crop"), ("letterbox", "crop"), ("stretch", "stretch")])
+def test_infer_takes_ultralytics_classifiers_as_centre_crop(own: str | None, expected: str) -> None:
+    """A classifier's Ultralytics metadata (`yolo export`'s, or ours, which said letterbox for every task before
+    "crop" existed) means Ultralytics' classify preprocessing; a resize our metadata says otherwise is kept."""
+    from blocks_export.runtime import infer
+
+    metadata = {"author": "Ultralytics", "task": "classify", "imgsz": "[64, 64]", "names": "{0: 'a', 1: 'b'}"}
+    if own is not None:
+        metadata["blocks_export.preprocess"] = json.dumps({"resize": own})
+    meta = infer.parse_meta(metadata)
+    assert meta.task == "classify" and meta.labels == ["a", "b"] and meta.preprocess["resize"] == expected
+    assert infer.make_preprocess(meta, [1, 3, 64, 64], None).resize == expected
+    detector = infer.parse_meta({**metadata, "task": "detect"})
+    assert detector.preprocess["resize"] == (own or "letterbox")

@@ -124,7 +124,46 @@ def task_model(task: str, blocks: bool, nc: int = 3, seed: int = 0) -> torch.nn.
         randomize_(model, seed=seed)
     model.load_state_dict({**model.state_dict(), **dfl})
     model.names = {i: f"class{i}" for i in range(nc)}
-    return model.eval()
+    model.eval()
+    if task == "classify":
+        _calibrate_classifier(model)
+    return model
+
+
+def _calibrate_classifier(model: ClassificationModel, imgsz: int = 64, spread: float = 2.0) -> None:
+    """A classifier whose top-1 depends on the image, as a trained one's does. With random BatchNorm statistics
+    every image gets the same probabilities (the pooled features vary 20000 times less over images than their size;
+    an fp16 checkpoint's rounding alone then decides the class). Here every BatchNorm takes the statistics of 16
+    seeded images (coarse noise enlarged, fine grain; as training leaves them, affine weights stay random) and the
+    last Linear is rescaled so that each logit varies by ``spread`` over those images around 0 (weights below 1).
+    Unlike a trained network this random one stays sensitive: one grey level on a fifth of the pixels moves its
+    probabilities by up to 0.07, and the one-level differences of Pillow 13's pass order by up to 0.08 (measured),
+    which a comparison of top-1s must allow for in close calls."""
+    g = torch.Generator().manual_seed(99)
+    coarse = torch.rand((16, 3, imgsz // 8, imgsz // 8), generator=g)
+    x = nn.functional.interpolate(coarse, size=(imgsz, imgsz), mode="bicubic", align_corners=False)
+    x = (x + torch.randn(x.shape, generator=g) * (12 / 255)).clamp(0, 1)  # plus fine grain, as the tests' images
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in norms]
+    for bn in norms:  # training mode with momentum None: one pass leaves exactly that pass's statistics
+        bn.reset_running_stats()
+        bn.momentum = None
+        bn.train()
+    with torch.no_grad():
+        model(x)
+    for bn, momentum in zip(norms, momenta, strict=True):
+        bn.momentum = momentum
+        bn.eval()
+    linear = model.model[-1].linear
+    features = []
+    hook = linear.register_forward_hook(lambda m, i, o: features.append(i[0]))
+    with torch.no_grad():
+        model(x)
+        hook.remove()
+        logits = features[0] @ linear.weight.T
+        scale = spread / logits.std(dim=0).clamp_min(1e-6)
+        linear.weight.mul_(scale[:, None])
+        linear.bias.copy_(-logits.mean(dim=0) * scale)
 
 
 def _randomise(model: DetectionModel, seed: int, cls_bias: float) -> DetectionModel:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ._match import (
@@ -191,25 +190,31 @@ class ACmixExport(nn.Module):
       along W and H, built in-graph from a ramp (cumsum of ones, scaled by 2 / (n - 1)) and reflect-padded
       exactly like ``k``, so reflected neighbours at the borders get the reflected coordinate, as in the
       reference. It rides along as two extra key channels, ``u`` as two extra query channels.
-    * **Window attention as blocked dense attention.** Output pixels are tiled in ``B x B`` blocks; each block
-      attends to its ``L x L`` halo (``L = stride * B + kernel_att - 1``) of the reflect-padded keys, and an
-      additive constant mask (0 inside each query's ``kernel_att^2`` window, ``-inf`` outside) makes the
-      softmax over the halo equal to the softmax over the window. Keys, values and queries are cut into
-      blocks with Pad + Reshape + Slice/Concat; H and W are zero-padded up to whole blocks and the extra
-      rows/columns are dropped at the end. Reflect padding acts per pixel, so padding ``loc`` and then
-      applying ``W_p`` (through ``u``) equals the reference's padding of ``pe = conv_p(loc)``. The halos hold only finite numbers, so ``exp(-inf) = 0`` removes masked ones exactly.
+    * **Window attention as blocked dense attention.** Output pixels are tiled in ``B x B`` blocks
+      (``attention_block``); each block attends to its ``L x L`` halo (``L = stride * B + kernel_att - 1``)
+      of the reflect-padded keys, and an additive constant mask (0 inside each query's ``kernel_att^2``
+      window, ``-inf`` outside) makes the softmax over the halo equal to the softmax over the window. Queries,
+      keys and values are cut into blocks channels last: one Transpose moves the channels innermost, a Gather
+      picks each block's halo columns (whole channel vectors), a Transpose moves the block axis out and a
+      Gather picks the halo rows (whole rows of them). The row/column indices are computed from H and W in
+      the graph and carry the reference's reflection padding; where H or W is not a whole number of blocks,
+      the indices past the reflection are clamped into the input (those halo pixels are masked, those queries
+      dropped at the end). Reflect padding acts per pixel, so padding ``loc`` and then applying ``W_p``
+      (through ``u``) equals the reference's padding of ``pe = conv_p(loc)``. The halos hold only finite
+      numbers, so ``exp(-inf) = 0`` removes masked ones exactly.
 
-    Why this form: the window attention becomes two batched MatMuls (``Q^T K`` and ``V att^T``), one
-    pointwise mask Add and one Softmax over the last axis. No ``(N*head, d, kernel_att^2, H, W)`` unfold is
+    Why this form: the window attention becomes two batched MatMuls (``Q K^T`` and ``att V``), one pointwise
+    mask Add and one Softmax over the last axis. No ``(N*head, d, kernel_att^2, H, W)`` unfold is
     materialised: the largest tensor is the logits, ``L^2 / kernel_att^2`` times the reference's attention
-    map (4x at kernel_att 7), and the halos are ``L^2 / B^2`` (3x) the size of ``k`` and ``v``. Every
-    Transpose keeps a contiguous inner axis, and onnxruntime folds the transposed MatMul operands into
-    ``FusedMatMul`` (``MatmulTransposeFusion``, onnxruntime/core/optimizer/matmul_transpose_fusion.cc).
-    TensorRT takes the transposes as MatMul operand flags (``IMatrixMultiplyLayer`` with
-    ``MatrixOperation::kTRANSPOSE``) and the rest are pointwise ops, Softmax, Pad, Slice and Conv; the
-    masked form is the blocked local attention of HaloNet (Vaswani et al. 2021, https://arxiv.org/abs/2103.12731).
-    The alternative, ``kernel_att^2`` shifted slices with Mul/ReduceSum per tap, materialises as many
-    full-size tensors and measured about 2x slower than this form in onnxruntime.
+    map (2x at kernel_att 7, B = 4), and the halos are ``L^2 / B^2`` (6x) the size of ``k`` and ``v``. Every
+    copy moves contiguous runs of at least one channel vector; the unfold-style lowering (a Gather of single
+    elements along W) is what makes the stock export slow. onnxruntime folds the transposed key operand into
+    ``FusedMatMul`` (``MatmulTransposeFusion``, onnxruntime/core/optimizer/matmul_transpose_fusion.cc);
+    TensorRT takes it as a MatMul operand flag (``IMatrixMultiplyLayer`` with ``MatrixOperation::kTRANSPOSE``)
+    and the rest are Gather, pointwise ops, Softmax and Conv; the masked form is the blocked local attention
+    of HaloNet (Vaswani et al. 2021, https://arxiv.org/abs/2103.12731). The alternatives measured slower in
+    onnxruntime: ``kernel_att^2`` shifted slices with Mul/ReduceSum per tap (about 2x), and halos cut
+    channels-first with Pad + Slice/Concat + a 7-D Transpose of runs of ``L`` elements (B = 8: 1.5x).
 
     Export: under ``torch.export`` the attention is one op, ``blocks_export::acmix_window_attention``, whose
     output has the conv path's size, so batch, H and W stay plain symbols (no blocking arithmetic reaches
@@ -235,8 +240,7 @@ class ACmixExport(nn.Module):
         self.kernel_att = kernel_att
         self.stride = stride
         self.padding_att = (kernel_att - 1) // 2
-        # Block edge: smallest with stride * block > kernel_att - 1, so a halo spans one block and part of the next.
-        self.block = -(-(kernel_att + 1) // stride) if kernel_att > 1 else 1
+        self.block = attention_block(kernel_att, stride)
         d = self.head_dim
         self.split_sizes = [head * (d + 2), out_planes, out_planes, 9 * d]
         self.proj = nn.Conv2d(in_planes, sum(self.split_sizes), kernel_size=1)
@@ -265,44 +269,54 @@ def window_attention(qu: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
                      kernel_att: int, stride: int, block: int) -> torch.Tensor:
     """ACmix's window attention in the blocked form of ``ACmixExport`` [N, out, H / stride, W / stride].
 
-    qu [N, head*(d+2), H, W] (scaled queries and position channels per head), k, v [N, head*d, H, W],
-    mask [block^2, L^2] from ``window_mask``.
+    qu [N, head*(d+2), H, W] (scaled queries and position channels per head, not yet strided), k, v
+    [N, head*d, H, W], mask [block^2, L^2] from ``window_mask``.
     """
     s, B, hd = stride, block, head
     d = k.shape[1] // hd
+    p = (kernel_att - 1) // 2
     n, h, w = k.shape[0], k.shape[2], k.shape[3]
-    if s > 1:
-        qu = qu[:, :, ::s, ::s]
-    ho, wo = qu.shape[-2], qu.shape[-1]
-    rh, rw = (-ho) % B, (-wo) % B  # zero rows/columns up to whole blocks
-    qu = _split(_split(F.pad(qu, (0, rw, 0, rh)), 3, B), 2, B)  # (N, hd*(d+2), nh, B, nw, B)
-    qt = _split(qu, 1, d + 2).permute(0, 1, 3, 5, 2, 4, 6)  # (N, hd, nh, nw, d+2, B, B)
-    qt = qt.flatten(5, 6)  # (N, hd, nh, nw, d+2, B*B)
+    ho, wo = (h - 1) // s + 1, (w - 1) // s + 1
+    # Block starts (input rows/columns 0, S, 2S, ...: ceil(H / S) = ceil(Ho / B) blocks) and the offsets of the
+    # queries and halo pixels in a block, as ramps over existing tensors: no tensor is built from a Python size.
+    start_h, start_w = _ramp(k[0, 0, :, 0])[::s * B], _ramp(k[0, 0, 0, :])[::s * B]
+    q_offsets, halo_offsets = _ramp(mask[:B, 0]) * s, _ramp(mask[0, :s * B + 2 * p]) - p
+    qt = _blocked(qu, d + 2, _rows(start_h, h, q_offsets), _rows(start_w, w, q_offsets))  # (N, hd, nw, nh, B*B, d+2)
     loc = _coordinates(k)  # (1, 1, 2, H, W)
     k = torch.cat([_split(k, 1, d), loc.expand(n, hd, 2, h, w)], dim=2).flatten(1, 2)  # (N, hd*(d+2), H, W)
-    kt = _halo(k, d + 2, rh, rw, kernel_att, s, B)  # (N, hd, nh, nw, d+2, L*L)
-    vt = _halo(v, d, rh, rw, kernel_att, s, B)  # (N, hd, nh, nw, d, L*L)
-    logits = torch.matmul(qt.transpose(-1, -2), kt) + mask  # (N, hd, nh, nw, B*B, L*L)
+    taps_h, taps_w = _rows(start_h, h, halo_offsets), _rows(start_w, w, halo_offsets)
+    kt = _blocked(k, d + 2, taps_h, taps_w)  # (N, hd, nw, nh, L*L, d+2)
+    vt = _blocked(v, d, taps_h, taps_w)  # (N, hd, nw, nh, L*L, d)
+    logits = torch.matmul(qt, kt.transpose(-1, -2)) + mask  # (N, hd, nw, nh, B*B, L*L)
     att = torch.softmax(logits, dim=-1)
-    o = torch.matmul(vt, att.transpose(-1, -2))  # (N, hd, nh, nw, d, B*B)
-    o = _split(o, 5, B).permute(0, 1, 4, 2, 5, 3, 6)  # (N, hd, d, nh, B, nw, B)
-    o = o.flatten(5, 6).flatten(3, 4).flatten(1, 2)  # (N, out, nh*B, nw*B)
+    o = _split(torch.matmul(att, vt), 4, B)  # (N, hd, nw, nh, B, B, d)
+    o = o.permute(0, 1, 3, 4, 2, 5, 6).flatten(4, 5).flatten(2, 3)  # (N, hd, nh*B, nw*B, d)
+    o = o.permute(0, 1, 4, 2, 3).flatten(1, 2)  # (N, out, nh*B, nw*B)
     return o[:, :, :ho, :wo]
 
 
-def _halo(t: torch.Tensor, c: int, rh: int, rw: int, kernel_att: int, stride: int, block: int) -> torch.Tensor:
-    """Overlapping key blocks: [N, hd*c, H, W] -> [N, hd, nh, nw, c, L*L], L = stride * block + 2 * pad."""
-    p, S = (kernel_att - 1) // 2, stride * block
-    e = 2 * p  # a halo is one block of S plus the first 2p rows/columns of the next block
-    t = F.pad(t, (p, p, p, p), mode="reflect")  # (N, hd*c, H+2p, W+2p), as the reference's pad_att
-    # Zeros up to (nh + 1) * S: only ever seen through the -inf mask.
-    t = F.pad(t, (0, S - e + stride * rw, 0, S - e + stride * rh))
-    t = _split(t, 2, S)  # (N, hd*c, nh+1, S, Wp)
-    t = torch.cat([t[:, :, :-1], t[:, :, 1:, :e]], dim=3)  # (N, hd*c, nh, L, Wp)
-    t = _split(t, 4, S)  # (N, hd*c, nh, L, nw+1, S)
-    t = torch.cat([t[:, :, :, :, :-1], t[:, :, :, :, 1:, :e]], dim=5)  # (N, hd*c, nh, L, nw, L)
-    t = _split(t, 1, c).permute(0, 1, 3, 5, 2, 4, 6)  # (N, hd, nh, nw, c, L, L)
-    return t.flatten(5, 6)
+def _ramp(t: torch.Tensor) -> torch.Tensor:
+    """0, 1, ..., len(t) - 1 (int64) for a 1-D ``t``: a cumulative sum of ones, sized by ``t`` in the graph."""
+    return torch.ones_like(t, dtype=torch.long).cumsum(0) - 1
+
+
+def _rows(start: torch.Tensor, size: int, offsets: torch.Tensor) -> torch.Tensor:
+    """[blocks, len(offsets)] input rows (or columns) ``start + offset``, reflected at the edges as the
+    reference's ``pad_att``. Beyond the reflection (rows seen only through the -inf mask, or by queries that are
+    dropped) any row inside the input will do: reflected once more and clamped at 0."""
+    u = start[:, None] + offsets[None, :]
+    a = torch.maximum(u, -u)  # |u|
+    return torch.clamp(torch.minimum(a, 2 * (size - 1) - a), min=0)
+
+
+def _blocked(t: torch.Tensor, c: int, taps_h: torch.Tensor, taps_w: torch.Tensor) -> torch.Tensor:
+    """[N, hd*c, H, W] -> [N, hd, nw, nh, th*tw, c]: rows ``taps_h`` [nh, th] x columns ``taps_w`` [nw, tw] of
+    each block, channels last, so every copy moves whole c-vectors (or whole rows of them)."""
+    t = _split(t, 1, c).permute(0, 1, 3, 4, 2)  # (N, hd, H, W, c)
+    t = _split(t.index_select(3, taps_w.flatten()), 3, taps_w.shape[1])  # (N, hd, H, nw, tw, c)
+    t = t.transpose(2, 3)  # (N, hd, nw, H, tw, c)
+    t = _split(t.index_select(3, taps_h.flatten()), 3, taps_h.shape[1])  # (N, hd, nw, nh, th, tw, c)
+    return t.flatten(4, 5)
 
 
 @torch.library.custom_op("blocks_export::acmix_window_attention", mutates_args=())
@@ -331,6 +345,21 @@ def _split(t: torch.Tensor, dim: int, size: int) -> torch.Tensor:
     """
     shape = list(t.shape)
     return t.reshape(shape[:dim] + [-1, size] + shape[dim + 1:])
+
+
+def attention_block(kernel_att: int, stride: int) -> int:
+    """Output block edge ``B`` of the blocked window attention: the one that minimises ``L^2 (1 + 9 / B^2)``,
+    ``L = stride * B + kernel_att - 1``.
+
+    Per output pixel, ``L^2`` is the logits row (MatMuls, mask Add, Softmax: the reference's window is
+    ``kernel_att^2`` of it) and ``L^2 / B^2`` the copies of its keys and values in the halos; the weight 9
+    is their measured cost ratio in onnxruntime (2 threads, ACmix(64, 64) at 80x80: B = 4 ran 1.3x faster than
+    B = 8). kernel_att 7: B = 4 (stride 1), 3 (stride 2); kernel_att 3: B = 3.
+    """
+    if kernel_att == 1:
+        return 1
+    e = kernel_att - 1
+    return min(range(1, kernel_att + 2), key=lambda b: (stride * b + e) ** 2 * (b * b + 9) / (b * b))
 
 
 def window_mask(block: int, stride: int, kernel: int) -> torch.Tensor:

@@ -2,9 +2,10 @@
 exporter.
 
 ``torch.export`` sees the attention as one opaque op whose output has the conv path's size, so batch, H and W
-stay plain symbols in the traced program; the blocking arithmetic (whole blocks, halos) is written here with
-ONNX ``Shape`` arithmetic, where it costs nothing at export time. The graph is the one ``window_attention``
-traces to (Pad + Reshape + Slice/Concat, two MatMuls, a mask Add and a Softmax), so run-time speed is unchanged.
+stay plain symbols in the traced program; the blocking arithmetic (whole blocks, halo rows and columns) is
+written here with ONNX ``Shape`` arithmetic, where it costs nothing at export time. The graph is the one
+``window_attention`` traces to (channels-last Gathers of whole halo rows/columns, two MatMuls, a mask Add and a
+Softmax), so the two exporters give the same run-time graph.
 
     torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes=...,
                       custom_translation_table=acmix_onnx.translation_table())
@@ -35,6 +36,11 @@ def translation_table(opset: int = 18) -> dict[Callable[..., Any], Callable[...,
     def i64(*values: int) -> Any:
         return op.Constant(value=ir.tensor(np.array(values, dtype=np.int64)))
 
+    def i64s(value: int) -> Any:
+        """A 0-D int64: the axis of CumSum and the bounds of Range must be scalars (a 1-D one fails checks and
+        constant folding)."""
+        return op.Constant(value=ir.tensor(np.array(value, dtype=np.int64)))
+
     def acmix_window_attention(qu: Any, k: Any, v: Any, mask: Any, head: int, kernel_att: int, stride: int,
                                block: int) -> Any:
         dtype = np.dtype(k.dtype.numpy())
@@ -45,28 +51,41 @@ def translation_table(opset: int = 18) -> dict[Callable[..., Any], Callable[...,
         s, B, hd = stride, block, head
         d = _channels(k) // hd
         p = (kernel_att - 1) // 2
-        S, e = s * B, 2 * p
-        L = S + e
+        S, L = s * B, s * B + 2 * p
         shape_k = op.Shape(k)
         n_, hw = op.Slice(shape_k, i64(0), i64(1), i64(0)), op.Slice(shape_k, i64(2), i64(4), i64(0))
-        if s > 1:
-            qu = op.Slice(qu, i64(0, 0), i64(INT64_MAX, INT64_MAX), i64(2, 3), i64(s, s))
-        hwo = op.Slice(op.Shape(qu), i64(2), i64(4), i64(0))  # [Ho, Wo]
+        h_, w_ = op.Slice(hw, i64(0), i64(1), i64(0)), op.Slice(hw, i64(1), i64(2), i64(0))
+        hwo = op.Add(op.Div(op.Sub(hw, i64(1)), i64(s)), i64(1))  # [Ho, Wo] = ceil([H, W] / s)
         nb = op.Div(op.Add(hwo, i64(B - 1)), i64(B))  # [nh, nw]: whole blocks
-        r = op.Sub(op.Mul(nb, i64(B)), hwo)  # [rh, rw]: zero rows/columns up to whole blocks
         nh, nw = op.Slice(nb, i64(0), i64(1), i64(0)), op.Slice(nb, i64(1), i64(2), i64(0))
-        rh, rw = op.Slice(r, i64(0), i64(1), i64(0)), op.Slice(r, i64(1), i64(2), i64(0))
 
-        # Queries: (N, hd*(d+2), Ho, Wo) -> (N, hd, nh, nw, d+2, B*B).
-        q = op.Pad(qu, op.Concat(i64(0, 0, 0, 0, 0, 0), rh, rw, axis=0))
-        q = op.Reshape(q, op.Concat(n_, i64(hd, d + 2), nh, i64(B), nw, i64(B), axis=0))  # (N, hd, d+2, nh, B, nw, B)
-        q = op.Transpose(q, perm=[0, 1, 3, 5, 2, 4, 6])  # (N, hd, nh, nw, d+2, B, B)
-        q = op.Reshape(q, i64(0, 0, 0, 0, d + 2, B * B))
+        def rows(blocks: Any, size: Any, offsets: range) -> Any:
+            """[n, len(offsets)] input rows (or columns): block * S + offset, reflected at the edges as the
+            reference's ``pad_att``; beyond the reflection (seen only through the -inf mask, or by queries that
+            are dropped) any row inside the input will do: reflected once more and clamped at 0."""
+            start = op.Mul(op.Range(i64s(0), op.Squeeze(blocks), i64s(1)), i64s(S))  # (n,)
+            u = op.Add(op.Unsqueeze(start, i64(1)), i64(*offsets))  # (n, len(offsets))
+            a, last2 = op.Max(u, op.Sub(i64(0), u)), op.Mul(op.Sub(size, i64(1)), i64(2))  # |u|, 2 (size - 1)
+            return op.Max(op.Min(a, op.Sub(last2, a)), i64(0))
+
+        def blocked(t: Any, c: int, taps_h: Any, taps_w: Any) -> Any:
+            """[N, hd*c, H, W] -> [N, hd, nw, nh, th*tw, c]: the rows ``taps_h`` x columns ``taps_w`` of each
+            block, channels last; every copy moves whole c-vectors (or whole rows of them)."""
+            t = op.Reshape(t, op.Concat(n_, i64(hd, c), hw, axis=0))  # (N, hd, c, H, W)
+            t = op.Transpose(t, perm=[0, 1, 3, 4, 2])  # (N, hd, H, W, c)
+            t = op.Gather(t, taps_w, axis=3)  # (N, hd, H, nw, tw, c)
+            t = op.Transpose(t, perm=[0, 1, 3, 2, 4, 5])  # (N, hd, nw, H, tw, c)
+            t = op.Gather(t, taps_h, axis=3)  # (N, hd, nw, nh, th, tw, c)
+            return op.Reshape(t, i64(0, 0, 0, 0, -1, c))
+
+        # Queries: the strided pixels of each B x B output block; halos: L x L input pixels from block * S - p.
+        q_offsets, halo_offsets = range(0, S, s), range(-p, L - p)
+        q = blocked(qu, d + 2, rows(nh, h_, q_offsets), rows(nw, w_, q_offsets))  # (N, hd, nw, nh, B*B, d+2)
 
         # The reference's position(H, W) as two extra key channels: linspace(-1, 1) from a ramp, no Cast.
         ones = op.Expand(fconst(1.0), op.Concat(i64(1, 1), hw, axis=0))  # (1, 1, H, W)
-        ramp_w = op.Sub(op.CumSum(ones, i64(3)), fconst(1.0))
-        ramp_h = op.Sub(op.CumSum(ones, i64(2)), fconst(1.0))
+        ramp_w = op.Sub(op.CumSum(ones, i64s(3)), fconst(1.0))
+        ramp_h = op.Sub(op.CumSum(ones, i64s(2)), fconst(1.0))
         last_w = op.Slice(ramp_w, i64(-1), i64(INT64_MAX), i64(3))
         last_h = op.Slice(ramp_h, i64(-1), i64(INT64_MAX), i64(2))
         loc_w = op.Sub(op.Mul(ramp_w, op.Div(fconst(2.0), last_w)), fconst(1.0))
@@ -76,28 +95,16 @@ def translation_table(opset: int = 18) -> dict[Callable[..., Any], Callable[...,
         kk = op.Reshape(k, op.Concat(n_, i64(hd, d), hw, axis=0))  # (N, hd, d, H, W)
         kk = op.Reshape(op.Concat(kk, loc, axis=2), op.Concat(n_, i64(hd * (d + 2)), hw, axis=0))
 
-        def halo(t: Any, c: int) -> Any:
-            """[N, hd*c, H, W] -> [N, hd, nh, nw, c, L*L], as ``acmix._halo``."""
-            t = op.Pad(t, i64(0, 0, p, p, 0, 0, p, p), mode="reflect")  # (N, hd*c, H+2p, W+2p)
-            extra = op.Add(op.Mul(r, i64(s)), i64(S - e))  # zeros up to (nh + 1) * S
-            t = op.Pad(t, op.Concat(i64(0, 0, 0, 0, 0, 0), extra, axis=0))
-            wp = op.Slice(op.Shape(t), i64(3), i64(4), i64(0))
-            t = op.Reshape(t, op.Concat(i64(0, 0, -1, S), wp, axis=0))  # (N, hd*c, nh+1, S, Wp)
-            t = op.Concat(op.Slice(t, i64(0), i64(-1), i64(2)),
-                          op.Slice(t, i64(1, 0), i64(INT64_MAX, e), i64(2, 3)), axis=3)  # (N, hd*c, nh, L, Wp)
-            t = op.Reshape(t, i64(0, 0, 0, 0, -1, S))  # (N, hd*c, nh, L, nw+1, S)
-            t = op.Concat(op.Slice(t, i64(0), i64(-1), i64(4)),
-                          op.Slice(t, i64(1, 0), i64(INT64_MAX, e), i64(4, 5)), axis=5)  # (N, hd*c, nh, L, nw, L)
-            t = op.Reshape(t, op.Concat(n_, i64(hd, c), nh, i64(L), nw, i64(L), axis=0))  # (N, hd, c, nh, L, nw, L)
-            t = op.Transpose(t, perm=[0, 1, 3, 5, 2, 4, 6])  # (N, hd, nh, nw, c, L, L)
-            return op.Reshape(t, i64(0, 0, 0, 0, c, L * L))
-
-        kt, vt = halo(kk, d + 2), halo(v, d)
-        logits = op.Add(op.MatMul(op.Transpose(q, perm=[0, 1, 2, 3, 5, 4]), kt), mask)  # (N, hd, nh, nw, B*B, L*L)
+        taps_h, taps_w = rows(nh, h_, halo_offsets), rows(nw, w_, halo_offsets)
+        kt = blocked(kk, d + 2, taps_h, taps_w)  # (N, hd, nw, nh, L*L, d+2)
+        vt = blocked(v, d, taps_h, taps_w)  # (N, hd, nw, nh, L*L, d)
+        logits = op.Add(op.MatMul(q, op.Transpose(kt, perm=[0, 1, 2, 3, 5, 4])), mask)  # (N, hd, nw, nh, B*B, L*L)
         att = op.Softmax(logits, axis=-1)
-        o = op.MatMul(vt, op.Transpose(att, perm=[0, 1, 2, 3, 5, 4]))  # (N, hd, nh, nw, d, B*B)
-        o = op.Reshape(o, i64(0, 0, 0, 0, d, B, B))
-        o = op.Transpose(o, perm=[0, 1, 4, 2, 5, 3, 6])  # (N, hd, d, nh, B, nw, B)
+        o = op.MatMul(att, vt)  # (N, hd, nw, nh, B*B, d)
+        o = op.Reshape(o, i64(0, 0, 0, 0, B, B, d))
+        o = op.Transpose(o, perm=[0, 1, 3, 4, 2, 5, 6])  # (N, hd, nh, B, nw, B, d)
+        o = op.Reshape(o, op.Concat(n_, i64(hd), op.Mul(nb, i64(B)), i64(d), axis=0))  # (N, hd, nh*B, nw*B, d)
+        o = op.Transpose(o, perm=[0, 1, 4, 2, 3])  # (N, hd, d, nh*B, nw*B)
         o = op.Reshape(o, op.Concat(n_, i64(hd * d), op.Mul(nb, i64(B)), axis=0))  # (N, out, nh*B, nw*B)
         return op.Slice(o, i64(0, 0), hwo, i64(2, 3))  # (N, out, Ho, Wo)
 

@@ -256,3 +256,32 @@ def test_acmix_twin_onnx_graph_has_no_unfold_style_ops():
     ops = {n.op_type for n in onnx.load_from_string(buf.getvalue()).graph.node}
     assert not ops & {"Col2Im", "GlobalAveragePool", "AveragePool", "Range", "Loop"}
     assert np.isin(["MatMul", "Softmax", "Conv"], sorted(ops)).all()
+
+
+def test_acmix_translation_gives_scalar_cumsum_axes_and_range_bounds_and_a_checked_graph():
+    # ONNX wants CumSum's axis and Range's bounds 0-D; a 1-D one makes the exporter's constant folder fail
+    # ("Axis must be a rank-0 tensor") and leaves that work to run time.
+    import onnx
+    from onnx import numpy_helper
+
+    _, twin = make_pair(8, 12, 7, 4, 1, dtype=torch.float32)
+    model = onnx.load_from_string(export_twin(twin, True, torch.randn(1, 8, 16, 16)))
+    onnx.checker.check_model(model, full_check=True)
+    consts = {o: numpy_helper.to_array(a.t) for n in model.graph.node if n.op_type == "Constant"
+              for o in n.output for a in n.attribute if a.name == "value"}
+    consts.update({t.name: numpy_helper.to_array(t) for t in model.graph.initializer})
+    scalar_inputs = [(n.op_type, i) for n in model.graph.node if n.op_type in ("CumSum", "Range")
+                     for i in (n.input[1:] if n.op_type == "CumSum" else n.input) if i in consts]
+    assert all(consts[i].ndim == 0 for _, i in scalar_inputs), [(op, consts[i].shape) for op, i in scalar_inputs]
+    assert {op for op, _ in scalar_inputs} == {"CumSum", "Range"}  # the dynamic graph keeps both
+
+
+@pytest.mark.parametrize("kernel, stride", [(3, 1), (5, 2), (7, 1), (7, 2), (7, 3)])
+def test_acmix_twin_at_sizes_that_are_not_whole_blocks_matches_reference_fp64(kernel, stride):
+    # Blocks past the edge read clamped rows/columns (masked or dropped): H, W of one pixel more than a block
+    # multiple, of exactly the reflection pad + 1, and mixed.
+    ref, twin = make_pair(6, 8, kernel, 2, stride, seed=3)
+    block, pad = twin.block, (kernel - 1) // 2
+    for h, w in [(stride * (block + 1), stride * (2 * block + 1)), (stride * (pad + 1), stride * 3 * block)]:
+        x = torch.randn(2, 6, h, w, generator=torch.Generator().manual_seed(h * w), dtype=torch.float64)
+        assert_fp64_equal(ref, twin, x)

@@ -371,17 +371,22 @@ def convert_opset(proto: Any, opset: int) -> Any:
     The dynamo exporter builds opset 18 or newer and converts before its own optimisation, where e.g.
     ReduceMean's axes are not yet constants and the conversion fails; after optimisation it succeeds. The
     converter needs a schema for every default-domain node and refuses the others, so those (TensorRT plugin
-    nodes, subgraphs included) wait in a domain of their own during the conversion and return afterwards.
-    ``ExportFailed`` (one line) when the graph cannot be converted.
+    nodes, subgraphs included) wait in a domain of their own during the conversion and return afterwards; so do
+    the operators it has no adapter for (Split-18, Pad-18), once ``opset_down`` has rewritten them into forms the
+    target opset reads. ``ExportFailed`` (one line) when the graph cannot be converted.
     """
     import onnx
     import onnx.version_converter
 
     from blocks_export.plugins.onnx_graph import nodes
 
+    from .opset_down import held_back, lower_for_opset
+
     work = onnx.ModelProto()
-    work.CopyFrom(proto)
-    moved = [n for n in nodes(work.graph) if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type)]
+    work.CopyFrom(lower_for_opset(proto, opset)[0])
+    source = next((o.version for o in work.opset_import if o.domain in ("", "ai.onnx")), opset)
+    moved = [n for n in nodes(work.graph) if n.domain in ("", "ai.onnx")
+             and (not onnx.defs.has(n.op_type) or held_back(n.op_type, source, opset))]
     for n in moved:
         n.domain = _UNCONVERTED_DOMAIN
     if moved:

@@ -22,9 +22,10 @@ https://docs.nvidia.com/deeplearning/tensorrt/11.4.0/api/migration/tensorrt-10x-
   where ONNX ``DeformConv`` (opset 19) is wanted; 17 for JetPack 6.0; 16 for JetPack 5, because
   ``LayerNormalization`` exists from opset 17 only, so at 16 the exporter writes LayerNorm as standard ops
   (GridSample, used by the portable DeformConv, exists from 16).
-- exporter: torch 2.14's dynamo exporter writes opset 18 and up; its down-conversion to 17 or 16 fails on
-  common graphs (no version adapter for Pad-18, ReduceMean-18 axes inputs) and leaves opset 18, which the 8.x
-  parsers do not read. The 8.x targets therefore use the TorchScript exporter.
+- exporter: torch 2.14's dynamo exporter writes opset 18 and up, which the 8.x parsers do not read; onnx's
+  version converter has no down adapter for Split-18 or Pad-18, so ``onnx_export.convert_opset`` rewrites
+  those first (``opset_down``) and ``--exporter dynamo`` reaches 17 and 16. The 8.x targets keep the
+  TorchScript exporter, which writes 17 and 16 directly, as their default.
 - DeformConv: the parser imports ONNX ``DeformConv`` from TensorRT 10.1 (onnx-tensorrt ``docs/Changelog.md``,
   "TensorRT 10.1 GA Release"); the built-in ``ModulatedDeformConv2d`` plugin ships from TensorRT 8.6
   (github.com/NVIDIA/TensorRT/tree/release/8.6/plugin/modulatedDeformConvPlugin), not in 8.5, so JetPack 5

@@ -60,14 +60,21 @@ def test_sample_model_export_for_target_passes_its_check_and_matches_the_origina
         assert rel_l2(e, o) <= 1e-5
 
 
-def test_explicit_dynamo_exporter_for_jetpack5_fails_in_one_line_naming_the_opset(tmp_path: Path) -> None:
-    from blocks_export.export.errors import ExportFailed
-
+@pytest.mark.parametrize("target", ["jetpack5", "jetpack6.0"])
+def test_explicit_dynamo_exporter_for_a_tensorrt8_target_reaches_its_opset_and_matches_the_original(
+        tmp_path: Path, originals: dict[str, torch.nn.Module], target: str) -> None:
     out = tmp_path / "classifier.onnx"
-    with pytest.raises(ExportFailed, match="opset 16") as e:
-        run_export(SAMPLES / "classifier.pt", ExportOptions(output=out, target="jetpack5", exporter="dynamo",
-                                                            trust_pickle=True, quiet=True))
-    assert "\n" not in str(e.value) and not out.exists()
+    result = run_export(SAMPLES / "classifier.pt", ExportOptions(output=out, target=target, exporter="dynamo",
+                                                                 trust_pickle=True, quiet=True))
+    assert result.exit_code == 0, result.report.as_dict().get("error", result.report)
+    proto = onnx.load(str(out))
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [get_target(target).opset]
+    assert check_model(proto, target), check_model(proto, target).lines()
+    x = torch.rand(SHAPES["classifier"], generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        expected = originals["classifier"](x)
+    sess = cpu_session(proto)
+    assert rel_l2(expected, sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]) <= 1e-5
 
 
 def test_exporter_defaults_to_the_targets_own() -> None:

@@ -27,6 +27,7 @@ floating point in the final graph (``fallback``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -65,6 +66,7 @@ class CalibrationSet:
     calib_tensors: np.ndarray
     held_out_tensors: np.ndarray
     labels: list[int | None] = field(default_factory=list)  # held-out labels, from label-named subfolders
+    preprocess: dict[str, Any] = field(default_factory=dict)  # the runtime's settings the images were read with
 
 
 @dataclass
@@ -105,6 +107,7 @@ class Int8Result:
     passed: bool = False
     notes: list[str] = field(default_factory=list)
     held_out: list[str] = field(default_factory=list)  # the images verified (never used for calibration)
+    preprocess: dict[str, Any] = field(default_factory=dict)  # how every image was read (runtime/infer.py)
 
     def __bool__(self) -> bool:
         return self.passed
@@ -123,7 +126,7 @@ class Int8Result:
                 "naive_rel_l2": self.naive_rel_l2, "naive_top1_agreement": self.naive_top1_agreement,
                 "quantized_nodes": self.quantized_nodes, "float_nodes": self.float_nodes,
                 "fallback": list(self.fallback), "sensitivity": [s.as_dict() for s in self.sensitivity],
-                "notes": list(self.notes), "held_out": list(self.held_out)}
+                "notes": list(self.notes), "held_out": list(self.held_out), "preprocess": dict(self.preprocess)}
 
 
 # ---- calibration images ----------------------------------------------------------------------------------------
@@ -212,7 +215,8 @@ def read_calibration(folder: Path, prep: Any, channels: int, calib_count: int | 
     names = list(label_names or [])
     for _, sub in held:
         labels.append(names.index(sub) if sub is not None and sub in names else None)
-    return CalibrationSet(str(folder), [p for p, _ in calib], [p for p, _ in held], load(calib), load(held), labels)
+    return CalibrationSet(str(folder), [p for p, _ in calib], [p for p, _ in held], load(calib), load(held), labels,
+                          dataclasses.asdict(prep) if dataclasses.is_dataclass(prep) and not isinstance(prep, type) else {})
 
 
 def _reader(name: str, tensors: np.ndarray, batch: int) -> Any:
@@ -453,7 +457,8 @@ def quantize_model(model: onnx.ModelProto, original: Any, data: CalibrationSet, 
     work = onnx.ModelProto()
     work.CopyFrom(model)
     name_nodes(work)
-    result = Int8Result(data.folder, len(data.calibration), len(data.held_out), budget, held_out=list(data.held_out))
+    result = Int8Result(data.folder, len(data.calibration), len(data.held_out), budget, held_out=list(data.held_out),
+                        preprocess=dict(data.preprocess))
     reference = torch_run(original, data.held_out_tensors, batch)
     result.reference_accuracy = _accuracy(reference, data.labels)
     float_kept = int8_float_nodes(work)

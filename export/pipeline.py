@@ -12,6 +12,7 @@ torch is imported lazily: an ``.onnx`` input to ``--to trt`` never imports it (a
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 import warnings
 from collections.abc import Iterator
@@ -569,8 +570,15 @@ def _calibration(ctx: _Context) -> None:
     with ctx.runner.step("calibration images") as s:
         info = ctx.loaded.metadata
         # The settings the written graph's metadata will carry (size = the export's H/W).
-        prep = image_preprocess(metadata_for(preprocess_for(info, ctx.shape), info.get("task")), ctx.shape)
-        labels = info.get("labels") if isinstance(info.get("labels"), list | tuple) else None
+        if ctx.ultra is not None:
+            from .ultralytics import runtime_metadata
+
+            meta = runtime_metadata(ctx.ultra)
+            labels: list[Any] | tuple[Any, ...] | None = json.loads(meta["blocks_export.labels"])
+        else:
+            meta = metadata_for(preprocess_for(info, ctx.shape), info.get("task"))
+            labels = info.get("labels") if isinstance(info.get("labels"), list | tuple) else None
+        prep = image_preprocess(meta, ctx.shape)
         ctx.calibration = read_calibration(Path(ctx.options.calib), prep, ctx.shape[1], ctx.options.calib_count,
                                            [str(x) for x in labels] if labels else None)
         s.note = (f"{len(ctx.calibration.calibration)} for calibration, {len(ctx.calibration.held_out)} held out "

@@ -208,6 +208,20 @@ def name_io(exported: Any, info: UltralyticsInfo) -> Any:
     return replace(exported, input_name=INPUT_NAME, output_names=list(names), dynamic=dynamic)
 
 
+def runtime_metadata(info: UltralyticsInfo) -> dict[str, str]:
+    """The ``blocks_export.*`` entries runtime/infer.py reads: class names, task and Ultralytics' preprocessing
+    (RGB, /255; the LetterBox of its detection predictors, the shorter-side resize and centre crop of
+    classify_transforms for a classifier: ultralytics/data/augment.py, ultralytics/models/yolo/classify/predict.py).
+    INT8 calibration reads its images with the same entries."""
+    resize = "crop" if info.task == "classify" else "letterbox"
+    own = {"blocks_export.labels": json.dumps([info.names[k] for k in sorted(info.names)]),
+           "blocks_export.preprocess": json.dumps({"size": list(info.imgsz), "resize": resize,
+                                                   "color": "RGB", "scale": 1 / 255})}
+    if info.task in ("detect", "classify"):
+        own["blocks_export.task"] = info.task
+    return own
+
+
 def finish_graph(model: Any, info: UltralyticsInfo, opset: int) -> None:
     """Ultralytics' dimension names and metadata keys on the final graph (in place)."""
     graph = model.graph
@@ -219,16 +233,7 @@ def finish_graph(model: Any, info: UltralyticsInfo, opset: int) -> None:
             if axis < len(d) and not d[axis].HasField("dim_value"):
                 d[axis].dim_param = name
     meta: dict[str, Any] = replace(info, extra={**info.extra, "opset": opset}).metadata()
-    # For runtime/infer.py: class names, task and Ultralytics' preprocessing (RGB, /255; the LetterBox of its
-    # detection predictors, the shorter-side resize and centre crop of classify_transforms for a classifier:
-    # ultralytics/data/augment.py, ultralytics/models/yolo/classify/predict.py).
-    resize = "crop" if info.task == "classify" else "letterbox"
-    own = {"blocks_export.labels": json.dumps([info.names[k] for k in sorted(info.names)]),
-           "blocks_export.preprocess": json.dumps({"size": list(info.imgsz), "resize": resize,
-                                                   "color": "RGB", "scale": 1 / 255})}
-    if info.task in ("detect", "classify"):
-        own["blocks_export.task"] = info.task
-    meta = {**meta, **own}
+    meta = {**meta, **runtime_metadata(info)}
     keep = [(p.key, p.value) for p in model.metadata_props if p.key not in meta]
     del model.metadata_props[:]
     for k, v in [*keep, *((k, str(v)) for k, v in meta.items())]:  # str(): what apply_metadata literal_evals
@@ -351,4 +356,4 @@ def sample_images(shape: tuple[int, ...], count: int = 2, seed: int = 0) -> list
 
 
 __all__ = ["BoxAgreement", "INPUT_NAME", "TASK_OF_CLASS", "UltralyticsInfo", "box_agreement", "finish_graph",
-           "match_detections", "name_io", "prepare", "sample_images", "task_of"]
+           "match_detections", "name_io", "prepare", "runtime_metadata", "sample_images", "task_of"]

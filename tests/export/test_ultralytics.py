@@ -423,3 +423,28 @@ def test_infer_takes_ultralytics_classifiers_as_centre_crop(own: str | None, exp
     assert infer.make_preprocess(meta, [1, 3, 64, 64], None).resize == expected
     detector = infer.parse_meta({**metadata, "task": "detect"})
     assert detector.preprocess["resize"] == (own or "letterbox")
+
+
+def test_int8_calibration_reads_images_as_the_written_graph_says(tmp_path: Path) -> None:
+    """INT8 calibration of an Ultralytics detector letterboxes its (non-square) images as infer.py will for the
+    written graph, not with the defaults of a model that carries no preprocessing of its own."""
+    from PIL import Image
+
+    from blocks_export.runtime.infer import make_preprocess, parse_meta
+
+    ckpt = um.save_checkpoint(um.plain(), tmp_path / "plain.pt", 64)
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (48, 96, 3), dtype=np.uint8), "RGB").save(calib / f"{i}.png")
+    out = tmp_path / "plain_int8.onnx"
+    result = invoke(ckpt, "--trust-pickle", "--imgsz", 64, "--int8", "--calib", calib, "-o", out, "--json",
+                    "--quiet")
+    assert result.exit_code in (0, 1), result.stdout + result.stderr  # the verdict is not what is tested here
+    used = json.loads(result.stdout)["int8"]["preprocess"]
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props} if out.exists() else None
+    assert meta is not None, result.stdout
+    written = make_preprocess(parse_meta(meta), [1, 3, 64, 64], None)
+    assert used["resize"] == written.resize == "letterbox"
+    assert (list(used["size"]), used["color"], used["scale"]) == (list(written.size), written.color, written.scale)

@@ -66,10 +66,11 @@ def _count_outputs(model: Any, example: Any) -> int:
 
 
 def _block_translations(opset: int) -> dict[Any, Any]:
-    """The export twins' own ops (``blocks_export::acmix_window_attention``) for the dynamo exporter."""
-    from blocks_export.blocks import acmix_onnx
+    """The export twins' own ops (``blocks_export::acmix_window_attention``, ``blocks_export::space_to_depth``) for
+    the dynamo exporter."""
+    from blocks_export.blocks import acmix_onnx, spd_onnx
 
-    return acmix_onnx.translation_table(opset)
+    return {**acmix_onnx.translation_table(opset), **spd_onnx.translation_table(opset)}
 
 
 def _program_uses_deform_conv(program: Any) -> bool:
@@ -188,9 +189,11 @@ def export_program(model: Any, example: Any, dynamic: bool,
     import torch
     from torch.export import Dim
 
+    from blocks_export.blocks.spd import export_as_one_op  # its op: in ``_block_translations``
+
     if not dynamic:
         try:
-            with _quiet_exporter():
+            with _quiet_exporter(), export_as_one_op():
                 return torch.export.export(model, (example,), strict=False), None, []
         except Exception as e:
             raise ExportFailed(f"torch.export failed: {one_line(e)} (rerun with `debug=True` for the traceback)") from e
@@ -204,7 +207,7 @@ def export_program(model: Any, example: Any, dynamic: bool,
     batch = Dim.AUTO(min=1, max=batch_max) if batch_max else Dim.AUTO
     shapes = ({0: batch, 2: Dim.AUTO, 3: Dim.AUTO},)
     try:
-        with _quiet_exporter():
+        with _quiet_exporter(), export_as_one_op():
             program = torch.export.export(model, (example,), dynamic_shapes=shapes, strict=False)
     except Exception as e:
         raise ExportFailed(f"`dynamic=True`: torch.export failed: {one_line(e)} "

@@ -10,7 +10,10 @@ concatenated in the order (even row, even col), (odd row, even col), (even row, 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -102,13 +105,52 @@ class SpaceToDepthExport(nn.Module):
     Odd H or W raise the same ``ValueError`` as the reference (the seed's concatenation fails there). An
     exported graph checks nothing itself; onnxruntime 1.32 rejects odd sizes at run time (its optimiser turns
     this Slice/Concat pattern into a ``SpaceToDepth`` node, which requires even H and W).
+
+    Export: inside ``export_as_one_op()`` (as the export pipeline traces), ``torch.export`` sees the
+    rearrangement as one op, ``blocks_export::space_to_depth`` (output [N, 4C, H/2, W/2]), so no strided-slice
+    size arithmetic reaches torch's symbolic shapes; its ONNX graph (the same Slices and Concat) comes from
+    ``spd_onnx.translation_table()``. Elsewhere, and for the TorchScript exporter, the slices are traced.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_spd_rank(x)
-        check_spd_input(x.shape[-2], x.shape[-1])
-        # (N, C, H/2, W/2) each: phases (0, 0), (1, 0), (0, 1), (1, 1) as (row, col)
-        return torch.cat([x[:, :, ::2, ::2], x[:, :, 1::2, ::2], x[:, :, ::2, 1::2], x[:, :, 1::2, 1::2]], 1)
+        check_spd_input(x.shape[-2], x.shape[-1])  # traced too: the guard "H and W even" bounds dynamic sizes
+        if _ONE_OP.get() and torch.compiler.is_compiling():
+            # torch.export inside ``export_as_one_op``: one opaque op of output size (N, 4C, H/2, W/2), instead of
+            # four strided slices whose sizes torch's symbolic shapes reason about on every trace.
+            return torch.ops.blocks_export.space_to_depth(x)
+        return space_to_depth_phases(x)
+
+
+_ONE_OP: contextvars.ContextVar[bool] = contextvars.ContextVar("blocks_export_spd_one_op", default=False)
+
+
+@contextlib.contextmanager
+def export_as_one_op() -> Iterator[None]:
+    """Inside: ``torch.export`` traces ``SpaceToDepthExport`` as ``blocks_export::space_to_depth``; the program
+    then needs ``spd_onnx.translation_table()`` to become ONNX. Outside (the default) it traces the slices, which
+    every exporter takes as they are."""
+    token = _ONE_OP.set(True)
+    try:
+        yield
+    finally:
+        _ONE_OP.reset(token)
+
+
+def space_to_depth_phases(x: torch.Tensor) -> torch.Tensor:
+    """[N, C, H, W] -> [N, 4C, H/2, W/2]: the four phases (0, 0), (1, 0), (0, 1), (1, 1) as (row, col)."""
+    return torch.cat([x[:, :, ::2, ::2], x[:, :, 1::2, ::2], x[:, :, ::2, 1::2], x[:, :, 1::2, 1::2]], 1)
+
+
+@torch.library.custom_op("blocks_export::space_to_depth", mutates_args=())
+def _space_to_depth_op(x: torch.Tensor) -> torch.Tensor:
+    return space_to_depth_phases(x)
+
+
+@_space_to_depth_op.register_fake
+def _(x: torch.Tensor) -> torch.Tensor:
+    # H and W are even here (``check_spd_input`` ran first), so each phase is H/2 x W/2.
+    return x.new_empty((x.shape[0], 4 * x.shape[1], x.shape[2] // 2, x.shape[3] // 2))
 
 
 class SPDConvExport(nn.Module):

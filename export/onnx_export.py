@@ -18,8 +18,9 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import operator
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -66,10 +67,11 @@ def _count_outputs(model: Any, example: Any) -> int:
 
 
 def _block_translations(opset: int) -> dict[Any, Any]:
-    """The export twins' own ops (``blocks_export::acmix_window_attention``) for the dynamo exporter."""
-    from blocks_export.blocks import acmix_onnx
+    """The export twins' own ops (``blocks_export::acmix_window_attention``, ``blocks_export::space_to_depth``) for
+    the dynamo exporter."""
+    from blocks_export.blocks import acmix_onnx, spd_onnx
 
-    return acmix_onnx.translation_table(opset)
+    return {**acmix_onnx.translation_table(opset), **spd_onnx.translation_table(opset)}
 
 
 def _program_uses_deform_conv(program: Any) -> bool:
@@ -179,6 +181,181 @@ def torchlib_registry_once() -> Iterator[None]:
         setattr(registry_cls, "from_torchlib", original)  # noqa: B010
 
 
+def _unchanged_by_decomposition(table: dict[Any, Any]) -> Callable[[Any], bool]:
+    """``op -> bool``: whether ``ExportedProgram.run_decompositions(table)`` leaves a node calling ``op`` as it is.
+
+    As ``run_decompositions`` splits the table (torch/export/exported_program.py,
+    ``_split_decomp_table_to_cia_and_python_decomp``): an op with a Python decomposition in it is rewritten; a
+    CompositeImplicitAutograd op is kept only where the split marks it to be preserved; a mutating op is
+    functionalized. Everything else (convolution, silu, slice, the twins' own ops, ...) is traced unchanged.
+    """
+    import torch
+    from torch._export.utils import _is_cia_op, _special_op_to_preserve_cia
+    from torch.export.exported_program import _split_decomp_table_to_cia_and_python_decomp
+
+    cia, python_table = _split_decomp_table_to_cia_and_python_decomp(dict(table))
+
+    def unchanged(op: Any) -> bool:
+        if not isinstance(op, torch._ops.OpOverload) or op._schema.is_mutable or op in python_table:
+            return False
+        return cia.get(op) is _special_op_to_preserve_cia if _is_cia_op(op) else True
+
+    return unchanged
+
+
+def _decompose_in_place(program: Any, table: dict[Any, Any]) -> bool:
+    """Do what the ONNX exporter's ``run_decompositions(table)`` would do to ``program``, in place, without its
+    second trace of the whole graph; ``False`` (nothing changed) where that is not known to be exact.
+
+    The exporter's decomposition re-traces every node with symbolic shapes (as long as ``torch.export`` itself)
+    to rewrite what its registry does not translate. In programs of CNN blocks that is eval-mode
+    ``aten.batch_norm``, which it turns into ``aten._native_batch_norm_legit_no_training`` + ``getitem``
+    (torch/_decomp/decompositions.py), ``aten.flatten``, which it turns into ``aten.view``, and global
+    ``adaptive_avg_pool2d``, which it turns into ``aten.mean``; that is done here node by node (the view takes
+    -1 for the flattened axes: the same Reshape, without the size arithmetic). Any other op the decomposition would
+    change, and any node that is not a plain op call, leaves the program untouched for the full decomposition.
+    """
+    import torch
+
+    aten = torch.ops.aten
+    unchanged = _unchanged_by_decomposition(table)
+    graph = program.graph
+    output = next(n for n in graph.nodes if n.op == "output")
+    norms, flats, pools, inplace = [], [], [], []
+    for node in graph.nodes:
+        if node.op in ("placeholder", "output", "get_attr"):
+            continue
+        if node.op != "call_function":
+            return False
+        target = node.target
+        if target is aten.batch_norm.default:
+            x, weight, bias, mean, var, training, momentum, eps = node.args[:8]
+            if training or mean is None or var is None or node.kwargs or output in node.users:
+                return False
+            norms.append((node, (x, weight, bias, mean, var, momentum, eps)))
+        elif target is aten.adaptive_avg_pool2d.default:
+            if node.kwargs or output in node.users or list(node.args[1]) not in ([1], [1, 1]):
+                return False
+            pools.append(node)
+        elif target is aten.flatten.using_ints:
+            if node.kwargs or output in node.users or len(node.args) not in (2, 3):
+                return False
+            flats.append(node)
+        elif (functional := _out_of_place(node, unchanged)) is not None:
+            inplace.append((node, functional))
+        elif not (unchanged(target) or getattr(target, "__module__", None) in ("_operator", "operator")):
+            return False
+    for node, args in norms:
+        val = node.meta["val"]
+        with graph.inserting_after(node):
+            call = graph.call_function(aten._native_batch_norm_legit_no_training.default, args)
+        with graph.inserting_after(call):
+            item = graph.call_function(operator.getitem, (call, 0))
+        call.meta = {**node.meta, "val": (val, val.new_empty((0,)), val.new_empty((0,)))}
+        item.meta = dict(node.meta)
+        node.replace_all_uses_with(item)
+        graph.erase_node(node)
+    for node in flats:
+        # flatten(x, start, end) -> view(x, sizes) with -1 for the flattened axes and the other sizes read from x
+        # (``sym_size``) where they are symbolic, as the decomposition's ``view`` does.
+        x, start, end = (*node.args, -1)[:3]
+        shape = list(x.meta["val"].shape)
+        start, end = start % len(shape), end % len(shape)
+        sizes: list[Any] = []
+        with graph.inserting_before(node):
+            for axis, size in enumerate(shape):
+                if start < axis <= end:
+                    continue
+                if axis == start:
+                    sizes.append(-1)
+                elif isinstance(size, torch.SymInt):
+                    read = graph.call_function(aten.sym_size.int, (x, axis))
+                    read.meta = {**node.meta, "val": size}
+                    sizes.append(read)
+                else:
+                    sizes.append(int(size))
+            view = graph.call_function(aten.view.default, (x, sizes))
+        view.meta = dict(node.meta)
+        node.replace_all_uses_with(view)
+        graph.erase_node(node)
+    for node in pools:  # adaptive_avg_pool2d(x, 1) -> mean(x, [-1, -2], keepdim), as the decomposition writes it
+        with graph.inserting_before(node):
+            mean = graph.call_function(aten.mean.dim, (node.args[0], [-1, -2], True))
+        mean.meta = dict(node.meta)
+        node.replace_all_uses_with(mean)
+        graph.erase_node(node)
+    for node, functional in inplace:  # relu_(x) -> relu(x): x has no other use, nothing else sees the mutation
+        node.target = functional
+    if norms or flats or pools or inplace:
+        graph.lint()
+        program.graph_module.recompile()
+    return True
+
+
+def _out_of_place(node: Any, unchanged: Callable[[Any], bool]) -> Any:
+    """The functional op for an in-place activation (``aten.relu_`` -> ``aten.relu``, as ``SiLU(inplace=True)``
+    traces) whose input is an op's fresh result used by this node alone, or ``None``.
+
+    Functionalization rewrites exactly these to the out-of-place op (nothing else can see the mutation: the input is
+    no graph input, no view of another tensor and has no other user)."""
+    import torch
+
+    target = node.target
+    if not isinstance(target, torch._ops.OpOverload) or len(node.args) != 1 or node.kwargs:
+        return None
+    name = target._schema.name.split("::")[-1]
+    if not (target._schema.is_mutable and name.endswith("_") and name.rstrip("_") in _INPLACE_ACTIVATIONS):
+        return None
+    functional = getattr(getattr(torch.ops.aten, name.rstrip("_"), None), target._overloadname, None)
+    (x,) = node.args
+    producer = getattr(x, "target", None)
+    if (functional is None or not unchanged(functional) or getattr(x, "op", None) != "call_function"
+            or len(x.users) != 1 or not isinstance(producer, torch._ops.OpOverload)
+            or producer._schema.is_mutable or any(r.alias_info for r in producer._schema.returns)):
+        return None
+    return functional
+
+
+_INPLACE_ACTIVATIONS = frozenset({"relu", "silu", "hardswish", "hardsigmoid", "sigmoid", "gelu", "mish", "tanh"})
+
+
+@contextlib.contextmanager
+def decompose_without_retrace() -> Iterator[None]:
+    """Inside: ``torch.onnx.export(program, dynamo=True)`` decomposes ``program`` with ``_decompose_in_place``
+    where that is exact, with its own ``run_decompositions`` otherwise.
+
+    The exporter's ``decompose_with_registry`` (torch/onnx/_internal/exporter/_fx_passes.py) builds the
+    ONNX-friendly table from the registry and re-traces the program with it: about 40% of a dynamic export of
+    the sample detector on a 2-core machine, to rewrite its BatchNorms. Here the same table is built and, when
+    the program holds nothing else to decompose, those nodes are rewritten in place (the program is changed:
+    only for programs traced here). Private APIs: when they are not as expected, nothing is changed.
+    """
+    try:
+        from torch.onnx._internal.exporter import _decomp, _fx_passes
+
+        original = _fx_passes.decompose_with_registry
+        _decomp.create_onnx_friendly_decomposition_table  # noqa: B018 (present, or nothing is changed)
+        _decomp.get_onnx_implemented_overloads  # noqa: B018
+    except (ImportError, AttributeError):
+        yield
+        return
+
+    def decompose_with_registry(exported_program: Any, registry: Any) -> Any:
+        ops = set(_decomp.get_onnx_implemented_overloads(registry))
+        table = _decomp.create_onnx_friendly_decomposition_table(ops)
+        try:
+            done = _decompose_in_place(exported_program, table)
+        except (ImportError, AttributeError, KeyError, TypeError, ValueError):
+            done = False
+        return exported_program if done else exported_program.run_decompositions(table)
+
+    setattr(_fx_passes, "decompose_with_registry", decompose_with_registry)  # noqa: B010
+    try:
+        yield
+    finally:
+        setattr(_fx_passes, "decompose_with_registry", original)  # noqa: B010
+
+
 def export_program(model: Any, example: Any, dynamic: bool,
                    batch_max: int | None = None) -> tuple[Any, dict[str, dict[str, int | None]] | None, list[str]]:
     """``torch.export.export``; with ``dynamic``, batch/H/W dynamic and their valid ranges derived.
@@ -188,9 +365,11 @@ def export_program(model: Any, example: Any, dynamic: bool,
     import torch
     from torch.export import Dim
 
+    from blocks_export.blocks.spd import export_as_one_op  # its op: in ``_block_translations``
+
     if not dynamic:
         try:
-            with _quiet_exporter():
+            with _quiet_exporter(), export_as_one_op():
                 return torch.export.export(model, (example,), strict=False), None, []
         except Exception as e:
             raise ExportFailed(f"torch.export failed: {one_line(e)} (rerun with `debug=True` for the traceback)") from e
@@ -204,7 +383,7 @@ def export_program(model: Any, example: Any, dynamic: bool,
     batch = Dim.AUTO(min=1, max=batch_max) if batch_max else Dim.AUTO
     shapes = ({0: batch, 2: Dim.AUTO, 3: Dim.AUTO},)
     try:
-        with _quiet_exporter():
+        with _quiet_exporter(), export_as_one_op():
             program = torch.export.export(model, (example,), dynamic_shapes=shapes, strict=False)
     except Exception as e:
         raise ExportFailed(f"`dynamic=True`: torch.export failed: {one_line(e)} "
@@ -279,7 +458,9 @@ def to_onnx(model: Any, example: Any, *, opset: int, opset_fixed: bool = False, 
     # Read before translation: the ONNX exporter's decompositions rewrite the program's symbolic shapes.
     ranges = derived if derived is not None else (dynamic_ranges(program) if is_program else None)
     try:
-        with _quiet_exporter(), torchlib_registry_once():
+        # A program traced here is ours to change; a user's (``.pt2``) goes through the exporter's own decomposition.
+        fast = contextlib.nullcontext() if is_program else decompose_without_retrace()
+        with _quiet_exporter(), torchlib_registry_once(), fast:
             onnx_program = torch.onnx.export(program, (example,), dynamo=True,
                                              opset_version=max(opset, DYNAMO_MIN_OPSET),
                                              input_names=[INPUT_NAME], output_names=output_names,

@@ -106,3 +106,34 @@ def test_spd_twin_onnx_matches_reference_at_other_shapes(dynamo, block):
         with torch.no_grad():
             expected = ref(x)
         assert rel_l2(expected, run_ort(model, x)) <= 1e-5, shape
+
+
+def test_spd_twin_traces_as_one_op_inside_export_as_one_op_and_its_onnx_is_the_same_slices():
+    from blocks_export.blocks import acmix_onnx, spd_onnx
+    from blocks_export.blocks.spd import export_as_one_op
+
+    ref = make_spd_conv(4, 8, 3, 1, seed=5)
+    twin = to_export(ref)
+    dims = ({0: torch.export.Dim.AUTO, 2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO},)
+    x = torch.randn(2, 4, 12, 10, generator=torch.Generator().manual_seed(1))
+
+    def targets(program):
+        return [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
+
+    plain = torch.export.export(twin, (x,), dynamic_shapes=dims, strict=False)
+    assert "blocks_export.space_to_depth.default" not in targets(plain)  # the library default: the slices
+    with export_as_one_op():
+        program = torch.export.export(twin, (x,), dynamic_shapes=dims, strict=False)
+    assert targets(program).count("blocks_export.space_to_depth.default") == 1
+    assert "aten.slice.Tensor" not in targets(program)
+    table = {**acmix_onnx.translation_table(18), **spd_onnx.translation_table(18)}
+    graphs = [torch.onnx.export(p, (x,), dynamo=True, opset_version=18, custom_translation_table=table).model_proto
+              for p in (plain, program)]
+    ops = [sorted(n.op_type for n in g.graph.node if n.op_type in ("Slice", "Concat", "Conv")) for g in graphs]
+    assert ops[0] == ops[1] and ops[1].count("Slice") == 6, ops
+    model = graphs[1].SerializeToString()
+    for shape in [(1, 4, 6, 14), (3, 4, 20, 8), (1, 4, 2, 2)]:
+        xs = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape)))
+        with torch.no_grad():
+            want = ref(xs)
+        assert rel_l2(want, run_ort(model, xs)) <= 1e-5, shape

@@ -93,3 +93,90 @@ def test_opset_below_the_dynamo_minimum_is_reached_by_conversion_and_still_match
     assert [o.version for o in result.model.opset_import if o.domain == ""] == [16]
     x = torch.rand(2, 3, 24, 8)
     assert rel_l2(model(x), _run(result.model, x)[0]) <= 1e-5
+
+
+class _PastedTrunk(torch.nn.Module):
+    """A user's trunk as blocks get pasted: own Conv-BN-act class with an in-place SiLU, a bare BatchNorm, two
+    SPD-Convs, a context block, global pooling, flatten and a Linear head (each of the nodes the exporter would
+    decompose)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from blocks_export.blocks import CB2d, SPDConv
+
+        class ConvBnAct(torch.nn.Module):
+            def __init__(self, c1: int, c2: int, s: int) -> None:
+                super().__init__()
+                self.c = torch.nn.Conv2d(c1, c2, 3, s, 1, bias=False)
+                self.n = torch.nn.BatchNorm2d(c2)
+                self.a = torch.nn.SiLU(inplace=True)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.a(self.n(self.c(x)))
+
+        self.stem = ConvBnAct(3, 8, 2)
+        self.spd1 = SPDConv(8, 16, 3)
+        self.norm = torch.nn.BatchNorm2d(16)
+        self.spd2 = SPDConv(16, 24, 1)
+        self.ctx = CB2d(24)
+        self.head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(1), torch.nn.Linear(24, 5))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.ctx(self.spd2(self.norm(self.spd1(self.stem(x)))))
+        return f, self.head(f)
+
+
+def _rewritten_trunk(example: torch.Tensor) -> tuple[torch.nn.Module, torch.nn.Module]:
+    from blocks_export.blocks import randomize_, rewrite_model
+
+    model = randomize_(_PastedTrunk(), seed=3).eval()
+    twin, _ = rewrite_model(model, example)
+    return model, twin
+
+
+def test_dynamic_export_without_the_second_trace_matches_the_model_and_the_exporters_own_decomposition(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from blocks_export.export import onnx_export
+
+    example = torch.rand(1, 3, 64, 64)
+    model, twin = _rewritten_trunk(example)
+    taken: list[bool] = []
+    in_place = onnx_export._decompose_in_place
+    monkeypatch.setattr(onnx_export, "_decompose_in_place", lambda *a: taken.append(in_place(*a)) or taken[-1])
+    fast = to_onnx(twin, example, opset=18, dynamic=True)
+    assert taken == [True]  # BatchNorm, flatten and the global pooling rewritten in place, no re-trace
+    monkeypatch.setattr(onnx_export, "_decompose_in_place", lambda *a: False)
+    full = to_onnx(twin, example, opset=18, dynamic=True)
+    assert fast.dynamic == full.dynamic
+    ops, full_ops = ([n.op_type for n in g.model.graph.node] for g in (fast, full))
+    for op in ("Conv", "BatchNormalization", "Slice", "Concat", "ReduceMean", "Gemm", "MatMul"):
+        assert ops.count(op) == full_ops.count(op), op  # the same computation; only the size arithmetic differs
+    assert {n.domain for n in fast.model.graph.node} <= {"", "ai.onnx"}  # the SPD op became plain ONNX
+    for shape in [(1, 3, 64, 64), (3, 3, 40, 72), (2, 3, 16, 24)]:
+        x = torch.rand(shape, generator=torch.Generator().manual_seed(sum(shape)))
+        with torch.no_grad():
+            want = [t.numpy() for t in model(x)]
+        for got in (_run(fast.model, x), _run(full.model, x)):
+            assert [g.shape for g in got] == [w.shape for w in want], shape
+            assert max(rel_l2(w, g) for w, g in zip(want, got, strict=True)) <= 1e-5, shape
+
+
+def test_a_program_with_other_ops_to_decompose_keeps_the_exporters_own_decomposition() -> None:
+    from torch.onnx._internal.exporter import _decomp, _registration
+
+    from blocks_export.export.onnx_export import _decompose_in_place
+
+    class Mutating(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.nn.functional.batch_norm(x, torch.zeros(3), torch.ones(3))
+            return y.add_(1.0)  # an in-place op: functionalised by the decomposition
+
+    program = torch.export.export(Mutating().eval(), (torch.rand(2, 3, 8, 8),))
+    before = [str(n.target) for n in program.graph.nodes]
+    registry = _registration.ONNXRegistry.from_torchlib(18)
+    table = _decomp.create_onnx_friendly_decomposition_table(set(_decomp.get_onnx_implemented_overloads(registry)))
+    assert _decompose_in_place(program, table) is False
+    assert [str(n.target) for n in program.graph.nodes] == before
+    x = torch.rand(1, 3, 5, 7)
+    result = to_onnx(Mutating().eval(), torch.rand(2, 3, 8, 8), opset=18, dynamic=True)
+    assert rel_l2(Mutating()(x), _run(result.model, x)[0]) <= 1e-5

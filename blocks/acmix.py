@@ -257,7 +257,8 @@ class ACmixExport(nn.Module):
             return (v[:, :, ::s, ::s] if s > 1 else v) + out_conv
         if torch.compiler.is_compiling():
             # torch.export: one opaque op whose output size is the conv path's, so the traced sizes stay plain
-            # symbols; its ONNX graph comes from ``acmix_onnx`` (or, without that table, this decomposition).
+            # symbols; its ONNX graph comes from ``acmix_onnx`` (``torch.onnx.export`` needs that table:
+            # ``blocks_export.export.onnx_export.translation_table()``; the TorchScript exporter traces the else).
             att = torch.ops.blocks_export.acmix_window_attention(qu, k, v, self.window_mask, self.head,
                                                                  self.kernel_att, s, self.block)
         else:

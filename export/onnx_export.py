@@ -74,6 +74,22 @@ def _block_translations(opset: int) -> dict[Any, Any]:
     return {**acmix_onnx.translation_table(opset), **spd_onnx.translation_table(opset)}
 
 
+def translation_table(opset: int = DYNAMO_MIN_OPSET, deform_conv: str = "portable") -> dict[Any, Any]:
+    """``custom_translation_table`` for exporting twins (``to_export``/``rewrite_model`` output) with
+    ``torch.onnx.export(..., dynamo=True, opset_version=opset)`` yourself: the twins' own ops and torchvision's
+    ``deform_conv2d`` in the ``deform_conv`` lowering (``std`` needs opset 19). Without it the exporter stops at an
+    ACmix twin ("No ONNX function found" for ``blocks_export::acmix_window_attention``)."""
+    from . import deform_conv as dc
+
+    if opset < DYNAMO_MIN_OPSET:
+        raise ValueError(f"the dynamo exporter writes opset {DYNAMO_MIN_OPSET} or newer, got {opset}")
+    try:
+        deform = dc.dynamo_translation_table(deform_conv, opset)
+    except ValueError as e:
+        raise ValueError(f"deform_conv={deform_conv!r} at opset {opset}: {e}") from None
+    return {**deform, **_block_translations(opset)}
+
+
 def _program_uses_deform_conv(program: Any) -> bool:
     import torch
 

@@ -285,3 +285,37 @@ def test_acmix_twin_at_sizes_that_are_not_whole_blocks_matches_reference_fp64(ke
     for h, w in [(stride * (block + 1), stride * (2 * block + 1)), (stride * (pad + 1), stride * 3 * block)]:
         x = torch.randn(2, 6, h, w, generator=torch.Generator().manual_seed(h * w), dtype=torch.float64)
         assert_fp64_equal(ref, twin, x)
+
+
+def test_a_pasted_model_rewritten_and_exported_with_the_documented_table_stays_dynamic():
+    """README's library recipe: rewrite_model, then torch.onnx.export(dynamo=True) with
+    ``translation_table()`` from a batch-1 example; without the table the exporter stops at the ACmix op."""
+    from blocks_export.blocks import DCN, ACmix, randomize_, rewrite_model
+    from blocks_export.export.onnx_export import translation_table
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 6, 3, 2, 1)
+            self.mix = ACmix(6, 6, kernel_att=5, head=2)
+            self.deform = DCN(6, 6, 3, 1)
+
+        def forward(self, x):
+            return self.deform(self.mix(self.stem(x)))
+
+    model = randomize_(Net().eval(), seed=4)
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    twin, _ = rewrite_model(model, x)
+    dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height"), 3: torch.export.Dim("width")}
+    with pytest.raises(Exception, match="acmix_window_attention|No ONNX function"):
+        torch.onnx.export(twin, (x,), dynamo=True, opset_version=18, dynamic_shapes=(dims,), verbose=False)
+    program = torch.onnx.export(twin, (x,), dynamo=True, opset_version=18, dynamic_shapes=(dims,), verbose=False,
+                                custom_translation_table=translation_table(18, deform_conv="portable"))
+    model_bytes = program.model_proto.SerializeToString()
+    for shape in [(3, 3, 16, 16), (2, 3, 22, 38)]:
+        xs = torch.randn(*shape, generator=torch.Generator().manual_seed(shape[3]))
+        with torch.no_grad():
+            expected = model(xs).numpy()
+        got = run_ort(model_bytes, xs)
+        assert got.shape == expected.shape
+        assert rel_l2(expected, got) <= 1e-5

@@ -8,6 +8,13 @@ leaves such entries on the outputs of in-graph Reshapes (the portable DeformConv
 0.1.98 takes two unknown dims as equal and removes a Reshape [?, ?, ?, ?] -> [?, ?, ?, ?] that is not a no-op
 (measured: MatMul dimension mismatch in onnxruntime, or silently wrong output where the sizes happen to fit).
 Without the entry onnxslim infers what it can itself, and keeps what it cannot prove.
+
+After slimming, a mean over H or W (or both) of a 4-D tensor whose H and W are static becomes an
+``AveragePool`` (``GlobalAveragePool``) with the whole extent as kernel: the same sum over the same elements
+(``static_pools``). onnxruntime's CPU provider runs pooling in its blocked NCHWc layout, next to the
+convolutions, where a ``ReduceMean`` makes it convert the tensor back first (Coordinate Attention's two means per
+block: MobileNetV2-CA at batch 8, measured in benchmarks/run.py). Dynamic H/W keep the ``ReduceMean``, which
+needs no size; so do means over more than ``fp16.LARGE_REDUCTION`` elements, which the fp16 pass keeps in fp32.
 """
 
 from __future__ import annotations
@@ -42,7 +49,69 @@ def simplify(model: Any) -> tuple[Any, str]:
     if ([i.name for i in slim.graph.input], [o.name for o in slim.graph.output]) != names:
         return model, "simplification renamed the graph inputs/outputs; kept the unsimplified graph"
     keep_node_metadata(model, slim)
-    return slim, f"{before} -> {len(slim.graph.node)} nodes"
+    pools = static_pools(slim)
+    note = f"{before} -> {len(slim.graph.node)} nodes"
+    return slim, note + (f", {pools} mean(s) over a static H/W as pooling" if pools else "")
+
+
+def static_pools(model: Any) -> int:
+    """Rewrite, in place, ``ReduceMean`` over axis 2, 3 or (2, 3) with ``keepdims=1`` of a 4-D input with static
+    H and W (at most ``fp16.LARGE_REDUCTION`` elements reduced) into ``AveragePool`` / ``GlobalAveragePool``.
+    Returns how many nodes were rewritten; a graph whose shapes cannot be inferred is left as it is."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from .fp16 import LARGE_REDUCTION
+
+    candidates = [n for n in model.graph.node if n.op_type == "ReduceMean" and n.domain in ("", "ai.onnx")]
+    if not candidates:
+        return 0
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # shapes unknown: nothing is rewritten
+        return 0
+    dims: dict[str, list[int | None]] = {}
+    for v in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
+        t = v.type.tensor_type
+        if t.HasField("shape"):
+            dims[v.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+    consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    count = 0
+    for node in candidates:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if len(node.input) > 1 and node.input[1] in consts:
+            axes = [int(a) for a in consts[node.input[1]].reshape(-1)]
+        else:
+            axes = [int(a) for a in attrs.get("axes", [])]
+        shape = dims.get(node.input[0])
+        if attrs.get("keepdims", 1) != 1 or not shape or len(shape) != 4 or None in shape[2:]:
+            continue
+        h, w = int(shape[2] or 0), int(shape[3] or 0)
+        axes = sorted(a % 4 for a in axes)
+        kernel = {(2,): [h, 1], (3,): [1, w], (2, 3): [h, w]}.get(tuple(axes))
+        if kernel is None or kernel[0] * kernel[1] > LARGE_REDUCTION or min(kernel) < 1:
+            continue
+        if axes == [2, 3]:
+            new = helper.make_node("GlobalAveragePool", [node.input[0]], list(node.output), name=node.name)
+        else:
+            new = helper.make_node("AveragePool", [node.input[0]], list(node.output), name=node.name,
+                                   kernel_shape=kernel)
+        new.metadata_props.extend(node.metadata_props)
+        freed = list(node.input[1:])
+        node.CopyFrom(new)
+        count += 1
+        used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+        for name in (f for f in freed if f and f not in used):  # the axes constant, if nothing else reads it
+            keep = [t for t in model.graph.initializer if t.name != name]
+            del model.graph.initializer[:]
+            model.graph.initializer.extend(keep)
+            producers = [n for n in model.graph.node if n.op_type == "Constant" and name in n.output]
+            for p in producers:
+                model.graph.node.remove(p)
+    return count
 
 
 def keep_node_metadata(source: Any, target: Any) -> None:

@@ -238,6 +238,10 @@ def to_fp16(model: onnx.ModelProto, *, keep_io_types: bool = True) -> onnx.Model
         if not cast_mixed_inputs(out, blocked):
             break
         del out.graph.value_info[:]
+    # The converter can leave a float value_info on a tensor it made fp16 (an Expand of a shared constant that
+    # feeds a Cast into a blocked CumSum: onnxruntime refuses the graph, "does not match expected type");
+    # intermediate value_info entries are hints that onnxruntime and TensorRT infer again, so none is kept.
+    del out.graph.value_info[:]
     set_metadata_entry(out, "precision", "fp16")
     # A TensorRT plugin node sits in the default domain, where ONNX has no schema for it; check a copy whose
     # plugin nodes are in their onnxruntime domain (a custom domain, which the checker does not validate).

@@ -372,6 +372,60 @@ def decompose_without_retrace() -> Iterator[None]:
         setattr(_fx_passes, "decompose_with_registry", original)  # noqa: B010
 
 
+@contextlib.contextmanager
+def type_promotion_from_meta() -> Iterator[None]:
+    """Inside: the ONNX exporter's explicit type promotion reads each node's traced value (``node.meta["val"]``)
+    instead of running the node again on fake tensors.
+
+    ``insert_type_promotion_nodes`` (torch/onnx/_internal/exporter/_fx_passes.py) interprets the whole graph with
+    fake tensors (torch/onnx/_internal/fx/passes/type_promotion.py, ``_TypePromotionInterpreter``) only to know
+    the dtypes of the inputs of the nodes that have a promotion rule; with symbolic shapes every node re-derives
+    its size expressions, about a sixth of a dynamic export of the sample detector. The pass never writes those
+    values back into unchanged nodes, and ``torch.export`` has already stored them there; so here a node the
+    pass does not change returns its stored value, and a node it changes (or one without a stored value) runs
+    on fake tensors as before. The graph written is the same. Private APIs: when they are not as expected,
+    nothing is changed.
+    """
+    try:
+        import torch.fx
+        from torch.onnx._internal.exporter import _fx_passes
+        from torch.onnx._internal.fx.passes import type_promotion
+
+        original = _fx_passes.insert_type_promotion_nodes
+        interpreter_cls = type_promotion._TypePromotionInterpreter
+        get_rule = type_promotion.get_type_promotion_rule
+        interpreter_cls._maybe_promote_node  # noqa: B018 (present, or nothing is changed)
+        pass_cls = type_promotion.InsertTypePromotion
+    except (ImportError, AttributeError):
+        yield
+        return
+
+    class FromMeta(interpreter_cls):  # type: ignore[misc, valid-type]
+        def run_node(self, n: Any) -> Any:
+            target, args, kwargs = n.target, n.args, n.kwargs
+            if n.op == "call_function" and (rule := get_rule(n, self.type_promotion_table)):
+                with self._set_current_node(n):
+                    self._maybe_promote_node(n, rule)  # replaces args/kwargs/target where it promotes
+            if (n.op == "call_function" and n.target is target and n.args is args and n.kwargs is kwargs
+                    and n.meta.get("val") is not None):
+                return n.meta["val"]
+            return torch.fx.Interpreter.run_node(self, n)
+
+    def insert_type_promotion_nodes(graph_module: Any) -> None:
+        for module in graph_module.modules():
+            if not isinstance(module, torch.fx.GraphModule):
+                raise AssertionError(f"Expected GraphModule, got {type(module)}")
+            promote = pass_cls(module)
+            promote.interpreter = FromMeta(module, promote.interpreter.type_promotion_table)
+            promote.run()
+
+    setattr(_fx_passes, "insert_type_promotion_nodes", insert_type_promotion_nodes)  # noqa: B010
+    try:
+        yield
+    finally:
+        setattr(_fx_passes, "insert_type_promotion_nodes", original)  # noqa: B010
+
+
 def export_program(model: Any, example: Any, dynamic: bool,
                    batch_max: int | None = None) -> tuple[Any, dict[str, dict[str, int | None]] | None, list[str]]:
     """``torch.export.export``; with ``dynamic``, batch/H/W dynamic and their valid ranges derived.
@@ -474,8 +528,12 @@ def to_onnx(model: Any, example: Any, *, opset: int, opset_fixed: bool = False, 
     # Read before translation: the ONNX exporter's decompositions rewrite the program's symbolic shapes.
     ranges = derived if derived is not None else (dynamic_ranges(program) if is_program else None)
     try:
-        # A program traced here is ours to change; a user's (``.pt2``) goes through the exporter's own decomposition.
-        fast = contextlib.nullcontext() if is_program else decompose_without_retrace()
+        # A program traced here is ours to change (decomposed in place, type promotion read from its traced
+        # values); a user's (``.pt2``) goes through the exporter's own passes.
+        fast = contextlib.ExitStack()
+        if not is_program:
+            fast.enter_context(decompose_without_retrace())
+            fast.enter_context(type_promotion_from_meta())
         with _quiet_exporter(), torchlib_registry_once(), fast:
             onnx_program = torch.onnx.export(program, (example,), dynamo=True,
                                              opset_version=max(opset, DYNAMO_MIN_OPSET),

@@ -180,3 +180,39 @@ def test_a_program_with_other_ops_to_decompose_keeps_the_exporters_own_decomposi
     x = torch.rand(1, 3, 5, 7)
     result = to_onnx(Mutating().eval(), torch.rand(2, 3, 8, 8), opset=18, dynamic=True)
     assert rel_l2(Mutating()(x), _run(result.model, x)[0]) <= 1e-5
+
+
+class _MixedDtypes(torch.nn.Module):
+    """Ops on tensors of different dtypes, as models write them: a float map times an integer ramp built from
+    the input's width, plus a boolean mask, plus an integer buffer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, 2, 1)
+        self.register_buffer("offset", torch.tensor([[[[1]], [[2]], [[3]], [[4]]]]))  # int64
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        ramp = torch.arange(y.shape[-1], device=y.device)  # int64, as long as the width
+        return y * ramp + (y > 0) + self.offset
+
+
+def test_type_promotion_read_from_the_traced_values_writes_the_exporters_own_graph(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import contextlib
+
+    from blocks_export.export import onnx_export
+
+    model = _MixedDtypes().eval()
+    example = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(5))
+    fast = to_onnx(model, example, opset=18, dynamic=True)
+    monkeypatch.setattr(onnx_export, "type_promotion_from_meta", contextlib.nullcontext)
+    full = to_onnx(model, example, opset=18, dynamic=True)
+    assert fast.model.graph.SerializeToString() == full.model.graph.SerializeToString()
+    assert fast.dynamic == full.dynamic
+    assert any(n.op_type == "Cast" for n in fast.model.graph.node)  # the pass did promote (int, bool -> float)
+    for shape in [(1, 3, 32, 48), (2, 3, 20, 70)]:
+        x = torch.rand(shape, generator=torch.Generator().manual_seed(sum(shape)))
+        with torch.no_grad():
+            want = model(x)
+        assert rel_l2(want, _run(fast.model, x)[0]) <= 1e-5, shape

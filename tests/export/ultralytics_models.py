@@ -130,6 +130,20 @@ def task_model(task: str, blocks: bool, nc: int = 3, seed: int = 0) -> torch.nn.
     return model
 
 
+def _statistics_from(model: nn.Module, norms: list[nn.Module], x: torch.Tensor) -> None:
+    """Set the running statistics of ``norms`` (BatchNorms inside ``model``) to those of one pass of ``x``."""
+    momenta = [bn.momentum for bn in norms]
+    for bn in norms:  # training mode with momentum None: one pass leaves exactly that pass's statistics
+        bn.reset_running_stats()
+        bn.momentum = None
+        bn.train()
+    with torch.no_grad():
+        model(x)
+    for bn, momentum in zip(norms, momenta, strict=True):
+        bn.momentum = momentum
+        bn.eval()
+
+
 def _calibrate_classifier(model: ClassificationModel, imgsz: int = 64, spread: float = 2.0) -> None:
     """A classifier whose top-1 depends on the image, as a trained one's does. With random BatchNorm statistics
     every image gets the same probabilities (the pooled features vary 20000 times less over images than their size;
@@ -144,16 +158,7 @@ def _calibrate_classifier(model: ClassificationModel, imgsz: int = 64, spread: f
     x = nn.functional.interpolate(coarse, size=(imgsz, imgsz), mode="bicubic", align_corners=False)
     x = (x + torch.randn(x.shape, generator=g) * (12 / 255)).clamp(0, 1)  # plus fine grain, as the tests' images
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [bn.momentum for bn in norms]
-    for bn in norms:  # training mode with momentum None: one pass leaves exactly that pass's statistics
-        bn.reset_running_stats()
-        bn.momentum = None
-        bn.train()
-    with torch.no_grad():
-        model(x)
-    for bn, momentum in zip(norms, momenta, strict=True):
-        bn.momentum = momentum
-        bn.eval()
+    _statistics_from(model, norms, x)
     linear = model.model[-1].linear
     features = []
     hook = linear.register_forward_hook(lambda m, i, o: features.append(i[0]))
@@ -190,16 +195,7 @@ def _calibrate_class_batchnorm(model: DetectionModel, imgsz: int = 640) -> None:
     Measured at 640, the slow matrix's size (statistics of pooling and attention shift with the image size)."""
     x = torch.rand((2, 3, imgsz, imgsz), generator=torch.Generator().manual_seed(4321))
     norms = [m for m in model.model[-1].cv3.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [bn.momentum for bn in norms]
-    for bn in norms:  # training mode with momentum None: one pass leaves exactly that pass's statistics
-        bn.reset_running_stats()
-        bn.momentum = None
-        bn.train()
-    with torch.no_grad():
-        model(x)
-    for bn, momentum in zip(norms, momenta, strict=True):
-        bn.momentum = momentum
-        bn.eval()
+    _statistics_from(model, norms, x)
 
 
 def _calibrate_class_logits(model: DetectionModel, centre: float, spread: float = 1.5) -> None:

@@ -1305,6 +1305,7 @@ def top_k(scores: np.ndarray, k: int, labels: list[str] | None) -> list[list[dic
 CONF_THRESHOLD = 0.25
 IOU_THRESHOLD = 0.7
 MAX_DETECTIONS = 300
+MAX_NMS = 30000  # candidates kept for NMS, best scores first (non_max_suppression's max_nms)
 
 
 def is_detect_layout(output: np.ndarray, n_labels: int | None) -> bool:
@@ -1333,11 +1334,12 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:
-    """Indices kept by greedy NMS over [N, 4] corner boxes, best score first."""
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, limit: int | None = None) -> list[int]:
+    """Indices kept by greedy NMS over [N, 4] corner boxes, best score first; at most ``limit`` of them (the
+    first ``limit`` of the full result: greedy NMS keeps boxes in score order)."""
     order = np.argsort(-scores, kind="stable")
-    keep = []
-    while order.size:
+    keep: list[int] = []
+    while order.size and (limit is None or len(keep) < limit):
         i = int(order[0])
         keep.append(i)
         if order.size == 1:
@@ -1348,19 +1350,29 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:
 
 
 def detections(output: np.ndarray, conf: float = CONF_THRESHOLD, iou: float = IOU_THRESHOLD,
-               max_det: int = MAX_DETECTIONS) -> list[list[tuple[np.ndarray, float, int]]]:
-    """Per image of a [B, 4 + nc, anchors] output: [(xyxy [4], score, class)], best score first."""
+               max_det: int = MAX_DETECTIONS, multi_label: bool = False) -> list[list[tuple[np.ndarray, float, int]]]:
+    """Per image of a [B, 4 + nc, anchors] output: [(xyxy [4], score, class)], best score first.
+
+    ``multi_label``: every class scoring over ``conf`` is a candidate of its own (Ultralytics' validators call
+    non_max_suppression with multi_label=True), else the best class per anchor (its predictors)."""
     result = []
     for pred in np.asarray(output, dtype=np.float32):
         scores_all = pred[4:]  # (nc, anchors)
-        cls = scores_all.argmax(axis=0)
-        score = scores_all[cls, np.arange(pred.shape[1])]
-        keep = score > conf
-        boxes = xywh_to_xyxy(pred[:4, keep].T)
-        score, cls = score[keep], cls[keep]
+        if multi_label:
+            cls, anchor = np.nonzero(scores_all > conf)
+            score = scores_all[cls, anchor]
+        else:
+            cls = scores_all.argmax(axis=0)
+            score = scores_all[cls, np.arange(pred.shape[1])]
+            anchor = np.flatnonzero(score > conf)
+            score, cls = score[anchor], cls[anchor]
+        if score.size > MAX_NMS:
+            best = np.argsort(-score, kind="stable")[:MAX_NMS]
+            anchor, score, cls = anchor[best], score[best], cls[best]
+        boxes = xywh_to_xyxy(pred[:4, anchor].T)
         # Per-class NMS in one pass: boxes of different classes shifted apart so they never overlap.
         offset = cls[:, None].astype(np.float64) * (float(np.abs(boxes).max()) * 2 + 1 if boxes.size else 0.0)
-        kept = nms(boxes + offset, score, iou)[:max_det]
+        kept = nms(boxes + offset, score, iou, max_det)
         result.append([(boxes[i], float(score[i]), int(cls[i])) for i in kept])
     return result
 

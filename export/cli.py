@@ -25,7 +25,7 @@ from .pipeline import Progress  # light: torch and onnx are imported by the step
 from .trt.api import Rebuild, TensorRTUnavailable  # light: tensorrt is imported when a build starts
 
 PROG = "blocks-export"
-COMMANDS = ("export", "inspect", "check")
+COMMANDS = ("export", "inspect", "check", "val")
 _TOP_LEVEL_FLAGS = ("--help", "-h")
 
 app = typer.Typer(name=PROG, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -158,7 +158,7 @@ _FLAG_SPELLING = {"output": "-o/--output"}
 _FLAGS = frozenset({"to", "output", "imgsz", "batch", "dynamic", "opset", "target", "deform_conv", "fp16", "fp16_io",
                     "exporter", "simplify", "verify", "trust_pickle", "arch", "arch_kwargs", "force", "quiet", "json",
                     "min_shape", "opt_shape", "max_shape", "workspace_mb", "verify_with", "debug", "channels",
-                    "int8", "calib", "calib_count", "int8_budget", "rtol", "atol"})
+                    "int8", "calib", "calib_count", "int8_budget", "rtol", "atol", "data"})
 
 
 def flag_words(text: str) -> str:
@@ -403,6 +403,70 @@ def check_command(
             for line in result.lines():
                 out.print(escape(flag_words(line)))
         return 0 if result else EXIT_FAILED
+
+    _run(body, debug=debug, json_out=json_out)
+
+
+@app.command("val")
+def val_command(
+    graphs: Annotated[list[Path], typer.Argument(help="ONNX graphs to validate (fp32, fp16, INT8, ...)",
+                                                 show_default=False)],
+    data: Annotated[Path, typer.Option("--data", help="a folder of class-named image folders (classification), a "
+                                                      "YOLO dataset yaml, or a folder with images/ and labels/ "
+                                                      "(detection)", show_default=False)],
+    original: Annotated[Path | None, typer.Option("--model", help="the original PyTorch model: run on the same "
+                                                                  "images, the reference of the change column")] = None,
+    trust_pickle: TrustPickleOpt = False,
+    arch: ArchOpt = None,
+    arch_kwargs: ArchKwargsOpt = None,
+    batch: Annotated[int, typer.Option("--batch", help="images per run (a static-batch graph runs its own)")] = 1,
+    plot: Annotated[Path | None, typer.Option("--plot", help="write the metric per graph as a bar chart (PNG; "
+                                                             "needs matplotlib)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="overwrite an existing --plot file")] = False,
+    json_out: JsonOpt = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress or table")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Top-1 (classifiers) or COCO mAP50-95 (detectors) of ONNX graphs, and of the original model with --model,
+    on the same images through the runtime's preprocessing: one table, or --json."""
+    def body() -> int:
+        from .io import check_output_path
+        from .report import to_json
+        from .val import render, validate
+
+        if plot is not None:
+            from .val.plot import check_matplotlib
+
+            check_output_path(plot, force)
+            check_matplotlib()
+        progress, bar = None, None
+        if not (quiet or json_out):
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+            bar = Progress("validating", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                           console=_stderr(), transient=True)
+            task = bar.add_task("val", total=None)
+
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+        with contextlib.redirect_stdout(sys.stderr), (bar or contextlib.nullcontext()):
+            report = validate(graphs, data, original=original, trust_pickle=trust_pickle, arch=arch,
+                              arch_kwargs=parse_arch_kwargs(arch_kwargs, arch), batch=batch, progress=progress)
+        if plot is not None:
+            from .val.plot import metric_figure
+
+            metric_figure(report, plot, force)
+        if json_out:
+            print(to_json({**report.as_dict(), "plot": str(plot) if plot is not None else None}))
+        elif not quiet:
+            out = _stdout()
+            render(report, out)
+            if plot is not None:
+                from rich.markup import escape
+
+                out.print(f"figure: {escape(str(plot))}")
+        return 0
 
     _run(body, debug=debug, json_out=json_out)
 

@@ -1,0 +1,198 @@
+"""``blocks-export val``: top-1 of the sample classifier's original PyTorch model and of its fp32 / fp16 / INT8 graphs
+(exported by the CLI here) on held-out digits, in one table, checked against the top-1 this test computes itself
+with its own onnxruntime run and preprocessing; bad data refused in one line, exit 2, nothing written."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper
+from PIL import Image
+from typer.testing import CliRunner
+
+from blocks_export.export.cli import app, with_default_command
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLES = ROOT / "sample_models"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # sample_models.build: the digits split the classifier was trained on
+
+
+def invoke(*args: object):
+    return CliRunner().invoke(app, with_default_command([str(a) for a in args]))
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Held-out digits as a folder of label-named folders (the 360 the classifier never trained on), and 100
+    training digits to calibrate INT8 with."""
+    from sample_models.build import load_split
+
+    record = json.loads((SAMPLES / "classifier.json").read_text())
+    split = load_split(np.asarray(record["test_indices"]))
+    root = tmp_path_factory.mktemp("digits")
+    for i, (img, label) in enumerate(zip(split.test_images, split.test_labels, strict=True)):
+        (root / "val" / str(label)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img, mode="L").save(root / "val" / str(label) / f"{i:04d}.png")
+    pick = np.random.default_rng(0).choice(len(split.train_labels), 100, replace=False)
+    (root / "calib").mkdir()
+    for i in pick:
+        Image.fromarray(split.train_images[i], mode="L").save(root / "calib" / f"train_{i:04d}.png")
+    return {"val": root / "val", "calib": root / "calib"}
+
+
+@pytest.fixture(scope="module")
+def graphs(tmp_path_factory: pytest.TempPathFactory, digits: dict[str, Path]) -> dict[str, Path]:
+    """The sample classifier exported by the CLI in fp32, fp16 and INT8 (every default step on)."""
+    out = tmp_path_factory.mktemp("graphs")
+    flags = {"fp32": [], "fp16": ["--fp16"], "int8": ["--int8", "--calib", digits["calib"], "--calib-count", 80]}
+    paths = {}
+    for name, extra in flags.items():
+        paths[name] = out / f"classifier_{name}.onnx"
+        result = invoke(SAMPLES / "classifier.pt", "--trust-pickle", *extra, "-o", paths[name], "--quiet")
+        assert result.exit_code == 0, result.stdout + result.stderr
+    return paths
+
+
+def _own_images(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out digits [N, 1, 32, 32] preprocessed as classifier.json says (this test's own code: the PNGs are
+    already 32 x 32, so no resize), and their labels [N], in the folder's sorted order."""
+    p = json.loads((SAMPLES / "classifier.json").read_text())["preprocess"]
+    xs, ys = [], []
+    for sub in sorted(folder.iterdir()):
+        for png in sorted(sub.iterdir()):
+            pixels = np.asarray(Image.open(png), dtype=np.float32)
+            xs.append((pixels * p["scale"] - p["mean"][0]) / p["std"][0])
+            ys.append(int(sub.name))
+    return np.stack(xs)[:, None].astype(np.float32), np.asarray(ys)
+
+
+def _own_top1(path: Path, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return np.array([int(np.argmax(sess.run(None, {name: x[i:i + 1]})[0])) for i in range(len(x))])
+
+
+def test_top1_of_the_original_and_every_precision_in_one_table(tmp_path: Path, digits: dict[str, Path],
+                                                                graphs: dict[str, Path]) -> None:
+    plot = tmp_path / "val.png"
+    result = invoke("val", graphs["fp32"], graphs["fp16"], graphs["int8"], "--data", digits["val"], "--model",
+                    SAMPLES / "classifier.pt", "--trust-pickle", "--batch", 16, "--plot", plot, "--json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["task"] == "classify" and report["images"] == 360
+    rows = {r["graph"]: r for r in report["results"]}
+    assert list(rows) == ["original (PyTorch)", *(p.name for p in graphs.values())]
+    assert [r["precision"] for r in report["results"]] == ["fp32", "fp32", "fp16", "int8"]
+
+    x, y = _own_images(digits["val"])
+    model = torch.load(SAMPLES / "classifier.pt", weights_only=False).eval()
+    with torch.no_grad():
+        own = {"original (PyTorch)": float((model(torch.from_numpy(x)).argmax(1).numpy() == y).mean())}
+    own.update({p.name: float((_own_top1(p, x) == y).mean()) for p in graphs.values()})
+    for name, r in rows.items():
+        assert r["metric"] == "top1" and r["images"] == 360 and r["latency_ms"] > 0
+        assert r["value"] == pytest.approx(own[name], abs=1e-12), name
+        assert r["change"] == (None if r["reference"] else pytest.approx(own[name] - own["original (PyTorch)"]))
+    assert rows["original (PyTorch)"]["reference"] and own["original (PyTorch)"] > 0.98  # a trained classifier
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and report["plot"] == str(plot)
+
+    table = invoke("val", graphs["fp32"], "--data", digits["val"], "--quiet")
+    assert table.exit_code == 0 and table.stdout == ""
+    table = invoke("val", graphs["fp32"], "--data", digits["val"])
+    assert table.exit_code == 0, table.stdout + table.stderr
+    (row,) = [line for line in table.stdout.splitlines() if graphs["fp32"].name in line]
+    assert f"{own[graphs['fp32'].name]:.4f}" in row and "reference" in row  # the first graph without --model
+
+
+def _tiny_detect_graph(path: Path, labels: list[str]) -> Path:
+    """A detect-layout graph [1, 3, 32, 32] -> [1, 4 + nc, 1024] with the metadata an export writes (no real model:
+    the data is refused before anything runs)."""
+    nc = len(labels)
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4 + nc, 3, 1, 1], np.ones(3 * (4 + nc), np.float32).tolist())
+    shape = helper.make_tensor("shape", TensorProto.INT64, [3], [1, 4 + nc, 1024])
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["images", "w"], ["y"]), helper.make_node("Reshape", ["y", "shape"], ["output0"])],
+        "tiny", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 4 + nc, 1024])], [w, shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for k, v in {"blocks_export.task": "detect", "blocks_export.labels": json.dumps(labels),
+                 "blocks_export.preprocess": json.dumps({"size": [32, 32], "resize": "letterbox"})}.items():
+        model.metadata_props.add(key=k, value=v)
+    onnx.save(model, path)
+    return path
+
+
+def _detect_set(root: Path, label_line: str = "1 0.5 0.5 0.2 0.2", names: str = "[a, b, c]") -> Path:
+    (root / "images" / "val").mkdir(parents=True)
+    (root / "labels" / "val").mkdir(parents=True)
+    Image.fromarray(np.full((32, 48, 3), 90, np.uint8)).save(root / "images" / "val" / "one.png")
+    (root / "labels" / "val" / "one.txt").write_text(label_line + "\n")
+    (root / "data.yaml").write_text(f"path: {root}\nval: images/val\nnames: {names}\n")
+    return root / "data.yaml"
+
+
+def _bad(tmp: Path, case: str) -> Path:
+    """The data of one bad case, written under ``tmp``."""
+    data = tmp / case
+    if case == "missing":
+        return data
+    data.mkdir()
+    if case == "loose images":  # images but no class folders
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(data / "a.png")
+    elif case == "unknown class":
+        (data / "cat").mkdir()
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(data / "cat" / "a.png")
+    elif case == "unreadable image":
+        (data / "3").mkdir()
+        (data / "3" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    elif case == "empty class folders":
+        (data / "3").mkdir()
+    elif case == "label out of range":
+        return _detect_set(data, "3 0.5 0.5 0.2 0.2")
+    elif case == "label not normalised":
+        return _detect_set(data, "0 12 14 5 5")
+    elif case == "malformed label":
+        return _detect_set(data, "0 0.5 0.5 0.2")
+    elif case == "names differ":
+        return _detect_set(data, names="[a, b, dog]")
+    elif case == "no labels folder":
+        (data / "images").mkdir()
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(data / "images" / "a.png")
+    elif case == "not a yaml":
+        (data / "x.txt").write_text("hello")
+        return data / "x.txt"
+    return data
+
+
+CLASSIFY_CASES = ["missing", "empty", "loose images", "unknown class", "unreadable image", "empty class folders"]
+DETECT_CASES = ["label out of range", "label not normalised", "malformed label", "names differ", "no labels folder",
+                "not a yaml"]
+
+
+@pytest.mark.parametrize("case", CLASSIFY_CASES + DETECT_CASES)
+def test_bad_data_is_one_line_exit_2_and_nothing_written(tmp_path: Path, graphs: dict[str, Path], case: str) -> None:
+    graph = graphs["fp32"] if case in CLASSIFY_CASES else _tiny_detect_graph(tmp_path / "tiny.onnx", ["a", "b", "c"])
+    data = _bad(tmp_path, case)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    plot = tmp_path / "val.png"
+    result = invoke("val", graph, "--data", data, "--plot", plot)
+    assert result.exit_code == 2, (case, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("blocks-export: error: "), lines
+    assert result.stdout == ""
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_a_detection_set_for_a_classifier_is_refused(tmp_path: Path, graphs: dict[str, Path]) -> None:
+    result = invoke("val", graphs["fp32"], "--data", _detect_set(tmp_path / "d"), "--json")
+    assert result.exit_code == 2
+    assert "classify model" in json.loads(result.stdout)["error"]

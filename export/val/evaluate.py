@@ -31,7 +31,7 @@ class ValResult:
     value: float
     metrics: dict[str, float | None]
     images: int
-    latency_ms: float  # wall time of ``predict`` per image
+    latency_ms: float  # wall time of ``predict`` per image, after the first batch (warm-up)
     reference: bool = False
     change: float | None = None
 
@@ -88,7 +88,8 @@ def evaluate(data: ClassifyData | DetectData, predictors: Sequence[Predictor], *
                 tensors[prep] = np.stack([infer.preprocess_image(img, prep) for img in decoded]).astype(np.float32)
             t0 = time.perf_counter()
             outputs = predictor.predict(tensors[prep])
-            seconds[k] += time.perf_counter() - t0
+            if start > 0 or total <= batch:  # the first batch warms up (allocations, lazy init): not timed
+                seconds[k] += time.perf_counter() - t0
             metrics[k].update(outputs, labels[start:start + batch],
                               image_hw=[(int(i.shape[0]), int(i.shape[1])) for i in decoded], prep=prep)
         if progress is not None:
@@ -98,11 +99,12 @@ def evaluate(data: ClassifyData | DetectData, predictors: Sequence[Predictor], *
                        settings={"batch": batch, **({"conf": VAL_CONF, "iou": VAL_IOU, "max_det": VAL_MAX_DET,
                                                      "evaluator": "faster-coco-eval"}
                                                     if isinstance(data, DetectData) else {})})
+    timed = total if total <= batch else total - batch
     for k, (predictor, metric) in enumerate(zip(predictors, metrics, strict=True)):
         values = metric.result()
         value = values[metric.name]
         report.results.append(ValResult(predictor.name, predictor.precision, metric.name, float(value or 0.0), values,
-                                        total, 1000.0 * seconds[k] / max(total, 1), reference=k == reference))
+                                        total, 1000.0 * seconds[k] / max(timed, 1), reference=k == reference))
     if reference is not None:
         base = report.results[reference].value
         for r in report.results:

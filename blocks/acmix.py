@@ -20,6 +20,7 @@ import math
 import torch
 from torch import nn
 
+from . import acmix_onnx
 from ._match import (
     NotConvertible,
     children,
@@ -474,4 +475,5 @@ def _example() -> Example:
     return Example(ACmix(16, 16), ((1, 16, 12, 12), (2, 16, 10, 14), (1, 16, 9, 7), (2, 16, 16, 20)))
 
 
-SPEC = BlockSpec("ACmix", ACmix, ACmixExport, to_export, recognize, _example, fp32_ops=frozenset({"Softmax"}))
+SPEC = BlockSpec("ACmix", ACmix, ACmixExport, to_export, recognize, _example, fp32_ops=frozenset({"Softmax"}),
+                 onnx_translations=acmix_onnx.translation_table)

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from . import spd_onnx
 from ._fold import fold_batchnorm
 from ._match import (
     children,
@@ -293,5 +294,6 @@ def _example_spd_conv() -> Example:
 
 
 SPACE_TO_DEPTH = BlockSpec("space_to_depth", space_to_depth, SpaceToDepthExport, to_export, recognize_space_to_depth,
-                           _example_spd)
-SPEC = BlockSpec("SPDConv", SPDConv, SPDConvExport, to_export, recognize_spd_conv, _example_spd_conv)
+                           _example_spd, onnx_translations=spd_onnx.translation_table, op_trace=export_as_one_op)
+SPEC = BlockSpec("SPDConv", SPDConv, SPDConvExport, to_export, recognize_spd_conv, _example_spd_conv,
+                 onnx_translations=spd_onnx.translation_table, op_trace=export_as_one_op)

@@ -7,8 +7,10 @@ the recognisers in this order and the first that claims it wins.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import MappingProxyType
+from typing import Any
 
 from torch import nn
 
@@ -28,6 +30,26 @@ BLOCKS: tuple[BlockSpec, ...] = (
 CONVERSIONS: Mapping[type[nn.Module], Conversion] = MappingProxyType({s.reference: s.to_export for s in BLOCKS})
 # Label -> recogniser, in ``BLOCKS`` order.
 RECOGNIZERS: Mapping[str, Recognizer] = MappingProxyType({s.name: s.recognize for s in BLOCKS})
+
+
+def onnx_translations(opset: int = 18, blocks: Sequence[BlockSpec] = BLOCKS) -> dict[Any, Callable[..., Any]]:
+    """The twins' own ops -> their ONNX translations at ``opset`` (>= 18): every ``BlockSpec.onnx_translations``,
+    as ``torch.onnx.export(..., dynamo=True, custom_translation_table=...)`` takes them."""
+    table: dict[Any, Callable[..., Any]] = {}
+    for spec in blocks:
+        if spec.onnx_translations is not None:
+            table.update(spec.onnx_translations(opset))
+    return table
+
+
+@contextlib.contextmanager
+def traced_as_ops(blocks: Sequence[BlockSpec] = BLOCKS) -> Iterator[None]:
+    """Inside: ``torch.export`` traces every twin with its own op (each ``BlockSpec.op_trace``), which
+    ``onnx_translations`` translates."""
+    with contextlib.ExitStack() as stack:
+        for trace in dict.fromkeys(s.op_trace for s in blocks if s.op_trace is not None):
+            stack.enter_context(trace())
+        yield
 
 
 def to_export(module: nn.Module, table: Mapping[type[nn.Module], Conversion] = CONVERSIONS) -> nn.Module:

@@ -66,19 +66,13 @@ def _count_outputs(model: Any, example: Any) -> int:
     return len(leaves)
 
 
-def _block_translations(opset: int) -> dict[Any, Any]:
-    """The export twins' own ops (``blocks_export::acmix_window_attention``, ``blocks_export::space_to_depth``) for
-    the dynamo exporter."""
-    from blocks_export.blocks import acmix_onnx, spd_onnx
-
-    return {**acmix_onnx.translation_table(opset), **spd_onnx.translation_table(opset)}
-
-
 def translation_table(opset: int = DYNAMO_MIN_OPSET, deform_conv: str = "portable") -> dict[Any, Any]:
     """``custom_translation_table`` for exporting twins (``to_export``/``rewrite_model`` output) with
     ``torch.onnx.export(..., dynamo=True, opset_version=opset)`` yourself: the twins' own ops and torchvision's
     ``deform_conv2d`` in the ``deform_conv`` lowering (``std`` needs opset 19). Without it the exporter stops at an
     ACmix twin ("No ONNX function found" for ``blocks_export::acmix_window_attention``)."""
+    from blocks_export.blocks import onnx_translations
+
     from . import deform_conv as dc
 
     if opset < DYNAMO_MIN_OPSET:
@@ -87,7 +81,7 @@ def translation_table(opset: int = DYNAMO_MIN_OPSET, deform_conv: str = "portabl
         deform = dc.dynamo_translation_table(deform_conv, opset)
     except ValueError as e:
         raise ValueError(f"deform_conv={deform_conv!r} at opset {opset}: {e}") from None
-    return {**deform, **_block_translations(opset)}
+    return {**deform, **onnx_translations(opset)}
 
 
 def _program_uses_deform_conv(program: Any) -> bool:
@@ -435,11 +429,11 @@ def export_program(model: Any, example: Any, dynamic: bool,
     import torch
     from torch.export import Dim
 
-    from blocks_export.blocks.spd import export_as_one_op  # its op: in ``_block_translations``
+    from blocks_export.blocks import traced_as_ops  # the twins' ops, translated by ``onnx_translations``
 
     if not dynamic:
         try:
-            with _quiet_exporter(), export_as_one_op():
+            with _quiet_exporter(), traced_as_ops():
                 return torch.export.export(model, (example,), strict=False), None, []
         except Exception as e:
             raise ExportFailed(f"torch.export failed: {one_line(e)} (rerun with `debug=True` for the traceback)") from e
@@ -453,7 +447,7 @@ def export_program(model: Any, example: Any, dynamic: bool,
     batch = Dim.AUTO(min=1, max=batch_max) if batch_max else Dim.AUTO
     shapes = ({0: batch, 2: Dim.AUTO, 3: Dim.AUTO},)
     try:
-        with _quiet_exporter(), export_as_one_op():
+        with _quiet_exporter(), traced_as_ops():
             program = torch.export.export(model, (example,), dynamic_shapes=shapes, strict=False)
     except Exception as e:
         raise ExportFailed(f"`dynamic=True`: torch.export failed: {one_line(e)} "
@@ -481,8 +475,9 @@ def to_onnx(model: Any, example: Any, *, opset: int, opset_fixed: bool = False, 
     if is_script and exporter == "dynamo":
         exporter = "torchscript"
         notes.append("TorchScript archive: exported with the TorchScript exporter")
-    from . import deform_conv as dc
+    from blocks_export.blocks import onnx_translations
 
+    from . import deform_conv as dc
 
     if exporter == "torchscript":
         if is_program:  # its module() does not trace under the TorchScript exporter ("Calling train()")
@@ -524,7 +519,7 @@ def to_onnx(model: Any, example: Any, *, opset: int, opset_fixed: bool = False, 
         except ValueError as e:
             raise UsageError(f"`deform_conv={lowering}`: {e}") from e
         table = dc.dynamo_translation_table(lowering, max(opset, DYNAMO_MIN_OPSET))
-    table = {**(table or {}), **_block_translations(max(opset, DYNAMO_MIN_OPSET))}
+    table = {**(table or {}), **onnx_translations(max(opset, DYNAMO_MIN_OPSET))}
     # Read before translation: the ONNX exporter's decompositions rewrite the program's symbolic shapes.
     ranges = derived if derived is not None else (dynamic_ranges(program) if is_program else None)
     try:

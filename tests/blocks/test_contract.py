@@ -11,7 +11,17 @@ import pytest
 import torch
 from torch import nn
 
-from blocks_export.blocks import BLOCKS, CONVERSIONS, RECOGNIZERS, BlockSpec, Example, randomize_, to_export
+from blocks_export.blocks import (
+    BLOCKS,
+    CONVERSIONS,
+    RECOGNIZERS,
+    BlockSpec,
+    Example,
+    onnx_translations,
+    randomize_,
+    to_export,
+    traced_as_ops,
+)
 from blocks_export.export.check import check_model
 from blocks_export.export.fp16 import BLOCKED_OPS, to_fp16
 from blocks_export.export.onnx_export import to_onnx
@@ -51,6 +61,19 @@ def test_every_block_has_every_part_of_its_spec():
 def test_tables_are_read_from_the_block_list():
     assert dict(CONVERSIONS) == {s.reference: s.to_export for s in BLOCKS}
     assert list(RECOGNIZERS.items()) == [(s.name, s.recognize) for s in BLOCKS]
+
+
+@pytest.mark.parametrize("spec", BLOCKS, ids=IDS)
+def test_every_op_of_the_package_a_twin_traces_to_is_translated_by_its_own_spec(spec: BlockSpec):
+    # The export pipeline traces inside ``traced_as_ops`` and translates with ``onnx_translations``: both read the
+    # spec, so a twin whose spec lacks its op's translation (or its trace context) fails here.
+    ex = _example(spec)
+    with traced_as_ops([spec]):
+        program = torch.export.export(to_export(ex.module), (_x(ex.shapes[0], 0),), strict=False)
+    own = {n.target for n in program.graph.nodes
+           if n.op == "call_function" and getattr(n.target, "namespace", None) == "blocks_export"}
+    assert own <= set(onnx_translations(18, [spec])), (spec.name, own)
+    assert (spec.onnx_translations is not None) == bool(own), spec.name  # a translation only where an op is traced
 
 
 @pytest.mark.parametrize("spec", BLOCKS, ids=IDS)

@@ -11,7 +11,7 @@ Softmax), so the two exporters give the same run-time graph.
                       custom_translation_table=acmix_onnx.translation_table())
 
 ``acmix.SPEC.onnx_translations`` is this function; ``blocks.onnx_translations()`` holds its entry with the other
-twins' ones.
+twins' ones. Without it the exporter decomposes the op (``blocks/_ops.py``), into a bigger graph.
 """
 
 from __future__ import annotations

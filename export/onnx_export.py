@@ -69,8 +69,8 @@ def _count_outputs(model: Any, example: Any) -> int:
 def translation_table(opset: int = DYNAMO_MIN_OPSET, deform_conv: str = "portable") -> dict[Any, Any]:
     """``custom_translation_table`` for exporting twins (``to_export``/``rewrite_model`` output) with
     ``torch.onnx.export(..., dynamo=True, opset_version=opset)`` yourself: the twins' own ops and torchvision's
-    ``deform_conv2d`` in the ``deform_conv`` lowering (``std`` needs opset 19). Without it the exporter stops at an
-    ACmix twin ("No ONNX function found" for ``blocks_export::acmix_window_attention``)."""
+    ``deform_conv2d`` in the ``deform_conv`` lowering (``std`` needs opset 19). Without it the exporter decomposes
+    the twins' ops (``blocks/_ops.py``, a bigger graph) and writes torchlib's ``DeformConv`` (opset >= 19)."""
     from blocks_export.blocks import onnx_translations
 
     from . import deform_conv as dc

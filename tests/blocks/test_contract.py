@@ -4,6 +4,7 @@ randomised first), with this test's own onnxruntime session."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 
@@ -113,6 +114,29 @@ def test_dynamic_onnx_of_the_twin_matches_reference_at_other_shapes_fp32_fp16_an
         want = ex.module(x)
     (got,) = session16.run(None, {exported.input_name: x.numpy()})
     assert rel_l2(want, got) <= RULES["fp16"].rel_l2
+
+
+@pytest.mark.parametrize("spec", BLOCKS, ids=IDS)
+def test_twin_exported_by_a_plain_dynamo_export_matches_reference_at_other_shapes(spec: BlockSpec):
+    # What a user writes, with no translation table: the twins' own ops decompose (blocks/_ops.py). Inside the
+    # spec's ``op_trace`` (SPD traced as its op, as the pipeline traces) as well as outside it.
+    ex = _example(spec, seed=7)
+    export_shape, *others = ex.shapes
+    twin = to_export(ex.module)
+    dims = ({0: torch.export.Dim("batch"), 2: torch.export.Dim("height"), 3: torch.export.Dim("width")},)
+    traces = [contextlib.nullcontext()] + ([traced_as_ops([spec])] if spec.op_trace is not None else [])
+    for trace in traces:
+        with trace:
+            program = torch.onnx.export(twin, (_x(export_shape, 0),), dynamo=True, dynamic_shapes=dims,
+                                        verbose=False)
+        assert program is not None
+        session = cpu_session(program.model_proto)
+        for i, shape in enumerate(others):
+            x = _x(shape, 30 + i)
+            with torch.no_grad():
+                want = ex.module(x)
+            (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+            assert rel_l2(want, got) <= RULES["fp32"].rel_l2, (shape, trace)
 
 
 @pytest.mark.parametrize("spec", BLOCKS, ids=IDS)

@@ -18,11 +18,22 @@ from .coord_attn import CA, CoordAtt, CoordAttExport, h_sigmoid, h_swish
 from .dcn import DCN, DCNExport
 from .rewrite import RewriteReport, inspect_model, rewrite_model
 from .spd import Conv, SpaceToDepth, SpaceToDepthExport, SPDConv, SPDConvExport, space_to_depth
-from .table import BLOCKS, CONVERSIONS, RECOGNIZERS, onnx_translations, to_export, traced_as_ops
+from .table import (
+    BLOCKS,
+    CONVERSIONS,
+    FP32_OPS,
+    INT8_FLOAT_INPUTS,
+    INT8_FLOAT_OPS,
+    RECOGNIZERS,
+    onnx_translations,
+    to_export,
+    traced_as_ops,
+)
 
 __all__ = [
     "ACmix", "ACmixExport", "BLOCKS", "BlockSpec", "CA", "CB2d", "CB2dExport", "CONVERSIONS", "Conv", "ContextBlock",
-    "Conversion", "CoordAtt", "CoordAttExport", "DCN", "DCNExport", "Example", "NotConvertible", "RECOGNIZERS",
+    "Conversion", "CoordAtt", "CoordAttExport", "DCN", "DCNExport", "Example", "FP32_OPS", "INT8_FLOAT_INPUTS",
+    "INT8_FLOAT_OPS", "NotConvertible", "RECOGNIZERS",
     "Recognizer", "RewriteReport", "SPDConv", "SPDConvExport", "SpaceToDepth", "SpaceToDepthExport", "h_sigmoid",
     "h_swish", "inspect_model", "onnx_translations", "randomize_", "rewrite_model", "space_to_depth", "to_export",
     "traced_as_ops",

@@ -39,7 +39,9 @@ class BlockSpec:
     helpers); ``example``: builds an ``Example``; ``fp32_ops``: ONNX op types of the twin's graph that must stay
     fp32 in a mixed-precision graph (``export/fp16.py`` keeps them so; ``export/int8.py`` keeps them floating point in
     an INT8 graph); ``int8_float_ops``: op types that an INT8 graph keeps floating point on top of those (sigmoid
-    gates, with what computes their logits and what applies them: fine in fp16, not in 8 bits).
+    gates, with what computes their logits and what applies them: fine in fp16, not in 8 bits);
+    ``int8_float_inputs``: (op type, input position) pairs whose values an INT8 graph computes in floating
+    point, back to the convolution that computes them (DeformConv's sampling offsets and mask).
 
     Export: ``onnx_translations``: the ONNX translations of the twin's own ops, for twins that ``torch.export``
     traces with an op of this package (``blocks/_ops.py``: without a translation the exporter decomposes the op,
@@ -55,5 +57,6 @@ class BlockSpec:
     example: Callable[[], Example]
     fp32_ops: frozenset[str] = frozenset()
     int8_float_ops: frozenset[str] = frozenset()
+    int8_float_inputs: frozenset[tuple[str, int]] = frozenset()
     onnx_translations: Translations | None = None
     op_trace: Callable[[], AbstractContextManager[None]] | None = None

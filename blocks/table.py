@@ -30,6 +30,11 @@ BLOCKS: tuple[BlockSpec, ...] = (
 CONVERSIONS: Mapping[type[nn.Module], Conversion] = MappingProxyType({s.reference: s.to_export for s in BLOCKS})
 # Label -> recogniser, in ``BLOCKS`` order.
 RECOGNIZERS: Mapping[str, Recognizer] = MappingProxyType({s.name: s.recognize for s in BLOCKS})
+# The fp32 op policy, read by the fp16 pass, the INT8 pass and the engine build: ONNX op types the blocks' twins
+# need in fp32 (``BlockSpec.fp32_ops``), op types and inputs an INT8 graph keeps floating point on top of those.
+FP32_OPS: frozenset[str] = frozenset().union(*(s.fp32_ops for s in BLOCKS))
+INT8_FLOAT_OPS: frozenset[str] = frozenset().union(*(s.int8_float_ops for s in BLOCKS))
+INT8_FLOAT_INPUTS: frozenset[tuple[str, int]] = frozenset().union(*(s.int8_float_inputs for s in BLOCKS))
 
 
 def onnx_translations(opset: int = 18, blocks: Sequence[BlockSpec] = BLOCKS) -> dict[Any, Callable[..., Any]]:

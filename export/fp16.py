@@ -5,9 +5,10 @@ nodes in fp32 and inserts the Casts). What stays fp32 is decided by a small, exp
 
 1. op types whose fp16 error is large or amplified: ``Softmax``/``LogSoftmax`` (exp of logits),
    ``LayerNormalization``/``GroupNormalization``/``InstanceNormalization`` (variance of small differences),
-   ``DeformConv``, ``ModulatedDeformConv2d``, ``GridSample`` (sampling coordinates: above 512 px half precision's
-   spacing is 0.5 px, above 1024 px 1 px, so fractional offsets are lost; DESIGN.md on the TensorRT plugin kernel),
-   and onnxconverter-common's own default block list (ops it cannot convert);
+   wherever they are, every op type a block's twin declares (``BlockSpec.fp32_ops``: DCN's ``DeformConv``,
+   ``ModulatedDeformConv2d``, ``GridSample``, whose sampling coordinates lose their fractions in half precision:
+   above 512 px its spacing is 0.5 px, above 1024 px 1 px; DESIGN.md on the TensorRT plugin kernel), and
+   onnxconverter-common's own default block list (ops it cannot convert);
 2. the logits of every softmax: walking backwards from a ``Softmax`` input through the arithmetic and layout
    ops that produce it (MatMul, Mul, Add, ReduceSum, Reshape, ...), so GCNet's spatial logits and ACmix's window
    logits are computed in fp32, and forward one step into the MatMul/Mul/ReduceSum that applies the weights;
@@ -32,10 +33,15 @@ from onnx import TensorProto
 from ..plugins.plugin_node import plugin_trt_domain
 from .metadata import set_metadata_entry
 
-BLOCKED_OPS = frozenset({
+# Walk 1: op types numerically sensitive in fp16 in any model, and the blocks' own (``blocks.FP32_OPS``, the union
+# of every ``BlockSpec.fp32_ops``). The blocks' set is written out here because this module (with the engine
+# build that reads it) runs where PyTorch is not installed, the Jetson, and ``blocks`` imports torch;
+# tests/blocks/test_contract.py holds the copy equal to ``blocks.FP32_OPS``.
+SENSITIVE_OPS = frozenset({
     "Softmax", "LogSoftmax", "LayerNormalization", "GroupNormalization", "InstanceNormalization",
-    "DeformConv", "ModulatedDeformConv2d", "GridSample",
 })
+BLOCK_FP32_OPS = frozenset({"Softmax", "LayerNormalization", "DeformConv", "ModulatedDeformConv2d", "GridSample"})
+BLOCKED_OPS = SENSITIVE_OPS | BLOCK_FP32_OPS
 # Ops through which the logits of a softmax are produced (walk 2).
 LOGIT_OPS = frozenset({
     "MatMul", "Gemm", "Einsum", "Mul", "Div", "Add", "Sub", "ReduceSum", "Neg",

@@ -15,6 +15,7 @@ from torch import nn
 from blocks_export.blocks import (
     BLOCKS,
     CONVERSIONS,
+    FP32_OPS,
     RECOGNIZERS,
     BlockSpec,
     Example,
@@ -24,7 +25,7 @@ from blocks_export.blocks import (
     traced_as_ops,
 )
 from blocks_export.export.check import check_model
-from blocks_export.export.fp16 import BLOCKED_OPS, to_fp16
+from blocks_export.export.fp16 import BLOCK_FP32_OPS, fp32_nodes, name_nodes, to_fp16
 from blocks_export.export.onnx_export import to_onnx
 from blocks_export.plugins.ort_cpu import cpu_session
 from blocks_export.runtime.parity import RULES, compare, rel_l2
@@ -57,6 +58,12 @@ def test_every_block_has_every_part_of_its_spec():
         # The reference class path is what pickled checkpoints name: it must stay importable where it is.
         module = __import__(spec.reference.__module__, fromlist=[spec.reference.__qualname__])
         assert getattr(module, spec.reference.__qualname__) is spec.reference
+
+
+def test_the_torch_free_copy_of_the_fp32_op_policy_is_the_blocks_declarations():
+    # fp16.py (and the engine build) run on a Jetson without PyTorch, so they hold the union of every
+    # ``BlockSpec.fp32_ops`` written out; a block declaring a new op type adds it there.
+    assert BLOCK_FP32_OPS == FP32_OPS, sorted(FP32_OPS ^ BLOCK_FP32_OPS)
 
 
 def test_tables_are_read_from_the_block_list():
@@ -107,7 +114,10 @@ def test_dynamic_onnx_of_the_twin_matches_reference_at_other_shapes_fp32_fp16_an
             want = ex.module(x)
         (got,) = session.run(None, {exported.input_name: x.numpy()})
         assert rel_l2(want, got) <= RULES["fp32"].rel_l2, shape
-    assert spec.fp32_ops <= BLOCKED_OPS  # what a block needs in fp32, the mixed-precision pass keeps fp32
+    named = copy.deepcopy(exported.model)
+    name_nodes(named)
+    declared = {n.name for n in named.graph.node if n.op_type in spec.fp32_ops}
+    assert declared <= fp32_nodes(named)  # what a block needs in fp32, the mixed-precision pass keeps fp32
     session16 = cpu_session(to_fp16(exported.model))
     x = _x(export_shape, 20)
     with torch.no_grad():

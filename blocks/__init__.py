@@ -25,16 +25,16 @@ from .table import (
     INT8_FLOAT_INPUTS,
     INT8_FLOAT_OPS,
     RECOGNIZERS,
+    channel_factor,
     onnx_translations,
     to_export,
     traced_as_ops,
 )
 
 __all__ = [
-    "ACmix", "ACmixExport", "BLOCKS", "BlockSpec", "CA", "CB2d", "CB2dExport", "CONVERSIONS", "Conv", "ContextBlock",
+    "ACmix", "ACmixExport", "BLOCKS", "BlockSpec", "CA", "CB2d", "CB2dExport", "CONVERSIONS", "ContextBlock", "Conv",
     "Conversion", "CoordAtt", "CoordAttExport", "DCN", "DCNExport", "Example", "FP32_OPS", "INT8_FLOAT_INPUTS",
-    "INT8_FLOAT_OPS", "NotConvertible", "RECOGNIZERS",
-    "Recognizer", "RewriteReport", "SPDConv", "SPDConvExport", "SpaceToDepth", "SpaceToDepthExport", "h_sigmoid",
-    "h_swish", "inspect_model", "onnx_translations", "randomize_", "rewrite_model", "space_to_depth", "to_export",
-    "traced_as_ops",
+    "INT8_FLOAT_OPS", "NotConvertible", "RECOGNIZERS", "Recognizer", "RewriteReport", "SPDConv", "SPDConvExport",
+    "SpaceToDepth", "SpaceToDepthExport", "channel_factor", "h_sigmoid", "h_swish", "inspect_model",
+    "onnx_translations", "randomize_", "rewrite_model", "space_to_depth", "to_export", "traced_as_ops",
 ]

@@ -46,7 +46,9 @@ class BlockSpec:
     Export: ``onnx_translations``: the ONNX translations of the twin's own ops, for twins that ``torch.export``
     traces with an op of this package (``blocks/_ops.py``: without a translation the exporter decomposes the op,
     into a bigger graph); ``op_trace``: a context inside which ``torch.export`` traces the twin with its op where
-    it does not by default (SPD's ``export_as_one_op``).
+    it does not by default (SPD's ``export_as_one_op``). ``channel_factor``: how many channels the block makes
+    of each input channel before anything else (space-to-depth: 4), for guessing a model's input channels from its
+    first convolution.
     """
 
     name: str
@@ -60,3 +62,4 @@ class BlockSpec:
     int8_float_inputs: frozenset[tuple[str, int]] = frozenset()
     onnx_translations: Translations | None = None
     op_trace: Callable[[], AbstractContextManager[None]] | None = None
+    channel_factor: int = 1

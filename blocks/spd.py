@@ -300,6 +300,7 @@ def _example_spd_conv() -> Example:
 
 
 SPACE_TO_DEPTH = BlockSpec("space_to_depth", space_to_depth, SpaceToDepthExport, to_export, recognize_space_to_depth,
-                           _example_spd, onnx_translations=spd_onnx.translation_table, op_trace=export_as_one_op)
+                           _example_spd, onnx_translations=spd_onnx.translation_table, op_trace=export_as_one_op,
+                           channel_factor=4)
 SPEC = BlockSpec("SPDConv", SPDConv, SPDConvExport, to_export, recognize_spd_conv, _example_spd_conv,
-                 onnx_translations=spd_onnx.translation_table, op_trace=export_as_one_op)
+                 onnx_translations=spd_onnx.translation_table, op_trace=export_as_one_op, channel_factor=4)

@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from . import acmix, context_block, coord_attn, dcn, spd
+from ._match import NotConvertible
 from ._spec import BlockSpec, Conversion, Recognizer
 
 BLOCKS: tuple[BlockSpec, ...] = (
@@ -55,6 +56,24 @@ def traced_as_ops(blocks: Sequence[BlockSpec] = BLOCKS) -> Iterator[None]:
         for trace in dict.fromkeys(s.op_trace for s in blocks if s.op_trace is not None):
             stack.enter_context(trace())
         yield
+
+
+def channel_factor(module: nn.Module, blocks: Sequence[BlockSpec] = BLOCKS) -> int:
+    """How many channels ``module`` makes of each input channel before anything else: the ``channel_factor`` of the
+    block it is (its reference or twin class, or what its recogniser finds in it: a pasted space-to-depth under any
+    name), else 1."""
+    factored = [s for s in blocks if s.channel_factor != 1]
+    for spec in factored:
+        if isinstance(module, (spec.reference, spec.twin)):
+            return spec.channel_factor
+    for spec in factored:
+        try:
+            found = bool(spec.recognize(module))
+        except NotConvertible:  # the block's structure, with weights it cannot map: still the block
+            found = True
+        if found:
+            return spec.channel_factor
+    return 1
 
 
 def to_export(module: nn.Module, table: Mapping[type[nn.Module], Conversion] = CONVERSIONS) -> nn.Module:

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-import numpy as np
-
 from .dynamic import INPUT_NAME, derive_dynamic_ranges, dynamic_ranges, name_dims
 from .errors import ExportFailed, UsageError, one_line
+from .graph import decompose_layer_norm
+from .opset_down import convert_opset
 from .torch_patches import exporter_patches
 
 STD_DEFORM_CONV_OPSET = 19  # ONNX DeformConv exists from opset 19 (https://onnx.ai/onnx/operators/onnx__DeformConv.html)
@@ -258,140 +258,6 @@ def to_onnx(model: Any, example: Any, *, opset: int, opset_fixed: bool = False, 
         name_dims(proto, INPUT_NAME)
     dyn = {INPUT_NAME: ranges} if ranges else None
     return OnnxExport(proto, INPUT_NAME, output_names, opset, "dynamo", uses_dc, dyn, notes)
-
-
-def decompose_layer_norm(model: Any) -> int:
-    """Replace every ``LayerNormalization`` (opset >= 17) by standard ops, in place; returns how many.
-
-    y = (x - mean) / sqrt(var + eps) * scale + bias over the axes [axis, rank), as the operator is defined
-    (https://onnx.ai/onnx/operators/onnx__LayerNormalization.html). Needed below opset 17 and for TensorRT
-    8.5, whose ONNX parser has no LayerNormalization (onnx-tensorrt 8.5 docs/operators.md). Written at opset
-    18 (ReduceMean takes its axes as an input); the opset conversion that follows handles older forms.
-    """
-    import onnx
-    from onnx import helper, numpy_helper
-
-    ranks: dict[str, int] = {}
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-        for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
-            if v.type.tensor_type.HasField("shape"):
-                ranks[v.name] = len(v.type.tensor_type.shape.dim)
-    except Exception:
-        pass
-    out_nodes = []
-    count = 0
-    for node in model.graph.node:
-        if node.op_type != "LayerNormalization" or node.domain not in ("", "ai.onnx"):
-            out_nodes.append(node)
-            continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        axis, eps = int(attrs.get("axis", -1)), float(attrs.get("epsilon", 1e-5))
-        if any(o for o in node.output[1:]):
-            raise ExportFailed(f"node {node.name}: LayerNormalization's Mean/InvStdDev outputs are used; "
-                               "it cannot be decomposed")
-        x = node.input[0]
-        if axis >= 0:
-            if x not in ranks:
-                raise ExportFailed(f"node {node.name}: the rank of its input is unknown; LayerNormalization "
-                                   "cannot be decomposed (use a target with opset >= 17)")
-            axis -= ranks[x]
-        p = f"{node.name or 'layernorm'}_decomposed"
-        axes = numpy_helper.from_array(np.arange(axis, 0, dtype=np.int64), f"{p}_axes")
-        epsilon = numpy_helper.from_array(np.array(eps, dtype=np.float32), f"{p}_eps")
-        model.graph.initializer.extend([axes, epsilon])
-        out_nodes += [
-            helper.make_node("ReduceMean", [x, axes.name], [f"{p}_mean"], name=f"{p}_mean", keepdims=1),
-            helper.make_node("Sub", [x, f"{p}_mean"], [f"{p}_d"], name=f"{p}_sub"),
-            helper.make_node("Mul", [f"{p}_d", f"{p}_d"], [f"{p}_d2"], name=f"{p}_sq"),
-            helper.make_node("ReduceMean", [f"{p}_d2", axes.name], [f"{p}_var"], name=f"{p}_var", keepdims=1),
-            helper.make_node("Add", [f"{p}_var", epsilon.name], [f"{p}_vareps"], name=f"{p}_addeps"),
-            helper.make_node("Sqrt", [f"{p}_vareps"], [f"{p}_std"], name=f"{p}_sqrt"),
-            helper.make_node("Div", [f"{p}_d", f"{p}_std"], [f"{p}_norm"], name=f"{p}_div"),
-        ]
-        scaled = f"{p}_scaled" if len(node.input) > 2 and node.input[2] else node.output[0]
-        out_nodes.append(helper.make_node("Mul", [f"{p}_norm", node.input[1]], [scaled], name=f"{p}_scale"))
-        if scaled != node.output[0]:
-            out_nodes.append(helper.make_node("Add", [scaled, node.input[2]], [node.output[0]], name=f"{p}_bias"))
-        count += 1
-    if count:
-        del model.graph.node[:]
-        model.graph.node.extend(out_nodes)
-    return count
-
-
-# While the converter runs, default-domain nodes it has no schema for (TensorRT plugin nodes, which the parser
-# reads in the default domain) sit in this domain; they go back afterwards.
-_UNCONVERTED_DOMAIN = "blocks_export.unconverted"
-
-
-def convert_opset(proto: Any, opset: int) -> Any:
-    """``proto`` converted to ``opset`` by ``onnx.version_converter`` (the package's one opset converter).
-
-    The dynamo exporter builds opset 18 or newer and converts before its own optimisation, where e.g.
-    ReduceMean's axes are not yet constants and the conversion fails; after optimisation it succeeds. The
-    converter needs a schema for every default-domain node and refuses the others, so those (TensorRT plugin
-    nodes, subgraphs included) wait in a domain of their own during the conversion and return afterwards; so do
-    the operators it has no adapter for (Split-18, Pad-18), once ``opset_down`` has rewritten them into forms the
-    target opset reads. ``ExportFailed`` (one line) when the graph cannot be converted.
-    """
-    import onnx
-    import onnx.version_converter
-
-    from blocks_export.plugins.onnx_graph import nodes
-
-    from .opset_down import held_back, lower_for_opset
-
-    work = onnx.ModelProto()
-    work.CopyFrom(lower_for_opset(proto, opset)[0])
-    source = next((o.version for o in work.opset_import if o.domain in ("", "ai.onnx")), opset)
-    moved = [n for n in nodes(work.graph) if n.domain in ("", "ai.onnx")
-             and (not onnx.defs.has(n.op_type) or held_back(n.op_type, source, opset))]
-    for n in moved:
-        n.domain = _UNCONVERTED_DOMAIN
-    if moved:
-        work.opset_import.append(onnx.helper.make_opsetid(_UNCONVERTED_DOMAIN, 1))
-    try:
-        converted = onnx.version_converter.convert_version(work, opset)
-    except Exception as e:
-        raise ExportFailed(f"the graph cannot be converted to opset {opset} ({one_line(e)}); try "
-                           "`exporter=torchscript` or a target with a newer opset") from e
-    version = next((o.version for o in converted.opset_import if o.domain in ("", "ai.onnx")), None)
-    if version != opset:
-        raise ExportFailed(f"the graph stayed at opset {version}, not {opset}; try `exporter=torchscript`")
-    _drop_unknown_attributes(converted, opset)
-    if moved:
-        for n in nodes(converted.graph):
-            if n.domain == _UNCONVERTED_DOMAIN:
-                n.domain = ""
-        kept = [o for o in converted.opset_import if o.domain != _UNCONVERTED_DOMAIN]
-        del converted.opset_import[:]
-        converted.opset_import.extend(kept)
-    return converted
-
-
-def _drop_unknown_attributes(model: Any, opset: int) -> None:
-    """Remove attributes the target opset's schema does not define.
-
-    The converter keeps attributes introduced later, e.g. ReduceMean's ``noop_with_empty_axes`` (opset 18,
-    https://onnx.ai/onnx/operators/onnx__ReduceMean.html); runtimes reject unknown attributes. Default
-    (empty) values only: a set value would change the meaning, so that is an error.
-    """
-    import onnx
-
-    for node in model.graph.node:
-        if node.domain not in ("", "ai.onnx"):
-            continue
-        try:
-            schema = onnx.defs.get_schema(node.op_type, opset)
-        except onnx.defs.SchemaError:
-            continue
-        unknown = [a for a in node.attribute if a.name not in schema.attributes]
-        for a in unknown:
-            if onnx.helper.get_attribute_value(a) not in (0, None, b"", ""):
-                raise ExportFailed(f"node {node.name} ({node.op_type}) uses attribute {a.name}, which opset "
-                                   f"{opset} does not have; try `exporter=torchscript`")
-            node.attribute.remove(a)
 
 
 def _torchscript_export(model: Any, example: Any, opset: int, lowering: str, dynamic: bool, n_out: int,

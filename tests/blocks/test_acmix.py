@@ -200,6 +200,18 @@ def test_twin_has_no_unfold_or_adaptive_pooling():
     assert not [m for m in twin.modules() if isinstance(m, banned)]
 
 
+def assert_onnx_matches(module: nn.Module, model_bytes: bytes, shapes: list[tuple[int, int, int, int]]) -> None:
+    """The exported graph, run in onnxruntime at each of ``shapes`` (seeded inputs), against ``module``:
+    the same output shape and relative L2 <= 1e-5."""
+    for shape in shapes:
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(sum(shape)))
+        with torch.no_grad():
+            expected = module(x).numpy()
+        got = run_ort(model_bytes, x)
+        assert got.shape == expected.shape, shape
+        assert rel_l2(expected, got) <= 1e-5, shape
+
+
 def export_twin(twin: nn.Module, dynamo: bool, example: torch.Tensor | None = None) -> bytes:
     example = torch.randn(2, twin.in_planes, 20, 22) if example is None else example
     if not dynamo:
@@ -238,13 +250,7 @@ def test_acmix_twin_onnx_with_dynamic_shapes_matches_reference_at_other_shapes(d
     model = export_twin(twin, dynamo)
     dims = onnx.load_from_string(model).graph.input[0].type.tensor_type.shape.dim
     assert [bool(d.dim_param) for d in dims] == [True, False, True, True]
-    for shape in [(1, 8, 4, 6), (3, 8, 34, 18), (4, 8, 10, 46)]:
-        x = torch.randn(*shape, generator=torch.Generator().manual_seed(shape[2]))
-        with torch.no_grad():
-            expected = ref(x).numpy()
-        got = run_ort(model, x)
-        assert got.shape == expected.shape
-        assert rel_l2(expected, got) <= 1e-5
+    assert_onnx_matches(ref, model, [(1, 8, 4, 6), (3, 8, 34, 18), (4, 8, 10, 46)])
 
 
 @pytest.mark.parametrize("kernel, stride", [(7, 1), (3, 2)])
@@ -258,12 +264,7 @@ def test_acmix_twin_behind_a_convolution_exports_plainly_from_a_batch1_example_a
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     program = torch.onnx.export(exported, (x,), dynamo=True, dynamic_shapes=(dims,), verbose=False)
     assert program is not None
-    model_bytes = program.model_proto.SerializeToString()
-    for shape in [(3, 3, 32, 32), (2, 3, 24, 40)]:
-        xs = torch.randn(*shape, generator=torch.Generator().manual_seed(shape[0]))
-        with torch.no_grad():
-            expected = model(xs).numpy()
-        assert rel_l2(expected, run_ort(model_bytes, xs)) <= 1e-5, shape
+    assert_onnx_matches(model, program.model_proto.SerializeToString(), [(3, 3, 32, 32), (2, 3, 24, 40)])
 
 
 def test_acmix_twin_onnx_graph_has_no_unfold_style_ops():
@@ -335,11 +336,4 @@ def test_a_pasted_model_rewritten_and_exported_with_or_without_the_table_stays_d
     # The same DeformConv node in both: the difference is the ACmix op, decomposed or translated.
     assert len(std.model_proto.graph.node) < len(plain.model_proto.graph.node)
     for onnx_program in (plain, portable):
-        model_bytes = onnx_program.model_proto.SerializeToString()
-        for shape in [(3, 3, 16, 16), (2, 3, 22, 38)]:
-            xs = torch.randn(*shape, generator=torch.Generator().manual_seed(shape[3]))
-            with torch.no_grad():
-                expected = model(xs).numpy()
-            got = run_ort(model_bytes, xs)
-            assert got.shape == expected.shape
-            assert rel_l2(expected, got) <= 1e-5
+        assert_onnx_matches(model, onnx_program.model_proto.SerializeToString(), [(3, 3, 16, 16), (2, 3, 22, 38)])

@@ -4,7 +4,8 @@ read from that list."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,9 @@ from torch import nn
 Conversion = Callable[[Any], nn.Module]
 # A recogniser reads a foreign module and returns candidate reference blocks (``()``: not this block).
 Recognizer = Callable[[nn.Module], tuple[nn.Module, ...]]
+# opset (>= 18) -> {twin's op (``torch.ops.blocks_export.*`` overload): its ONNX translation}, the form of
+# ``torch.onnx.export(..., dynamo=True, custom_translation_table=...)``.
+Translations = Callable[[int], Mapping[Any, Callable[..., Any]]]
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,16 @@ class BlockSpec:
     helpers); ``example``: builds an ``Example``; ``fp32_ops``: ONNX op types of the twin's graph that must stay
     fp32 in a mixed-precision graph (``export/fp16.py`` keeps them so; ``export/int8.py`` keeps them floating point in
     an INT8 graph); ``int8_float_ops``: op types that an INT8 graph keeps floating point on top of those (sigmoid
-    gates, with what computes their logits and what applies them: fine in fp16, not in 8 bits).
+    gates, with what computes their logits and what applies them: fine in fp16, not in 8 bits);
+    ``int8_float_inputs``: (op type, input position) pairs whose values an INT8 graph computes in floating
+    point, back to the convolution that computes them (DeformConv's sampling offsets and mask).
+
+    Export: ``onnx_translations``: the ONNX translations of the twin's own ops, for twins that ``torch.export``
+    traces with an op of this package (``blocks/_ops.py``: without a translation the exporter decomposes the op,
+    into a bigger graph); ``op_trace``: a context inside which ``torch.export`` traces the twin with its op where
+    it does not by default (SPD's ``export_as_one_op``). ``channel_factor``: how many channels the block makes
+    of each input channel before anything else (space-to-depth: 4), for guessing a model's input channels from its
+    first convolution.
     """
 
     name: str
@@ -46,3 +59,7 @@ class BlockSpec:
     example: Callable[[], Example]
     fp32_ops: frozenset[str] = frozenset()
     int8_float_ops: frozenset[str] = frozenset()
+    int8_float_inputs: frozenset[tuple[str, int]] = frozenset()
+    onnx_translations: Translations | None = None
+    op_trace: Callable[[], AbstractContextManager[None]] | None = None
+    channel_factor: int = 1

@@ -20,12 +20,14 @@ import math
 import torch
 from torch import nn
 
+from . import acmix_onnx
 from ._match import (
     NotConvertible,
     children,
     finish,
     own_params,
 )
+from ._ops import decompose_when_untranslated
 from ._spec import BlockSpec, Example
 
 
@@ -219,12 +221,13 @@ class ACmixExport(nn.Module):
     Export: under ``torch.export`` the attention is one op, ``blocks_export::acmix_window_attention``, whose
     output has the conv path's size, so batch, H and W stay plain symbols (no blocking arithmetic reaches
     torch's symbolic shapes: a dynamic export takes seconds). Its ONNX graph comes from
-    ``acmix_onnx.translation_table()``, which the dynamo exporter needs::
+    ``acmix_onnx.translation_table()`` (``SPEC.onnx_translations``)::
 
         torch.onnx.export(twin, (x,), dynamo=True, dynamic_shapes=({0: Dim("batch"), 2: Dim("height"),
                           3: Dim("width")},), custom_translation_table=acmix_onnx.translation_table())
 
-    (a batch-1 16x16 example keeps all three dynamic). The TorchScript exporter traces ``window_attention``
+    (a batch-1 16x16 example keeps all three dynamic). Without the table the exporter decomposes the op into
+    ``window_attention`` (``_window_attention_decomposition``): the same function in a bigger graph. The TorchScript exporter traces ``window_attention``
     itself. Input checks run in eager mode only.
     """
 
@@ -257,8 +260,8 @@ class ACmixExport(nn.Module):
             return (v[:, :, ::s, ::s] if s > 1 else v) + out_conv
         if torch.compiler.is_compiling():
             # torch.export: one opaque op whose output size is the conv path's, so the traced sizes stay plain
-            # symbols; its ONNX graph comes from ``acmix_onnx`` (``torch.onnx.export`` needs that table:
-            # ``blocks_export.export.onnx_export.translation_table()``; the TorchScript exporter traces the else).
+            # symbols; its ONNX graph comes from ``acmix_onnx`` (``SPEC.onnx_translations``), or from its
+            # decomposition where no translation is given; the TorchScript exporter traces the else.
             att = torch.ops.blocks_export.acmix_window_attention(qu, k, v, self.window_mask, self.head,
                                                                  self.kernel_att, s, self.block)
         else:
@@ -327,12 +330,34 @@ def _window_attention_op(qu: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mas
 
 
 @_window_attention_op.register_fake
-def _(qu: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, head: int, kernel_att: int,
-      stride: int, block: int) -> torch.Tensor:
+def _window_attention_fake(qu: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, head: int,
+                           kernel_att: int, stride: int, block: int) -> torch.Tensor:
     # The size of dep_conv's output (kernel 3, padding 1): the same expression, so adding the two paths needs no
     # guard. For H divisible by the stride (the reference's own condition) it is the strided query's size too.
     h, w = k.shape[2], k.shape[3]
     return k.new_empty((k.shape[0], k.shape[1], (h - 1) // stride + 1, (w - 1) // stride + 1))
+
+
+def _window_attention_decomposition(qu: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                                    head: int, kernel_att: int, stride: int, block: int) -> torch.Tensor:
+    """``window_attention`` of contiguous copies of ``qu``, ``k``, ``v``: the op's decomposition for exporters
+    given no translation of it (a plain ``torch.onnx.export`` of the twin; the pipeline translates it with
+    ``acmix_onnx``, into a smaller graph).
+
+    The three are channel slices of one projection, contiguous at batch 1 only. Reshaping such a slice makes the
+    decomposition's re-trace ask whether batch == 1 (view or copy); from a batch-1 example behind a convolution
+    that answer fixed the batch of the Reshapes written to 1 (torch 2.14: wrong sizes at batch 2). A fresh copy
+    is contiguous at every batch; it exports as an Identity, which the exporter's optimiser removes.
+    """
+
+    def copy(t: torch.Tensor) -> torch.Tensor:
+        return t.clone(memory_format=torch.contiguous_format)
+
+    return window_attention(copy(qu), copy(k), copy(v), mask, head, kernel_att, stride, block)
+
+
+decompose_when_untranslated(torch.ops.blocks_export.acmix_window_attention.default, _window_attention_decomposition,
+                            _window_attention_fake)
 
 
 
@@ -474,4 +499,5 @@ def _example() -> Example:
     return Example(ACmix(16, 16), ((1, 16, 12, 12), (2, 16, 10, 14), (1, 16, 9, 7), (2, 16, 16, 20)))
 
 
-SPEC = BlockSpec("ACmix", ACmix, ACmixExport, to_export, recognize, _example, fp32_ops=frozenset({"Softmax"}))
+SPEC = BlockSpec("ACmix", ACmix, ACmixExport, to_export, recognize, _example, fp32_ops=frozenset({"Softmax"}),
+                 onnx_translations=acmix_onnx.translation_table)

@@ -10,8 +10,8 @@ Softmax), so the two exporters give the same run-time graph.
     torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes=...,
                       custom_translation_table=acmix_onnx.translation_table())
 
-Without the table the exporter stops ("No ONNX function found" for the op);
-``blocks_export.export.onnx_export.translation_table()`` holds this entry with the other twins' ones.
+``acmix.SPEC.onnx_translations`` is this function; ``blocks.onnx_translations()`` holds its entry with the other
+twins' ones. Without it the exporter decomposes the op (``blocks/_ops.py``), into a bigger graph.
 """
 
 from __future__ import annotations

@@ -19,6 +19,12 @@ import torch
 from torch import nn
 from torchvision.ops import DeformConv2d, deform_conv2d
 
+from ..plugins.deform_conv_contract import (
+    ONNX_DEFORM_CONV,
+    ONNX_INPUT_ORDER,
+    PLUGIN_INPUT_ORDER,
+    PLUGIN_OP_TYPE,
+)
 from ._match import (
     NotConvertible,
     children,
@@ -209,5 +215,11 @@ def _example() -> Example:
     return Example(DCN(8, 8, 3, modulated=True), ((1, 8, 12, 14), (2, 8, 9, 17), (1, 8, 15, 10), (3, 8, 20, 20)))
 
 
+# The graph's deformable convolution in each lowering (``export/deform_conv.py``): ONNX DeformConv, TensorRT's
+# plugin node, or the GridSample that samples for the portable lowering; their sampling coordinates need fp32, and
+# in INT8 so do the offsets and the mask that feed them.
+_SAMPLED = ((ONNX_DEFORM_CONV, ONNX_INPUT_ORDER), (PLUGIN_OP_TYPE, PLUGIN_INPUT_ORDER))
 SPEC = BlockSpec("DCN", DCN, DCNExport, to_export, recognize, _example,
-                 fp32_ops=frozenset({"DeformConv", "ModulatedDeformConv2d", "GridSample"}))
+                 fp32_ops=frozenset({ONNX_DEFORM_CONV, PLUGIN_OP_TYPE, "GridSample"}),
+                 int8_float_inputs=frozenset((op, order.index(name)) for op, order in _SAMPLED
+                                             for name in ("offset", "mask")))

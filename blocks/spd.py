@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from . import spd_onnx
 from ._fold import fold_batchnorm
 from ._match import (
     children,
@@ -27,6 +28,7 @@ from ._match import (
     plain_bn,
     probe,
 )
+from ._ops import decompose_when_untranslated
 from ._spec import BlockSpec, Example
 
 
@@ -127,9 +129,9 @@ _ONE_OP: contextvars.ContextVar[bool] = contextvars.ContextVar("blocks_export_sp
 
 @contextlib.contextmanager
 def export_as_one_op() -> Iterator[None]:
-    """Inside: ``torch.export`` traces ``SpaceToDepthExport`` as ``blocks_export::space_to_depth``; the program
-    then needs ``spd_onnx.translation_table()`` to become ONNX. Outside (the default) it traces the slices, which
-    every exporter takes as they are."""
+    """Inside: ``torch.export`` traces ``SpaceToDepthExport`` as ``blocks_export::space_to_depth``, which
+    ``spd_onnx.translation_table()`` translates (an exporter without it decomposes the op into the same slices).
+    Outside (the default) it traces the slices, which every exporter takes as they are."""
     token = _ONE_OP.set(True)
     try:
         yield
@@ -148,9 +150,14 @@ def _space_to_depth_op(x: torch.Tensor) -> torch.Tensor:
 
 
 @_space_to_depth_op.register_fake
-def _(x: torch.Tensor) -> torch.Tensor:
+def _space_to_depth_fake(x: torch.Tensor) -> torch.Tensor:
     # H and W are even here (``check_spd_input`` ran first), so each phase is H/2 x W/2.
     return x.new_empty((x.shape[0], 4 * x.shape[1], x.shape[2] // 2, x.shape[3] // 2))
+
+
+# An exporter given no translation decomposes the op into the four slices and the concatenation.
+decompose_when_untranslated(torch.ops.blocks_export.space_to_depth.default, space_to_depth_phases,
+                            _space_to_depth_fake)
 
 
 class SPDConvExport(nn.Module):
@@ -293,5 +300,7 @@ def _example_spd_conv() -> Example:
 
 
 SPACE_TO_DEPTH = BlockSpec("space_to_depth", space_to_depth, SpaceToDepthExport, to_export, recognize_space_to_depth,
-                           _example_spd)
-SPEC = BlockSpec("SPDConv", SPDConv, SPDConvExport, to_export, recognize_spd_conv, _example_spd_conv)
+                           _example_spd, onnx_translations=spd_onnx.translation_table, op_trace=export_as_one_op,
+                           channel_factor=4)
+SPEC = BlockSpec("SPDConv", SPDConv, SPDConvExport, to_export, recognize_spd_conv, _example_spd_conv,
+                 onnx_translations=spd_onnx.translation_table, op_trace=export_as_one_op, channel_factor=4)

@@ -9,6 +9,8 @@ fuses that pattern into its ``SpaceToDepth`` kernel, as before.
 
     torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes=...,
                       custom_translation_table=spd_onnx.translation_table())
+
+``spd.SPEC.onnx_translations`` (and ``spd.SPACE_TO_DEPTH``'s) is this function.
 """
 
 from __future__ import annotations

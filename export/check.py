@@ -27,6 +27,7 @@ from blocks_export.plugins.onnx_graph import subgraphs
 
 from . import trt_ops
 from .errors import InputError
+from .graph import consumers, infer_shapes, producers
 from .targets import Target, get_target, ort_deform_conv
 
 STANDARD_DOMAINS = ("", "ai.onnx")
@@ -265,10 +266,7 @@ def _index_graph(ctx: _Context, graph: onnx.GraphProto) -> None:
     for n in graph.node:
         if n.op_type == "Constant" and n.output and n.attribute and n.attribute[0].type == onnx.AttributeProto.TENSOR:
             ctx.initializers[n.output[0]] = n.attribute[0].t
-        for o in n.output:
-            ctx.producers[o] = n
-        for i in n.input:
-            ctx.consumers.setdefault(i, []).append(n)
+    ctx.producers, ctx.consumers = producers(graph), consumers(graph)
 
 
 def _qdq_type(ctx: _Context, node: onnx.NodeProto) -> int:
@@ -441,10 +439,7 @@ def _constants(graph: onnx.GraphProto) -> set[str]:
 
 
 def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
-    try:
-        return onnx.shape_inference.infer_shapes(model)
-    except Exception:  # shape inference is best effort here: ranks and types of intermediate tensors
-        return model
+    return infer_shapes(model) or model  # best effort here: ranks and types of intermediate tensors
 
 
 def _ranks(inferred: onnx.ModelProto) -> dict[str, int]:

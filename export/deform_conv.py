@@ -20,7 +20,7 @@ TorchScript exporter::
 ``check_lowering`` raises one ``ValueError`` line for a lowering the opset cannot express, before any export.
 
 The dynamo exporter builds at opset >= 18 and converts down with ONNX's version converter: ``std`` and
-``portable`` graphs convert; a ``plugin`` graph needs ``onnx_export.convert_opset`` (the converter has
+``portable`` graphs convert; a ``plugin`` graph needs ``opset_down.convert_opset`` (the converter has
 no schema for the plugin node in the default domain) or the TorchScript exporter, which emits opset 17 directly
 (TensorRT 8.5 and 8.6 parse opsets up to 17: ../shared/reference/onnx-tensorrt/operators-8.5-GA.md, 8.6-GA.md).
 The plugin node's default domain fails ``onnx.checker`` by design; ``plugin_trt_domain`` gives the checkable

@@ -5,9 +5,10 @@ nodes in fp32 and inserts the Casts). What stays fp32 is decided by a small, exp
 
 1. op types whose fp16 error is large or amplified: ``Softmax``/``LogSoftmax`` (exp of logits),
    ``LayerNormalization``/``GroupNormalization``/``InstanceNormalization`` (variance of small differences),
-   ``DeformConv``, ``ModulatedDeformConv2d``, ``GridSample`` (sampling coordinates: above 512 px half precision's
-   spacing is 0.5 px, above 1024 px 1 px, so fractional offsets are lost; DESIGN.md on the TensorRT plugin kernel),
-   and onnxconverter-common's own default block list (ops it cannot convert);
+   wherever they are, every op type a block's twin declares (``BlockSpec.fp32_ops``: DCN's ``DeformConv``,
+   ``ModulatedDeformConv2d``, ``GridSample``, whose sampling coordinates lose their fractions in half precision:
+   above 512 px its spacing is 0.5 px, above 1024 px 1 px; DESIGN.md on the TensorRT plugin kernel), and
+   onnxconverter-common's own default block list (ops it cannot convert);
 2. the logits of every softmax: walking backwards from a ``Softmax`` input through the arithmetic and layout
    ops that produce it (MatMul, Mul, Add, ReduceSum, Reshape, ...), so GCNet's spatial logits and ACmix's window
    logits are computed in fp32, and forward one step into the MatMul/Mul/ReduceSum that applies the weights;
@@ -30,12 +31,18 @@ import onnx
 from onnx import TensorProto
 
 from ..plugins.plugin_node import plugin_trt_domain
+from .graph import consumers, infer_shapes, producers, shapes_of
 from .metadata import set_metadata_entry
 
-BLOCKED_OPS = frozenset({
+# Walk 1: op types numerically sensitive in fp16 in any model, and the blocks' own (``blocks.FP32_OPS``, the union
+# of every ``BlockSpec.fp32_ops``). The blocks' set is written out here because this module (with the engine
+# build that reads it) runs where PyTorch is not installed, the Jetson, and ``blocks`` imports torch;
+# tests/blocks/test_contract.py holds the copy equal to ``blocks.FP32_OPS``.
+SENSITIVE_OPS = frozenset({
     "Softmax", "LogSoftmax", "LayerNormalization", "GroupNormalization", "InstanceNormalization",
-    "DeformConv", "ModulatedDeformConv2d", "GridSample",
 })
+BLOCK_FP32_OPS = frozenset({"Softmax", "LayerNormalization", "DeformConv", "ModulatedDeformConv2d", "GridSample"})
+BLOCKED_OPS = SENSITIVE_OPS | BLOCK_FP32_OPS
 # Ops through which the logits of a softmax are produced (walk 2).
 LOGIT_OPS = frozenset({
     "MatMul", "Gemm", "Einsum", "Mul", "Div", "Add", "Sub", "ReduceSum", "Neg",
@@ -90,14 +97,13 @@ def isolate_consumed_outputs(model: onnx.ModelProto) -> None:
     types"). Consumers read the twin instead; the output names stay.
     """
     g = model.graph
-    consumed = {i for n in g.node for i in n.input}
-    producers = {o: n for n in g.node for o in n.output}
+    consumed, producer = consumers(g), producers(g)
     for out in g.output:
         name = out.name
-        if name not in consumed or name not in producers:
+        if name not in consumed or name not in producer:
             continue
         inner = f"{name}__internal"
-        node = producers[name]
+        node = producer[name]
         node.output[list(node.output).index(name)] = inner
         for n in g.node:
             for k, i in enumerate(n.input):
@@ -107,20 +113,6 @@ def isolate_consumed_outputs(model: onnx.ModelProto) -> None:
             if v.name == name:
                 v.name = inner
         g.node.append(onnx.helper.make_node("Identity", [inner], [name], name=f"{name}_output"))
-
-
-def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # best effort: unknown extents count as large
-        inferred = model
-    shapes: dict[str, list[int | None]] = {}
-    g = inferred.graph
-    for v in (*g.input, *g.value_info, *g.output):
-        t = v.type.tensor_type
-        if t.HasField("shape"):
-            shapes[v.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-    return shapes
 
 
 def _const_ints(model: onnx.ModelProto, name: str) -> list[int] | None:
@@ -156,12 +148,8 @@ def _reduction_extent(model: onnx.ModelProto, node: onnx.NodeProto,
 def fp32_nodes(model: onnx.ModelProto) -> set[str]:
     """Names of the nodes kept in fp32 (the walks of the module docstring). Nodes must be named."""
     graph = model.graph
-    producer = {o: n for n in graph.node for o in n.output if o}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    shapes = _static_shapes(model)
+    producer, readers = producers(graph), consumers(graph)
+    shapes = shapes_of(infer_shapes(model) or model)  # best effort: unknown extents count as large
     keep: set[str] = {n.name for n in graph.node if n.op_type in BLOCKED_OPS}
 
     def walk_back(starts: Iterable[str], allowed: frozenset[str]) -> set[str]:
@@ -178,7 +166,7 @@ def fp32_nodes(model: onnx.ModelProto) -> set[str]:
     for n in graph.node:
         if n.op_type in ("Softmax", "LogSoftmax"):
             keep |= walk_back([n.input[0]], LOGIT_OPS)
-            keep |= {c.name for c in consumers.get(n.output[0], []) if c.op_type in WEIGHTING_OPS}
+            keep |= {c.name for c in readers.get(n.output[0], []) if c.op_type in WEIGHTING_OPS}
         elif n.op_type in REDUCTIONS:
             extent = _reduction_extent(model, n, shapes)
             if extent is None or extent > LARGE_REDUCTION:
@@ -253,10 +241,8 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     """Element type of every tensor the graph types (inference on the plugin-domain copy; plugin outputs take
     their first input's type, as the plugin computes in its input's precision)."""
     def infer(m: onnx.ModelProto) -> dict[str, int]:
-        try:
-            g = onnx.shape_inference.infer_shapes(plugin_trt_domain(m)).graph
-        except Exception:  # inference is best effort here: untyped tensors are left alone
-            g = m.graph
+        inferred = infer_shapes(plugin_trt_domain(m))  # best effort here: untyped tensors are left alone
+        g = m.graph if inferred is None else inferred.graph
         found = {t.name: t.data_type for t in g.initializer}
         found |= {v.name: v.type.tensor_type.elem_type for v in (*g.input, *g.output, *g.value_info)
                   if v.type.tensor_type.elem_type}

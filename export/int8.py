@@ -11,8 +11,8 @@ ConvTranspose, MatMul, Gemm) and not their outputs, so TensorRT fuses DQ -> Conv
 kernel; everything else computes in floating point. On top of that the blocks' precision-sensitive parts stay
 floating point, read from the same walk the fp16 pass uses (``fp16.fp32_nodes``: the ops of every
 ``BlockSpec.fp32_ops``, softmax logits, large reductions, the portable DeformConv coordinate chain), plus
-what INT8 adds (``BlockSpec.int8_float_ops``: the sigmoid gates and what computes their logits, and the
-convolution that computes DeformConv offsets and masks).
+what INT8 adds (``BlockSpec.int8_float_ops``: the sigmoid gates and what computes their logits;
+``BlockSpec.int8_float_inputs``: the convolution that computes DeformConv offsets and masks).
 
 Calibration images are read and preprocessed by ``runtime/infer.py``'s own functions (``read_image``,
 ``make_preprocess``, ``preprocess_image``) from the metadata the exported graph carries, so the graph is
@@ -41,6 +41,7 @@ import numpy as np
 import onnx
 
 from .errors import InputError, UsageError, one_line
+from .graph import consumers, producers
 from .metadata import set_metadata_entry
 
 # NVIDIA's placement: Q/DQ on the inputs of weighted operations only (module docstring).
@@ -51,9 +52,6 @@ SEED = 0
 OUTSIDE = "(outside blocks)"
 INPUT_LAYER = "(input layer)"  # outside the blocks: weighted ops that read the graph input
 OUTPUT_LAYER = "(output layer)"  # outside the blocks: weighted ops whose result reaches an output unweighted
-# Inputs of DeformConv-like nodes that carry sampling offsets and masks (ONNX DeformConv: X, W, offset, B, mask;
-# TensorRT plugin: x, offset, mask, weight, bias).
-_OFFSET_INPUTS = {"DeformConv": (2, 4), "ModulatedDeformConv2d": (1, 2)}
 
 
 @dataclass
@@ -246,24 +244,15 @@ def _reader(name: str, tensors: np.ndarray, batch: int) -> Any:
 
 # ---- which nodes stay floating point, which block a node belongs to --------------------------------------------
 
-def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
-    return {o: n for n in graph.node for o in n.output if o}
-
-
 def int8_float_nodes(model: onnx.ModelProto) -> set[str]:
     """Names of the nodes that stay floating point in an INT8 graph (module docstring). Nodes must be named."""
-    from blocks_export.blocks import BLOCKS
+    from blocks_export.blocks import INT8_FLOAT_INPUTS, INT8_FLOAT_OPS
 
     from .fp16 import COORD_OPS, fp32_nodes
 
     keep = set(fp32_nodes(model))
     graph = model.graph
-    producer = _producers(graph)
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    gate_ops = frozenset().union(*(s.int8_float_ops for s in BLOCKS))
+    producer, readers = producers(graph), consumers(graph)
 
     def back_to_conv(start: str, through: frozenset[str]) -> set[str]:
         """The nodes from ``start`` back through ``through`` ops, and the weighted op that computes them."""
@@ -283,12 +272,12 @@ def int8_float_nodes(model: onnx.ModelProto) -> set[str]:
     layout = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Add", "Mul",
                         "BatchNormalization", "Split", "Slice"})
     for n in graph.node:
-        if n.op_type in gate_ops and not _is_swish(n, consumers):  # a gate, what applies it, its logits
+        if n.op_type in INT8_FLOAT_OPS and not _is_swish(n, readers):  # a gate, what applies it, its logits
             keep.add(n.name)
-            keep |= {c.name for c in consumers.get(n.output[0], []) if c.op_type == "Mul"}
+            keep |= {c.name for c in readers.get(n.output[0], []) if c.op_type == "Mul"}
             keep |= back_to_conv(n.input[0], layout)
-        for k in _OFFSET_INPUTS.get(n.op_type, ()):
-            if len(n.input) > k and n.input[k]:
+        for op, k in INT8_FLOAT_INPUTS:  # sampling offsets and masks (``BlockSpec.int8_float_inputs``)
+            if n.op_type == op and len(n.input) > k and n.input[k]:
                 keep |= back_to_conv(n.input[k], COORD_OPS | {"Sigmoid"})
     # The portable lowering's coordinate chain starts from an offset convolution too.
     by_name = {m.name: m for m in graph.node}
@@ -302,9 +291,9 @@ def int8_float_nodes(model: onnx.ModelProto) -> set[str]:
     return keep
 
 
-def _is_swish(node: onnx.NodeProto, consumers: dict[str, list[onnx.NodeProto]]) -> bool:
+def _is_swish(node: onnx.NodeProto, readers: dict[str, list[onnx.NodeProto]]) -> bool:
     """``x * sigmoid(x)`` (SiLU): an activation, not a gate; it quantizes like any activation."""
-    muls = [c for c in consumers.get(node.output[0], []) if c.op_type == "Mul"]
+    muls = [c for c in readers.get(node.output[0], []) if c.op_type == "Mul"]
     return bool(muls) and all(node.input[0] in c.input for c in muls)
 
 
@@ -525,7 +514,7 @@ def _edge_layers(model: onnx.ModelProto) -> dict[str, str]:
     """Weighted nodes that read the graph input, or whose result reaches a graph output through unweighted ops."""
     graph = model.graph
     inputs = {i.name for i in graph.input}
-    producer = _producers(graph)
+    producer = producers(graph)
     out: dict[str, str] = {}
     for n in graph.node:
         if n.op_type in WEIGHTED_OPS and n.input and n.input[0] in inputs:

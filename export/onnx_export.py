@@ -6,7 +6,9 @@ trace relied on: H even before a space-to-depth, equal sizes at an upsample + co
 the valid sizes of each axis: a minimum, a maximum and a multiple (five stride-2 stages feeding a top-down
 neck need H a multiple of 32), recorded with the export (https://pytorch.org/docs/stable/export.html,
 "Dynamic shapes"). The program is then translated with ``torch.onnx.export(program, dynamo=True,
-custom_translation_table=...)`` carrying the DeformConv lowering.
+custom_translation_table=...)`` carrying the DeformConv lowering and the twins' translations (``BLOCKS``), inside
+``torch_patches.exporter_patches`` (the same graph, faster). Graph helpers (LayerNorm decomposition, opset
+conversion) are in ``graph`` and ``opset_down``.
 
 TorchScript exporter (the jetpack5/jetpack6.0 targets' default, ``--exporter torchscript``, and always for
 TorchScript archives): inside ``torchscript_symbolic(lowering, opset)``, with ``dynamic_axes`` for batch/H/W;
@@ -18,17 +20,17 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import operator
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-import numpy as np
-
 from .dynamic import INPUT_NAME, derive_dynamic_ranges, dynamic_ranges, name_dims
 from .errors import ExportFailed, UsageError, one_line
+from .graph import decompose_layer_norm
+from .opset_down import convert_opset
+from .torch_patches import exporter_patches
 
 STD_DEFORM_CONV_OPSET = 19  # ONNX DeformConv exists from opset 19 (https://onnx.ai/onnx/operators/onnx__DeformConv.html)
 # The dynamo exporter's translation functions start at opset 18; lower opsets are reached by conversion.
@@ -66,19 +68,13 @@ def _count_outputs(model: Any, example: Any) -> int:
     return len(leaves)
 
 
-def _block_translations(opset: int) -> dict[Any, Any]:
-    """The export twins' own ops (``blocks_export::acmix_window_attention``, ``blocks_export::space_to_depth``) for
-    the dynamo exporter."""
-    from blocks_export.blocks import acmix_onnx, spd_onnx
-
-    return {**acmix_onnx.translation_table(opset), **spd_onnx.translation_table(opset)}
-
-
 def translation_table(opset: int = DYNAMO_MIN_OPSET, deform_conv: str = "portable") -> dict[Any, Any]:
     """``custom_translation_table`` for exporting twins (``to_export``/``rewrite_model`` output) with
     ``torch.onnx.export(..., dynamo=True, opset_version=opset)`` yourself: the twins' own ops and torchvision's
-    ``deform_conv2d`` in the ``deform_conv`` lowering (``std`` needs opset 19). Without it the exporter stops at an
-    ACmix twin ("No ONNX function found" for ``blocks_export::acmix_window_attention``)."""
+    ``deform_conv2d`` in the ``deform_conv`` lowering (``std`` needs opset 19). Without it the exporter decomposes
+    the twins' ops (``blocks/_ops.py``, a bigger graph) and writes torchlib's ``DeformConv`` (opset >= 19)."""
+    from blocks_export.blocks import onnx_translations
+
     from . import deform_conv as dc
 
     if opset < DYNAMO_MIN_OPSET:
@@ -87,7 +83,7 @@ def translation_table(opset: int = DYNAMO_MIN_OPSET, deform_conv: str = "portabl
         deform = dc.dynamo_translation_table(deform_conv, opset)
     except ValueError as e:
         raise ValueError(f"deform_conv={deform_conv!r} at opset {opset}: {e}") from None
-    return {**deform, **_block_translations(opset)}
+    return {**deform, **onnx_translations(opset)}
 
 
 def _program_uses_deform_conv(program: Any) -> bool:
@@ -139,293 +135,6 @@ def _quiet_exporter() -> Iterator[None]:
             lg.setLevel(level)
 
 
-class _Signature:
-    """What ``onnxscript``'s torchlib listing reads from a traced function's IR: its domain only."""
-
-    def __init__(self, domain: str) -> None:
-        self.domain = domain
-
-
-_REGISTRIES: dict[int, Any] = {}  # opset -> the torchlib ONNXRegistry built once per process
-
-
-@contextlib.contextmanager
-def torchlib_registry_once() -> Iterator[None]:
-    """Inside: ``torch.onnx.export(..., dynamo=True)`` builds its torchlib registry once per process and opset.
-
-    Every dynamo export starts with ``ONNXRegistry.from_torchlib`` (torch/onnx/_internal/exporter/_compat.py),
-    which lists ~560 torchlib functions; for each of the ~500 traced ones onnxscript's listing reads
-    ``function_ir.domain``, and ``TracedOnnxFunction.function_ir`` parses the function's source anew on every
-    access (onnxscript/_internal/values.py). That is about 4 s of every export on a 2-core machine, the same
-    registry each time. Here the first build reads the domain where the parse would have found it (the
-    function's opset: onnxscript's converter names the IR function after ``this_module.domain``, the opset it
-    was given), and later exports get a copy of the finished registry (``custom_translation_table`` entries are
-    registered into the copy, as before). Private APIs: when they are not as expected, nothing is changed.
-    """
-    try:
-        from onnxscript._internal import values
-        from torch.onnx._internal.exporter import _registration
-
-        registry_cls = _registration.ONNXRegistry
-        original = registry_cls.__dict__["from_torchlib"]
-        traced = values.TracedOnnxFunction
-        function_ir = traced.__dict__["function_ir"]
-        if not isinstance(original, classmethod) or not isinstance(function_ir, property):
-            raise TypeError("unexpected exporter internals")
-    except (ImportError, AttributeError, KeyError, TypeError):
-        yield
-        return
-
-    def from_torchlib(cls: Any, opset_version: int = 18) -> Any:
-        key = int(opset_version)
-        if key not in _REGISTRIES:
-            setattr(traced, "function_ir", property(lambda f: _Signature(f.opset.domain)))  # noqa: B010
-            try:
-                _REGISTRIES[key] = original.__func__(cls, opset_version)
-            finally:
-                setattr(traced, "function_ir", function_ir)  # noqa: B010
-        built = _REGISTRIES[key]
-        copy = cls()
-        copy._opset_version = built._opset_version
-        copy.functions = {target: list(metas) for target, metas in built.functions.items()}
-        return copy
-
-    setattr(registry_cls, "from_torchlib", classmethod(from_torchlib))  # noqa: B010
-    try:
-        yield
-    finally:
-        setattr(registry_cls, "from_torchlib", original)  # noqa: B010
-
-
-def _unchanged_by_decomposition(table: dict[Any, Any]) -> Callable[[Any], bool]:
-    """``op -> bool``: whether ``ExportedProgram.run_decompositions(table)`` leaves a node calling ``op`` as it is.
-
-    As ``run_decompositions`` splits the table (torch/export/exported_program.py,
-    ``_split_decomp_table_to_cia_and_python_decomp``): an op with a Python decomposition in it is rewritten; a
-    CompositeImplicitAutograd op is kept only where the split marks it to be preserved; a mutating op is
-    functionalized. Everything else (convolution, silu, slice, the twins' own ops, ...) is traced unchanged.
-    """
-    import torch
-    from torch._export.utils import _is_cia_op, _special_op_to_preserve_cia
-    from torch.export.exported_program import _split_decomp_table_to_cia_and_python_decomp
-
-    cia, python_table = _split_decomp_table_to_cia_and_python_decomp(dict(table))
-
-    def unchanged(op: Any) -> bool:
-        if not isinstance(op, torch._ops.OpOverload) or op._schema.is_mutable or op in python_table:
-            return False
-        return cia.get(op) is _special_op_to_preserve_cia if _is_cia_op(op) else True
-
-    return unchanged
-
-
-def _decompose_in_place(program: Any, table: dict[Any, Any]) -> bool:
-    """Do what the ONNX exporter's ``run_decompositions(table)`` would do to ``program``, in place, without its
-    second trace of the whole graph; ``False`` (nothing changed) where that is not known to be exact.
-
-    The exporter's decomposition re-traces every node with symbolic shapes (as long as ``torch.export`` itself)
-    to rewrite what its registry does not translate. In programs of CNN blocks that is eval-mode
-    ``aten.batch_norm``, which it turns into ``aten._native_batch_norm_legit_no_training`` + ``getitem``
-    (torch/_decomp/decompositions.py), ``aten.flatten``, which it turns into ``aten.view``, and global
-    ``adaptive_avg_pool2d``, which it turns into ``aten.mean``; that is done here node by node (the view takes
-    -1 for the flattened axes: the same Reshape, without the size arithmetic). Any other op the decomposition would
-    change, and any node that is not a plain op call, leaves the program untouched for the full decomposition.
-    """
-    import torch
-
-    aten = torch.ops.aten
-    unchanged = _unchanged_by_decomposition(table)
-    graph = program.graph
-    output = next(n for n in graph.nodes if n.op == "output")
-    norms, flats, pools, inplace = [], [], [], []
-    for node in graph.nodes:
-        if node.op in ("placeholder", "output", "get_attr"):
-            continue
-        if node.op != "call_function":
-            return False
-        target = node.target
-        if target is aten.batch_norm.default:
-            x, weight, bias, mean, var, training, momentum, eps = node.args[:8]
-            if training or mean is None or var is None or node.kwargs or output in node.users:
-                return False
-            norms.append((node, (x, weight, bias, mean, var, momentum, eps)))
-        elif target is aten.adaptive_avg_pool2d.default:
-            if node.kwargs or output in node.users or list(node.args[1]) not in ([1], [1, 1]):
-                return False
-            pools.append(node)
-        elif target is aten.flatten.using_ints:
-            if node.kwargs or output in node.users or len(node.args) not in (2, 3):
-                return False
-            flats.append(node)
-        elif (functional := _out_of_place(node, unchanged)) is not None:
-            inplace.append((node, functional))
-        elif not (unchanged(target) or getattr(target, "__module__", None) in ("_operator", "operator")):
-            return False
-    for node, args in norms:
-        val = node.meta["val"]
-        with graph.inserting_after(node):
-            call = graph.call_function(aten._native_batch_norm_legit_no_training.default, args)
-        with graph.inserting_after(call):
-            item = graph.call_function(operator.getitem, (call, 0))
-        call.meta = {**node.meta, "val": (val, val.new_empty((0,)), val.new_empty((0,)))}
-        item.meta = dict(node.meta)
-        node.replace_all_uses_with(item)
-        graph.erase_node(node)
-    for node in flats:
-        # flatten(x, start, end) -> view(x, sizes) with -1 for the flattened axes and the other sizes read from x
-        # (``sym_size``) where they are symbolic, as the decomposition's ``view`` does.
-        x, start, end = (*node.args, -1)[:3]
-        shape = list(x.meta["val"].shape)
-        start, end = start % len(shape), end % len(shape)
-        sizes: list[Any] = []
-        with graph.inserting_before(node):
-            for axis, size in enumerate(shape):
-                if start < axis <= end:
-                    continue
-                if axis == start:
-                    sizes.append(-1)
-                elif isinstance(size, torch.SymInt):
-                    read = graph.call_function(aten.sym_size.int, (x, axis))
-                    read.meta = {**node.meta, "val": size}
-                    sizes.append(read)
-                else:
-                    sizes.append(int(size))
-            view = graph.call_function(aten.view.default, (x, sizes))
-        view.meta = dict(node.meta)
-        node.replace_all_uses_with(view)
-        graph.erase_node(node)
-    for node in pools:  # adaptive_avg_pool2d(x, 1) -> mean(x, [-1, -2], keepdim), as the decomposition writes it
-        with graph.inserting_before(node):
-            mean = graph.call_function(aten.mean.dim, (node.args[0], [-1, -2], True))
-        mean.meta = dict(node.meta)
-        node.replace_all_uses_with(mean)
-        graph.erase_node(node)
-    for node, functional in inplace:  # relu_(x) -> relu(x): x has no other use, nothing else sees the mutation
-        node.target = functional
-    if norms or flats or pools or inplace:
-        graph.lint()
-        program.graph_module.recompile()
-    return True
-
-
-def _out_of_place(node: Any, unchanged: Callable[[Any], bool]) -> Any:
-    """The functional op for an in-place activation (``aten.relu_`` -> ``aten.relu``, as ``SiLU(inplace=True)``
-    traces) whose input is an op's fresh result used by this node alone, or ``None``.
-
-    Functionalization rewrites exactly these to the out-of-place op (nothing else can see the mutation: the input is
-    no graph input, no view of another tensor and has no other user)."""
-    import torch
-
-    target = node.target
-    if not isinstance(target, torch._ops.OpOverload) or len(node.args) != 1 or node.kwargs:
-        return None
-    name = target._schema.name.split("::")[-1]
-    if not (target._schema.is_mutable and name.endswith("_") and name.rstrip("_") in _INPLACE_ACTIVATIONS):
-        return None
-    functional = getattr(getattr(torch.ops.aten, name.rstrip("_"), None), target._overloadname, None)
-    (x,) = node.args
-    producer = getattr(x, "target", None)
-    if (functional is None or not unchanged(functional) or getattr(x, "op", None) != "call_function"
-            or len(x.users) != 1 or not isinstance(producer, torch._ops.OpOverload)
-            or producer._schema.is_mutable or any(r.alias_info for r in producer._schema.returns)):
-        return None
-    return functional
-
-
-_INPLACE_ACTIVATIONS = frozenset({"relu", "silu", "hardswish", "hardsigmoid", "sigmoid", "gelu", "mish", "tanh"})
-
-
-@contextlib.contextmanager
-def decompose_without_retrace() -> Iterator[None]:
-    """Inside: ``torch.onnx.export(program, dynamo=True)`` decomposes ``program`` with ``_decompose_in_place``
-    where that is exact, with its own ``run_decompositions`` otherwise.
-
-    The exporter's ``decompose_with_registry`` (torch/onnx/_internal/exporter/_fx_passes.py) builds the
-    ONNX-friendly table from the registry and re-traces the program with it: about 40% of a dynamic export of
-    the sample detector on a 2-core machine, to rewrite its BatchNorms. Here the same table is built and, when
-    the program holds nothing else to decompose, those nodes are rewritten in place (the program is changed:
-    only for programs traced here). Private APIs: when they are not as expected, nothing is changed.
-    """
-    try:
-        from torch.onnx._internal.exporter import _decomp, _fx_passes
-
-        original = _fx_passes.decompose_with_registry
-        _decomp.create_onnx_friendly_decomposition_table  # noqa: B018 (present, or nothing is changed)
-        _decomp.get_onnx_implemented_overloads  # noqa: B018
-    except (ImportError, AttributeError):
-        yield
-        return
-
-    def decompose_with_registry(exported_program: Any, registry: Any) -> Any:
-        ops = set(_decomp.get_onnx_implemented_overloads(registry))
-        table = _decomp.create_onnx_friendly_decomposition_table(ops)
-        try:
-            done = _decompose_in_place(exported_program, table)
-        except (ImportError, AttributeError, KeyError, TypeError, ValueError):
-            done = False
-        return exported_program if done else exported_program.run_decompositions(table)
-
-    setattr(_fx_passes, "decompose_with_registry", decompose_with_registry)  # noqa: B010
-    try:
-        yield
-    finally:
-        setattr(_fx_passes, "decompose_with_registry", original)  # noqa: B010
-
-
-@contextlib.contextmanager
-def type_promotion_from_meta() -> Iterator[None]:
-    """Inside: the ONNX exporter's explicit type promotion reads each node's traced value (``node.meta["val"]``)
-    instead of running the node again on fake tensors.
-
-    ``insert_type_promotion_nodes`` (torch/onnx/_internal/exporter/_fx_passes.py) interprets the whole graph with
-    fake tensors (torch/onnx/_internal/fx/passes/type_promotion.py, ``_TypePromotionInterpreter``) only to know
-    the dtypes of the inputs of the nodes that have a promotion rule; with symbolic shapes every node re-derives
-    its size expressions, about a sixth of a dynamic export of the sample detector. The pass never writes those
-    values back into unchanged nodes, and ``torch.export`` has already stored them there; so here a node the
-    pass does not change returns its stored value, and a node it changes (or one without a stored value) runs
-    on fake tensors as before. The graph written is the same. Private APIs: when they are not as expected,
-    nothing is changed.
-    """
-    try:
-        import torch.fx
-        from torch.onnx._internal.exporter import _fx_passes
-        from torch.onnx._internal.fx.passes import type_promotion
-
-        original = _fx_passes.insert_type_promotion_nodes
-        interpreter_cls = type_promotion._TypePromotionInterpreter
-        get_rule = type_promotion.get_type_promotion_rule
-        interpreter_cls._maybe_promote_node  # noqa: B018 (present, or nothing is changed)
-        pass_cls = type_promotion.InsertTypePromotion
-    except (ImportError, AttributeError):
-        yield
-        return
-
-    class FromMeta(interpreter_cls):  # type: ignore[misc, valid-type]
-        def run_node(self, n: Any) -> Any:
-            target, args, kwargs = n.target, n.args, n.kwargs
-            if n.op == "call_function" and (rule := get_rule(n, self.type_promotion_table)):
-                with self._set_current_node(n):
-                    self._maybe_promote_node(n, rule)  # replaces args/kwargs/target where it promotes
-            if (n.op == "call_function" and n.target is target and n.args is args and n.kwargs is kwargs
-                    and n.meta.get("val") is not None):
-                return n.meta["val"]
-            return torch.fx.Interpreter.run_node(self, n)
-
-    def insert_type_promotion_nodes(graph_module: Any) -> None:
-        for module in graph_module.modules():
-            if not isinstance(module, torch.fx.GraphModule):
-                raise AssertionError(f"Expected GraphModule, got {type(module)}")
-            promote = pass_cls(module)
-            promote.interpreter = FromMeta(module, promote.interpreter.type_promotion_table)
-            promote.run()
-
-    setattr(_fx_passes, "insert_type_promotion_nodes", insert_type_promotion_nodes)  # noqa: B010
-    try:
-        yield
-    finally:
-        setattr(_fx_passes, "insert_type_promotion_nodes", original)  # noqa: B010
-
-
 def export_program(model: Any, example: Any, dynamic: bool,
                    batch_max: int | None = None) -> tuple[Any, dict[str, dict[str, int | None]] | None, list[str]]:
     """``torch.export.export``; with ``dynamic``, batch/H/W dynamic and their valid ranges derived.
@@ -435,11 +144,11 @@ def export_program(model: Any, example: Any, dynamic: bool,
     import torch
     from torch.export import Dim
 
-    from blocks_export.blocks.spd import export_as_one_op  # its op: in ``_block_translations``
+    from blocks_export.blocks import traced_as_ops  # the twins' ops, translated by ``onnx_translations``
 
     if not dynamic:
         try:
-            with _quiet_exporter(), export_as_one_op():
+            with _quiet_exporter(), traced_as_ops():
                 return torch.export.export(model, (example,), strict=False), None, []
         except Exception as e:
             raise ExportFailed(f"torch.export failed: {one_line(e)} (rerun with `debug=True` for the traceback)") from e
@@ -453,7 +162,7 @@ def export_program(model: Any, example: Any, dynamic: bool,
     batch = Dim.AUTO(min=1, max=batch_max) if batch_max else Dim.AUTO
     shapes = ({0: batch, 2: Dim.AUTO, 3: Dim.AUTO},)
     try:
-        with _quiet_exporter(), export_as_one_op():
+        with _quiet_exporter(), traced_as_ops():
             program = torch.export.export(model, (example,), dynamic_shapes=shapes, strict=False)
     except Exception as e:
         raise ExportFailed(f"`dynamic=True`: torch.export failed: {one_line(e)} "
@@ -481,8 +190,9 @@ def to_onnx(model: Any, example: Any, *, opset: int, opset_fixed: bool = False, 
     if is_script and exporter == "dynamo":
         exporter = "torchscript"
         notes.append("TorchScript archive: exported with the TorchScript exporter")
-    from . import deform_conv as dc
+    from blocks_export.blocks import onnx_translations
 
+    from . import deform_conv as dc
 
     if exporter == "torchscript":
         if is_program:  # its module() does not trace under the TorchScript exporter ("Calling train()")
@@ -524,17 +234,12 @@ def to_onnx(model: Any, example: Any, *, opset: int, opset_fixed: bool = False, 
         except ValueError as e:
             raise UsageError(f"`deform_conv={lowering}`: {e}") from e
         table = dc.dynamo_translation_table(lowering, max(opset, DYNAMO_MIN_OPSET))
-    table = {**(table or {}), **_block_translations(max(opset, DYNAMO_MIN_OPSET))}
+    table = {**(table or {}), **onnx_translations(max(opset, DYNAMO_MIN_OPSET))}
     # Read before translation: the ONNX exporter's decompositions rewrite the program's symbolic shapes.
     ranges = derived if derived is not None else (dynamic_ranges(program) if is_program else None)
     try:
-        # A program traced here is ours to change (decomposed in place, type promotion read from its traced
-        # values); a user's (``.pt2``) goes through the exporter's own passes.
-        fast = contextlib.ExitStack()
-        if not is_program:
-            fast.enter_context(decompose_without_retrace())
-            fast.enter_context(type_promotion_from_meta())
-        with _quiet_exporter(), torchlib_registry_once(), fast:
+        # A program traced here is ours to change; a user's (``.pt2``) goes through the exporter's own passes.
+        with _quiet_exporter(), exporter_patches(program_traced_here=not is_program):
             onnx_program = torch.onnx.export(program, (example,), dynamo=True,
                                              opset_version=max(opset, DYNAMO_MIN_OPSET),
                                              input_names=[INPUT_NAME], output_names=output_names,
@@ -553,140 +258,6 @@ def to_onnx(model: Any, example: Any, *, opset: int, opset_fixed: bool = False, 
         name_dims(proto, INPUT_NAME)
     dyn = {INPUT_NAME: ranges} if ranges else None
     return OnnxExport(proto, INPUT_NAME, output_names, opset, "dynamo", uses_dc, dyn, notes)
-
-
-def decompose_layer_norm(model: Any) -> int:
-    """Replace every ``LayerNormalization`` (opset >= 17) by standard ops, in place; returns how many.
-
-    y = (x - mean) / sqrt(var + eps) * scale + bias over the axes [axis, rank), as the operator is defined
-    (https://onnx.ai/onnx/operators/onnx__LayerNormalization.html). Needed below opset 17 and for TensorRT
-    8.5, whose ONNX parser has no LayerNormalization (onnx-tensorrt 8.5 docs/operators.md). Written at opset
-    18 (ReduceMean takes its axes as an input); the opset conversion that follows handles older forms.
-    """
-    import onnx
-    from onnx import helper, numpy_helper
-
-    ranks: dict[str, int] = {}
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-        for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
-            if v.type.tensor_type.HasField("shape"):
-                ranks[v.name] = len(v.type.tensor_type.shape.dim)
-    except Exception:
-        pass
-    out_nodes = []
-    count = 0
-    for node in model.graph.node:
-        if node.op_type != "LayerNormalization" or node.domain not in ("", "ai.onnx"):
-            out_nodes.append(node)
-            continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        axis, eps = int(attrs.get("axis", -1)), float(attrs.get("epsilon", 1e-5))
-        if any(o for o in node.output[1:]):
-            raise ExportFailed(f"node {node.name}: LayerNormalization's Mean/InvStdDev outputs are used; "
-                               "it cannot be decomposed")
-        x = node.input[0]
-        if axis >= 0:
-            if x not in ranks:
-                raise ExportFailed(f"node {node.name}: the rank of its input is unknown; LayerNormalization "
-                                   "cannot be decomposed (use a target with opset >= 17)")
-            axis -= ranks[x]
-        p = f"{node.name or 'layernorm'}_decomposed"
-        axes = numpy_helper.from_array(np.arange(axis, 0, dtype=np.int64), f"{p}_axes")
-        epsilon = numpy_helper.from_array(np.array(eps, dtype=np.float32), f"{p}_eps")
-        model.graph.initializer.extend([axes, epsilon])
-        out_nodes += [
-            helper.make_node("ReduceMean", [x, axes.name], [f"{p}_mean"], name=f"{p}_mean", keepdims=1),
-            helper.make_node("Sub", [x, f"{p}_mean"], [f"{p}_d"], name=f"{p}_sub"),
-            helper.make_node("Mul", [f"{p}_d", f"{p}_d"], [f"{p}_d2"], name=f"{p}_sq"),
-            helper.make_node("ReduceMean", [f"{p}_d2", axes.name], [f"{p}_var"], name=f"{p}_var", keepdims=1),
-            helper.make_node("Add", [f"{p}_var", epsilon.name], [f"{p}_vareps"], name=f"{p}_addeps"),
-            helper.make_node("Sqrt", [f"{p}_vareps"], [f"{p}_std"], name=f"{p}_sqrt"),
-            helper.make_node("Div", [f"{p}_d", f"{p}_std"], [f"{p}_norm"], name=f"{p}_div"),
-        ]
-        scaled = f"{p}_scaled" if len(node.input) > 2 and node.input[2] else node.output[0]
-        out_nodes.append(helper.make_node("Mul", [f"{p}_norm", node.input[1]], [scaled], name=f"{p}_scale"))
-        if scaled != node.output[0]:
-            out_nodes.append(helper.make_node("Add", [scaled, node.input[2]], [node.output[0]], name=f"{p}_bias"))
-        count += 1
-    if count:
-        del model.graph.node[:]
-        model.graph.node.extend(out_nodes)
-    return count
-
-
-# While the converter runs, default-domain nodes it has no schema for (TensorRT plugin nodes, which the parser
-# reads in the default domain) sit in this domain; they go back afterwards.
-_UNCONVERTED_DOMAIN = "blocks_export.unconverted"
-
-
-def convert_opset(proto: Any, opset: int) -> Any:
-    """``proto`` converted to ``opset`` by ``onnx.version_converter`` (the package's one opset converter).
-
-    The dynamo exporter builds opset 18 or newer and converts before its own optimisation, where e.g.
-    ReduceMean's axes are not yet constants and the conversion fails; after optimisation it succeeds. The
-    converter needs a schema for every default-domain node and refuses the others, so those (TensorRT plugin
-    nodes, subgraphs included) wait in a domain of their own during the conversion and return afterwards; so do
-    the operators it has no adapter for (Split-18, Pad-18), once ``opset_down`` has rewritten them into forms the
-    target opset reads. ``ExportFailed`` (one line) when the graph cannot be converted.
-    """
-    import onnx
-    import onnx.version_converter
-
-    from blocks_export.plugins.onnx_graph import nodes
-
-    from .opset_down import held_back, lower_for_opset
-
-    work = onnx.ModelProto()
-    work.CopyFrom(lower_for_opset(proto, opset)[0])
-    source = next((o.version for o in work.opset_import if o.domain in ("", "ai.onnx")), opset)
-    moved = [n for n in nodes(work.graph) if n.domain in ("", "ai.onnx")
-             and (not onnx.defs.has(n.op_type) or held_back(n.op_type, source, opset))]
-    for n in moved:
-        n.domain = _UNCONVERTED_DOMAIN
-    if moved:
-        work.opset_import.append(onnx.helper.make_opsetid(_UNCONVERTED_DOMAIN, 1))
-    try:
-        converted = onnx.version_converter.convert_version(work, opset)
-    except Exception as e:
-        raise ExportFailed(f"the graph cannot be converted to opset {opset} ({one_line(e)}); try "
-                           "`exporter=torchscript` or a target with a newer opset") from e
-    version = next((o.version for o in converted.opset_import if o.domain in ("", "ai.onnx")), None)
-    if version != opset:
-        raise ExportFailed(f"the graph stayed at opset {version}, not {opset}; try `exporter=torchscript`")
-    _drop_unknown_attributes(converted, opset)
-    if moved:
-        for n in nodes(converted.graph):
-            if n.domain == _UNCONVERTED_DOMAIN:
-                n.domain = ""
-        kept = [o for o in converted.opset_import if o.domain != _UNCONVERTED_DOMAIN]
-        del converted.opset_import[:]
-        converted.opset_import.extend(kept)
-    return converted
-
-
-def _drop_unknown_attributes(model: Any, opset: int) -> None:
-    """Remove attributes the target opset's schema does not define.
-
-    The converter keeps attributes introduced later, e.g. ReduceMean's ``noop_with_empty_axes`` (opset 18,
-    https://onnx.ai/onnx/operators/onnx__ReduceMean.html); runtimes reject unknown attributes. Default
-    (empty) values only: a set value would change the meaning, so that is an error.
-    """
-    import onnx
-
-    for node in model.graph.node:
-        if node.domain not in ("", "ai.onnx"):
-            continue
-        try:
-            schema = onnx.defs.get_schema(node.op_type, opset)
-        except onnx.defs.SchemaError:
-            continue
-        unknown = [a for a in node.attribute if a.name not in schema.attributes]
-        for a in unknown:
-            if onnx.helper.get_attribute_value(a) not in (0, None, b"", ""):
-                raise ExportFailed(f"node {node.name} ({node.op_type}) uses attribute {a.name}, which opset "
-                                   f"{opset} does not have; try `exporter=torchscript`")
-            node.attribute.remove(a)
 
 
 def _torchscript_export(model: Any, example: Any, opset: int, lowering: str, dynamic: bool, n_out: int,

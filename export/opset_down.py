@@ -15,6 +15,8 @@ as it stands at the target opset.
 - ``Pad``: opset 18 added the optional ``axes`` input (https://onnx.ai/onnx/operators/onnx__Pad.html); without it
   the node is Pad-13's (``data``, ``pads``, ``constant_value``; modes constant/reflect/edge). ``axes`` is folded
   into full-rank ``pads`` (zeros on the other axes) by one ``Gather``, where the rank is known.
+
+``convert_opset`` is the package's one opset converter: these rewrites, then ``onnx.version_converter``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ExportFailed
+from .errors import ExportFailed, one_line
+from .graph import infer_shapes
 
 # Operator -> the oldest opset at which its rewritten form is valid unchanged (Split's ``split`` input: 13).
 PASS_THROUGH = {"Split": 13, "Pad": 13}
@@ -57,17 +60,14 @@ def lower_for_opset(proto: Any, opset: int) -> tuple[Any, int]:
     The input is not changed. Static sizes come from ONNX shape inference where it knows them. ``ExportFailed``
     (one line) for a form that cannot be rewritten.
     """
-    import onnx
     import onnx_ir as ir
 
     from blocks_export.plugins.onnx_graph import nodes
 
     if opset >= 18 or not any(_opset18_form(n) for n in nodes(proto.graph)):
         return proto, 0
-    try:
-        inferred = onnx.shape_inference.infer_shapes(proto)
-    except Exception:  # unknown ops or a graph inference cannot read: sizes are then computed in the graph
-        inferred = proto
+    # Unknown ops or a graph inference cannot read: sizes are then computed in the graph.
+    inferred = infer_shapes(proto) or proto
     model = ir.from_proto(inferred)
     count = 0
     for node in list(ir.traversal.RecursiveGraphIterator(model.graph)):
@@ -170,3 +170,75 @@ def _lower_pad(node: Any, prefix: str) -> None:
     node.graph.insert_before(node, [zero, where, padded, full])
     node.replace_input_with(1, full.outputs[0])
     node.resize_inputs(3)
+
+
+# While the converter runs, default-domain nodes it has no schema for (TensorRT plugin nodes, which the parser
+# reads in the default domain) sit in this domain; they go back afterwards.
+_UNCONVERTED_DOMAIN = "blocks_export.unconverted"
+
+
+def convert_opset(proto: Any, opset: int) -> Any:
+    """``proto`` converted to ``opset`` by ``onnx.version_converter`` (the package's one opset converter).
+
+    The dynamo exporter builds opset 18 or newer and converts before its own optimisation, where e.g.
+    ReduceMean's axes are not yet constants and the conversion fails; after optimisation it succeeds. The
+    converter needs a schema for every default-domain node and refuses the others, so those (TensorRT plugin
+    nodes, subgraphs included) wait in a domain of their own during the conversion and return afterwards; so do
+    the operators it has no adapter for (Split-18, Pad-18), once ``lower_for_opset`` has rewritten them into forms the
+    target opset reads. ``ExportFailed`` (one line) when the graph cannot be converted.
+    """
+    import onnx
+    import onnx.version_converter
+
+    from blocks_export.plugins.onnx_graph import nodes
+
+    work = onnx.ModelProto()
+    work.CopyFrom(lower_for_opset(proto, opset)[0])
+    source = next((o.version for o in work.opset_import if o.domain in ("", "ai.onnx")), opset)
+    moved = [n for n in nodes(work.graph) if n.domain in ("", "ai.onnx")
+             and (not onnx.defs.has(n.op_type) or held_back(n.op_type, source, opset))]
+    for n in moved:
+        n.domain = _UNCONVERTED_DOMAIN
+    if moved:
+        work.opset_import.append(onnx.helper.make_opsetid(_UNCONVERTED_DOMAIN, 1))
+    try:
+        converted = onnx.version_converter.convert_version(work, opset)
+    except Exception as e:
+        raise ExportFailed(f"the graph cannot be converted to opset {opset} ({one_line(e)}); try "
+                           "`exporter=torchscript` or a target with a newer opset") from e
+    version = next((o.version for o in converted.opset_import if o.domain in ("", "ai.onnx")), None)
+    if version != opset:
+        raise ExportFailed(f"the graph stayed at opset {version}, not {opset}; try `exporter=torchscript`")
+    _drop_unknown_attributes(converted, opset)
+    if moved:
+        for n in nodes(converted.graph):
+            if n.domain == _UNCONVERTED_DOMAIN:
+                n.domain = ""
+        kept = [o for o in converted.opset_import if o.domain != _UNCONVERTED_DOMAIN]
+        del converted.opset_import[:]
+        converted.opset_import.extend(kept)
+    return converted
+
+
+def _drop_unknown_attributes(model: Any, opset: int) -> None:
+    """Remove attributes the target opset's schema does not define.
+
+    The converter keeps attributes introduced later, e.g. ReduceMean's ``noop_with_empty_axes`` (opset 18,
+    https://onnx.ai/onnx/operators/onnx__ReduceMean.html); runtimes reject unknown attributes. Default
+    (empty) values only: a set value would change the meaning, so that is an error.
+    """
+    import onnx
+
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        try:
+            schema = onnx.defs.get_schema(node.op_type, opset)
+        except onnx.defs.SchemaError:
+            continue
+        unknown = [a for a in node.attribute if a.name not in schema.attributes]
+        for a in unknown:
+            if onnx.helper.get_attribute_value(a) not in (0, None, b"", ""):
+                raise ExportFailed(f"node {node.name} ({node.op_type}) uses attribute {a.name}, which opset "
+                                   f"{opset} does not have; try `exporter=torchscript`")
+            node.attribute.remove(a)

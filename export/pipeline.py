@@ -168,13 +168,14 @@ def channel_candidates(model: Any) -> list[int]:
     ``x[..., ::2, ::2]`` form, which no module announces), then 3, then 1."""
     import torch
 
+    from blocks_export.blocks import channel_factor
+
     first, factors = None, []
     for m in model.modules():
         if isinstance(m, torch.nn.PixelUnshuffle):
             factors.append(int(m.downscale_factor) ** 2)
-        elif "space_to_depth" in type(m).__name__.lower().replace("spacetodepth", "space_to_depth") \
-                or type(m).__name__.lower().startswith("spd"):
-            factors.append(4)
+        elif (factor := channel_factor(m)) > 1:  # a space-to-depth block, by class or recogniser
+            factors.append(factor)
         elif isinstance(m, torch.nn.modules.conv._ConvNd):
             first = int(m.in_channels)
             break

@@ -58,23 +58,18 @@ def static_pools(model: Any) -> int:
     """Rewrite, in place, ``ReduceMean`` over axis 2, 3 or (2, 3) with ``keepdims=1`` of a 4-D input with static
     H and W (at most ``fp16.LARGE_REDUCTION`` elements reduced) into ``AveragePool`` / ``GlobalAveragePool``.
     Returns how many nodes were rewritten; a graph whose shapes cannot be inferred is left as it is."""
-    import onnx
     from onnx import helper, numpy_helper
 
     from .fp16 import LARGE_REDUCTION
+    from .graph import infer_shapes, shapes_of
 
     candidates = [n for n in model.graph.node if n.op_type == "ReduceMean" and n.domain in ("", "ai.onnx")]
     if not candidates:
         return 0
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # shapes unknown: nothing is rewritten
+    inferred = infer_shapes(model)
+    if inferred is None:  # shapes unknown: nothing is rewritten
         return 0
-    dims: dict[str, list[int | None]] = {}
-    for v in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
-        t = v.type.tensor_type
-        if t.HasField("shape"):
-            dims[v.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+    dims = shapes_of(inferred)
     consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     for n in model.graph.node:
         if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":

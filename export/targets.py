@@ -23,7 +23,7 @@ https://docs.nvidia.com/deeplearning/tensorrt/11.4.0/api/migration/tensorrt-10x-
   ``LayerNormalization`` exists from opset 17 only, so at 16 the exporter writes LayerNorm as standard ops
   (GridSample, used by the portable DeformConv, exists from 16).
 - exporter: torch 2.14's dynamo exporter writes opset 18 and up, which the 8.x parsers do not read; onnx's
-  version converter has no down adapter for Split-18 or Pad-18, so ``onnx_export.convert_opset`` rewrites
+  version converter has no down adapter for Split-18 or Pad-18, so ``opset_down.convert_opset`` rewrites
   those first (``opset_down``) and ``--exporter dynamo`` reaches 17 and 16. The 8.x targets keep the
   TorchScript exporter, which writes 17 and 16 directly, as their default.
 - DeformConv: the parser imports ONNX ``DeformConv`` from TensorRT 10.1 (onnx-tensorrt ``docs/Changelog.md``,

@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from blocks_export.blocks import acmix_onnx
+from blocks_export.blocks import onnx_translations
 
 
 def ort_session(model_bytes: bytes, threads: int = 1) -> ort.InferenceSession:
@@ -27,7 +27,7 @@ def export_dynamic(module: torch.nn.Module, example: torch.Tensor, opset: int = 
         prog = torch.onnx.export(module, (example,), dynamo=True, opset_version=opset,
                                  dynamic_shapes={"x": {0: b, 2: h, 3: w}}, input_names=["x"],
                                  output_names=["y"], verbose=False,
-                                 custom_translation_table=acmix_onnx.translation_table(opset))
+                                 custom_translation_table=onnx_translations(opset))
         return prog.model_proto.SerializeToString()
     buf = io.BytesIO()
     torch.onnx.export(module, (example,), buf, dynamo=False, opset_version=opset, input_names=["x"],

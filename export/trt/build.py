@@ -160,17 +160,18 @@ def graph_is_int8(model: onnx.ModelProto) -> bool:
     return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
 
 
-# The TensorRT layer types the parser makes of each op that ``fp16.BLOCKED_OPS`` keeps in fp32 (the fp32 op policy
-# lives there, once): a weakly typed fp16 build (8.x) pins these layer types, and every layer named after a node
-# that ``fp16.fp32_nodes`` keeps fp32 (softmax logits, large reductions, coordinate arithmetic). The DeformConv
-# plugin computes its sampling coordinates in half precision in fp16 (DESIGN.md).
+# The TensorRT layer types the parser makes of the ops that ``fp16.BLOCKED_OPS`` keeps in fp32 (the fp32 op policy:
+# the fp16 pass's sensitive ops and the blocks' ``BlockSpec.fp32_ops``, read there): a weakly typed fp16 build (8.x) pins these
+# layer types, and every layer named after a node that ``fp16.fp32_nodes`` keeps fp32 (the nodes of those ops,
+# softmax logits, large reductions, coordinate arithmetic), so an op without an entry here is still pinned by
+# name. The DeformConv plugin computes its sampling coordinates in half precision in fp16 (DESIGN.md).
 LAYER_TYPES_OF_OP = {
     "Softmax": ("SOFTMAX",), "LogSoftmax": ("SOFTMAX",), "LayerNormalization": ("NORMALIZATION",),
     "GroupNormalization": ("NORMALIZATION",), "InstanceNormalization": ("NORMALIZATION",),
     "GridSample": ("GRID_SAMPLE",), "DeformConv": ("PLUGIN_V2", "PLUGIN_V3"),
     "ModulatedDeformConv2d": ("PLUGIN_V2", "PLUGIN_V3"),
 }
-PINNED_LAYER_TYPES = tuple(sorted({t for op in BLOCKED_OPS for t in LAYER_TYPES_OF_OP[op]}))
+PINNED_LAYER_TYPES = tuple(sorted({t for op in BLOCKED_OPS for t in LAYER_TYPES_OF_OP.get(op, ())}))
 
 
 def _pin_fp32(network: trt.INetworkDefinition, fp32_names: set[str]) -> list[str]:

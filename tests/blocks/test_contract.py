@@ -4,6 +4,7 @@ randomised first), with this test's own onnxruntime session."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 
@@ -11,9 +12,20 @@ import pytest
 import torch
 from torch import nn
 
-from blocks_export.blocks import BLOCKS, CONVERSIONS, RECOGNIZERS, BlockSpec, Example, randomize_, to_export
+from blocks_export.blocks import (
+    BLOCKS,
+    CONVERSIONS,
+    FP32_OPS,
+    RECOGNIZERS,
+    BlockSpec,
+    Example,
+    onnx_translations,
+    randomize_,
+    to_export,
+    traced_as_ops,
+)
 from blocks_export.export.check import check_model
-from blocks_export.export.fp16 import BLOCKED_OPS, to_fp16
+from blocks_export.export.fp16 import BLOCK_FP32_OPS, fp32_nodes, name_nodes, to_fp16
 from blocks_export.export.onnx_export import to_onnx
 from blocks_export.plugins.ort_cpu import cpu_session
 from blocks_export.runtime.parity import RULES, compare, rel_l2
@@ -48,9 +60,28 @@ def test_every_block_has_every_part_of_its_spec():
         assert getattr(module, spec.reference.__qualname__) is spec.reference
 
 
+def test_the_torch_free_copy_of_the_fp32_op_policy_is_the_blocks_declarations():
+    # fp16.py (and the engine build) run on a Jetson without PyTorch, so they hold the union of every
+    # ``BlockSpec.fp32_ops`` written out; a block declaring a new op type adds it there.
+    assert BLOCK_FP32_OPS == FP32_OPS, sorted(FP32_OPS ^ BLOCK_FP32_OPS)
+
+
 def test_tables_are_read_from_the_block_list():
     assert dict(CONVERSIONS) == {s.reference: s.to_export for s in BLOCKS}
     assert list(RECOGNIZERS.items()) == [(s.name, s.recognize) for s in BLOCKS]
+
+
+@pytest.mark.parametrize("spec", BLOCKS, ids=IDS)
+def test_every_op_of_the_package_a_twin_traces_to_is_translated_by_its_own_spec(spec: BlockSpec):
+    # The export pipeline traces inside ``traced_as_ops`` and translates with ``onnx_translations``: both read the
+    # spec, so a twin whose spec lacks its op's translation (or its trace context) fails here.
+    ex = _example(spec)
+    with traced_as_ops([spec]):
+        program = torch.export.export(to_export(ex.module), (_x(ex.shapes[0], 0),), strict=False)
+    own = {n.target for n in program.graph.nodes
+           if n.op == "call_function" and getattr(n.target, "namespace", None) == "blocks_export"}
+    assert own <= set(onnx_translations(18, [spec])), (spec.name, own)
+    assert (spec.onnx_translations is not None) == bool(own), spec.name  # a translation only where an op is traced
 
 
 @pytest.mark.parametrize("spec", BLOCKS, ids=IDS)
@@ -83,13 +114,39 @@ def test_dynamic_onnx_of_the_twin_matches_reference_at_other_shapes_fp32_fp16_an
             want = ex.module(x)
         (got,) = session.run(None, {exported.input_name: x.numpy()})
         assert rel_l2(want, got) <= RULES["fp32"].rel_l2, shape
-    assert spec.fp32_ops <= BLOCKED_OPS  # what a block needs in fp32, the mixed-precision pass keeps fp32
+    named = copy.deepcopy(exported.model)
+    name_nodes(named)
+    declared = {n.name for n in named.graph.node if n.op_type in spec.fp32_ops}
+    assert declared <= fp32_nodes(named)  # what a block needs in fp32, the mixed-precision pass keeps fp32
     session16 = cpu_session(to_fp16(exported.model))
     x = _x(export_shape, 20)
     with torch.no_grad():
         want = ex.module(x)
     (got,) = session16.run(None, {exported.input_name: x.numpy()})
     assert rel_l2(want, got) <= RULES["fp16"].rel_l2
+
+
+@pytest.mark.parametrize("spec", BLOCKS, ids=IDS)
+def test_twin_exported_by_a_plain_dynamo_export_matches_reference_at_other_shapes(spec: BlockSpec):
+    # What a user writes, with no translation table: the twins' own ops decompose (blocks/_ops.py). Inside the
+    # spec's ``op_trace`` (SPD traced as its op, as the pipeline traces) as well as outside it.
+    ex = _example(spec, seed=7)
+    export_shape, *others = ex.shapes
+    twin = to_export(ex.module)
+    dims = ({0: torch.export.Dim("batch"), 2: torch.export.Dim("height"), 3: torch.export.Dim("width")},)
+    traces = [contextlib.nullcontext()] + ([traced_as_ops([spec])] if spec.op_trace is not None else [])
+    for trace in traces:
+        with trace:
+            program = torch.onnx.export(twin, (_x(export_shape, 0),), dynamo=True, dynamic_shapes=dims,
+                                        verbose=False)
+        assert program is not None
+        session = cpu_session(program.model_proto)
+        for i, shape in enumerate(others):
+            x = _x(shape, 30 + i)
+            with torch.no_grad():
+                want = ex.module(x)
+            (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+            assert rel_l2(want, got) <= RULES["fp32"].rel_l2, (shape, trace)
 
 
 @pytest.mark.parametrize("spec", BLOCKS, ids=IDS)

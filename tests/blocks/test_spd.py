@@ -109,7 +109,7 @@ def test_spd_twin_onnx_matches_reference_at_other_shapes(dynamo, block):
 
 
 def test_spd_twin_traces_as_one_op_inside_export_as_one_op_and_its_onnx_is_the_same_slices():
-    from blocks_export.blocks import acmix_onnx, spd_onnx
+    from blocks_export.blocks import onnx_translations
     from blocks_export.blocks.spd import export_as_one_op
 
     ref = make_spd_conv(4, 8, 3, 1, seed=5)
@@ -126,7 +126,7 @@ def test_spd_twin_traces_as_one_op_inside_export_as_one_op_and_its_onnx_is_the_s
         program = torch.export.export(twin, (x,), dynamic_shapes=dims, strict=False)
     assert targets(program).count("blocks_export.space_to_depth.default") == 1
     assert "aten.slice.Tensor" not in targets(program)
-    table = {**acmix_onnx.translation_table(18), **spd_onnx.translation_table(18)}
+    table = onnx_translations(18)
     graphs = [torch.onnx.export(p, (x,), dynamo=True, opset_version=18, custom_translation_table=table).model_proto
               for p in (plain, program)]
     ops = [sorted(n.op_type for n in g.graph.node if n.op_type in ("Slice", "Concat", "Conv")) for g in graphs]

@@ -97,3 +97,47 @@ def test_unfound_channels_said_with_channels_advice_only(tmp_path: Path) -> None
     assert rel_l2(want, np.asarray(got)) < 1e-5
     result, out = _invoke(tmp_path, model, "--channels", "5", "--force")
     assert result.exit_code != 0 and "--channels" in result.output
+
+
+class PastedSpd(nn.Module):
+    """The seed's space_to_depth, pasted under a name that says nothing."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]], 1)
+
+
+class Downsample(nn.Module):
+    """Named like nothing in particular: a pasted space-to-depth feeding a 12-channel convolution (5 input channels
+    in, so neither 12 nor the 3 of 12 // 4 is a guess that happens to be the default)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rearrange = PastedSpd()
+        self.conv = nn.Conv2d(20, 8, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.rearrange(x))
+
+
+class SpdLookalike(nn.Module):
+    """Named like an SPD block, but a plain convolution: its name must not change the guess."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def test_channel_guess_divides_by_space_to_depth_blocks_found_by_what_they_compute() -> None:
+    from blocks_export.blocks import SPDConv, channel_factor, space_to_depth, to_export
+    from blocks_export.export.pipeline import channel_candidates
+
+    assert channel_candidates(nn.Sequential(Downsample(), nn.ReLU()))[0] == 5
+    assert channel_candidates(nn.Sequential(SPDConv(6, 8), nn.ReLU()))[0] == 6
+    assert channel_candidates(nn.Sequential(to_export(SPDConv(6, 8).eval()), nn.ReLU()))[0] == 6
+    lookalike = type("SPDConvLike", (SpdLookalike,), {})()
+    assert channel_factor(lookalike) == 1 and channel_candidates(nn.Sequential(lookalike))[0] == 8
+    assert channel_factor(PastedSpd()) == channel_factor(space_to_depth()) == 4
+    assert channel_factor(nn.Conv2d(3, 3, 1)) == channel_factor(nn.ReLU()) == 1

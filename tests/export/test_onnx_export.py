@@ -136,16 +136,16 @@ def _rewritten_trunk(example: torch.Tensor) -> tuple[torch.nn.Module, torch.nn.M
 
 def test_dynamic_export_without_the_second_trace_matches_the_model_and_the_exporters_own_decomposition(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from blocks_export.export import onnx_export
+    from blocks_export.export import torch_patches
 
     example = torch.rand(1, 3, 64, 64)
     model, twin = _rewritten_trunk(example)
     taken: list[bool] = []
-    in_place = onnx_export._decompose_in_place
-    monkeypatch.setattr(onnx_export, "_decompose_in_place", lambda *a: taken.append(in_place(*a)) or taken[-1])
+    in_place = torch_patches._decompose_in_place
+    monkeypatch.setattr(torch_patches, "_decompose_in_place", lambda *a: taken.append(in_place(*a)) or taken[-1])
     fast = to_onnx(twin, example, opset=18, dynamic=True)
     assert taken == [True]  # BatchNorm, flatten and the global pooling rewritten in place, no re-trace
-    monkeypatch.setattr(onnx_export, "_decompose_in_place", lambda *a: False)
+    monkeypatch.setattr(torch_patches, "_decompose_in_place", lambda *a: False)
     full = to_onnx(twin, example, opset=18, dynamic=True)
     assert fast.dynamic == full.dynamic
     ops, full_ops = ([n.op_type for n in g.model.graph.node] for g in (fast, full))
@@ -164,7 +164,7 @@ def test_dynamic_export_without_the_second_trace_matches_the_model_and_the_expor
 def test_a_program_with_other_ops_to_decompose_keeps_the_exporters_own_decomposition() -> None:
     from torch.onnx._internal.exporter import _decomp, _registration
 
-    from blocks_export.export.onnx_export import _decompose_in_place
+    from blocks_export.export.torch_patches import _decompose_in_place
 
     class Mutating(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -201,12 +201,12 @@ def test_type_promotion_read_from_the_traced_values_writes_the_exporters_own_gra
         monkeypatch: pytest.MonkeyPatch) -> None:
     import contextlib
 
-    from blocks_export.export import onnx_export
+    from blocks_export.export import torch_patches
 
     model = _MixedDtypes().eval()
     example = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(5))
     fast = to_onnx(model, example, opset=18, dynamic=True)
-    monkeypatch.setattr(onnx_export, "type_promotion_from_meta", contextlib.nullcontext)
+    monkeypatch.setattr(torch_patches, "type_promotion_from_meta", contextlib.nullcontext)
     full = to_onnx(model, example, opset=18, dynamic=True)
     assert fast.model.graph.SerializeToString() == full.model.graph.SerializeToString()
     assert fast.dynamic == full.dynamic

@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from blocks_export.export.errors import ExportFailed
-from blocks_export.export.onnx_export import convert_opset
+from blocks_export.export.opset_down import convert_opset
 from blocks_export.plugins.ort_cpu import cpu_session
 
 

@@ -126,7 +126,7 @@ def test_missing_extensions_give_one_clear_line(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_convert_opset_keeps_plugin_nodes_in_the_default_domain() -> None:
-    from blocks_export.export.onnx_export import convert_opset
+    from blocks_export.export.opset_down import convert_opset
 
     converted = convert_opset(_plugin_model(), 16)
     assert {(o.domain, o.version) for o in converted.opset_import} == {("", 16)}

@@ -319,15 +319,27 @@ def deform_conv_inputs_fp32(model: onnx.ModelProto, target: Target | None = None
         if node.op_type in DEFORM_OPS:
             for i, name in enumerate(node.input):
                 if name and types.get(name) in (TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE):
-                    cast = f"{name}__as_fp32_for_{node.name or node.op_type}_{i}"
-                    out.append(onnx.helper.make_node("Cast", [name], [cast], to=TensorProto.FLOAT,
-                                                     name=f"{node.name or node.op_type}_input{i}_to_fp32"))
-                    node.input[i] = cast
+                    _cast_input(node, i, TensorProto.FLOAT, f"{name}__as_fp32_for_{node.name or node.op_type}_{i}",
+                                "to_fp32", out)
                     added += 1
         out.append(node)
+    return _set_nodes(model, out, added)
+
+
+def _cast_input(node: onnx.NodeProto, index: int, to: int, output: str, suffix: str,
+                out: list[onnx.NodeProto]) -> str:
+    """Append to ``out`` a Cast of ``node``'s input ``index`` to ``to`` named ``output``, and read it instead."""
+    out.append(onnx.helper.make_node("Cast", [node.input[index]], [output], to=to,
+                                     name=f"{node.name or node.op_type}_input{index}_{suffix}"))
+    node.input[index] = output
+    return output
+
+
+def _set_nodes(model: onnx.ModelProto, nodes: list[onnx.NodeProto], added: int) -> int:
+    """The graph's nodes become ``nodes`` when ``added`` Casts were inserted; returns ``added``."""
     if added:
         del model.graph.node[:]
-        model.graph.node.extend(out)
+        model.graph.node.extend(nodes)
     return added
 
 
@@ -348,7 +360,7 @@ def cast_mixed_inputs(model: onnx.ModelProto, fp32: Iterable[str]) -> int:
     floats = {TensorProto.FLOAT, TensorProto.FLOAT16}
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
     added = 0
-    nodes = []
+    nodes: list[onnx.NodeProto] = []
     for node in model.graph.node:
         if _has_schema(node) and node.op_type != "Cast":
             schema = onnx.defs.get_schema(node.op_type, opset)
@@ -364,16 +376,10 @@ def cast_mixed_inputs(model: onnx.ModelProto, fp32: Iterable[str]) -> int:
                 for i in idx:
                     if types[node.input[i]] != want:
                         cast = f"{node.input[i]}__as_{'fp32' if want == TensorProto.FLOAT else 'fp16'}_{added}"
-                        nodes.append(onnx.helper.make_node("Cast", [node.input[i]], [cast], to=want,
-                                                           name=f"{node.name}_input{i}_cast"))
-                        node.input[i] = cast
-                        types[cast] = want
+                        types[_cast_input(node, i, want, cast, "cast", nodes)] = want
                         added += 1
         nodes.append(node)
-    if added:
-        del model.graph.node[:]
-        model.graph.node.extend(nodes)
-    return added
+    return _set_nodes(model, nodes, added)
 
 
 def float_types(model: onnx.ModelProto) -> set[int]:

@@ -242,6 +242,15 @@ def test_refusal_reads_the_graph_not_the_file_name(tmp_path: Path) -> None:
     infer.refuse_crashing_graph("1.14.1", str(fp32_relu), [infer.CPU_EP], "fp32")
 
 
+def test_int8_graph_gives_every_consumer_its_own_dequantize(graphs) -> None:
+    """onnxruntime 1.16 duplicates a shared per-channel DequantizeLinear itself and loses its axis (the slow matrix
+    runs the graph there); the INT8 export leaves nothing for it to duplicate."""
+    model = onnx.load(str(graphs("jetpack5", "classifier-int8").path))
+    dq = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    reads = [i for n in model.graph.node for i in n.input if i in dq]
+    assert dq and len(reads) == len(set(reads))
+
+
 # ---- the whole matrix (slow) -------------------------------------------------------------------------------------
 
 KINDS = ["classifier-fp32", "classifier-fp16", "classifier-dynamic", "classifier-int8", "detector-fp32",

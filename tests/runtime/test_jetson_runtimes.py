@@ -128,6 +128,8 @@ def _assert_matches_here(runtime: Runtime, graph: Graph, tmp_path: Path) -> None
     for g, w in zip(got, want, strict=True):
         assert g.shape == w.shape and np.isfinite(g).all()
         assert rel_l2(w, g) <= TOL[graph.precision], (runtime.key, graph.path.name, rel_l2(w, g))
+    worst = max(rel_l2(w, g) for g, w in zip(got, want, strict=True))
+    print(f"matrix | {runtime.key} | {graph.path.stem} | rel_l2 {worst:.1e}")
 
 
 def _infer_json(python: Path | str, *args: object) -> dict:

@@ -29,11 +29,11 @@ from . import trt_ops
 from .errors import InputError
 from .graph import consumers, infer_shapes, producers
 from .targets import Target, get_target, ort_deform_conv
+from .trt_ops import PLUGIN_OP, ParserTable, TrtVersion
 
 STANDARD_DOMAINS = ("", "ai.onnx")
 # Domains onnxruntime itself implements (https://onnxruntime.ai/docs/reference/operators/ContribOperators.html).
 ORT_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
-PLUGIN_OP = "ModulatedDeformConv2d"
 
 
 class Issue(NamedTuple):
@@ -73,7 +73,7 @@ class CheckReport:
 @dataclass
 class _Context:
     target: Target
-    table: str
+    parser: ParserTable | None  # the target's TensorRT parser table (None: onnxruntime)
     opset: int
     constants: set[str]  # initializers and Constant outputs: what the parser sees as weights
     ranks: dict[str, int]
@@ -82,6 +82,21 @@ class _Context:
     initializers: dict[str, onnx.TensorProto] = field(default_factory=dict)  # weights, for Q/DQ rules
     consumers: dict[str, list[onnx.NodeProto]] = field(default_factory=dict)
     producers: dict[str, onnx.NodeProto] = field(default_factory=dict)
+    model: onnx.ModelProto | None = None  # for the element types of plugin inputs, inferred when first needed
+    _types: dict[str, int] | None = None
+
+    @property
+    def version(self) -> TrtVersion:
+        """The release line of the target's parser (``TrtVersion(0, 0)`` for onnxruntime)."""
+        return self.parser.version if self.parser is not None else TrtVersion(0, 0)
+
+    def types(self) -> dict[str, int]:
+        """Element type of every tensor the graph types (type inference over the graph, once)."""
+        if self._types is None:
+            from .fp16 import elem_types
+
+            self._types = elem_types(self.model) if self.model is not None else {}
+        return self._types
 
     def fail(self, node: onnx.NodeProto, why: str, fix: str) -> None:
         self.issues.append(Issue(_name(node), node.op_type, why, fix))
@@ -123,13 +138,14 @@ def _require_constant(ctx: _Context, node: onnx.NodeProto, index: int, what: str
 def _rule_pad(ctx: _Context, node: onnx.NodeProto) -> None:
     mode = _attr(node, "mode", "constant")
     # Pad modes: edge and reflect from 8.2, wrap from 10.0 EA (onnx-tensorrt docs/Changelog.md).
-    modes = {"constant", "reflect", "edge"} | ({"wrap"} if ctx.table in ("10.3", "10", "11") else set())
+    modes = {"constant", "reflect", "edge"} | ({"wrap"} if ctx.version >= (10, 0) else set())
     if mode not in modes:
         ctx.fail(node, f"Pad mode {mode!r} is not imported by {ctx.trt} (supported: {', '.join(sorted(modes))})",
                  "use constant, reflect or edge padding in the model" if "wrap" not in modes
                  else "use a supported padding mode")
     # "`axes` must be an initializer" (operators-10.1-GA.md); tensor axes from 10.4 (Changelog "10.4 GA").
-    if ctx.table in ("10.3", "10"):
+    # (8.x parses opsets up to 17, where Pad has no axes input.)
+    if ctx.version < (10, 4):
         _require_constant(ctx, node, 3, "axes", "operators-10.1-GA.md, Pad")
 
 
@@ -212,21 +228,21 @@ def _rule_layer_norm(ctx: _Context, node: onnx.NodeProto) -> None:
 
 def _rule_slice(ctx: _Context, node: onnx.NodeProto) -> None:
     # "`axes` must be an initializer" (8.5, 8.6, 10.1 tables); tensor axes from 10.3 (Changelog "10.3 GA").
-    if ctx.table in ("8.5", "8.6", "10"):
-        _require_constant(ctx, node, 3, "axes", f"operators-{'10.1' if ctx.table == '10' else ctx.table}-GA.md")
+    if ctx.version < (10, 3):
+        _require_constant(ctx, node, 3, "axes", _table_doc(ctx))
 
 
 def _rule_squeeze(ctx: _Context, node: onnx.NodeProto) -> None:
     # Squeeze "`axes` must be an initializer", Unsqueeze "`axes` must be a constant tensor" (8.5 to 10.1
     # tables); dynamic axes from 10.7 (Changelog "10.7 GA").
-    if ctx.table != "11":
+    if ctx.version < (10, 7):
         _require_constant(ctx, node, 1, "axes", f"{node.op_type} in operators-8.5/8.6/10.1-GA.md")
 
 
 def _rule_topk(ctx: _Context, node: onnx.NodeProto) -> None:
-    if ctx.table == "8.5":  # "`K` input must be an initializer" (operators-8.5-GA.md)
+    if ctx.version < (8, 6):  # "`K` input must be an initializer" (operators-8.5-GA.md)
         _require_constant(ctx, node, 1, "K", "operators-8.5-GA.md, TopK")
-    if ctx.table not in ("8.5", "8.6") and _attr(node, "sorted", 1) != 1:  # "`sorted` must be 1" (10.1 table)
+    if ctx.version >= (10, 0) and _attr(node, "sorted", 1) != 1:  # "`sorted` must be 1" (10.1 table)
         ctx.fail(node, "TopK with sorted=0 is not supported", "use sorted TopK")
 
 
@@ -307,7 +323,7 @@ def _is_weight(ctx: _Context, node: onnx.NodeProto) -> bool:
 
 
 def _rule_qdq(ctx: _Context, node: onnx.NodeProto) -> None:
-    eight = ctx.table in ("8.5", "8.6")
+    eight = ctx.version < (9, 0)
     dtype = _qdq_type(ctx, node)
     name = TensorProto.DataType.Name(dtype)
     if dtype == TensorProto.UINT8:
@@ -368,38 +384,79 @@ RULES.update({"QuantizeLinear": _rule_qdq, "DequantizeLinear": _rule_qdq})
 
 # ---- operator-type, domain and plugin rules --------------------------------------------------------------------
 
+def _table_doc(ctx: _Context) -> str:
+    return ctx.parser.source if ctx.parser is not None else "the parser's operator table"
+
+
 def _unsupported_fix(ctx: _Context, op: str) -> str:
     if op == "DeformConv":
-        return ("export with `deform_conv=portable`" if ctx.table == "8.5"
-                else "export with `deform_conv=plugin` (or `deform_conv=portable`)")
+        return ("export with `deform_conv=plugin` (or `deform_conv=portable`)" if ctx.parser is not None
+                and ctx.parser.plugin(PLUGIN_OP) else "export with `deform_conv=portable`")
     if op == "LayerNormalization":
         return "export with `target=jetpack5` (LayerNormalization written as ReduceMean/Sub/Pow/Sqrt/Div)"
-    newer = [t for t in ("8.6", "10", "11") if op in trt_ops.SUPPORTED[t]]
-    if newer:
-        return f"rewrite the op with supported ones, or deploy with TensorRT {newer[0]}+"
+    newer = trt_ops.first_with(op, ctx.version)
+    if newer is not None:
+        return f"rewrite the op with supported ones, or deploy with TensorRT {newer.version}+"
     return "rewrite the op with supported ones"
 
 
 def _check_plugin(ctx: _Context, node: onnx.NodeProto) -> None:
-    versions = trt_ops.BUILTIN_PLUGINS[node.op_type][ctx.table]
-    if not versions:
-        ctx.fail(node, f"{ctx.trt} ships no {node.op_type} plugin (built in from TensorRT 8.6)",
-                 "export with `deform_conv=portable`")
+    assert ctx.parser is not None
+    rule = ctx.parser.plugin(node.op_type)
+    if rule is None:
+        first = next((t for v, t in sorted(trt_ops.PARSERS.items()) if t.plugin(node.op_type)), None)
+        since = f" (built in from TensorRT {first.version})" if first is not None else ""
+        ctx.fail(node, f"{ctx.trt} ships no {node.op_type} plugin{since}", "export with `deform_conv=portable`")
         return
     version = str(_attr(node, "plugin_version", "1"))
-    if version not in versions:
+    if version not in rule.versions:
         ctx.fail(node, f"plugin {node.op_type} version {version} is not in {ctx.trt} "
-                 f"(has {', '.join(sorted(versions))})", "export with `deform_conv=plugin` (writes version 1)")
+                 f"(has {', '.join(sorted(rule.versions))})", "export with `deform_conv=plugin` (writes version 1)")
     if node.domain == "trt.plugins":
         # onnxruntime's TensorRT EP wants this domain; the parser itself reads a node's domain as the plugin
         # namespace from 10.10 (onnx-tensorrt docs/Changelog.md, "10.10 GA").
         ctx.warn(node, "domain 'trt.plugins' is the onnxruntime TensorRT EP form of the plugin node",
                  "build the engine from the exported graph (plugin nodes in the default domain)")
+    _check_input_types(ctx, node, rule)
+
+
+_TYPE_FIX = ("export with blocks-export's `fp16=True` for this target (it keeps the deformable convolution's "
+             "inputs float32), or Cast the inputs to float32 in the graph")
+
+
+def _check_input_types(ctx: _Context, node: onnx.NodeProto, rule: trt_ops.PluginRule) -> None:
+    """The plugin's ``supportsFormatCombination`` (``trt_ops``): input 0 of an accepted type, the others of its
+    type. ONNX ``DeformConv`` is imported as the same plugin from TensorRT 10.1 (operators-10.1-GA.md)."""
+    types = ctx.types()
+    names = ["x", "offset", "mask", "weight", "bias"] if node.op_type == PLUGIN_OP else \
+        ["X", "W", "offset", "B", "mask"]
+    found = [(names[i] if i < len(names) else f"input {i}", types.get(name)) for i, name in enumerate(node.input)
+             if name]
+    if not found or found[0][1] is None:
+        return
+    first = found[0][1]
+    what = f"TensorRT {ctx.parser.version if ctx.parser else ''}'s {PLUGIN_OP} plugin"
+    if first not in rule.first_input_types:
+        ctx.fail(node, f"input {found[0][0]} is {_type_name(first)}; {what} takes {rule.type_names()} only "
+                 f"({rule.source})", _TYPE_FIX)
+        return
+    mixed = [(n, t) for n, t in found[1:] if t is not None and t != first]
+    if rule.same_type and mixed:
+        listed = ", ".join(f"{n} {_type_name(t)}" for n, t in mixed)
+        ctx.fail(node, f"inputs of mixed types ({found[0][0]} {_type_name(first)}; {listed}): {what} needs every "
+                 f"input in {found[0][0]}'s type ({rule.source})", _TYPE_FIX)
+
+
+def _type_name(dtype: int) -> str:
+    if dtype == TensorProto.FLOAT:
+        return "float32"
+    return TensorProto.DataType.Name(dtype).lower() if dtype else "undefined"
 
 
 def _check_trt_node(ctx: _Context, node: onnx.NodeProto) -> None:
-    supported = trt_ops.SUPPORTED[ctx.table]
-    if node.op_type in trt_ops.BUILTIN_PLUGINS and node.domain in ("", "trt.plugins"):
+    assert ctx.parser is not None
+    supported = ctx.parser.ops
+    if node.op_type == PLUGIN_OP and node.domain in ("", "trt.plugins"):
         _check_plugin(ctx, node)
     elif node.domain not in STANDARD_DOMAINS:
         if node.domain == "ai.onnx.contrib":
@@ -409,10 +466,13 @@ def _check_trt_node(ctx: _Context, node: onnx.NodeProto) -> None:
             ctx.fail(node, f"custom domain {node.domain!r}: {ctx.trt}'s parser has no importer and no built-in "
                      f"plugin for {node.op_type}", "replace the op, or register a plugin library that provides it")
     elif node.op_type not in supported:
-        ctx.fail(node, f"{node.op_type} is not supported by {ctx.trt}'s ONNX parser "
-                 f"({trt_ops.SOURCES[ctx.table]})", _unsupported_fix(ctx, node.op_type))
-    elif node.op_type in RULES:
-        RULES[node.op_type](ctx, node)
+        ctx.fail(node, f"{node.op_type} is not supported by {ctx.trt}'s ONNX parser ({ctx.parser.source})",
+                 _unsupported_fix(ctx, node.op_type))
+    else:
+        if node.op_type == "DeformConv" and (rule := ctx.parser.plugin(PLUGIN_OP)) is not None:
+            _check_input_types(ctx, node, rule)
+        if node.op_type in RULES:
+            RULES[node.op_type](ctx, node)
 
 
 def _check_ort_node(ctx: _Context, node: onnx.NodeProto) -> None:
@@ -466,7 +526,7 @@ def _check_types(ctx: _Context, model: onnx.ModelProto) -> None:
     g = model.graph
     typed = [(v.name, v.type.tensor_type.elem_type) for v in (*g.input, *g.output, *g.value_info)]
     typed += [(t.name, t.data_type) for t in g.initializer]
-    bad = _BAD_TYPES_ALL | (_BAD_TYPES_8 if ctx.table in ("8.5", "8.6") else set())
+    bad = _BAD_TYPES_ALL | (_BAD_TYPES_8 if ctx.version < (9, 0) else set())
     reported: set[int] = set()
     for name, dtype in typed:
         type_name = TensorProto.DataType.Name(dtype) if dtype else "UNDEFINED"
@@ -488,7 +548,7 @@ def _visit(ctx: _Context, graph: onnx.GraphProto, functions: dict[tuple[str, str
         count += 1
         key = (node.domain, node.op_type)
         if key in functions:
-            if ctx.target.is_tensorrt and ctx.table in ("8.5", "8.6"):
+            if ctx.target.is_tensorrt and ctx.version < (9, 0):
                 # Local functions are parsed from TensorRT 9.0 EA (onnx-tensorrt docs/Changelog.md).
                 ctx.fail(node, f"ONNX local function {node.domain}::{node.op_type}: {ctx.trt} cannot import "
                          "local functions", "inline them (onnx.inliner.inline_local_functions) before building")
@@ -594,7 +654,7 @@ def check_model(model: onnx.ModelProto | str | os.PathLike[str], target: str) ->
     proto = _load(model)
     opset = next((o.version for o in proto.opset_import if o.domain in STANDARD_DOMAINS), 0)
     inferred = _infer(proto)
-    ctx = _Context(tgt, tgt.parser_table, opset, _constants(proto.graph), _ranks(inferred))
+    ctx = _Context(tgt, tgt.table, opset, _constants(proto.graph), _ranks(inferred), model=proto)
     _index_graph(ctx, proto.graph)
     if tgt.max_opset and opset > tgt.max_opset:
         ctx.issues.append(Issue("(model)", "opset_import", f"default-domain opset {opset} is newer than "

@@ -22,6 +22,7 @@ import typer
 
 from .errors import EXIT_FAILED, EXIT_SIGINT, EXIT_USAGE, OPTION_REF, ExportError, Interrupted, UsageError
 from .pipeline import Progress  # light: torch and onnx are imported by the steps, not here
+from .targets import TARGETS  # light: plain data
 from .trt.api import Rebuild, TensorRTUnavailable  # light: tensorrt is imported when a build starts
 
 PROG = "blocks-export"
@@ -228,11 +229,10 @@ ArchOpt = Annotated[str | None, typer.Option("--arch", help="MODULE:CALLABLE bui
 ArchKwargsOpt = Annotated[str | None, typer.Option("--arch-kwargs", help="keyword arguments for the --arch "
                                                                          "callable, as a JSON object, e.g. "
                                                                          "'{\"num_classes\": 10}'")]
-TargetOpt = Annotated[str | None, typer.Option("--target", help="jetpack5, jetpack6.0, jetpack6, trt10, trt11, ort "
+TargetOpt = Annotated[str | None, typer.Option("--target", help=f"{', '.join(TARGETS)} "
                                                                 "(default: ort; jetpack6 with --to trt)")]
 
-InspectTargetOpt = Annotated[str | None, typer.Option("--target", help="jetpack5, jetpack6.0, jetpack6, trt10, trt11, "
-                                                                       "ort (default: ort)")]
+InspectTargetOpt = Annotated[str | None, typer.Option("--target", help=f"{', '.join(TARGETS)} (default: ort)")]
 
 
 def parse_arch_kwargs(text: str | None, arch: str | None) -> dict[str, object]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import onnx
 from onnx import TensorProto
@@ -33,6 +34,9 @@ from onnx import TensorProto
 from ..plugins.plugin_node import plugin_trt_domain
 from .graph import consumers, infer_shapes, producers, shapes_of
 from .metadata import set_metadata_entry
+
+if TYPE_CHECKING:
+    from .targets import Target
 
 # Walk 1: op types numerically sensitive in fp16 in any model, and the blocks' own (``blocks.FP32_OPS``, the union
 # of every ``BlockSpec.fp32_ops``). The blocks' set is written out here because this module (with the engine
@@ -206,9 +210,15 @@ def _retarget_float_casts(model: onnx.ModelProto) -> None:
                     a.i = TensorProto.FLOAT16
 
 
-def to_fp16(model: onnx.ModelProto, *, keep_io_types: bool = True) -> onnx.ModelProto:
+def to_fp16(model: onnx.ModelProto, *, keep_io_types: bool = True, target: Target | None = None) -> onnx.ModelProto:
     """Mixed-precision copy of ``model`` (the input is not modified); passes ``onnx.checker`` (plugin nodes
-    aside, which have no ONNX schema)."""
+    aside, which have no ONNX schema).
+
+    ``target`` (a ``targets.Target``) adds what its runtimes need: the op types its onnxruntime cannot run in
+    float16 stay float32 (``Target.fp16_fp32_ops``), and every ``ModulatedDeformConv2d`` / ``DeformConv`` node
+    gets inputs of one type its TensorRT plugin accepts (``trt_ops.PluginRule``; float32, which every line
+    takes and which keeps the sampling coordinates exact). ``ValueError`` when no type satisfies the rule.
+    """
     from onnxconverter_common import float16
 
     work = onnx.ModelProto()
@@ -217,6 +227,9 @@ def to_fp16(model: onnx.ModelProto, *, keep_io_types: bool = True) -> onnx.Model
     isolate_consumed_outputs(work)
     name_nodes(work)
     blocked = fp32_nodes(work)
+    if target is not None:
+        keep32 = target.fp16_fp32_ops()
+        blocked |= {n.name for n in work.graph.node if n.op_type in keep32}
     # Passing op_block_list replaces the library's default list, so extend it instead.
     op_block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | BLOCKED_OPS)
     out = float16.convert_float_to_float16(work, keep_io_types=keep_io_types, disable_shape_infer=False,
@@ -230,6 +243,7 @@ def to_fp16(model: onnx.ModelProto, *, keep_io_types: bool = True) -> onnx.Model
     # feeds a Cast into a blocked CumSum: onnxruntime refuses the graph, "does not match expected type");
     # intermediate value_info entries are hints that onnxruntime and TensorRT infer again, so none is kept.
     del out.graph.value_info[:]
+    deform_conv_inputs_fp32(out, target)
     set_metadata_entry(out, "precision", "fp16")
     # A TensorRT plugin node sits in the default domain, where ONNX has no schema for it; check a copy whose
     # plugin nodes are in their onnxruntime domain (a custom domain, which the checker does not validate).
@@ -237,7 +251,7 @@ def to_fp16(model: onnx.ModelProto, *, keep_io_types: bool = True) -> onnx.Model
     return out
 
 
-def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+def elem_types(model: onnx.ModelProto) -> dict[str, int]:
     """Element type of every tensor the graph types (inference on the plugin-domain copy; plugin outputs take
     their first input's type, as the plugin computes in its input's precision)."""
     def infer(m: onnx.ModelProto) -> dict[str, int]:
@@ -265,6 +279,56 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
+DEFORM_OPS = ("ModulatedDeformConv2d", "DeformConv")
+
+
+def deform_conv_inputs_fp32(model: onnx.ModelProto, target: Target | None = None) -> int:
+    """Cast every floating input of the deformable convolutions (plugin and ONNX ``DeformConv`` nodes) that is not
+    float32 to float32, in place; returns how many Casts.
+
+    The TensorRT ``ModulatedDeformConv2d`` plugin takes float32 only in 8.6 and "all inputs one type" (float32
+    or float16) from 10.0 (``trt_ops``, from each release's ``supportsFormatCombination``); float32 is the one
+    type every line takes. ``target`` names the rule to honour: ``ValueError`` if its plugin refuses float32.
+    """
+    table = target.table if target is not None else None
+    rule = table.plugin("ModulatedDeformConv2d") if table is not None else None
+    if rule is not None and TensorProto.FLOAT not in rule.first_input_types:
+        raise ValueError(f"target {target.name if target else '?'}: the ModulatedDeformConv2d plugin refuses "
+                         "float32 inputs")
+    nodes = [n for n in model.graph.node if n.op_type in DEFORM_OPS]
+    if not nodes:
+        return 0
+    types = elem_types(model)
+    added = 0
+    out: list[onnx.NodeProto] = []
+    for node in model.graph.node:
+        if node.op_type in DEFORM_OPS:
+            for i, name in enumerate(node.input):
+                if name and types.get(name) in (TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE):
+                    _cast_input(node, i, TensorProto.FLOAT, f"{name}__as_fp32_for_{node.name or node.op_type}_{i}",
+                                "to_fp32", out)
+                    added += 1
+        out.append(node)
+    return _set_nodes(model, out, added)
+
+
+def _cast_input(node: onnx.NodeProto, index: int, to: int, output: str, suffix: str,
+                out: list[onnx.NodeProto]) -> str:
+    """Append to ``out`` a Cast of ``node``'s input ``index`` to ``to`` named ``output``, and read it instead."""
+    out.append(onnx.helper.make_node("Cast", [node.input[index]], [output], to=to,
+                                     name=f"{node.name or node.op_type}_input{index}_{suffix}"))
+    node.input[index] = output
+    return output
+
+
+def _set_nodes(model: onnx.ModelProto, nodes: list[onnx.NodeProto], added: int) -> int:
+    """The graph's nodes become ``nodes`` when ``added`` Casts were inserted; returns ``added``."""
+    if added:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+    return added
+
+
 def _has_schema(node: onnx.NodeProto) -> bool:
     return node.domain in ("", "ai.onnx") and onnx.defs.has(node.op_type)
 
@@ -278,11 +342,11 @@ def cast_mixed_inputs(model: onnx.ModelProto, fp32: Iterable[str]) -> int:
     float, every other node float16.
     """
     keep = set(fp32)
-    types = _elem_types(model)
+    types = elem_types(model)
     floats = {TensorProto.FLOAT, TensorProto.FLOAT16}
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
     added = 0
-    nodes = []
+    nodes: list[onnx.NodeProto] = []
     for node in model.graph.node:
         if _has_schema(node) and node.op_type != "Cast":
             schema = onnx.defs.get_schema(node.op_type, opset)
@@ -298,16 +362,10 @@ def cast_mixed_inputs(model: onnx.ModelProto, fp32: Iterable[str]) -> int:
                 for i in idx:
                     if types[node.input[i]] != want:
                         cast = f"{node.input[i]}__as_{'fp32' if want == TensorProto.FLOAT else 'fp16'}_{added}"
-                        nodes.append(onnx.helper.make_node("Cast", [node.input[i]], [cast], to=want,
-                                                           name=f"{node.name}_input{i}_cast"))
-                        node.input[i] = cast
-                        types[cast] = want
+                        types[_cast_input(node, i, want, cast, "cast", nodes)] = want
                         added += 1
         nodes.append(node)
-    if added:
-        del model.graph.node[:]
-        model.graph.node.extend(nodes)
-    return added
+    return _set_nodes(model, nodes, added)
 
 
 def float_types(model: onnx.ModelProto) -> set[int]:
@@ -324,5 +382,5 @@ def float_types(model: onnx.ModelProto) -> set[int]:
     return kinds & {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
 
 
-__all__ = ["BLOCKED_OPS", "LARGE_REDUCTION", "dedupe_value_info", "float_types", "fp32_nodes",
-           "cast_mixed_inputs", "isolate_consumed_outputs", "name_nodes", "to_fp16"]
+__all__ = ["BLOCKED_OPS", "LARGE_REDUCTION", "cast_mixed_inputs", "dedupe_value_info", "deform_conv_inputs_fp32",
+           "elem_types", "float_types", "fp32_nodes", "isolate_consumed_outputs", "name_nodes", "to_fp16"]

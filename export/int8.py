@@ -369,7 +369,34 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, batch: int, cache: Path,
                            # put a Q/DQ pair after every one, in front of LayerNorm, gates and softmax logits)
                            "OpTypesToExcludeOutputQuantization": list(WEIGHTED_OPS) if op_types is not None else []},
             calibration_cache_path=str(cache))
-        return onnx.load(str(out))
+        return unshare_dequantize(onnx.load(str(out)))
+
+
+def unshare_dequantize(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every consumer of a shared ``DequantizeLinear`` its own copy (in place; returns ``model``).
+
+    A weight used twice (one conv module called on two branches) gets one Q/DQ pair read by both convs.
+    onnxruntime 1.16's CPU provider duplicates such a DQ itself at session creation and loses the per-channel
+    ``axis`` on the copy ("scale must be 1D tensor with size 32", measured with 1.16.3 on the sample classifier's
+    jetpack5 INT8 graph; 1.14.1, 1.17.3, 1.20.1 and 1.32.0 run it), so the graph carries one DQ per consumer.
+    """
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    nodes: list[onnx.NodeProto] = []
+    for n in model.graph.node:
+        nodes.append(n)
+        users = consumers.get(n.output[0], []) if n.op_type == "DequantizeLinear" else []
+        for k, user in enumerate(users[1:], 1):
+            copy = onnx.NodeProto()
+            copy.CopyFrom(n)
+            copy.name, copy.output[0] = f"{n.name}_{k}", f"{n.output[0]}_{k}"
+            nodes.append(copy)
+            user.input[list(user.input).index(n.output[0])] = copy.output[0]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
 
 
 @contextlib.contextmanager

@@ -491,7 +491,7 @@ def _fp16(ctx: _Context) -> None:
         ctx.runner.skip("fp16", "with `int8=True` the fp16 pass runs on the INT8 graph (int8 step)")
     elif ctx.options.fp16:
         with ctx.runner.step("fp16") as s:
-            ctx.proto = to_fp16(ctx.proto, keep_io_types=not ctx.options.fp16_io)
+            ctx.proto = to_fp16(ctx.proto, keep_io_types=not ctx.options.fp16_io, target=ctx.target)
             s.note = "keep fp32 IO" if not ctx.options.fp16_io else "fp16 IO"
 
 
@@ -529,7 +529,7 @@ def _verify(ctx: _Context) -> None:
             if options.fp16:
                 from .fp16 import to_fp16
 
-                plain = to_fp16(plain, keep_io_types=not options.fp16_io)
+                plain = to_fp16(plain, keep_io_types=not options.fp16_io, target=target)
             retry = run(plain)
             if retry:
                 why = ("the simplified graph failed verification, the unsimplified one passes: kept the "

@@ -107,7 +107,8 @@ def _first_line(text: object) -> str:
 # must be verified before onnxruntime touches it). A minimal reader of the protobuf wire format
 # (https://protobuf.dev/programming-guides/encoding/) over the field numbers of onnx/onnx.proto is enough:
 # ModelProto.graph = 7, .opset_import = 8, .metadata_props = 14; GraphProto.node = 1;
-# NodeProto.name = 3, .op_type = 4, .attribute = 5, .domain = 7; AttributeProto.name = 1, .i = 3, .s = 4;
+# NodeProto.input = 1, .output = 2, .name = 3, .op_type = 4, .attribute = 5, .domain = 7;
+# AttributeProto.name = 1, .i = 3, .s = 4;
 # StringStringEntryProto.key = 1, .value = 2; OperatorSetIdProto.domain = 1, .version = 2.
 # Everything else (initializers, tensors) is skipped by length without being decoded.
 
@@ -178,6 +179,8 @@ class NodeSummary:
     op_type: str
     domain: str
     attributes: dict[str, Any] = field(default_factory=dict)
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -213,7 +216,10 @@ def _parse_node(buf: bytes, start: int, end: int, depth: int, out: list[NodeSumm
     seen: set[int] = set()
     subgraphs: list[tuple[int, int]] = []
     for number, wire, value in _iter_fields(buf, start, end):
-        if number == 3:
+        if number in (1, 2):  # NodeProto.input, .output (repeated)
+            (node.inputs if number == 1 else node.outputs).append(_text(buf, _span(wire, value, "node input/output"),
+                                                                        "node input/output"))
+        elif number == 3:
             _once(seen, number, "node name")
             node.name = _text(buf, _span(wire, value, "node name"), "node name")
         elif number == 4:
@@ -1503,6 +1509,41 @@ def benchmark(session: Any, feeds: dict[str, np.ndarray], runs: int, warmup: int
 # ------------------------------------------------------------------------------------------- session
 
 
+# onnxruntime 1.14.0 and 1.14.1 end in a segmentation fault while creating a CPU-provider session for a graph with a
+# float16 Relu, Elu, Selu, ThresholdedRelu, HardSigmoid or HardSwish node (checked on the x86_64 PyPI wheels with
+# one-node graphs; 1.13.1 and 1.15.1 run them). Exports for --target jetpack5 keep these ops float32 (behind a Cast
+# to float); any other float16 graph is refused on those releases before onnxruntime sees it. The same set as
+# blocks_export.export.targets.ORT_FP16_CRASH (a test keeps them equal).
+FP16_CRASH_OPS = frozenset({"Elu", "HardSigmoid", "HardSwish", "Relu", "Selu", "ThresholdedRelu"})
+FP16_CRASH_RELEASES = ((1, 14), (1, 15))  # [first, fixed)
+TENSOR_FLOAT, TENSOR_FLOAT16 = 1, 10  # onnx.TensorProto.DataType
+
+
+def fp16_crash_nodes(nodes: Sequence[NodeSummary], precision: str) -> list[NodeSummary]:
+    """Nodes of ``FP16_CRASH_OPS`` that may run in float16: the graph is float16 (its precision metadata or a
+    Cast to float16) and the node's input is not the output of a Cast to float32."""
+    cast_to = {n.outputs[0]: n.attributes.get("to") for n in nodes if n.op_type == "Cast" and n.outputs}
+    fp16 = precision.startswith("fp16") or "fp16" in precision or TENSOR_FLOAT16 in cast_to.values()
+    if not fp16:
+        return []
+    return [n for n in nodes if n.op_type in FP16_CRASH_OPS and n.domain in ("", "ai.onnx")
+            and not (n.inputs and cast_to.get(n.inputs[0]) == TENSOR_FLOAT)]
+
+
+def refuse_crashing_graph(ort_version: str, model_path: str, chain: Sequence[str], precision: str) -> None:
+    """``Unavailable`` (one line) for a graph this onnxruntime is known to crash on, before any session exists."""
+    version = _version_key(ort_version)[:2]
+    first, fixed = FP16_CRASH_RELEASES
+    if not (first <= version < fixed) or not chain or chain[0] != CPU_EP:
+        return
+    bad = fp16_crash_nodes(read_onnx_summary(model_path).nodes, precision)
+    if bad:
+        ops = ", ".join(sorted({n.op_type for n in bad}))
+        raise Unavailable(f"onnxruntime {ort_version} crashes (segmentation fault) creating a CPU session for float16 "
+                          f"{ops} nodes ({len(bad)} in {os.path.basename(model_path)}); install onnxruntime 1.15 or "
+                          "newer, or export with --target jetpack5 (keeps these ops float32)")
+
+
 def _import_onnxruntime() -> Any:
     try:
         import onnxruntime
@@ -1777,6 +1818,7 @@ def run(args: argparse.Namespace, out: Any, err: Any) -> int:
     plan = plan_providers(ort.get_available_providers(), args.provider, needs_tensorrt)
     for line in plan.notes:
         report.note(line)
+    refuse_crashing_graph(str(getattr(ort, "__version__", "")), args.model, plan.chain, meta.precision)
     trt_options = _trt_options_for(args, meta, is_ep_context, report) if TRT_EP in plan.chain else {}
     if args.fp16 and TRT_EP not in plan.chain:
         report.note("--fp16 only affects the TensorRT EP, which is not used: running the model as stored")

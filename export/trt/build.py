@@ -31,7 +31,7 @@ from ..check import check_model
 from ..epcontext import engine_reference, ep_context_model
 from ..fp16 import BLOCKED_OPS, float_types, fp32_nodes, name_nodes
 from ..io import write_files
-from ..targets import Target, get_target
+from ..targets import Target, get_target, tensorrt_targets
 from . import api
 from .api import EngineBuildError, Progress
 from .sidecar import Built, default_paths, encode, record
@@ -95,8 +95,8 @@ def _plan(tgt: Target, fp16: bool, graph_fp16: bool, graph_int8: bool = False) -
         return _plan_int8(tgt, fp16)
 
     major = api.major(trt.__version__)
-    if tgt.trt_major is not None and major != tgt.trt_major:
-        fits = {8: "jetpack5 (8.5) or jetpack6.0 (8.6)", 10: "jetpack6 or trt10", 11: "trt11"}.get(major, "none")
+    if not tgt.builds_with(major):
+        fits = ", ".join(tensorrt_targets(major)) or "none"
         raise EngineBuildError(f"target {tgt.name} is TensorRT {tgt.trt_version}, this machine has TensorRT "
                                f"{trt.__version__}; export and build with a matching target ({fits})")
     creation = trt.NetworkDefinitionCreationFlag
@@ -138,9 +138,10 @@ def _plan_int8(tgt: Target, fp16: bool) -> _Plan:
     import tensorrt as trt
 
     major = api.major(trt.__version__)
-    if tgt.trt_major is not None and major != tgt.trt_major:
+    if not tgt.builds_with(major):
         raise EngineBuildError(f"target {tgt.name} is TensorRT {tgt.trt_version}, this machine has TensorRT "
-                               f"{trt.__version__}; export and build with a matching target")
+                               f"{trt.__version__}; export and build with a matching target "
+                               f"({', '.join(tensorrt_targets(major)) or 'none'})")
     creation = trt.NetworkDefinitionCreationFlag
     if major < 10:
         if not hasattr(trt.BuilderFlag, "INT8"):
@@ -250,8 +251,8 @@ def _request(onnx_path: Path, engine_path: Path, fp16: bool, target: str, profil
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     tgt = get_target(target)
     if not tgt.is_tensorrt:
-        raise ValueError(f"target {target!r} is not a TensorRT target; choose one of jetpack5, jetpack6.0, "
-                         "jetpack6, trt10, trt11")
+        raise ValueError(f"target {target!r} is not a TensorRT target; choose one of "
+                         f"{', '.join(tensorrt_targets())}")
     if workspace_mb is not None and workspace_mb <= 0:
         raise ValueError(f"workspace_mb={workspace_mb} must be a positive number of MiB")
     if not engine_path.parent.is_dir():

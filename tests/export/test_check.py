@@ -79,7 +79,7 @@ def test_layernorm_with_mean_output_fails_where_only_y_is_supported():
 def test_unknown_op_types_fail_with_a_newer_release_hint():
     gelu = _one("Gelu", opset=17)  # the check reads op types, not the opset each op appeared in
     assert _issue(check_model(gelu, "jetpack6.0"), "the_gelu")[3] == \
-        "rewrite the op with supported ones, or deploy with TensorRT 10+"
+        "rewrite the op with supported ones, or deploy with TensorRT 10.1+"
     assert check_model(gelu, "trt10")
     assert not check_model(_one("Unique", opset=17), "trt11")
 

@@ -420,6 +420,47 @@ class Focus(nn.Module):
         return self.conv(torch.cat([x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]], 1))
 
 
+class ConvAct(nn.Module):
+    """A conv block as Ultralytics' ``fuse()`` leaves it: the BatchNorm folded into the convolution's weights and
+    bias, ``bn`` deleted, ``forward`` replaced by act(conv(x))."""
+
+    def __init__(self, c1, c2, k=1, s=1):
+        super().__init__()
+        self.conv = nn.Conv2d(c1, c2, k, s, k // 2, bias=True)
+        self.act = nn.SiLU()
+
+    def forward(self, x):
+        return self.act(self.conv(x))
+
+
+class ConvBiasBNAct(ConvBNAct):
+    """A fork's conv block that keeps the convolution's bias in front of the BatchNorm."""
+
+    def __init__(self, c1, c2, k=1, s=1):
+        super().__init__(c1, c2, k, s)
+        self.conv = nn.Conv2d(c1, c2, k, s, k // 2, bias=True)
+
+
+class SPDConvFused(nn.Module):
+    """The YOLO-fork SPDConv after the model was fused for export (inline slicing, then ``ConvAct``)."""
+
+    def __init__(self, inc, ouc):
+        super().__init__()
+        self.conv = ConvAct(inc * 4, ouc, k=3)
+
+    def forward(self, x):
+        x = torch.cat([x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]], 1)
+        return self.conv(x)
+
+
+class SPDConvBiasBN(SPDConvFused):
+    """The YOLO-fork SPDConv whose conv block keeps a convolution bias before its BatchNorm."""
+
+    def __init__(self, inc, ouc):
+        super().__init__(inc, ouc)
+        self.conv = ConvBiasBNAct(inc * 4, ouc, k=3)
+
+
 # --- hazards --------------------------------------------------------------------------------------------------
 
 

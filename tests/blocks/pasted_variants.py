@@ -478,6 +478,28 @@ class GridBias(nn.Module):
         return x + self.proj(torch.cat([xs, ys], 1).to(x))
 
 
+class GridDetect(nn.Module):
+    """A YOLOv5-style detection head as pasted into forks: a grid from ``torch.arange`` over the feature size,
+    cached while the size matches (``if self.grid.shape[2:4] != y.shape[2:4]``) unless ``dynamic`` is set, which is
+    how Ultralytics' Detect rebuilds its anchors in export mode."""
+
+    def __init__(self, dynamic: bool = False, c: int = 8, no: int = 6, stride: int = 4):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, 2, 1), nn.BatchNorm2d(c), nn.SiLU(), nn.Conv2d(c, c, 3, 2, 1))
+        self.m = nn.Conv2d(c, no, 1)
+        self.grid = torch.zeros(1)
+        self.stride, self.dynamic = stride, dynamic
+
+    def forward(self, x):
+        y = self.m(self.stem(x))
+        ny, nx = y.shape[2:4]
+        if self.dynamic or self.grid.shape[2:4] != y.shape[2:4]:
+            yv, xv = torch.meshgrid(torch.arange(ny), torch.arange(nx), indexing="ij")
+            self.grid = torch.stack((xv, yv), 0).view(1, 2, ny, nx).to(y.dtype)
+        xy = (y[:, :2].sigmoid() * 2 - 0.5 + self.grid) * self.stride
+        return torch.cat([xy, y[:, 2:].sigmoid()], 1)
+
+
 class DeviceBranch(nn.Module):
     """Picks a path by device: only the CPU branch runs here, the ``.cuda()`` one is still a hazard."""
 

@@ -175,6 +175,8 @@ def render(report: Report, console: Any) -> None:
         for r in report.blocks.replaced:
             blocks.add_row(r.name or "(model)", r.original_class, r.twin_class, _fmt(r.rel_l2))
         console.print(blocks)
+    for left in report.blocks.left_alone if report.blocks is not None else ():  # exported as they are: say why
+        console.print(f"[yellow]{escape(left.line())}[/]")
 
     ver = report.verification
     if ver is not None:

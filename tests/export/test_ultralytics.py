@@ -448,3 +448,34 @@ def test_int8_calibration_reads_images_as_the_written_graph_says(tmp_path: Path)
     written = make_preprocess(parse_meta(meta), [1, 3, 64, 64], None)
     assert used["resize"] == written.resize == "letterbox"
     assert (list(used["size"]), used["color"], used["scale"]) == (list(written.size), written.color, written.scale)
+
+
+def test_pasted_spd_conv_is_converted_by_inspect_and_export_alike_and_left_alone_blocks_are_said(
+        tmp_path: Path) -> None:
+    """Ultralytics' ``fuse()`` runs before the rewrite: the pasted SPD-Conv reaches it as a conv with bias and no
+    BatchNorm, and must be converted all the same. ``inspect`` (the unfused model) and the export list the same
+    replaced blocks; the lookalike left alone is one line with its reason on both terminals. The ``--dynamic``
+    graph is checked by this test's own onnxruntime run at another size, and Detect's anchors (rebuilt in the graph
+    in export mode) are not reported as a constant."""
+    imgsz = 64
+    ckpt = um.save_checkpoint(um.with_spd(), tmp_path / "spd.pt", imgsz)
+    seen = invoke("inspect", ckpt, "--trust-pickle", "--imgsz", imgsz)
+    assert seen.exit_code == 0, seen.output
+    inspected = sorted(line.split("|")[1].strip() for line in seen.stdout.splitlines() if line.startswith("REPLACED"))
+    out = tmp_path / "spd.onnx"
+    result = invoke(ckpt, "--to", "onnx", "--trust-pickle", "--imgsz", imgsz, "--dynamic", "-o", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "spd.report.json").read_text())
+    replaced = {r["name"]: r for r in report["blocks"]["replaced"]}
+    assert inspected == sorted(replaced) == ["model.1", "model.3"], (inspected, sorted(replaced))
+    assert all(r["recognized_as"] == "SPDConv" and r["twin_class"] == "SPDConvExport" for r in replaced.values())
+    assert all(name in result.stdout for name in replaced)  # the export's terminal table
+
+    left = [line for line in seen.stdout.splitlines() if line.startswith("LEFT ALONE")]
+    assert len(left) == 1 and "model.9.1" in left[0] and "computes something else" in left[0], seen.stdout
+    export_left = [line for line in result.stdout.splitlines() if line.startswith("LEFT ALONE")]
+    assert [line.split("|")[:3] for line in export_left] == [line.split("|")[:3] for line in left], result.stdout
+    assert report["blocks"]["left_alone"][0]["name"] == "model.9.1"
+
+    assert not [w for w in report["warnings"] if w.startswith("model.22")], report["warnings"]
+    _own_parity(out, ckpt, [(1, 3, imgsz, imgsz), (2, 3, 96, 128)], rel_l2=1e-5)

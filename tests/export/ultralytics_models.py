@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from fixtures import seed_blocks
 from torch import nn
+from ultralytics.nn.modules import Conv
 from ultralytics.nn.tasks import ClassificationModel, DetectionModel, OBBModel, PoseModel, SegmentationModel
 
 from blocks_export.blocks._init import randomize_
@@ -63,6 +64,32 @@ class CoordAttention(nn.Module):
         return x * self.conv_w(x_w.permute(0, 1, 3, 2)).sigmoid() * self.conv_h(x_h).sigmoid()
 
 
+class CoordAttentionMaxPool(CoordAttention):
+    """A lookalike: Coordinate Attention's layout exactly, but it pools with max instead of mean (not the block)."""
+
+    def forward(self, x):
+        n, c, h, w = x.size()
+        x_h = x.amax(3, keepdim=True)
+        x_w = x.amax(2, keepdim=True).permute(0, 1, 3, 2)
+        y = self.act(self.bn1(self.conv1(torch.cat([x_h, x_w], dim=2))))
+        x_h, x_w = torch.split(y, [h, w], dim=2)
+        return x * self.conv_w(x_w.permute(0, 1, 3, 2)).sigmoid() * self.conv_h(x_h).sigmoid()
+
+
+class SPDConv(nn.Module):
+    """SPD-Conv as YOLO forks paste it into ``ultralytics/nn/modules``: the space-to-depth slicing inline, then
+    Ultralytics' own ``Conv`` (conv + BN + SiLU), which the model's ``fuse()`` turns into a conv with bias."""
+
+    def __init__(self, inc, ouc, dimension=1):
+        super().__init__()
+        self.d = dimension
+        self.conv = Conv(inc * 4, ouc, k=3)
+
+    def forward(self, x):
+        x = torch.cat([x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]], 1)
+        return self.conv(x)
+
+
 class After(nn.Sequential):
     """``layer`` followed by ``block`` in the slot of ``layer`` (keeps Ultralytics' routing attributes)."""
 
@@ -97,6 +124,23 @@ def with_blocks(yaml: str = "yolov8n.yaml", nc: int = 3, seed: int = 0, cls_bias
     c = out_channels(layers[p5])
     layers[p5] = After(layers[p5], seed_blocks.ACmix(c, c))
     return _randomise(model, seed, cls_bias)
+
+
+def with_spd(yaml: str = "yolov8n.yaml", nc: int = 3, seed: int = 0) -> DetectionModel:
+    """``yaml`` with its first two stride-2 ``Conv`` layers replaced by pasted ``SPDConv`` (space-to-depth, then a
+    stride-1 Conv: the same output size), and a Coordinate Attention lookalike (max pooling) after SPPF."""
+    model = DetectionModel(yaml, nc=nc, verbose=False)
+    layers = model.model
+    strided = [i for i, m in enumerate(layers) if type(m).__name__ == "Conv" and m.conv.stride == (2, 2)][1:3]
+    for i in strided:
+        old = layers[i]
+        new = SPDConv(old.conv.in_channels, old.conv.out_channels)
+        new.f, new.i, new.type, new.np = old.f, old.i, "SPDConv", sum(p.numel() for p in new.parameters())
+        layers[i] = new
+    sppf = next(i for i, m in enumerate(layers) if type(m).__name__ == "SPPF")
+    c = out_channels(layers[sppf])
+    layers[sppf] = After(layers[sppf], CoordAttentionMaxPool(c, c))
+    return _randomise(model, seed, -3.0)
 
 
 # Ultralytics' model class and yaml per task (the "-seg", "-pose", "-obb", "-cls" variants of YOLOv8n).

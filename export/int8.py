@@ -98,6 +98,7 @@ class Int8Result:
     rel_l2: float = float("inf")  # worst output, INT8 graph vs the original model, held-out images
     cosine: float = 0.0
     top1_agreement: float | None = None  # classifiers: argmax agreement with the original model
+    reference_classes: int | None = None  # classifiers: distinct classes the original predicts on the held-out set
     accuracy: float | None = None  # with label-named subfolders
     reference_accuracy: float | None = None
     naive_rel_l2: float | None = None  # everything quantized (onnxruntime's default op set), same images
@@ -112,9 +113,17 @@ class Int8Result:
     def __bool__(self) -> bool:
         return self.passed
 
+    @property
+    def top1_is_evidence(self) -> bool:
+        """Top-1 agreement says something only where the original's top-1 varies over the held-out images: where
+        it predicts one class for all of them, any graph that keeps that class agrees fully, however wrong."""
+        return self.top1_agreement is not None and (self.reference_classes or 0) > 1
+
     def line(self) -> str:
         status = "PASSED" if self.passed else "FAILED"
         top1 = f" top1_agreement={self.top1_agreement:.4f}" if self.top1_agreement is not None else ""
+        if top1 and not self.top1_is_evidence:
+            top1 += " (not evidence: the original predicts one class for every held-out image)"
         return (f"{status} | int8 vs original | {self.held_out_images} held-out image(s) | rel_l2={self.rel_l2:.3e} "
                 f"(budget {self.budget:.1e}){top1} | fallback: {', '.join(self.fallback) or 'none'}")
 
@@ -122,6 +131,7 @@ class Int8Result:
         return {"calib_folder": self.calib_folder, "calibration_images": self.calibration_images,
                 "held_out_images": self.held_out_images, "budget": self.budget, "passed": self.passed,
                 "rel_l2": self.rel_l2, "cosine": self.cosine, "top1_agreement": self.top1_agreement,
+                "reference_classes": self.reference_classes,
                 "accuracy": self.accuracy, "reference_accuracy": self.reference_accuracy,
                 "naive_rel_l2": self.naive_rel_l2, "naive_top1_agreement": self.naive_top1_agreement,
                 "quantized_nodes": self.quantized_nodes, "float_nodes": self.float_nodes,
@@ -429,11 +439,23 @@ def _worst(reference: list[np.ndarray], got: list[np.ndarray]) -> tuple[float, f
     return cmp.worst_rel_l2, min((o.cosine for o in cmp.outputs), default=0.0)
 
 
+def _top1s(outputs: list[np.ndarray]) -> np.ndarray | None:
+    """[N] argmax of a classifier's scores [N, K] (one output, K >= 2), else None."""
+    if len(outputs) != 1 or outputs[0].ndim != 2 or outputs[0].shape[1] < 2:
+        return None
+    return outputs[0].argmax(1)
+
+
 def top1(reference: list[np.ndarray], got: list[np.ndarray]) -> float | None:
     """Argmax agreement of a classifier's scores [N, K] (one output), else None."""
-    if len(reference) != 1 or reference[0].ndim != 2 or reference[0].shape[1] < 2:
-        return None
-    return float((reference[0].argmax(1) == got[0].argmax(1)).mean())
+    ref = _top1s(reference)
+    return None if ref is None else float((ref == got[0].argmax(1)).mean())
+
+
+def predicted_classes(reference: list[np.ndarray]) -> int | None:
+    """How many distinct top-1 classes a classifier's scores [N, K] (one output) hold, else None."""
+    ref = _top1s(reference)
+    return None if ref is None else int(np.unique(ref).size)
 
 
 def _accuracy(out: list[np.ndarray], labels: list[int | None]) -> float | None:
@@ -461,6 +483,13 @@ def quantize_model(model: onnx.ModelProto, original: Any, data: CalibrationSet, 
                         preprocess=dict(data.preprocess))
     reference = torch_run(original, data.held_out_tensors, batch)
     result.reference_accuracy = _accuracy(reference, data.labels)
+    result.reference_classes = predicted_classes(reference)
+    if result.reference_classes == 1:
+        only = int(reference[0].argmax(1)[0])
+        result.notes.append(
+            f"the original model predicts class {only} for every one of the {len(data.held_out)} held-out image(s): "
+            "top-1 agreement cannot tell a faithful INT8 graph from a broken one here and is not counted (the "
+            "verdict rests on rel_l2); calibrate from a folder whose images the model tells apart")
     float_kept = int8_float_nodes(work)
     weighted = [n.name for n in work.graph.node if n.op_type in WEIGHTED_OPS]
     result.float_nodes = sum(1 for n in weighted if n in float_kept)
@@ -554,4 +583,5 @@ def metadata_for(preprocess: Any, task: Any = None) -> dict[str, str]:
 
 
 __all__ = ["BlockSensitivity", "CalibrationSet", "Int8Result", "WEIGHTED_OPS", "image_preprocess",
-           "int8_float_nodes", "node_blocks", "quantize", "quantize_model", "read_calibration", "top1"]
+           "int8_float_nodes", "node_blocks", "predicted_classes", "quantize", "quantize_model", "read_calibration",
+           "top1"]

@@ -237,6 +237,7 @@ def render_int8(result: Int8Result, console: Any) -> None:
         table.add_column(col)
     for s in result.sensitivity:
         agree = f"{s.top1_agreement:.4f}" if s.top1_agreement is not None else ""
+        agree += " (not evidence)" if agree and not result.top1_is_evidence else ""
         table.add_row(s.block, str(s.nodes), _fmt(s.rel_l2), agree, s.why if s.fallback else "no")
     console.print(table)
     if result.naive_rel_l2 is not None:

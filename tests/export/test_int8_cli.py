@@ -142,6 +142,36 @@ def test_int8_graph_matches_the_original_on_held_out_images_and_keeps_gates_floa
     assert (r.argmax(1) == q.argmax(1)).mean() >= 2 / 3
 
 
+def test_top1_agreement_of_a_model_that_predicts_one_class_everywhere_is_said_not_to_be_evidence(
+        tmp_path: Path) -> None:
+    """A classifier whose own top-1 is the same class on every held-out image: any graph that keeps that class
+    "agrees" 100 %, so the report and the terminal say the agreement is no evidence, and the verdict is the
+    rel_l2 rule alone. The test's own onnxruntime run shows why: both sides give that one class everywhere."""
+    calib = tmp_path / "calib"
+    paths = _images(calib, 8)
+    model = randomize_(PastedNet(), seed=3).eval()
+    x = torch.from_numpy(np.concatenate([_preprocess(p) for p in paths]))
+    with torch.no_grad():
+        logits = model(x)
+        others = torch.cat([logits[:, :2], logits[:, 3:]], 1).amax(1)
+        model.fc.bias[2] += float((others - logits[:, 2]).max()) + 0.5  # class 2 wins on every image, by 0.5+
+        assert set(model(x).argmax(1).tolist()) == {2}
+    src = tmp_path / "one_class.pt"
+    torch.save(model, src)
+    out = tmp_path / "one_class_int8.onnx"
+    result = invoke(src, "--trust-pickle", "--imgsz", SIZE, "--int8", "--calib", calib, "--calib-count", 5, "-o", out)
+    assert result.exit_code in (0, 1), result.output
+    int8 = json.loads((tmp_path / "one_class_int8.report.json").read_text())["int8"]
+    assert int8["reference_classes"] == 1 and int8["top1_agreement"] == 1.0
+    assert any("predicts class 2 for every one of the 3 held-out" in n and "not counted" in n for n in int8["notes"])
+    assert int8["passed"] == (int8["rel_l2"] <= int8["budget"])  # the verdict: rel_l2 only
+    verdict = [line for line in result.stdout.splitlines() if "int8 vs original" in line]
+    assert len(verdict) == 1 and "top1_agreement=1.0000 (not evidence" in verdict[0], result.stdout
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    assert {int(sess.run(None, {name: _preprocess(Path(p))})[0].argmax()) for p in int8["held_out"]} == {2}
+
+
 @pytest.mark.slow
 def test_a_tiny_budget_keeps_every_block_floating_point_and_says_why(tmp_path: Path, model_pt: Path) -> None:
     calib = tmp_path / "calib"

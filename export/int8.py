@@ -176,7 +176,8 @@ def image_preprocess(metadata: dict[str, str], input_shape: Sequence[int]) -> An
 def read_calibration(folder: Path, prep: Any, channels: int, calib_count: int | None,
                      label_names: Sequence[str] | None = None) -> CalibrationSet:
     """Split ``folder``'s images (seeded shuffle) into calibration and held-out sets and preprocess them with the
-    runtime's code. Bad input (no folder, no images, too few, unreadable or wrong-channel images) is one line."""
+    runtime's code (each image converted to the model's colour as Pillow's ``convert`` does). Bad input (no folder,
+    no images, too few, unreadable images) is one line."""
     from blocks_export.runtime.infer import BadInput, preprocess_image, read_image
 
     folder = Path(folder)
@@ -210,15 +211,10 @@ def read_calibration(folder: Path, prep: Any, channels: int, calib_count: int | 
         tensors = []
         for path, _ in items:
             try:
-                img = read_image(path)
+                img = read_image(path)  # grayscale, RGBA, palette, 16-bit: as Pillow's convert does (runtime's code)
             except BadInput as e:
                 raise InputError(f"calibration image: {e}") from None
-            got = 1 if img.ndim == 2 else img.shape[2]
-            if got != channels:
-                kind = {1: "grayscale", 3: "RGB"}
-                raise InputError(f"calibration image {path} is {kind.get(got, str(got) + '-channel')} but the model "
-                                 f"takes {channels} channel(s) ({kind[channels]}); give images of the model's kind")
-            tensors.append(preprocess_image(img, prep))
+            tensors.append(preprocess_image(img, prep))  # to the model's colour (prep.color), as the runtime does
         return np.stack(tensors).astype(np.float32)  # (N, C, H, W)
 
     labels: list[int | None] = []

@@ -1697,7 +1697,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "up to the exported maximum)")
     parser.add_argument("--resize", choices=RESIZE_MODES, help="override the metadata's resize mode")
     parser.add_argument("--topk", type=int, default=5, help="classes shown per image for classifiers (default 5)")
-    parser.add_argument("--save-outputs", metavar="DIR", help="write each raw output as DIR/<name>.npy")
+    parser.add_argument("--save-outputs", metavar="DIR", help="write each raw output as DIR/<name>.npy (one "
+                        "DIR/<name>_run<k>.npy per run where runs of images differ in shape), sources in "
+                        "DIR/sources.txt")
     parser.add_argument("--bench", type=int, default=0, metavar="N", help="time N runs on the first batch")
     parser.add_argument("--warmup", type=int, default=10, help="untimed runs before --bench (default 10)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")

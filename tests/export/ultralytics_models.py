@@ -1,14 +1,16 @@
 """Ultralytics YOLO models with blocks pasted in the way users do it, saved as Ultralytics checkpoints.
 
-The blocks are written here (or are the original pasted code, ``fixtures.seed_blocks``), never the package's own
-classes: a DCNv2 in two bottlenecks (the form YOLOv8 forks paste), Coordinate Attention after SPPF and ACmix on the
-P5 input of the Detect head. The models are built from Ultralytics' own yaml (no downloads) and the blocks are
+The blocks are written here (or are the original pasted code, ``fixtures.seed_blocks``, or the pasted variants of
+``tests/blocks/pasted_variants.py``), never the package's own classes: a DCNv2 in two bottlenecks (the form YOLOv8
+forks paste), Coordinate Attention after SPPF and ACmix on the P5 input of the Detect head; or SPD-Conv in place of
+two strided convolutions with a Coordinate Attention lookalike after SPPF. The models are built from Ultralytics' own yaml (no downloads) and the blocks are
 spliced into ``model.model`` keeping the bookkeeping attributes (``f``, ``i``, ``type``, ``np``) Ultralytics' forward
 reads. Importing this module imports ultralytics: only tests that need it do.
 """
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 
 import torch
@@ -18,6 +20,9 @@ from ultralytics.nn.modules import Conv
 from ultralytics.nn.tasks import ClassificationModel, DetectionModel, OBBModel, PoseModel, SegmentationModel
 
 from blocks_export.blocks._init import randomize_
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "blocks"))
+import pasted_variants as pv  # noqa: E402
 
 
 class DCNv2(nn.Module):
@@ -59,18 +64,6 @@ class CoordAttention(nn.Module):
         n, c, h, w = x.size()
         x_h = nn.AdaptiveAvgPool2d((h, 1))(x)
         x_w = nn.AdaptiveAvgPool2d((1, w))(x).permute(0, 1, 3, 2)
-        y = self.act(self.bn1(self.conv1(torch.cat([x_h, x_w], dim=2))))
-        x_h, x_w = torch.split(y, [h, w], dim=2)
-        return x * self.conv_w(x_w.permute(0, 1, 3, 2)).sigmoid() * self.conv_h(x_h).sigmoid()
-
-
-class CoordAttentionMaxPool(CoordAttention):
-    """A lookalike: Coordinate Attention's layout exactly, but it pools with max instead of mean (not the block)."""
-
-    def forward(self, x):
-        n, c, h, w = x.size()
-        x_h = x.amax(3, keepdim=True)
-        x_w = x.amax(2, keepdim=True).permute(0, 1, 3, 2)
         y = self.act(self.bn1(self.conv1(torch.cat([x_h, x_w], dim=2))))
         x_h, x_w = torch.split(y, [h, w], dim=2)
         return x * self.conv_w(x_w.permute(0, 1, 3, 2)).sigmoid() * self.conv_h(x_h).sigmoid()
@@ -139,7 +132,7 @@ def with_spd(yaml: str = "yolov8n.yaml", nc: int = 3, seed: int = 0) -> Detectio
         layers[i] = new
     sppf = next(i for i, m in enumerate(layers) if type(m).__name__ == "SPPF")
     c = out_channels(layers[sppf])
-    layers[sppf] = After(layers[sppf], CoordAttentionMaxPool(c, c))
+    layers[sppf] = After(layers[sppf], pv.CoordAttMaxPool(c, c))  # a lookalike: max pooling
     return _randomise(model, seed, -3.0)
 
 

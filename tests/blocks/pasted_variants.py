@@ -441,16 +441,12 @@ class ConvBiasBNAct(ConvBNAct):
         self.conv = nn.Conv2d(c1, c2, k, s, k // 2, bias=True)
 
 
-class SPDConvFused(nn.Module):
+class SPDConvFused(SPDConvYolo):
     """The YOLO-fork SPDConv after the model was fused for export (inline slicing, then ``ConvAct``)."""
 
     def __init__(self, inc, ouc):
-        super().__init__()
+        super().__init__(inc, ouc)
         self.conv = ConvAct(inc * 4, ouc, k=3)
-
-    def forward(self, x):
-        x = torch.cat([x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]], 1)
-        return self.conv(x)
 
 
 class SPDConvBiasBN(SPDConvFused):

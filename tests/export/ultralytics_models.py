@@ -69,18 +69,13 @@ class CoordAttention(nn.Module):
         return x * self.conv_w(x_w.permute(0, 1, 3, 2)).sigmoid() * self.conv_h(x_h).sigmoid()
 
 
-class SPDConv(nn.Module):
+class SPDConv(pv.SPDConvYolo):
     """SPD-Conv as YOLO forks paste it into ``ultralytics/nn/modules``: the space-to-depth slicing inline, then
     Ultralytics' own ``Conv`` (conv + BN + SiLU), which the model's ``fuse()`` turns into a conv with bias."""
 
     def __init__(self, inc, ouc, dimension=1):
-        super().__init__()
-        self.d = dimension
+        super().__init__(inc, ouc, dimension)
         self.conv = Conv(inc * 4, ouc, k=3)
-
-    def forward(self, x):
-        x = torch.cat([x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]], 1)
-        return self.conv(x)
 
 
 class After(nn.Sequential):

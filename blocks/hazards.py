@@ -1,8 +1,9 @@
 """Export hazards: what in a model will be exported wrongly or specialised to the export shape.
 
 ``scan_hazards(model, example_input)`` reads the module tree (adaptive pooling sizes, ``nn.Unfold``), each
-class's source (``.cuda()``/``is_cuda``) and one eager forward at two sizes (tensors built in Python from the
-input's size). The rewriter reports what is left after its swaps.
+class's source (``.cuda()``/``is_cuda``) and eager forwards at two sizes (tensors built from the input's size),
+then runs each module that builds such a tensor on symbolic sizes to see whether an exported graph would rebuild
+it or keep it as a constant. The rewriter reports what is left after its swaps.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class Hazard:
 
     ``kind``: ``adaptive_pool`` (output size other than 1: exported as a fixed-kernel pool, wrong at other
     input sizes), ``unfold`` (``nn.Unfold``/``F.unfold``: specialised to the export shape),
-    ``shape_built_tensor`` (a tensor built in Python from the input's size), ``device_branch``
+    ``shape_built_tensor`` (a tensor built from the input's size that a trace keeps as a constant), ``device_branch``
     (``.cuda()``/``is_cuda``: the branch taken at export time is baked in).
     """
 
@@ -228,6 +229,10 @@ class _TraceRecorder(TorchFunctionMode):
         return out
 
 
+def _has_unit_hw(call: Call) -> bool:
+    return any(isinstance(t, torch.Tensor) and t.dim() == 4 and min(t.shape[2:]) <= 1 for t in tree_flatten(call)[0])
+
+
 def _trace_module(module: nn.Module, call: Call) -> dict[tuple[str, int], _Traced]:
     """Run a copy of ``module`` on ``call``'s inputs with H and W of every 4-D input made symbols (fake tensors,
     PyTorch's symbolic shapes: what ``torch.export`` traces with); its own factory calls by (function, index).
@@ -424,6 +429,12 @@ def scan_hazards(model: nn.Module, example_input: torch.Tensor | tuple[Any, ...]
         if shape_dependent:
             found.setdefault((e.module, e.kind), [])
             sized.setdefault(e.module, []).append(e)
+    # A size of 1 is fixed by PyTorch's symbolic shapes wherever it appears (contiguity checks treat it apart), so a
+    # module that sees a 1-pixel-wide input (a 1x1 P5 map of a small export) is run on the larger input's instead.
+    thin = frozenset(n for n in sized if n in inputs and _has_unit_hw(inputs[n]))
+    if thin and larger is not None:
+        inputs.update(_record(model, larger, thin)[2])
+        _record(model, args)  # back to the example size: what a module caches is what an export would see
     for name, made in sized.items():
         traced = None
         if name in inputs:

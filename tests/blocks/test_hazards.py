@@ -109,3 +109,6 @@ def test_ultralytics_detect_in_export_mode_is_no_hazard_and_cached_anchors_are()
         assert found == ({} if dynamic else {"model.22": found.get("model.22", "")}), found
         if not dynamic:
             assert "torch.arange with sizes [8]" in found["model.22"] and "(cached)" in found["model.22"]
+    # At 32 the P5 map reaching Detect is 1x1: a size of 1 is still the input's size, not a constant.
+    prepared, _ = ultralytics.prepare(model, imgsz=(32, 32), batch=1, dynamic=True, half=False)
+    assert _size_hazards(prepared, (1, 3, 32, 32)) == {}

@@ -67,6 +67,10 @@ class LeftAlone:
     recognized_as: str
     reason: str
 
+    def line(self) -> str:
+        """One terminal line: which module, what it was taken for, why it stays."""
+        return f"LEFT ALONE | {_display(self.name)} | {self.original_class} as {self.recognized_as} | {self.reason}"
+
 
 @dataclass(frozen=True)
 class RewriteReport:
@@ -92,8 +96,7 @@ class RewriteReport:
         out = [f"REPLACED   | {_display(r.name)} | {r.original_class} as {r.recognized_as} -> {r.twin_class} | "
                f"rel_l2={r.rel_l2:.3e} max_rel={r.max_rel:.3e} max_abs={r.max_abs:.3e} calls={r.calls}"
                for r in self.replaced]
-        out += [f"LEFT ALONE | {_display(r.name)} | {r.original_class} as {r.recognized_as} | {r.reason}"
-                for r in self.left_alone]
+        out += [r.line() for r in self.left_alone]
         out += [f"HAZARD     | {_display(h.name)} | {h.module_class} | {h.kind}: {h.detail}" for h in self.hazards]
         if self.model_rel_l2 is not None:
             out.append(f"MODEL      | rewritten vs original on the example input: rel_l2={self.model_rel_l2:.3e}")

@@ -26,6 +26,7 @@ from ._match import (
     is_torch_class,
     own_params,
     plain_bn,
+    plain_conv,
     probe,
 )
 from ._ops import decompose_when_untranslated
@@ -68,7 +69,7 @@ class Conv(nn.Module):
                  act: bool | nn.Module = True):
         super().__init__()
         self.conv = nn.Conv2d(c1, c2, k, s, autopad(k, p, d), groups=g, dilation=d, bias=False)
-        self.bn = nn.BatchNorm2d(c2)
+        self.bn: nn.Module = nn.BatchNorm2d(c2)  # nn.Identity in a recognised fused form (see ``_yolo_conv``)
         self.act = nn.SiLU() if act is True else act if isinstance(act, nn.Module) else nn.Identity()
 
     def forward(self, x):
@@ -184,10 +185,21 @@ class SPDConvExport(nn.Module):
 
 
 def spd_conv_to_export(module: SPDConv) -> SPDConvExport:
-    """The eval-mode twin of ``SPDConv`` (copies of its weights; ``module`` is left unchanged)."""
+    """The eval-mode twin of ``SPDConv`` (copies of its weights; ``module`` is left unchanged).
+
+    The BatchNorm is folded into the convolution (``fold_batchnorm``, which keeps a convolution bias: exact in eval
+    mode). A convolution whose BatchNorm was already folded (``bn`` an ``nn.Identity``: Ultralytics' ``fuse()``
+    form) is copied as it is, so the twin runs the very same weights and bias.
+    """
     if not isinstance(module, SPDConv):
         raise TypeError(f"spd.spd_conv_to_export: expected SPDConv, got {type(module).__name__}")
-    folded = fold_batchnorm(module.conv.conv, module.conv.bn)
+    conv, bn = module.conv.conv, module.conv.bn
+    if isinstance(bn, nn.BatchNorm2d):
+        folded = fold_batchnorm(conv, bn)
+    elif isinstance(bn, nn.Identity):
+        folded = copy.deepcopy(conv)
+    else:
+        raise TypeError(f"spd.spd_conv_to_export: conv.bn must be BatchNorm2d or Identity, got {type(bn).__name__}")
     return SPDConvExport(folded, copy.deepcopy(module.conv.act)).eval()
 
 
@@ -231,30 +243,32 @@ def _square(conv: nn.Conv2d) -> bool:
 def _yolo_conv(src: nn.Module) -> nn.Module:
     """``src`` as our ``Conv`` (conv, bn, act) with the same eval function, or a copy of ``src``.
 
-    A plain ``nn.Conv2d`` (YOLOv5's Focus before v6.0) becomes ``Conv`` with an identity BatchNorm that holds
-    its bias: mean 0, variance 1, gamma sqrt(1 + eps), beta = bias, so BN(y) = y + bias up to rounding.
+    Three forms are read: a conv block (``conv``, ``bn``, ``act``; a convolution bias, which some forks keep before
+    the BatchNorm, stays in ``conv`` and folds with it); the same block after Ultralytics' ``fuse()`` (``conv`` with
+    the BatchNorm folded into its weights and bias, ``act``, no ``bn``: ``BaseModel.fuse`` in
+    ultralytics/nn/tasks.py runs before any export); and a plain ``nn.Conv2d`` (YOLOv5's Focus before v6.0).
+    Where no BatchNorm is left, ``bn`` is an ``nn.Identity``: the weights and bias are copied, not refolded.
     """
     kids = children(src)
-    conv, bn, act = kids.get("conv"), kids.get("bn"), kids.get("act")
-    if (set(kids) == {"conv", "bn", "act"} and type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d
-            and conv.bias is None and _square(conv)):
-        dst = Conv(conv.in_channels, conv.out_channels, conv.kernel_size[0], conv.stride[0], int(conv.padding[0]),
-                   conv.groups, conv.dilation[0], act=copy.deepcopy(act) if act is not None else False)
+    conv: nn.Module
+    bn: nn.Module
+    if type(src) is nn.Conv2d:
+        conv, bn, act = src, nn.Identity(), None
+    elif set(kids) == {"conv", "bn", "act"} and type(kids["bn"]) is nn.BatchNorm2d:
+        conv, bn, act = kids["conv"], plain_bn(kids["bn"]), kids["act"]
+    elif set(kids) == {"conv", "act"}:
+        conv, bn, act = kids["conv"], nn.Identity(), kids["act"]
+    else:
+        return copy.deepcopy(src)
+    if type(conv) is not nn.Conv2d or not _square(conv):
+        return copy.deepcopy(src)
+    dst = Conv(conv.in_channels, conv.out_channels, conv.kernel_size[0], conv.stride[0], int(conv.padding[0]),
+               conv.groups, conv.dilation[0], act=copy.deepcopy(act) if act is not None else False)
+    dst.conv = plain_conv(conv) if conv.bias is not None else dst.conv
+    if conv.bias is None:
         dst.conv.weight.copy_(conv.weight)
-        dst.bn = plain_bn(bn)
-        return dst
-    if type(src) is nn.Conv2d and _square(src):
-        dst = Conv(src.in_channels, src.out_channels, src.kernel_size[0], src.stride[0], int(src.padding[0]),
-                   src.groups, src.dilation[0], act=False)
-        dst.conv.weight.copy_(src.weight)
-        dst.bn.eval()
-        assert dst.bn.running_var is not None and dst.bn.running_mean is not None
-        dst.bn.running_mean.zero_()
-        dst.bn.running_var.fill_(1.0)
-        dst.bn.weight.fill_((1.0 + dst.bn.eps) ** 0.5)
-        dst.bn.bias.copy_(src.bias if src.bias is not None else torch.zeros_like(dst.bn.bias))
-        return dst.to(device=src.weight.device, dtype=src.weight.dtype)
-    return copy.deepcopy(src)
+    dst.bn = bn
+    return dst.to(device=conv.weight.device, dtype=conv.weight.dtype).eval()
 
 
 def recognize_spd_conv(module: nn.Module) -> tuple[nn.Module, ...]:

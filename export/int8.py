@@ -96,6 +96,7 @@ class Int8Result:
     rel_l2: float = float("inf")  # worst output, INT8 graph vs the original model, held-out images
     cosine: float = 0.0
     top1_agreement: float | None = None  # classifiers: argmax agreement with the original model
+    reference_classes: int | None = None  # classifiers: distinct classes the original predicts on the held-out set
     accuracy: float | None = None  # with label-named subfolders
     reference_accuracy: float | None = None
     naive_rel_l2: float | None = None  # everything quantized (onnxruntime's default op set), same images
@@ -110,9 +111,17 @@ class Int8Result:
     def __bool__(self) -> bool:
         return self.passed
 
+    @property
+    def top1_is_evidence(self) -> bool:
+        """Top-1 agreement says something only where the original's top-1 varies over the held-out images: where
+        it predicts one class for all of them, any graph that keeps that class agrees fully, however wrong."""
+        return self.top1_agreement is not None and (self.reference_classes or 0) > 1
+
     def line(self) -> str:
         status = "PASSED" if self.passed else "FAILED"
         top1 = f" top1_agreement={self.top1_agreement:.4f}" if self.top1_agreement is not None else ""
+        if top1 and not self.top1_is_evidence:
+            top1 += " (not evidence: the original predicts one class for every held-out image)"
         return (f"{status} | int8 vs original | {self.held_out_images} held-out image(s) | rel_l2={self.rel_l2:.3e} "
                 f"(budget {self.budget:.1e}){top1} | fallback: {', '.join(self.fallback) or 'none'}")
 
@@ -120,6 +129,7 @@ class Int8Result:
         return {"calib_folder": self.calib_folder, "calibration_images": self.calibration_images,
                 "held_out_images": self.held_out_images, "budget": self.budget, "passed": self.passed,
                 "rel_l2": self.rel_l2, "cosine": self.cosine, "top1_agreement": self.top1_agreement,
+                "reference_classes": self.reference_classes,
                 "accuracy": self.accuracy, "reference_accuracy": self.reference_accuracy,
                 "naive_rel_l2": self.naive_rel_l2, "naive_top1_agreement": self.naive_top1_agreement,
                 "quantized_nodes": self.quantized_nodes, "float_nodes": self.float_nodes,
@@ -164,7 +174,8 @@ def image_preprocess(metadata: dict[str, str], input_shape: Sequence[int]) -> An
 def read_calibration(folder: Path, prep: Any, channels: int, calib_count: int | None,
                      label_names: Sequence[str] | None = None) -> CalibrationSet:
     """Split ``folder``'s images (seeded shuffle) into calibration and held-out sets and preprocess them with the
-    runtime's code. Bad input (no folder, no images, too few, unreadable or wrong-channel images) is one line."""
+    runtime's code (each image converted to the model's colour as Pillow's ``convert`` does). Bad input (no folder,
+    no images, too few, unreadable images) is one line."""
     from blocks_export.runtime.infer import BadInput, preprocess_image, read_image
 
     folder = Path(folder)
@@ -198,15 +209,10 @@ def read_calibration(folder: Path, prep: Any, channels: int, calib_count: int | 
         tensors = []
         for path, _ in items:
             try:
-                img = read_image(path)
+                img = read_image(path)  # grayscale, RGBA, palette, 16-bit: as Pillow's convert does (runtime's code)
             except BadInput as e:
                 raise InputError(f"calibration image: {e}") from None
-            got = 1 if img.ndim == 2 else img.shape[2]
-            if got != channels:
-                kind = {1: "grayscale", 3: "RGB"}
-                raise InputError(f"calibration image {path} is {kind.get(got, str(got) + '-channel')} but the model "
-                                 f"takes {channels} channel(s) ({kind[channels]}); give images of the model's kind")
-            tensors.append(preprocess_image(img, prep))
+            tensors.append(preprocess_image(img, prep))  # to the model's colour (prep.color), as the runtime does
         return np.stack(tensors).astype(np.float32)  # (N, C, H, W)
 
     labels: list[int | None] = []
@@ -445,11 +451,23 @@ def _worst(reference: list[np.ndarray], got: list[np.ndarray]) -> tuple[float, f
     return cmp.worst_rel_l2, min((o.cosine for o in cmp.outputs), default=0.0)
 
 
+def _top1s(outputs: list[np.ndarray]) -> np.ndarray | None:
+    """[N] argmax of a classifier's scores [N, K] (one output, K >= 2), else None."""
+    if len(outputs) != 1 or outputs[0].ndim != 2 or outputs[0].shape[1] < 2:
+        return None
+    return outputs[0].argmax(1)
+
+
 def top1(reference: list[np.ndarray], got: list[np.ndarray]) -> float | None:
     """Argmax agreement of a classifier's scores [N, K] (one output), else None."""
-    if len(reference) != 1 or reference[0].ndim != 2 or reference[0].shape[1] < 2:
-        return None
-    return float((reference[0].argmax(1) == got[0].argmax(1)).mean())
+    ref = _top1s(reference)
+    return None if ref is None else float((ref == got[0].argmax(1)).mean())
+
+
+def predicted_classes(reference: list[np.ndarray]) -> int | None:
+    """How many distinct top-1 classes a classifier's scores [N, K] (one output) hold, else None."""
+    ref = _top1s(reference)
+    return None if ref is None else int(np.unique(ref).size)
 
 
 def _accuracy(out: list[np.ndarray], labels: list[int | None]) -> float | None:
@@ -477,6 +495,13 @@ def quantize_model(model: onnx.ModelProto, original: Any, data: CalibrationSet, 
                         preprocess=dict(data.preprocess))
     reference = torch_run(original, data.held_out_tensors, batch)
     result.reference_accuracy = _accuracy(reference, data.labels)
+    result.reference_classes = predicted_classes(reference)
+    if result.reference_classes == 1:
+        only = int(reference[0].argmax(1)[0])
+        result.notes.append(
+            f"the original model predicts class {only} for every one of the {len(data.held_out)} held-out image(s): "
+            "top-1 agreement cannot tell a faithful INT8 graph from a broken one here and is not counted (the "
+            "verdict rests on rel_l2); calibrate from a folder whose images the model tells apart")
     float_kept = int8_float_nodes(work)
     weighted = [n.name for n in work.graph.node if n.op_type in WEIGHTED_OPS]
     result.float_nodes = sum(1 for n in weighted if n in float_kept)
@@ -570,4 +595,5 @@ def metadata_for(preprocess: Any, task: Any = None) -> dict[str, str]:
 
 
 __all__ = ["BlockSensitivity", "CalibrationSet", "Int8Result", "WEIGHTED_OPS", "image_preprocess",
-           "int8_float_nodes", "node_blocks", "quantize", "quantize_model", "read_calibration", "top1"]
+           "int8_float_nodes", "node_blocks", "predicted_classes", "quantize", "quantize_model", "read_calibration",
+           "top1"]

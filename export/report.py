@@ -175,6 +175,8 @@ def render(report: Report, console: Any) -> None:
         for r in report.blocks.replaced:
             blocks.add_row(r.name or "(model)", r.original_class, r.twin_class, _fmt(r.rel_l2))
         console.print(blocks)
+    for left in report.blocks.left_alone if report.blocks is not None else ():  # exported as they are: say why
+        console.print(f"[yellow]{escape(left.line())}[/]")
 
     ver = report.verification
     if ver is not None:
@@ -235,6 +237,7 @@ def render_int8(result: Int8Result, console: Any) -> None:
         table.add_column(col)
     for s in result.sensitivity:
         agree = f"{s.top1_agreement:.4f}" if s.top1_agreement is not None else ""
+        agree += " (not evidence)" if agree and not result.top1_is_evidence else ""
         table.add_row(s.block, str(s.nodes), _fmt(s.rel_l2), agree, s.why if s.fallback else "no")
     console.print(table)
     if result.naive_rel_l2 is not None:

@@ -69,9 +69,11 @@ PILLOW_BITS = 22
 DEFAULTS_HELP = (
     "Preprocessing comes from the model's blocks_export.preprocess metadata; missing fields default to: "
     "size = the model's static input H, W (which always wins; else blocks_export.export_shape), resize = stretch, "
-    "color = RGB (GRAY for a 1-channel input), scale = 1/255, mean = 0, std = 1; "
+    "color = RGB (GRAY for a 1-channel input; files of any mode, grayscale, RGBA, palette or 16-bit, converted to "
+    "it as Pillow's convert does, 16-bit keeping the high byte), scale = 1/255, mean = 0, std = 1; "
     "x = (pixel * scale - mean) / std, NCHW. Resizing is bilinear with half-pixel centres (OpenCV "
-    "INTER_LINEAR); letterbox keeps the aspect ratio and pads with 114; crop scales the shorter side to the size "
+    "INTER_LINEAR); letterbox keeps the aspect ratio and pads with 114 (a YOLO with dynamic H/W: only up to a "
+    "multiple of its stride, as Ultralytics' predict does); crop scales the shorter side to the size "
     "and takes the centre (antialiased bilinear, as Pillow; Ultralytics classifiers). "
     "Exit codes: 0 ok, 1 internal error, 2 bad usage or input, 3 provider or engine unavailable or refused, "
     "130/143 interrupted."
@@ -345,6 +347,7 @@ class ModelMeta:
     precision: str = "fp32"
     dynamic: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
     export_shape: dict[str, list[int]] = field(default_factory=dict)
+    stride: int | None = None  # an Ultralytics model's largest stride (its metadata's `stride`)
     present: bool = False
 
 
@@ -399,7 +402,9 @@ def _ultralytics_meta(metadata: dict[str, str], meta: ModelMeta) -> None:
         except (ValueError, SyntaxError):
             return None
 
-    names, imgsz = literal("names"), literal("imgsz")
+    names, imgsz, stride = literal("names"), literal("imgsz"), literal("stride")
+    if type(stride) is int and stride > 0:
+        meta.stride = stride
     if meta.labels is None and isinstance(names, dict):
         meta.labels = [str(names[k]) for k in sorted(names)]
     if meta.task is None and metadata.get("task") in ("detect", "classify"):
@@ -816,7 +821,12 @@ def tensorrt_options(model_path: str, meta: ModelMeta, *, fp16: bool, is_ep_cont
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Image to tensor: resize to ``size`` (H, W), convert color, x = (pixel * scale - mean) / std."""
+    """Image to tensor: resize to ``size`` (H, W), convert color, x = (pixel * scale - mean) / std.
+
+    ``stride`` > 0 (letterbox only): the image is letterboxed into the smallest rectangle, padded to a multiple of
+    ``stride``, that holds it at the scale ``size`` gives (Ultralytics' ``LetterBox(auto=True)``), not into all of
+    ``size``; what ``YOLO('model.onnx').predict`` feeds a graph with dynamic H/W.
+    """
 
     size: tuple[int, int]
     resize: str = DEFAULT_RESIZE
@@ -824,10 +834,12 @@ class Preprocess:
     scale: float = DEFAULT_SCALE
     mean: tuple[float, ...] = (DEFAULT_MEAN,)
     std: tuple[float, ...] = (DEFAULT_STD,)
+    stride: int = 0
 
 
 def read_image(path: str) -> np.ndarray:
-    """Decode an 8-bit image: [H, W] uint8 for grayscale files, [H, W, 3] uint8 RGB otherwise."""
+    """Decode an image to 8-bit pixels: [H, W] uint8 for grayscale files, [H, W, 3] uint8 RGB for every other
+    (``_pil_pixels``: what Pillow's ``convert("RGB")`` and Ultralytics' reader make of each mode)."""
     try:
         from PIL import Image
     except ImportError:
@@ -836,10 +848,7 @@ def read_image(path: str) -> np.ndarray:
         try:
             with Image.open(path) as opened:
                 opened.load()
-                if opened.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-                    raise BadInput(f"{path} is a {opened.mode} (16-bit or float) image; convert it to 8-bit")
-                decoded = opened.convert("L") if opened.mode in ("L", "LA", "1") else opened.convert("RGB")
-                return np.asarray(decoded, dtype=np.uint8)
+                return _pil_pixels(opened, path)
         except BadInput:
             raise
         except Exception as e:  # PIL raises many types for broken files (UnidentifiedImageError, OSError, ...)
@@ -851,10 +860,51 @@ def read_image(path: str) -> np.ndarray:
     data = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if data is None:
         raise BadInput(f"cannot read image {path}; check the file")
-    if data.dtype != np.uint8:
+    return _cv2_pixels(data, path, cv2)
+
+
+_GRAY_MODES = ("L", "LA", "La", "1")
+
+
+def _high_byte(data: np.ndarray, path: str, mode: str) -> np.ndarray:
+    """16-bit pixels -> their high byte (value >> 8), as OpenCV's ``IMREAD_COLOR`` and Pillow's 16-bit RGB PNG
+    decoder reduce them."""
+    if data.dtype.kind not in "iu" or (data.size and (int(data.min()) < 0 or int(data.max()) > 65535)):
+        raise BadInput(f"{path} is a {mode} image with values outside 0..65535 (not 8- or 16-bit); convert it "
+                       "to 8-bit")
+    return (data.astype(np.uint32) >> 8).astype(np.uint8)
+
+
+def _pil_pixels(opened: Any, path: str) -> np.ndarray:
+    """A loaded Pillow image as ``read_image`` returns it.
+
+    Every 8-bit mode as Pillow's ``convert("RGB")`` gives it (``convert("L")`` for the grayscale ones: L, LA, 1, so
+    that a grayscale model sees Pillow's own gray): alpha dropped without compositing (RGBA, LA, PA), the palette
+    looked up (P), CMYK and YCbCr converted, 1-bit as 0/255. This is what Ultralytics feeds its models too: its file
+    reader (OpenCV ``IMREAD_COLOR``) drops alpha and expands palettes and gray the same way, and it converts other
+    images with ``convert("RGB")``. 16-bit grayscale keeps the high byte of each value, as OpenCV (hence
+    Ultralytics) and Pillow's own decoder of 16-bit RGB PNGs do; Pillow's ``convert`` would clip every value above
+    255 to white. Older Pillow opens a 16-bit PNG as mode ``I``, read the same way. A float image is refused.
+    """
+    mode = opened.mode
+    if mode.startswith("I;16") or mode == "I":
+        return _high_byte(np.asarray(opened), path, mode)
+    if mode == "F":
+        raise BadInput(f"{path} is a floating-point (mode F) image; convert it to 8-bit")
+    decoded = opened.convert("L") if mode in _GRAY_MODES else opened.convert("RGB")
+    return np.asarray(decoded, dtype=np.uint8)
+
+
+def _cv2_pixels(data: np.ndarray, path: str, cv2: Any) -> np.ndarray:
+    """OpenCV's ``IMREAD_UNCHANGED`` pixels as ``read_image`` returns them (the same choices as ``_pil_pixels``)."""
+    if data.dtype == np.uint16:
+        data = _high_byte(data, path, "16-bit")
+    elif data.dtype != np.uint8:
         raise BadInput(f"{path} is a {data.dtype} image; convert it to 8-bit")
     if data.ndim == 2:
         return data
+    if data.shape[2] == 2:  # gray + alpha
+        return np.ascontiguousarray(data[:, :, 0])
     code = cv2.COLOR_BGRA2RGB if data.shape[2] == 4 else cv2.COLOR_BGR2RGB
     return cv2.cvtColor(data, code)
 
@@ -862,13 +912,15 @@ def read_image(path: str) -> np.ndarray:
 def convert_color(img: np.ndarray, color: str) -> np.ndarray:
     """[H, W] or [H, W, 3] uint8 -> [H, W, C] uint8 with C = 1 (GRAY) or 3 (RGB).
 
-    RGB -> GRAY uses the ITU-R BT.601 luma weights 0.299, 0.587, 0.114 rounded to an integer, as
-    Pillow's convert("L") and OpenCV's COLOR_RGB2GRAY do.
+    As Pillow converts: GRAY -> RGB repeats the value (``convert("RGB")`` of an L image); RGB -> GRAY takes the
+    ITU-R BT.601 luma in Pillow's fixed point, (19595 R + 38470 G + 7471 B + 2^15) >> 16 (``L24`` in Pillow's
+    src/libImaging/Convert.c: ``convert("L")``).
     """
     if color == "GRAY":
         if img.ndim == 3:
-            luma = img.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-            img = np.floor(luma + 0.5).clip(0, 255).astype(np.uint8)
+            rgb = img.astype(np.uint32)
+            luma = (rgb[:, :, 0] * 19595 + rgb[:, :, 1] * 38470 + rgb[:, :, 2] * 7471 + 0x8000) >> 16
+            img = luma.astype(np.uint8)
         return img[:, :, None]
     if img.ndim == 2:
         return np.repeat(img[:, :, None], 3, axis=2)
@@ -902,24 +954,40 @@ def resize_bilinear(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return top * (1 - wy) + bottom * wy
 
 
-def letterbox_geometry(image_hw: Sequence[int], size: tuple[int, int]) -> tuple[int, int, int, int]:
+def letterbox_geometry(image_hw: Sequence[int], size: tuple[int, int],
+                       stride: int = 0) -> tuple[int, int, int, int]:
     """Where letterbox puts an image of ``image_hw`` (H, W) in ``size``: (top, left, new_h, new_w).
 
     As Ultralytics' ``LetterBox`` (ultralytics/data/augment.py): one ratio for both sides, each side rounded, the
-    image centred with the odd pixel of padding at the bottom / right.
+    image centred with the odd pixel of padding at the bottom / right; with ``stride``, in the canvas of
+    ``letterbox_canvas`` (its ``auto=True``).
     """
     h, w = int(image_hw[0]), int(image_hw[1])
     out_h, out_w = size
     ratio = min(out_h / h, out_w / w)
     new_h = min(out_h, max(1, int(round(h * ratio))))
     new_w = min(out_w, max(1, int(round(w * ratio))))
+    if stride > 0:
+        out_h, out_w = new_h + (out_h - new_h) % stride, new_w + (out_w - new_w) % stride
     return (out_h - new_h) // 2, (out_w - new_w) // 2, new_h, new_w
 
 
-def letterbox(img: np.ndarray, size: tuple[int, int], pad: float = LETTERBOX_PAD) -> np.ndarray:
-    """Resize [H, W, C] keeping the aspect ratio, centre it in [size[0], size[1], C] padded with ``pad``."""
-    top, left, new_h, new_w = letterbox_geometry(img.shape[:2], size)
-    out = np.full((size[0], size[1], img.shape[2]), pad, dtype=np.float32)
+def letterbox_canvas(image_hw: Sequence[int], size: tuple[int, int], stride: int = 0) -> tuple[int, int]:
+    """(H, W) of an image's letterboxed tensor: ``size``, or with ``stride`` the smallest rectangle that holds the
+    image at the scale ``size`` gives, each side padded only to a multiple of ``stride`` (Ultralytics'
+    ``LetterBox(auto=True)``: the padding ``size - new`` modulo the stride)."""
+    if stride <= 0:
+        return size
+    _, _, new_h, new_w = letterbox_geometry(image_hw, size)
+    return new_h + (size[0] - new_h) % stride, new_w + (size[1] - new_w) % stride
+
+
+def letterbox(img: np.ndarray, size: tuple[int, int], pad: float = LETTERBOX_PAD, stride: int = 0) -> np.ndarray:
+    """Resize [H, W, C] keeping the aspect ratio, centre it in [size[0], size[1], C] padded with ``pad`` (with
+    ``stride``: in the smaller canvas of ``letterbox_canvas``)."""
+    top, left, new_h, new_w = letterbox_geometry(img.shape[:2], size, stride)
+    canvas = letterbox_canvas(img.shape[:2], size, stride)
+    out = np.full((canvas[0], canvas[1], img.shape[2]), pad, dtype=np.float32)
     out[top:top + new_h, left:left + new_w] = resize_bilinear(img, (new_h, new_w))
     return out
 
@@ -1001,7 +1069,8 @@ def to_image_pixels(boxes: np.ndarray, image_hw: Sequence[int], prep: Preprocess
     """
     h, w = int(image_hw[0]), int(image_hw[1])
     if prep.resize == "letterbox":
-        top, left, new_h, new_w = letterbox_geometry((h, w), prep.size)
+        # Ultralytics' scale_boxes works from the tensor's own size (the stride-padded canvas in predict's rect mode)
+        top, left, new_h, new_w = letterbox_geometry((h, w), letterbox_canvas((h, w), prep.size, prep.stride))
     elif prep.resize == "crop":
         top, left, new_h, new_w = crop_geometry((h, w), prep.size)
         top, left = -top, -left  # the crop's origin lies at (top, left) of the resized image
@@ -1017,7 +1086,7 @@ def preprocess_image(img: np.ndarray, prep: Preprocess) -> np.ndarray:
     """Decoded image [H, W] or [H, W, 3] uint8 -> [C, H, W] float32."""
     pixels = convert_color(img, prep.color)
     if prep.resize == "letterbox":
-        resized = letterbox(pixels, prep.size)
+        resized = letterbox(pixels, prep.size, stride=prep.stride)
     elif prep.resize == "crop":
         resized = centre_crop(pixels, prep.size)
     else:
@@ -1170,16 +1239,33 @@ def _chunks(items: np.ndarray, sources: list[str], name: str, limit: int, static
     return batches
 
 
+def _dynamic_hw(shape: Sequence[Any]) -> bool:
+    hw = shape[1:3] if _channels_last(shape) else shape[2:4]
+    return len(shape) == 4 and not all(isinstance(d, int) and d > 0 for d in hw)
+
+
 def image_batches(paths: list[str], spec: InputSpec, meta: ModelMeta, resize: str | None,
                   requested_batch: int | None) -> tuple[list[Batch], Preprocess]:
+    """Runs of preprocessed images. A letterboxed Ultralytics model with dynamic H/W gets each image in its own
+    stride-aligned rectangle, as ``YOLO('model.onnx').predict`` feeds it (its ``LetterBox(auto=True)`` with the
+    model's stride, for a graph whose metadata says dynamic); a run then holds consecutive images of one shape."""
     prep = make_preprocess(meta, spec.shape, resize)
+    if prep.resize == "letterbox" and meta.stride and _dynamic_hw(spec.shape):
+        prep = Preprocess(prep.size, prep.resize, prep.color, prep.scale, prep.mean, prep.std, stride=meta.stride)
     decoded = [read_image(p) for p in paths]
-    tensors = [preprocess_image(img, prep) for img in decoded]
-    stacked = np.stack(tensors).astype(numpy_dtype(spec))  # (N, C, H, W)
-    if _channels_last(spec.shape):
-        stacked = np.ascontiguousarray(stacked.transpose(0, 2, 3, 1))  # (N, H, W, C)
+    tensors = [preprocess_image(img, prep).astype(numpy_dtype(spec)) for img in decoded]  # (C, H, W) each
     limit, static = batch_limit(spec, meta, requested_batch)
-    batches = _chunks(stacked, list(paths), spec.name, limit, static)
+    batches: list[Batch] = []
+    start = 0
+    while start < len(tensors):
+        end = start + 1
+        while end < len(tensors) and tensors[end].shape == tensors[start].shape:
+            end += 1
+        stacked = np.stack(tensors[start:end])  # (N, C, H, W)
+        if _channels_last(spec.shape):
+            stacked = np.ascontiguousarray(stacked.transpose(0, 2, 3, 1))  # (N, H, W, C)
+        batches += _chunks(stacked, list(paths[start:end]), spec.name, limit, static)
+        start = end
     sizes = {p: (int(img.shape[0]), int(img.shape[1])) for p, img in zip(paths, decoded)}
     for batch in batches:
         batch.image_hw = [sizes[p] for p in batch.sources]
@@ -1414,9 +1500,18 @@ def print_detections(item: dict[str, Any], out: Any) -> None:
                                                ", ".join(f"{v:.1f}" for v in det["box_xyxy"])), file=out)
 
 
-def output_stats(name: str, value: np.ndarray) -> dict[str, Any]:
-    data = np.asarray(value)
-    stats: dict[str, Any] = {"name": name, "shape": list(data.shape), "dtype": str(data.dtype)}
+def output_stats(name: str, value: Output) -> dict[str, Any]:
+    """Shape, dtype and value statistics of one output; for per-run arrays of different shapes, the shape has
+    ``None`` where the runs differ and the statistics cover every run."""
+    if isinstance(value, list):
+        shapes = [np.shape(p) for p in value]
+        shape: list[Any] = [sum(s[0] for s in shapes)] + [d if all(s[i] == d for s in shapes) else None
+                                                         for i, d in enumerate(shapes[0]) if i > 0]
+        data = np.concatenate([np.ravel(p) for p in value])
+    else:
+        data = np.asarray(value)
+        shape = list(data.shape)
+    stats: dict[str, Any] = {"name": name, "shape": shape, "dtype": str(data.dtype)}
     if data.size and data.dtype.kind in "fiub":
         as_float = data.astype(np.float64)
         finite = np.isfinite(as_float)
@@ -1462,7 +1557,7 @@ def _write_in_folder(folder: str, filename: str, write: Any) -> str:
     return path
 
 
-def save_outputs(folder: str, names: Sequence[str], values: Sequence[np.ndarray],
+def save_outputs(folder: str, names: Sequence[str], values: Sequence[Output],
                  sources: Sequence[str]) -> list[str]:
     try:
         os.makedirs(folder, exist_ok=True)
@@ -1475,9 +1570,12 @@ def save_outputs(folder: str, names: Sequence[str], values: Sequence[np.ndarray]
                 n += 1
                 candidate = f"{base}_{n}"
             used.add(candidate)
-            array = np.asarray(value)
-            written.append(_write_in_folder(folder, candidate + ".npy",
-                                            lambda f, array=array: np.save(f, array)))
+            # an output whose runs differ in shape is saved one file per run, in order: name_run0.npy, ...
+            runs = [(candidate + ".npy", value)] if not isinstance(value, list) else [
+                (f"{candidate}_run{k}.npy", part) for k, part in enumerate(value)]
+            for filename, part in runs:
+                array = np.asarray(part)
+                written.append(_write_in_folder(folder, filename, lambda f, array=array: np.save(f, array)))
         text = "".join(s + "\n" for s in sources).encode("utf-8")
         _write_in_folder(folder, "sources.txt", lambda f: f.write(text))
     except OSError as e:
@@ -1652,7 +1750,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "up to the exported maximum)")
     parser.add_argument("--resize", choices=RESIZE_MODES, help="override the metadata's resize mode")
     parser.add_argument("--topk", type=int, default=5, help="classes shown per image for classifiers (default 5)")
-    parser.add_argument("--save-outputs", metavar="DIR", help="write each raw output as DIR/<name>.npy")
+    parser.add_argument("--save-outputs", metavar="DIR", help="write each raw output as DIR/<name>.npy (one "
+                        "DIR/<name>_run<k>.npy per run where runs of images differ in shape), sources in "
+                        "DIR/sources.txt")
     parser.add_argument("--bench", type=int, default=0, metavar="N", help="time N runs on the first batch")
     parser.add_argument("--warmup", type=int, default=10, help="untimed runs before --bench (default 10)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -1777,8 +1877,13 @@ def _make_batches(args: argparse.Namespace, images: list[str], arrays: list[str]
     return [random_batch(specs, meta, parse_shape_overrides(args.shape), args.seed)], None
 
 
-def _infer(session: Any, batches: list[Batch], n_outputs: int) -> tuple[list[np.ndarray], list[str], float]:
-    """Run every batch; outputs joined along the batch axis with static-batch padding dropped."""
+Output = Any  # np.ndarray, or a list of per-run arrays where runs of images of different shapes give different shapes
+
+
+def _infer(session: Any, batches: list[Batch],
+           n_outputs: int) -> tuple[list[Output], list[str], float, list[list[np.ndarray]]]:
+    """Run every batch: each output joined along the batch axis with static-batch padding dropped (a list of the
+    runs' arrays where their other dims differ), the sources, the first run's time, and each output per run."""
     first_run_s = 0.0
     collected: list[list[np.ndarray]] = [[] for _ in range(n_outputs)]
     sources: list[str] = []
@@ -1792,11 +1897,11 @@ def _infer(session: Any, batches: list[Batch], n_outputs: int) -> tuple[list[np.
             value = np.asarray(value)
             parts.append(value[:batch.valid] if value.ndim and value.shape[0] == fed else value)
         sources.extend(batch.sources[:batch.valid])
-    merged = []
+    merged: list[Output] = []
     for parts in collected:
-        joinable = len(parts) > 1 and all(p.ndim and p.shape[1:] == parts[0].shape[1:] for p in parts)
-        merged.append(np.concatenate(parts) if joinable else parts[0])
-    return merged, sources, first_run_s
+        joinable = all(p.ndim and p.shape[1:] == parts[0].shape[1:] for p in parts)
+        merged.append(parts[0] if len(parts) == 1 else np.concatenate(parts) if joinable else list(parts))
+    return merged, sources, first_run_s, collected
 
 
 def run(args: argparse.Namespace, out: Any, err: Any) -> int:
@@ -1830,7 +1935,7 @@ def run(args: argparse.Namespace, out: Any, err: Any) -> int:
     specs = _input_specs(session)
     output_names = [o.name for o in session.get_outputs()]
     batches, prep = _make_batches(args, images, arrays, specs, meta, report)
-    merged, sources, first_run_s = _infer(session, batches, len(output_names))
+    merged, sources, first_run_s, per_run = _infer(session, batches, len(output_names))
 
     result: dict[str, Any] = {
         "model": args.model, "task": meta.task, "precision": meta.precision, "ep_context": is_ep_context,
@@ -1839,18 +1944,20 @@ def run(args: argparse.Namespace, out: Any, err: Any) -> int:
         "inputs": [{"name": s.name, "shape": s.shape, "dtype": s.dtype} for s in specs],
         "preprocess": None if prep is None else {
             "size": list(prep.size), "resize": prep.resize, "color": prep.color, "scale": prep.scale,
-            "mean": list(prep.mean), "std": list(prep.std)},
+            "mean": list(prep.mean), "std": list(prep.std), "stride": prep.stride},
         "items": sources, "runs": len(batches),
         "outputs": [output_stats(n, v) for n, v in zip(output_names, merged)],
         "predictions": None, "saved": None, "bench": None,
     }
     if meta.task == "classify" and merged:
-        scores = merged[0].reshape(merged[0].shape[0], -1)  # (N, C)
+        scores = np.concatenate([p.reshape(p.shape[0], -1) for p in per_run[0]])  # (N, C)
         result["predictions"] = [{"source": s, "topk": row}
                                  for s, row in zip(sources, top_k(scores, args.topk, meta.labels))]
-    elif meta.task == "detect" and merged and is_detect_layout(merged[0], len(meta.labels) if meta.labels else None):
+    elif meta.task == "detect" and merged and is_detect_layout(per_run[0][0], len(meta.labels) if meta.labels else None):
         image_hw = {s: hw for b in batches for s, hw in zip(b.sources, b.image_hw)}
-        result["predictions"] = detection_predictions(merged[0], sources, meta.labels, image_hw, prep)
+        result["predictions"] = [item for b, part in zip(batches, per_run[0])
+                                 for item in detection_predictions(part, b.sources[:b.valid], meta.labels, image_hw,
+                                                                   prep)]
     if args.save_outputs:
         result["saved"] = save_outputs(args.save_outputs, output_names, merged, sources)
     if args.bench:
@@ -1878,7 +1985,8 @@ def print_human(result: dict[str, Any], out: Any) -> None:
     else:
         print(f"{len(result['items'])} item(s) in {result['runs']} run(s)", file=out)
         for stats in result["outputs"]:
-            line = "  {} {} {}".format(stats["name"], "x".join(str(d) for d in stats["shape"]), stats["dtype"])
+            line = "  {} {} {}".format(stats["name"], "x".join("?" if d is None else str(d) for d in stats["shape"]),
+                                       stats["dtype"])
             if "mean" in stats:
                 line += "  min {:.4g} max {:.4g} mean {:.4g} std {:.4g}".format(
                     stats["min"], stats["max"], stats["mean"], stats["std"])

@@ -420,6 +420,43 @@ class Focus(nn.Module):
         return self.conv(torch.cat([x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]], 1))
 
 
+class ConvAct(nn.Module):
+    """A conv block as Ultralytics' ``fuse()`` leaves it: the BatchNorm folded into the convolution's weights and
+    bias, ``bn`` deleted, ``forward`` replaced by act(conv(x))."""
+
+    def __init__(self, c1, c2, k=1, s=1):
+        super().__init__()
+        self.conv = nn.Conv2d(c1, c2, k, s, k // 2, bias=True)
+        self.act = nn.SiLU()
+
+    def forward(self, x):
+        return self.act(self.conv(x))
+
+
+class ConvBiasBNAct(ConvBNAct):
+    """A fork's conv block that keeps the convolution's bias in front of the BatchNorm."""
+
+    def __init__(self, c1, c2, k=1, s=1):
+        super().__init__(c1, c2, k, s)
+        self.conv = nn.Conv2d(c1, c2, k, s, k // 2, bias=True)
+
+
+class SPDConvFused(SPDConvYolo):
+    """The YOLO-fork SPDConv after the model was fused for export (inline slicing, then ``ConvAct``)."""
+
+    def __init__(self, inc, ouc):
+        super().__init__(inc, ouc)
+        self.conv = ConvAct(inc * 4, ouc, k=3)
+
+
+class SPDConvBiasBN(SPDConvFused):
+    """The YOLO-fork SPDConv whose conv block keeps a convolution bias before its BatchNorm."""
+
+    def __init__(self, inc, ouc):
+        super().__init__(inc, ouc)
+        self.conv = ConvBiasBNAct(inc * 4, ouc, k=3)
+
+
 # --- hazards --------------------------------------------------------------------------------------------------
 
 
@@ -435,6 +472,28 @@ class GridBias(nn.Module):
         ys = torch.linspace(-1, 1, h).view(1, 1, h, 1).expand(1, 1, h, w)
         xs = torch.linspace(-1, 1, w).view(1, 1, 1, w).expand(1, 1, h, w)
         return x + self.proj(torch.cat([xs, ys], 1).to(x))
+
+
+class GridDetect(nn.Module):
+    """A YOLOv5-style detection head as pasted into forks: a grid from ``torch.arange`` over the feature size,
+    cached while the size matches (``if self.grid.shape[2:4] != y.shape[2:4]``) unless ``dynamic`` is set, which is
+    how Ultralytics' Detect rebuilds its anchors in export mode."""
+
+    def __init__(self, dynamic: bool = False, c: int = 8, no: int = 6, stride: int = 4):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, 2, 1), nn.BatchNorm2d(c), nn.SiLU(), nn.Conv2d(c, c, 3, 2, 1))
+        self.m = nn.Conv2d(c, no, 1)
+        self.grid = torch.zeros(1)
+        self.stride, self.dynamic = stride, dynamic
+
+    def forward(self, x):
+        y = self.m(self.stem(x))
+        ny, nx = y.shape[2:4]
+        if self.dynamic or self.grid.shape[2:4] != y.shape[2:4]:
+            yv, xv = torch.meshgrid(torch.arange(ny), torch.arange(nx), indexing="ij")
+            self.grid = torch.stack((xv, yv), 0).view(1, 2, ny, nx).to(y.dtype)
+        xy = (y[:, :2].sigmoid() * 2 - 0.5 + self.grid) * self.stride
+        return torch.cat([xy, y[:, 2:].sigmoid()], 1)
 
 
 class DeviceBranch(nn.Module):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import sys
+from pathlib import Path
+
 import onnx
 import pytest
 import torch
@@ -20,6 +24,9 @@ from blocks_export.blocks import (
     to_export,
 )
 from blocks_export.runtime.parity import rel_l2
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # pasted_variants.py sits beside this file
+import pasted_variants as pv  # noqa: E402
 
 SHAPES = [(1, 2, 2), (2, 2, 8), (3, 6, 2), (1, 14, 10), (4, 10, 18), (2, 98, 6), (1, 4, 102), (1, 100, 98)]
 
@@ -137,3 +144,54 @@ def test_spd_twin_traces_as_one_op_inside_export_as_one_op_and_its_onnx_is_the_s
         with torch.no_grad():
             want = ref(xs)
         assert rel_l2(want, run_ort(model, xs)) <= 1e-5, shape
+
+
+def _recognised_twin(module: nn.Module, x: torch.Tensor) -> nn.Module:
+    """The twin ``rewrite_model`` swaps in for ``module`` (recognised from its structure)."""
+    from blocks_export.blocks import rewrite_model
+
+    new, report = rewrite_model(nn.Sequential(module), x)
+    assert [(r.name, r.recognized_as) for r in report.replaced] == [("0", "SPDConv")], report.lines()
+    assert isinstance(new[0], SPDConvExport)
+    return new[0]
+
+
+def test_fused_spd_conv_is_converted_with_its_own_weights_and_bias_bit_exactly():
+    """Ultralytics' ``fuse()`` (BatchNorm folded into the conv's bias, no ``bn``) runs before the rewrite: the twin
+    takes that convolution as it is, so it computes the very same numbers at any even shape."""
+
+    fused = randomize_(pv.SPDConvFused(6, 10), seed=4).eval()
+    assert fused.conv.conv.bias is not None and fused.conv.conv.bias.abs().min() > 0
+    twin = _recognised_twin(fused, torch.randn(1, 6, 16, 20))
+    (conv,) = [m for m in twin.modules() if isinstance(m, nn.Conv2d)]
+    assert torch.equal(conv.weight, fused.conv.conv.weight) and torch.equal(conv.bias, fused.conv.conv.bias)
+    for shape in [(1, 6, 16, 20), (2, 6, 2, 34), (3, 6, 30, 8)]:
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape)))
+        with torch.no_grad():
+            assert torch.equal(twin(x), fused(x)), shape
+
+
+def test_spd_conv_with_a_conv_bias_before_its_batchnorm_folds_exactly():
+    """A conv bias in front of the BatchNorm folds with it: s * (b - mean) + beta. In float64 the twin equals the
+    original to rounding (so the fold is exact algebra), and in fp32 it passes the fp32 rule; dropping the conv
+    bias from the fold would miss by the bias times the BatchNorm scale."""
+    from blocks_export.runtime.parity import compare
+
+    block = randomize_(pv.SPDConvBiasBN(4, 8), seed=6).eval()
+    bias = block.conv.conv.bias
+    assert bias is not None and bias.abs().min() > 0
+    x = torch.randn(2, 4, 12, 10, generator=torch.Generator().manual_seed(3))
+    twin32 = _recognised_twin(block, x)
+    twin64 = _recognised_twin(copy.deepcopy(block).double(), x.double())
+    ref64 = copy.deepcopy(block).double()
+    for shape in [(2, 4, 12, 10), (1, 4, 6, 26)]:
+        xs = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape)), dtype=torch.float64)
+        with torch.no_grad():
+            fp64 = compare([ref64(xs)], [twin64(xs)], "fp64")
+            fp32 = compare([block(xs.float())], [twin32(xs.float())], "fp32")
+            unbiased = copy.deepcopy(ref64)
+            unbiased.conv.conv.bias.zero_()
+            missed = compare([ref64(xs)], [unbiased(xs)], "fp64")
+        assert fp64.outputs[0].max_rel <= 1e-12, fp64.lines()
+        assert fp32, fp32.lines()
+        assert missed.outputs[0].max_rel > 1e-3  # the bias matters: a fold without it could not pass

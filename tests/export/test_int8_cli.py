@@ -142,6 +142,36 @@ def test_int8_graph_matches_the_original_on_held_out_images_and_keeps_gates_floa
     assert (r.argmax(1) == q.argmax(1)).mean() >= 2 / 3
 
 
+def test_top1_agreement_of_a_model_that_predicts_one_class_everywhere_is_said_not_to_be_evidence(
+        tmp_path: Path) -> None:
+    """A classifier whose own top-1 is the same class on every held-out image: any graph that keeps that class
+    "agrees" 100 %, so the report and the terminal say the agreement is no evidence, and the verdict is the
+    rel_l2 rule alone. The test's own onnxruntime run shows why: both sides give that one class everywhere."""
+    calib = tmp_path / "calib"
+    paths = _images(calib, 8)
+    model = randomize_(PastedNet(), seed=3).eval()
+    x = torch.from_numpy(np.concatenate([_preprocess(p) for p in paths]))
+    with torch.no_grad():
+        logits = model(x)
+        others = torch.cat([logits[:, :2], logits[:, 3:]], 1).amax(1)
+        model.fc.bias[2] += float((others - logits[:, 2]).max()) + 0.5  # class 2 wins on every image, by 0.5+
+        assert set(model(x).argmax(1).tolist()) == {2}
+    src = tmp_path / "one_class.pt"
+    torch.save(model, src)
+    out = tmp_path / "one_class_int8.onnx"
+    result = invoke(src, "--trust-pickle", "--imgsz", SIZE, "--int8", "--calib", calib, "--calib-count", 5, "-o", out)
+    assert result.exit_code in (0, 1), result.output
+    int8 = json.loads((tmp_path / "one_class_int8.report.json").read_text())["int8"]
+    assert int8["reference_classes"] == 1 and int8["top1_agreement"] == 1.0
+    assert any("predicts class 2 for every one of the 3 held-out" in n and "not counted" in n for n in int8["notes"])
+    assert int8["passed"] == (int8["rel_l2"] <= int8["budget"])  # the verdict: rel_l2 only
+    verdict = [line for line in result.stdout.splitlines() if "int8 vs original" in line]
+    assert len(verdict) == 1 and "top1_agreement=1.0000 (not evidence" in verdict[0], result.stdout
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    assert {int(sess.run(None, {name: _preprocess(Path(p))})[0].argmax()) for p in int8["held_out"]} == {2}
+
+
 @pytest.mark.slow
 def test_a_tiny_budget_keeps_every_block_floating_point_and_says_why(tmp_path: Path, model_pt: Path) -> None:
     calib = tmp_path / "calib"
@@ -203,11 +233,73 @@ def test_fewer_images_than_calib_count_is_refused(tmp_path: Path, model_pt: Path
     assert "holds 4 image(s)" in line and "--calib-count 8" in line
 
 
-def test_images_of_the_wrong_channel_count_are_refused(tmp_path: Path, model_pt: Path) -> None:
-    calib = tmp_path / "gray"
-    _images(calib, 5, mode="L")
-    line = _refused(tmp_path, model_pt, calib)
-    assert "grayscale" in line and "3 channel" in line
+# One picture per file mode that real datasets hold (COCO has grayscale JPEGs; PNG folders hold RGBA, palette and
+# 16-bit files): what ``Image.open(path).convert("RGB")`` gives, 16-bit values keeping their high byte.
+MIXED_MODES = ("L", "LA", "RGBA", "P", "P+transparency", "1", "I;16", "RGB")
+
+
+def _mixed_images(folder: Path) -> list[Path]:
+    pictures = _images(folder / "rgb", len(MIXED_MODES), seed=4)
+    paths = []
+    for mode, src in zip(MIXED_MODES, pictures, strict=True):
+        pic = Image.open(src)
+        if mode == "RGBA":
+            pic = pic.convert("RGBA")
+            pic.putalpha(Image.linear_gradient("L").resize(pic.size))  # alpha varies: dropped, not composited
+        elif mode == "P+transparency":
+            pic = pic.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+            pic.info["transparency"] = 3
+        elif mode == "I;16":
+            pic = Image.fromarray(np.asarray(pic.convert("L"), dtype=np.uint16) * 257 + 100)  # 16-bit grey
+        elif mode != "RGB":
+            pic = pic.convert(mode)
+        paths.append(folder / f"{mode.replace(';', '').replace('+', '_')}.png")
+        pic.save(paths[-1])
+    for src in pictures:
+        src.unlink()
+    (folder / "rgb").rmdir()
+    return paths
+
+
+def _pillow_rgb(path: Path) -> np.ndarray:
+    """This test's own reading: Pillow's convert("RGB"); a 16-bit grey keeps each value's high byte."""
+    with Image.open(path) as img:
+        if img.mode.startswith("I;16"):
+            return np.repeat((np.asarray(img).astype(np.uint32) >> 8).astype(np.uint8)[:, :, None], 3, axis=2)
+        return np.asarray(img.convert("RGB"))
+
+
+def test_calibration_reads_every_image_mode_as_pillow_converts_it_to_rgb(tmp_path: Path) -> None:
+    from blocks_export.export.int8 import read_calibration
+    from blocks_export.runtime.infer import Preprocess
+
+    calib = tmp_path / "mixed"
+    paths = _mixed_images(calib)
+    assert {Image.open(p).mode for p in paths} >= {"L", "LA", "RGBA", "P", "1", "I;16", "RGB"}
+    data = read_calibration(calib, Preprocess(size=(SIZE, SIZE)), 3, 4)
+    for name, tensor in zip(data.calibration + data.held_out,
+                            np.concatenate([data.calib_tensors, data.held_out_tensors]), strict=True):
+        assert np.abs(tensor * 255 - np.rint(tensor * 255)).max() < 1e-4  # x = pixel / 255: pixels exactly
+        np.testing.assert_array_equal(np.rint(tensor * 255), _pillow_rgb(Path(name)).transpose(2, 0, 1), name)
+
+
+def test_int8_from_a_folder_of_grayscale_rgba_palette_and_16_bit_images(tmp_path: Path, model_pt: Path) -> None:
+    """The calibration folder no RGB-only reader would take, through the CLI: the held-out images, read by this
+    test itself, give the INT8 graph within the int8 rule of the original model."""
+    calib = tmp_path / "mixed"
+    _mixed_images(calib)
+    out = tmp_path / "mixed_int8.onnx"
+    result = invoke(model_pt, "--trust-pickle", "--imgsz", SIZE, "--int8", "--calib", calib, "--calib-count", 5,
+                    "-o", out, "--json", "--quiet")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    held = [Path(p) for p in json.loads(result.stdout)["int8"]["held_out"]]
+    original = torch.load(model_pt, weights_only=False).eval()
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = np.stack([_pillow_rgb(p).astype(np.float32).transpose(2, 0, 1) / 255 for p in held])
+    with torch.no_grad():
+        ref = original(torch.from_numpy(x)).numpy()
+    got = np.concatenate([sess.run(None, {sess.get_inputs()[0].name: x[i:i + 1]})[0] for i in range(len(x))])
+    assert float(np.linalg.norm(ref - got) / np.linalg.norm(ref)) <= RULES["int8"].rel_l2
 
 
 @pytest.mark.slow

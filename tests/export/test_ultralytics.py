@@ -448,3 +448,96 @@ def test_int8_calibration_reads_images_as_the_written_graph_says(tmp_path: Path)
     written = make_preprocess(parse_meta(meta), [1, 3, 64, 64], None)
     assert used["resize"] == written.resize == "letterbox"
     assert (list(used["size"]), used["color"], used["scale"]) == (list(written.size), written.color, written.scale)
+
+
+SPD_IMGSZ = 128
+
+
+@pytest.fixture(scope="module")
+def spd_dynamic(shared: Path) -> tuple[Path, Path, object, object]:
+    """A YOLOv8n with pasted SPD-Conv and a CA lookalike, through ``inspect`` and a ``--dynamic`` export (CLI)."""
+    ckpt = um.save_checkpoint(um.with_spd(), shared / "spd.pt", SPD_IMGSZ)
+    seen = invoke("inspect", ckpt, "--trust-pickle", "--imgsz", SPD_IMGSZ)
+    out = shared / "spd.onnx"
+    result = invoke(ckpt, "--to", "onnx", "--trust-pickle", "--imgsz", SPD_IMGSZ, "--dynamic", "-o", out)
+    return ckpt, out, seen, result
+
+
+def test_pasted_spd_conv_is_converted_by_inspect_and_export_alike_and_left_alone_blocks_are_said(
+        spd_dynamic: tuple[Path, Path, object, object]) -> None:
+    """Ultralytics' ``fuse()`` runs before the rewrite: the pasted SPD-Conv reaches it as a conv with bias and no
+    BatchNorm, and must be converted all the same. ``inspect`` (the unfused model) and the export list the same
+    replaced blocks; the lookalike left alone is one line with its reason on both terminals. The ``--dynamic``
+    graph is checked by this test's own onnxruntime run at another size, and Detect's anchors (rebuilt in the graph
+    in export mode) are not reported as a constant."""
+    ckpt, out, seen, result = spd_dynamic
+    assert seen.exit_code == 0, seen.output
+    inspected = sorted(line.split("|")[1].strip() for line in seen.stdout.splitlines() if line.startswith("REPLACED"))
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.with_suffix(".report.json").read_text())
+    replaced = {r["name"]: r for r in report["blocks"]["replaced"]}
+    assert inspected == sorted(replaced) == ["model.1", "model.3"], (inspected, sorted(replaced))
+    assert all(r["recognized_as"] == "SPDConv" and r["twin_class"] == "SPDConvExport" for r in replaced.values())
+    assert all(name in result.stdout for name in replaced)  # the export's terminal table
+
+    left = [line for line in seen.stdout.splitlines() if line.startswith("LEFT ALONE")]
+    assert len(left) == 1 and "model.9.1" in left[0] and "computes something else" in left[0], seen.stdout
+    export_left = [line for line in result.stdout.splitlines() if line.startswith("LEFT ALONE")]
+    assert [line.split("|")[:3] for line in export_left] == [line.split("|")[:3] for line in left], result.stdout
+    assert report["blocks"]["left_alone"][0]["name"] == "model.9.1"
+
+    assert not [w for w in report["warnings"] if w.startswith("model.22")], report["warnings"]
+    _own_parity(out, ckpt, [(1, 3, SPD_IMGSZ, SPD_IMGSZ), (2, 3, 96, 160)], rel_l2=1e-5)
+
+
+def test_infer_feeds_a_dynamic_yolo_the_rectangle_predict_feeds_it_and_finds_its_boxes(
+        spd_dynamic: tuple[Path, Path, object, object], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``YOLO('ours.onnx').predict`` letterboxes a non-square image into the smallest stride-aligned rectangle when
+    the graph has dynamic H/W (its ``LetterBox(auto=True)``): runtime/infer.py feeds the same tensor shape and finds
+    the same boxes, in the image's pixels. The 256x64 image is a 128x32 one with every pixel doubled, so the
+    halving is exact in both resizers."""
+    from PIL import Image
+    from ultralytics import YOLO
+
+    from blocks_export.runtime import infer
+
+    _, out, _, result = spd_dynamic
+    assert result.exit_code == 0, result.output
+    small = (np.random.default_rng(5).random((32, 128, 3)) * 255).astype(np.uint8)
+    image = tmp_path / "wide.png"
+    Image.fromarray(small.repeat(2, axis=0).repeat(2, axis=1)).save(image)
+
+    yolo = YOLO(str(out), task="detect")
+    ref = _boxes(yolo.predict(str(image), imgsz=SPD_IMGSZ, verbose=False)[0])
+    fed = []
+    preprocess = yolo.predictor.preprocess
+    yolo.predictor.preprocess = lambda im: fed.append(preprocess(im)) or fed[-1]
+    yolo.predict(str(image), imgsz=SPD_IMGSZ, verbose=False)
+    assert [tuple(t.shape) for t in fed] == [(1, 3, 32, 128)]  # not the 128x128 square
+
+    sess = session(out.read_bytes())
+    spec = infer.InputSpec(sess.get_inputs()[0].name, list(sess.get_inputs()[0].shape), sess.get_inputs()[0].type)
+    meta = infer.parse_meta(sess.get_modelmeta().custom_metadata_map)
+    batches, _ = infer.image_batches([str(image)], spec, meta, None, None)
+    assert [b.feeds[spec.name].shape for b in batches] == [tuple(fed[0].shape)]
+    np.testing.assert_allclose(batches[0].feeds[spec.name], fed[0].numpy(), atol=1e-6)  # the very same tensor
+
+    assert infer.main([str(out), str(image), "--json", "--provider", "cpu"]) == 0
+    (item,) = json.loads(capsys.readouterr().out)["predictions"]
+    dets = item["detections"]
+    got = (np.array([d["box_xyxy"] for d in dets]).reshape(-1, 4), np.array([d["score"] for d in dets]),
+           np.array([d["class"] for d in dets]))
+    assert len(ref[0]) >= 5 and item["box_space"] == "image"
+    assert not _unmatched(ref, got, 1e-4, px=0.1) and not _unmatched(got, ref, 1e-4, px=0.1)
+
+    # Images of different shapes in one call: one run per rectangle, each image's boxes as when it ran alone.
+    half = tmp_path / "half.png"  # 64x128: fed at that size (no resize), 168 anchors against the wide one's 84
+    Image.fromarray(small[:, :64].repeat(2, axis=0).repeat(2, axis=1)).save(half)
+    saved = tmp_path / "raw"
+    assert infer.main([str(out), str(image), str(half), "--json", "--provider", "cpu", "--save-outputs",
+                       str(saved)]) == 0
+    both = json.loads(capsys.readouterr().out)
+    assert both["runs"] == 2 and [p["source"] for p in both["predictions"]] == [str(image), str(half)]
+    assert both["predictions"][0]["detections"] == dets
+    assert both["outputs"][0]["shape"] == [2, 4 + 3, None]  # anchors differ between the two rectangles
+    assert sorted(f.name for f in saved.glob("*.npy")) == ["output0_run0.npy", "output0_run1.npy"]

@@ -1,22 +1,28 @@
 """Ultralytics YOLO models with blocks pasted in the way users do it, saved as Ultralytics checkpoints.
 
-The blocks are written here (or are the original pasted code, ``fixtures.seed_blocks``), never the package's own
-classes: a DCNv2 in two bottlenecks (the form YOLOv8 forks paste), Coordinate Attention after SPPF and ACmix on the
-P5 input of the Detect head. The models are built from Ultralytics' own yaml (no downloads) and the blocks are
+The blocks are written here (or are the original pasted code, ``fixtures.seed_blocks``, or the pasted variants of
+``tests/blocks/pasted_variants.py``), never the package's own classes: a DCNv2 in two bottlenecks (the form YOLOv8
+forks paste), Coordinate Attention after SPPF and ACmix on the P5 input of the Detect head; or SPD-Conv in place of
+two strided convolutions with a Coordinate Attention lookalike after SPPF. The models are built from Ultralytics' own yaml (no downloads) and the blocks are
 spliced into ``model.model`` keeping the bookkeeping attributes (``f``, ``i``, ``type``, ``np``) Ultralytics' forward
 reads. Importing this module imports ultralytics: only tests that need it do.
 """
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 
 import torch
 from fixtures import seed_blocks
 from torch import nn
+from ultralytics.nn.modules import Conv
 from ultralytics.nn.tasks import ClassificationModel, DetectionModel, OBBModel, PoseModel, SegmentationModel
 
 from blocks_export.blocks._init import randomize_
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "blocks"))
+import pasted_variants as pv  # noqa: E402
 
 
 class DCNv2(nn.Module):
@@ -63,6 +69,15 @@ class CoordAttention(nn.Module):
         return x * self.conv_w(x_w.permute(0, 1, 3, 2)).sigmoid() * self.conv_h(x_h).sigmoid()
 
 
+class SPDConv(pv.SPDConvYolo):
+    """SPD-Conv as YOLO forks paste it into ``ultralytics/nn/modules``: the space-to-depth slicing inline, then
+    Ultralytics' own ``Conv`` (conv + BN + SiLU), which the model's ``fuse()`` turns into a conv with bias."""
+
+    def __init__(self, inc, ouc, dimension=1):
+        super().__init__(inc, ouc, dimension)
+        self.conv = Conv(inc * 4, ouc, k=3)
+
+
 class After(nn.Sequential):
     """``layer`` followed by ``block`` in the slot of ``layer`` (keeps Ultralytics' routing attributes)."""
 
@@ -97,6 +112,23 @@ def with_blocks(yaml: str = "yolov8n.yaml", nc: int = 3, seed: int = 0, cls_bias
     c = out_channels(layers[p5])
     layers[p5] = After(layers[p5], seed_blocks.ACmix(c, c))
     return _randomise(model, seed, cls_bias)
+
+
+def with_spd(yaml: str = "yolov8n.yaml", nc: int = 3, seed: int = 0) -> DetectionModel:
+    """``yaml`` with its first two stride-2 ``Conv`` layers replaced by pasted ``SPDConv`` (space-to-depth, then a
+    stride-1 Conv: the same output size), and a Coordinate Attention lookalike (max pooling) after SPPF."""
+    model = DetectionModel(yaml, nc=nc, verbose=False)
+    layers = model.model
+    strided = [i for i, m in enumerate(layers) if type(m).__name__ == "Conv" and m.conv.stride == (2, 2)][1:3]
+    for i in strided:
+        old = layers[i]
+        new = SPDConv(old.conv.in_channels, old.conv.out_channels)
+        new.f, new.i, new.type, new.np = old.f, old.i, "SPDConv", sum(p.numel() for p in new.parameters())
+        layers[i] = new
+    sppf = next(i for i, m in enumerate(layers) if type(m).__name__ == "SPPF")
+    c = out_channels(layers[sppf])
+    layers[sppf] = After(layers[sppf], pv.CoordAttMaxPool(c, c))  # a lookalike: max pooling
+    return _randomise(model, seed, -3.0)
 
 
 # Ultralytics' model class and yaml per task (the "-seg", "-pose", "-obb", "-cls" variants of YOLOv8n).

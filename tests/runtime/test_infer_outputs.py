@@ -147,13 +147,16 @@ def test_labels_in_metadata_are_used_verbatim(infer):
         infer.parse_meta({"blocks_export.labels": "[not json"})
 
 
-def test_unreadable_or_16_bit_image_is_bad_input(cli, save, tmp_path):
+def test_unreadable_or_floating_point_image_is_bad_input(cli, save, tmp_path):
     (tmp_path / "garbage.png").write_bytes(b"not a png at all")
     code, out, err = cli(save(classifier_model()), tmp_path / "garbage.png")
     assert code == 2 and "cannot read image" in err
-    Image.fromarray(np.full((4, 4), 40000, dtype=np.uint16)).save(tmp_path / "deep.png")
-    code, out, err = cli(save(classifier_model()), tmp_path / "deep.png")
+    Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32)).save(tmp_path / "float.tif")  # mode F
+    code, out, err = cli(save(classifier_model()), tmp_path / "float.tif")
     assert code == 2 and "convert it to 8-bit" in err
+    Image.fromarray(np.full((4, 4), 40000, dtype=np.uint16)).save(tmp_path / "deep.png")  # 16-bit: read (high byte)
+    code, out, err = cli(save(classifier_model()), tmp_path / "deep.png")
+    assert code == 0, err
 
 
 def test_save_outputs_never_writes_through_a_link_already_in_the_folder(cli, save, tmp_path):

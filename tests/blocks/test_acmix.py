@@ -153,7 +153,7 @@ def test_folded_conv_path_input_equals_the_reference_fc_permute_reshape():
         q, k, v = ref.conv1(x), ref.conv2(x), ref.conv3(x)
         f_all = ref.fc(torch.cat([t.view(b, ref.head, ref.head_dim, h * w) for t in (q, k, v)], 1))
         f_conv = f_all.permute(0, 2, 1, 3).reshape(b, -1, h, w)
-        f_twin = torch.split(twin.proj(x), twin.split_sizes, dim=1)[-1]
+        f_twin = twin.f(x)
     torch.testing.assert_close(f_twin, f_conv, rtol=0, atol=1e-13)
 
 

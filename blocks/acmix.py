@@ -307,7 +307,7 @@ def window_attention(x: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, wv: to
     vb = _split(v.index_select(2, halo), 2, mask.shape[1])  # (N, hd, nh*nw, L*L, d)
     att = torch.softmax(torch.matmul(qb, kb.transpose(-1, -2)) + mask, dim=-1)  # (N, hd, nh*nw, B*B, L*L)
     o = torch.matmul(att, vb)  # (N, hd, nh*nw, B*B, d)
-    nw = start_w.shape[0]
+    nw = (wo + B - 1) // B  # blocks per row (OpenVINO 2026.4 misreads the length of a strided Slice)
     o = _split(_split(o.flatten(3), 2, nw), 4, B * o.shape[-1])  # (N, hd, nh, nw, B, B*d)
     o = _split(o.transpose(3, 4).flatten(2, 3).flatten(3), 3, o.shape[-1] // B)  # (N, hd, nh*B, nw*B, d)
     o = o.permute(0, 1, 4, 2, 3).flatten(1, 2)  # (N, out, nh*B, nw*B)
@@ -316,9 +316,7 @@ def window_attention(x: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, wv: to
 
 def _extended(x: torch.Tensor) -> torch.Tensor:
     """[x, 1, loc_w, loc_h] (N, in + 3, H, W): the input of the attention projections."""
-    loc = _coordinates(x)[:, 0]  # (1, 2, H, W)
-    n, h, w = x.shape[0], x.shape[2], x.shape[3]
-    return torch.cat([x, torch.ones_like(x[:, :1]), loc.expand(n, 2, h, w)], dim=1)
+    return torch.cat([x, torch.ones_like(x[:, :1]), _coordinates(x)], dim=1)
 
 
 def _pixels(t: torch.Tensor) -> torch.Tensor:
@@ -406,17 +404,19 @@ def window_mask(block: int, stride: int, kernel: int) -> torch.Tensor:
 
 
 def _coordinates(x: torch.Tensor) -> torch.Tensor:
-    """The reference's ``position(H, W)`` [1, 1, 2, H, W], from the input's own (symbolic) size.
+    """The reference's ``position(H, W)`` for every batch element [N, 2, H, W], from the input's own (symbolic)
+    size.
 
     ``loc = ramp * (2 / (n - 1)) - 1`` with ``ramp`` = 0 .. n-1 from a cumulative sum of ones: the values of
-    ``linspace(-1, 1, n)`` (to rounding). Used only for kernel_att > 1, where n > 1.
+    ``linspace(-1, 1, n)`` (to rounding). Used only for kernel_att > 1, where n > 1. The ones keep the batch
+    axis: OpenVINO 2026.4 reads a TorchScript graph's ``x[:1]`` of a dynamic batch as the whole batch.
     """
-    one = torch.ones_like(x[:1, :1])  # (1, 1, H, W)
+    one = torch.ones_like(x[:, :1])  # (N, 1, H, W)
     ramp_w = torch.cumsum(one, dim=3) - 1.0
     ramp_h = torch.cumsum(one, dim=2) - 1.0
     loc_w = ramp_w * (2.0 / ramp_w[:, :, :, -1:]) - 1.0
     loc_h = ramp_h * (2.0 / ramp_h[:, :, -1:, :]) - 1.0
-    return torch.cat([loc_w, loc_h], dim=1).unsqueeze(1)
+    return torch.cat([loc_w, loc_h], dim=1)
 
 
 @torch.no_grad()

@@ -124,7 +124,7 @@ def test_acmix_twin_follows_rates_and_is_reached_through_the_conversion_table():
 @pytest.mark.parametrize(("h", "w"), [(2, 2), (3, 8), (80, 97)])
 def test_in_graph_coordinates_equal_the_reference_position_grid(h, w):
     x = torch.zeros(1, 1, h, w, dtype=torch.float64)
-    got = _coordinates(x)[:, 0]  # (1, 2, H, W)
+    got = _coordinates(x)  # (1, 2, H, W)
     torch.testing.assert_close(got, position(h, w, dtype=torch.float64), rtol=0, atol=1e-15)
 
 

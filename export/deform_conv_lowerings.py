@@ -29,8 +29,7 @@ The decomposition, with ``G`` offset groups, ``Cg = C / G``, ``K = kh * kw``, ``
    offset is added, as torchvision computes them; shaped [N, G, K, 2, Ho, Wo] with (x, y) on axis 3, so every
    element-wise op broadcasts over whole Ho x Wo planes (onnxruntime's broadcast loop runs per innermost run:
    with the coordinate pair innermost, as GridSample's grid has it, the same ops profiled about 20x slower at
-   1x64x80x80) and one
-   Transpose makes the grid.
+   1x64x80x80), and one Transpose makes the grid.
 2. Clipped to [-1, W] x [-1, H]; with GridSample's zero padding that is torchvision's rule exactly (a point at
    or beyond -1 / H reads only zero corners or corners of weight 0), and far-away points stay finite. Then
    normalised for ``align_corners=0`` (``p * 2 / size + (1 / size - 1)``, valid for a size of 1).

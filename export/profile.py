@@ -136,19 +136,36 @@ def block_instances(model: Any) -> list[tuple[str, str]]:
 
 
 def module_paths(node: Any) -> list[str]:
-    """Module paths a node sits in, outermost first: the dynamo exporter's scope metadata, else the TorchScript
-    exporter's node name ``/backbone.9/f/Conv`` -> ``backbone.9``, ``backbone.9.f``."""
+    """Full module paths a node sits in, outermost first: the dynamo exporter's scope metadata, else the
+    TorchScript exporter's node name (``/model.9/model.9.1/cv1/conv/Conv`` -> ``model.9``, ``model.9.1``,
+    ``model.9.1.cv1``, ``model.9.1.cv1.conv``)."""
     for p in node.metadata_props:
         if p.key == SCOPES_KEY:
             try:
                 value = ast.literal_eval(p.value)
             except (ValueError, SyntaxError):
                 return []
-            return [str(s) for s in value[:-1] if s] if isinstance(value, list) else []
+            return _absolute([str(s) for s in value[:-1] if s]) if isinstance(value, list) else []
     if node.name.startswith("/") and node.name.count("/") >= 2:
-        parts = [s for s in node.name.split("/")[1:-1] if s]
-        return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+        return _absolute([s for s in node.name.split("/")[1:-1] if s])
     return []
+
+
+def _absolute(scopes: Sequence[str]) -> list[str]:
+    """Each scope of a nesting stack as a full path. Both exporters name a module either by its full path or by
+    its path inside the module whose forward called it (dynamo: ``['model.4', 'm.0', 'm.0.cv2']``, TorchScript:
+    ``/model.9/model.9.1/cv1``): an entry that does not extend the previous one is relative to it."""
+    out: list[str] = []
+    prev = ""
+    for scope in scopes:
+        if not out:
+            out.append(scope)
+        elif scope.startswith(prev + "."):
+            out.append(out[-1] + scope[len(prev):])
+        else:
+            out.append(f"{out[-1]}.{scope}")
+        prev = scope
+    return out
 
 
 def _block_of(paths: Sequence[str], blocks: Sequence[str]) -> str | None:

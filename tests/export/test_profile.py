@@ -160,6 +160,11 @@ def test_module_paths_read_dynamo_scopes_and_torchscript_names():
         ["backbone", "backbone.9"]
     assert P.module_paths(_node("Conv", ["a"], ["b"], "/backbone.9/f/Conv")) == ["backbone.9", "backbone.9.f"]
     assert P.module_paths(_node("Cast", ["a"], ["b"], "images_cast_to_/backbone.0/conv/Conv")) == []
+    # Ultralytics models: modules named inside the module that called them (C2f's "m.0"), by both exporters
+    assert P.module_paths(_node("DeformConv", ["a"], ["b"], "n", ["", "model.21", "model.21.0", "m.0", "m.0.cv2"])) \
+        == ["model.21", "model.21.0", "model.21.0.m.0", "model.21.0.m.0.cv2"]
+    assert P.module_paths(_node("Conv", ["a"], ["b"], "/model.9/model.9.1/cv1/conv/Conv")) == \
+        ["model.9", "model.9.1", "model.9.1.cv1", "model.9.1.cv1.conv"]
 
 
 def _graph(nodes):
@@ -346,3 +351,28 @@ def test_chart_is_written_atomically_beside_the_model(tmp_path):
     assert path.read_bytes()[:4] == b"\x89PNG"
     assert [p.name for p in tmp_path.iterdir()] == ["m.profile.png"]
     assert np.isclose(costs.gap, 0.0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["ort", "jetpack5"])
+def test_profile_of_a_yolov8n_with_blocks_gives_every_block_its_kernels(tmp_path, target):
+    """Ultralytics models nest blocks inside C2f/Sequential modules, whose scopes both exporters write relative
+    to the calling module: every block instance still gets its own kernels."""
+    pytest.importorskip("ultralytics")
+    sys.path.insert(0, str(Path(__file__).parent))
+    import ultralytics_models
+
+    ckpt = ultralytics_models.save_checkpoint(ultralytics_models.with_blocks(), tmp_path / "y.pt", imgsz=320)
+    out = tmp_path / "y.onnx"
+    env_path = os.pathsep.join([str(ROOT / "tests"), str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
+    proc = subprocess.run([str(EXE), str(ckpt), "--trust-pickle", "-o", str(out), "--target", target, "--imgsz", "320",
+                           "--no-verify", "--json"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": env_path})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    proc = _cli("profile", str(out), "--json", "--runs", "3", "--no-plot")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    blocks = _blocks_of_report(report)
+    assert len(blocks) == 4 and [p["name"] for p in doc["parts"]] == blocks + [P.OUTSIDE]
+    assert all(p["nodes"] > 0 and p["ms"] > 0 for p in doc["parts"]), doc["parts"]

@@ -180,43 +180,46 @@ class ACmixExport(nn.Module):
 
     Rewrites of the reference (each exact; tests compare both in float64):
 
-    * **One 1x1 projection.** ``proj`` holds, per head, the scaled query and two position channels ``u``
-      (see below), then ``k``, ``rate1 * v`` and the conv path's ``f``. All are affine in ``x``, so their
-      weights fold: ``f = fc(cat(q, k, v))`` permuted to channel ``e * 9 + m`` is the 1x1 conv of ``x`` with
-      weights ``sum_{s,g} fc[m, s*head+g] W_s[g*d+e]`` (and the same sum of biases). ``dep_conv`` zero-pads
-      ``f`` *after* the bias is added in both graphs, so borders stay exact; ``rate2`` folds into its weights.
-    * **Position term.** The reference's logit for query ``i`` and window tap ``n`` is
-      ``q_i . (k_n + pe_i - pe_n)`` with ``pe = W_p loc + b_p``. ``q_i . pe_i`` is the same for all taps and
-      ``b_p`` cancels in ``pe_i - pe_n``: softmax is shift-invariant, so what is left is
-      ``q_i . k_n + u_i . loc_n`` with ``u = -W_p^T q`` (a 1x1 conv of ``x``). ``loc`` is ``linspace(-1, 1)``
-      along W and H, built in-graph from a ramp (cumsum of ones, scaled by 2 / (n - 1)) and reflect-padded
-      exactly like ``k``, so reflected neighbours at the borders get the reflected coordinate, as in the
-      reference. It rides along as two extra key channels, ``u`` as two extra query channels.
+    * **Conv path: one 1x1 conv.** ``f = fc(cat(q, k, v))`` permuted to channel ``e * 9 + m`` is affine in ``x``:
+      the 1x1 conv ``f`` of ``x`` with weights ``sum_{s,g} fc[m, s*head+g] W_s[g*d+e]`` (and the same sum of
+      biases). ``dep_conv`` zero-pads ``f`` *after* the bias is added in both graphs, so borders stay exact;
+      ``rate2`` folds into its weights.
+    * **Position term, folded into the key.** The reference's logit for query ``i`` and window tap ``n`` is
+      ``q_i . (k_n + pe_i - pe_n)`` with ``pe = W_p loc + b_p``. ``q_i . (pe_i - b_p)`` is the same for all
+      taps, and softmax is shift-invariant, so what is left is ``q_i . k'_n`` with ``k' = k - W_p loc``: the key
+      projection reads ``loc`` too. ``loc`` is ``linspace(-1, 1)`` along W and H, built in-graph from a ramp
+      (cumsum of ones, scaled by 2 / (n - 1)); ``k'`` is computed per pixel and gathered with the halo indices,
+      so reflected neighbours at the borders get the reflected coordinate, as in the reference (reflect padding
+      acts per pixel, so it commutes with the per-pixel ``W_p``).
+    * **Attention projections: three batched MatMuls, channels last.** The input gets three constant planes,
+      ``[x, 1, loc_w, loc_h]`` (N, in + 3, H, W), and per head ``wq``, ``wk``, ``wv`` (in + 3, d) give the
+      scaled query, ``k'`` and ``rate1 * v`` with their biases (the ``1`` plane):
+      ``[N, 1, H*W, in + 3] @ [head, in + 3, d]`` lands directly in the attention's layout [N, head, H*W, d],
+      without a channel Split, bias Add, position Concat or channels-last Transpose per tensor. At stride > 1
+      only the strided pixels are projected to queries.
     * **Window attention as blocked dense attention.** Output pixels are tiled in ``B x B`` blocks
       (``attention_block``); each block attends to its ``L x L`` halo (``L = stride * B + kernel_att - 1``)
       of the reflect-padded keys, and an additive constant mask (0 inside each query's ``kernel_att^2``
-      window, ``-inf`` outside) makes the softmax over the halo equal to the softmax over the window. Queries,
-      keys and values are cut into blocks channels last: one Transpose moves the channels innermost, a Gather
-      picks each block's halo columns (whole channel vectors), a Transpose moves the block axis out and a
-      Gather picks the halo rows (whole rows of them). The row/column indices are computed from H and W in
-      the graph and carry the reference's reflection padding; where H or W is not a whole number of blocks,
-      the indices past the reflection are clamped into the input (those halo pixels are masked, those queries
-      dropped at the end). Reflect padding acts per pixel, so padding ``loc`` and then applying ``W_p``
-      (through ``u``) equals the reference's padding of ``pe = conv_p(loc)``. The halos hold only finite
-      numbers, so ``exp(-inf) = 0`` removes masked ones exactly.
+      window, ``-inf`` outside) makes the softmax over the halo equal to the softmax over the window. Each
+      block's queries and each block's halo of keys and values are cut by one Gather of whole channel vectors
+      with flat pixel indices (row * W + column) computed from H and W in the graph; the halo indices carry the
+      reference's reflection padding, and where H or W is not a whole number of blocks, the indices past the
+      reflection are clamped into the input (those halo pixels are masked, those queries dropped at the end).
+      The halos hold only finite numbers, so ``exp(-inf) = 0`` removes masked ones exactly.
 
     Why this form: the window attention becomes two batched MatMuls (``Q K^T`` and ``att V``), one pointwise
     mask Add and one Softmax over the last axis. No ``(N*head, d, kernel_att^2, H, W)`` unfold is
     materialised: the largest tensor is the logits, ``L^2 / kernel_att^2`` times the reference's attention
     map (2x at kernel_att 7, B = 4), and the halos are ``L^2 / B^2`` (6x) the size of ``k`` and ``v``. Every
     copy moves contiguous runs of at least one channel vector; the unfold-style lowering (a Gather of single
-    elements along W) is what makes the stock export slow. onnxruntime folds the transposed key operand into
+    elements along W) is what makes the stock export slow. onnxruntime folds the transposed operands into
     ``FusedMatMul`` (``MatmulTransposeFusion``, onnxruntime/core/optimizer/matmul_transpose_fusion.cc);
-    TensorRT takes it as a MatMul operand flag (``IMatrixMultiplyLayer`` with ``MatrixOperation::kTRANSPOSE``)
+    TensorRT takes them as MatMul operand flags (``IMatrixMultiplyLayer`` with ``MatrixOperation::kTRANSPOSE``)
     and the rest are Gather, pointwise ops, Softmax and Conv; the masked form is the blocked local attention
-    of HaloNet (Vaswani et al. 2021, https://arxiv.org/abs/2103.12731). The alternatives measured slower in
-    onnxruntime: ``kernel_att^2`` shifted slices with Mul/ReduceSum per tap (about 2x), and halos cut
-    channels-first with Pad + Slice/Concat + a 7-D Transpose of runs of ``L`` elements (B = 8: 1.5x).
+    of HaloNet (Vaswani et al. 2021, https://arxiv.org/abs/2103.12731). Measured slower in onnxruntime
+    (``benchmarks/README.md`` has the figures): ``kernel_att^2`` shifted slices with Mul/ReduceSum per tap;
+    halos cut channels-first with Pad + Slice/Concat + 7-D Transposes; one 1x1 conv for all projections
+    followed by a channel Split and per-tensor Transposes (the previous form); 8 x 8 or non-square blocks.
 
     Export: under ``torch.export`` the attention is one op, ``blocks_export::acmix_window_attention``, whose
     output has the conv path's size, so batch, H and W stay plain symbols (no blocking arithmetic reaches
@@ -244,9 +247,11 @@ class ACmixExport(nn.Module):
         self.stride = stride
         self.padding_att = (kernel_att - 1) // 2
         self.block = attention_block(kernel_att, stride)
-        d = self.head_dim
-        self.split_sizes = [head * (d + 2), out_planes, out_planes, 9 * d]
-        self.proj = nn.Conv2d(in_planes, sum(self.split_sizes), kernel_size=1)
+        d, e = self.head_dim, in_planes + EXTRA_PLANES
+        self.wq = nn.Parameter(torch.zeros(head, e, d))  # per head, from [x, 1, loc_w, loc_h]: scaling * q
+        self.wk = nn.Parameter(torch.zeros(head, e, d))  # k - W_p loc
+        self.wv = nn.Parameter(torch.zeros(head, e, d))  # rate1 * v
+        self.f = nn.Conv2d(in_planes, 9 * d, kernel_size=1)
         self.dep_conv = nn.Conv2d(9 * d, out_planes, kernel_size=3, padding=1, stride=stride, groups=d, bias=False)
         self.register_buffer("window_mask", window_mask(self.block, stride, kernel_att), persistent=False)
 
@@ -254,49 +259,118 @@ class ACmixExport(nn.Module):
         if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
             check_acmix_input(x.shape[-2], x.shape[-1], self.kernel_att, 1, self.stride)
         s = self.stride
-        qu, k, v, f = torch.split(self.proj(x), self.split_sizes, dim=1)
-        out_conv = self.dep_conv(f)  # (N, out, Ho, Wo)
-        if self.kernel_att == 1:  # one-tap window: softmax is 1, attention returns v
-            return (v[:, :, ::s, ::s] if s > 1 else v) + out_conv
+        out_conv = self.dep_conv(self.f(x))  # (N, out, Ho, Wo)
+        if self.kernel_att == 1:  # one-tap window: softmax is 1, attention returns rate1 * v
+            xs = x[:, :, ::s, ::s] if s > 1 else x
+            v = torch.matmul(_pixels(torch.cat([xs, torch.ones_like(xs[:, :1])], dim=1)),
+                             self.wv[:, :self.in_planes + 1])  # (N, head, Ho*Wo, d)
+            return _channels_first(v, xs) + out_conv
         if torch.compiler.is_compiling():
             # torch.export: one opaque op whose output size is the conv path's, so the traced sizes stay plain
             # symbols; its ONNX graph comes from ``acmix_onnx`` (``SPEC.onnx_translations``), or from its
             # decomposition where no translation is given; the TorchScript exporter traces the else.
-            att = torch.ops.blocks_export.acmix_window_attention(qu, k, v, self.window_mask, self.head,
-                                                                 self.kernel_att, s, self.block)
+            att = torch.ops.blocks_export.acmix_window_attention(x, self.wq, self.wk, self.wv, self.window_mask,
+                                                                 self.head, self.kernel_att, s, self.block)
         else:
-            att = window_attention(qu, k, v, self.window_mask, self.head, self.kernel_att, s, self.block)
+            att = window_attention(x, self.wq, self.wk, self.wv, self.window_mask, self.head, self.kernel_att, s,
+                                   self.block)
         return att + out_conv
 
 
-def window_attention(qu: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, head: int,
-                     kernel_att: int, stride: int, block: int) -> torch.Tensor:
+# The constant planes appended to the input before the attention projections: 1 (biases), loc_w, loc_h.
+EXTRA_PLANES = 3
+
+
+def window_attention(x: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor, mask: torch.Tensor,
+                     head: int, kernel_att: int, stride: int, block: int) -> torch.Tensor:
     """ACmix's window attention in the blocked form of ``ACmixExport`` [N, out, H / stride, W / stride].
 
-    qu [N, head*(d+2), H, W] (scaled queries and position channels per head, not yet strided), k, v
-    [N, head*d, H, W], mask [block^2, L^2] from ``window_mask``.
+    x [N, in, H, W]; wq, wk, wv [head, in + 3, d] act on ``[x, 1, loc_w, loc_h]`` (``ACmixExport``); mask
+    [block^2, L^2] from ``window_mask``.
     """
-    s, B, hd = stride, block, head
-    d = k.shape[1] // hd
+    s, B = stride, block
     p = (kernel_att - 1) // 2
-    n, h, w = k.shape[0], k.shape[2], k.shape[3]
-    ho, wo = (h - 1) // s + 1, (w - 1) // s + 1
-    # Block starts (input rows/columns 0, S, 2S, ...: ceil(H / S) = ceil(Ho / B) blocks) and the offsets of the
-    # queries and halo pixels in a block, as ramps over existing tensors: no tensor is built from a Python size.
-    start_h, start_w = _ramp(k[0, 0, :, 0])[::s * B], _ramp(k[0, 0, 0, :])[::s * B]
-    q_offsets, halo_offsets = _ramp(mask[:B, 0]) * s, _ramp(mask[0, :s * B + 2 * p]) - p
-    qt = _blocked(qu, d + 2, _rows(start_h, h, q_offsets), _rows(start_w, w, q_offsets))  # (N, hd, nw, nh, B*B, d+2)
-    loc = _coordinates(k)  # (1, 1, 2, H, W)
-    k = torch.cat([_split(k, 1, d), loc.expand(n, hd, 2, h, w)], dim=2).flatten(1, 2)  # (N, hd*(d+2), H, W)
-    taps_h, taps_w = _rows(start_h, h, halo_offsets), _rows(start_w, w, halo_offsets)
-    kt = _blocked(k, d + 2, taps_h, taps_w)  # (N, hd, nw, nh, L*L, d+2)
-    vt = _blocked(v, d, taps_h, taps_w)  # (N, hd, nw, nh, L*L, d)
-    logits = torch.matmul(qt, kt.transpose(-1, -2)) + mask  # (N, hd, nw, nh, B*B, L*L)
-    att = torch.softmax(logits, dim=-1)
-    o = _split(torch.matmul(att, vt), 4, B)  # (N, hd, nw, nh, B, B, d)
-    o = o.permute(0, 1, 3, 4, 2, 5, 6).flatten(4, 5).flatten(2, 3)  # (N, hd, nh*B, nw*B, d)
+    h, w = x.shape[2], x.shape[3]
+    ext = _extended(x)  # (N, in + 3, H, W)
+    pixels = _pixels(ext)  # (N, 1, H*W, in + 3)
+    k, v = torch.matmul(pixels, wk), torch.matmul(pixels, wv)  # (N, hd, H*W, d)
+    xq = ext[:, :, ::s, ::s] if s > 1 else ext
+    q = torch.matmul(_pixels(xq), wq) if s > 1 else torch.matmul(pixels, wq)  # (N, hd, Ho*Wo, d)
+    ho, wo = xq.shape[2], xq.shape[3]
+    # Block starts (input rows/columns 0, S, 2S, ...: ceil(H / S) = ceil(Ho / B) blocks; query rows 0, B, 2B, ...)
+    # and the offsets of the queries and halo pixels in a block, as ramps over existing tensors: no tensor is
+    # built from a Python size.
+    start_h, start_w = _ramp(x[0, 0, :, 0])[::s * B], _ramp(x[0, 0, 0, :])[::s * B]
+    qstart_h, qstart_w = _ramp(xq[0, 0, :, 0])[::B], _ramp(xq[0, 0, 0, :])[::B]
+    q_offsets, halo_offsets = _ramp(mask[:B, 0]), _ramp(mask[0, :s * B + 2 * p]) - p
+    q_index = _flat(_rows(qstart_h, ho, q_offsets), _rows(qstart_w, wo, q_offsets), wo)  # (nh*nw*B*B,)
+    halo = _flat(_rows(start_h, h, halo_offsets), _rows(start_w, w, halo_offsets), w)  # (nh*nw*L*L,)
+    qb = _split(q.index_select(2, q_index), 2, B * B)  # (N, hd, nh*nw, B*B, d)
+    kb = _split(k.index_select(2, halo), 2, mask.shape[1])  # (N, hd, nh*nw, L*L, d)
+    vb = _split(v.index_select(2, halo), 2, mask.shape[1])  # (N, hd, nh*nw, L*L, d)
+    att = torch.softmax(torch.matmul(qb, kb.transpose(-1, -2)) + mask, dim=-1)  # (N, hd, nh*nw, B*B, L*L)
+    o = torch.matmul(att, vb)  # (N, hd, nh*nw, B*B, d)
+    nw = (wo + B - 1) // B  # blocks per row (OpenVINO 2026.4 misreads the length of a strided Slice)
+    o = _split(_split(o.flatten(3), 2, nw), 4, B * o.shape[-1])  # (N, hd, nh, nw, B, B*d)
+    o = _split(o.transpose(3, 4).flatten(2, 3).flatten(3), 3, o.shape[-1] // B)  # (N, hd, nh*B, nw*B, d)
     o = o.permute(0, 1, 4, 2, 3).flatten(1, 2)  # (N, out, nh*B, nw*B)
     return o[:, :, :ho, :wo]
+
+
+def window_attention_taps(x: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor, head: int,
+                          kernel_att: int, stride: int) -> torch.Tensor:
+    """``window_attention``'s function without blocks: one strided slice of the reflect-padded keys and values
+    per window tap, as the reference's unfold visits them.
+
+    For a trace with symbolic sizes that must not meet the blocking arithmetic (a plain ``torch.export`` of the
+    twin, given no translation of its op): every size here is H, W or ceil(H / stride), so no guard on a block
+    count is ever asked. About twice the time of the blocked form in onnxruntime (``kernel_att^2`` products and
+    sums instead of two MatMuls); the same numbers to rounding.
+    """
+    s, p = stride, (kernel_att - 1) // 2
+    d, channels = wv.shape[2], wv.shape[1]
+
+    def conv_weight(w: torch.Tensor) -> torch.Tensor:  # (head, in + 3, d) -> (head * d, in + 3, 1, 1)
+        return w.permute(0, 2, 1).reshape(head * d, channels, 1, 1)
+
+    ext = _extended(x)
+    xq = ext[:, :, ::s, ::s] if s > 1 else ext
+    q = nn.functional.conv2d(xq, conv_weight(wq))  # (N, head*d, Ho, Wo)
+    pad = (p, p, p, p)
+    k = nn.functional.pad(nn.functional.conv2d(ext, conv_weight(wk)), pad, mode="reflect")
+    v = nn.functional.pad(nn.functional.conv2d(ext, conv_weight(wv)), pad, mode="reflect")
+    ho, wo = q.shape[2], q.shape[3]
+
+    def tap(t: torch.Tensor, a: int, c: int) -> torch.Tensor:  # (N, head, d, Ho, Wo) at window offset (a, c)
+        window = t[:, :, a:a + s * (ho - 1) + 1:s, c:c + s * (wo - 1) + 1:s]
+        return window.unflatten(1, (head, d))
+
+    qh = q.unflatten(1, (head, d))
+    taps = [(a, c) for a in range(kernel_att) for c in range(kernel_att)]
+    att = torch.softmax(torch.stack([(qh * tap(k, a, c)).sum(2) for a, c in taps], dim=2), dim=2)
+    out = sum(att[:, :, i:i + 1] * tap(v, a, c) for i, (a, c) in enumerate(taps))
+    return out.flatten(1, 2)  # type: ignore[union-attr]
+
+
+def _extended(x: torch.Tensor) -> torch.Tensor:
+    """[x, 1, loc_w, loc_h] (N, in + 3, H, W): the input of the attention projections."""
+    return torch.cat([x, torch.ones_like(x[:, :1]), _coordinates(x)], dim=1)
+
+
+def _pixels(t: torch.Tensor) -> torch.Tensor:
+    """(N, c, H, W) -> (N, 1, H*W, c): one row per pixel, for a MatMul with per-head weights [head, c, c']."""
+    return t.permute(0, 2, 3, 1).flatten(1, 2).unsqueeze(1)
+
+
+def _channels_first(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(N, head, H*W, d) -> (N, head*d, H, W), H and W read from ``like``."""
+    return t.transpose(-1, -2).flatten(1, 2).reshape(like.shape[0], -1, like.shape[2], like.shape[3])
+
+
+def _flat(rows: torch.Tensor, cols: torch.Tensor, width: int | torch.Tensor) -> torch.Tensor:
+    """Flat pixel indices ``row * width + col`` of every block's rows x columns, blocks row-major:
+    rows [nh, th], cols [nw, tw] -> (nh * nw * th * tw,)."""
+    return (rows[:, None, :, None] * width + cols[None, :, None, :]).flatten()
 
 
 def _ramp(t: torch.Tensor) -> torch.Tensor:
@@ -313,54 +387,32 @@ def _rows(start: torch.Tensor, size: int, offsets: torch.Tensor) -> torch.Tensor
     return torch.clamp(torch.minimum(a, 2 * (size - 1) - a), min=0)
 
 
-def _blocked(t: torch.Tensor, c: int, taps_h: torch.Tensor, taps_w: torch.Tensor) -> torch.Tensor:
-    """[N, hd*c, H, W] -> [N, hd, nw, nh, th*tw, c]: rows ``taps_h`` [nh, th] x columns ``taps_w`` [nw, tw] of
-    each block, channels last, so every copy moves whole c-vectors (or whole rows of them)."""
-    t = _split(t, 1, c).permute(0, 1, 3, 4, 2)  # (N, hd, H, W, c)
-    t = _split(t.index_select(3, taps_w.flatten()), 3, taps_w.shape[1])  # (N, hd, H, nw, tw, c)
-    t = t.transpose(2, 3)  # (N, hd, nw, H, tw, c)
-    t = _split(t.index_select(3, taps_h.flatten()), 3, taps_h.shape[1])  # (N, hd, nw, nh, th, tw, c)
-    return t.flatten(4, 5)
-
-
 @torch.library.custom_op("blocks_export::acmix_window_attention", mutates_args=())
-def _window_attention_op(qu: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, head: int,
-                         kernel_att: int, stride: int, block: int) -> torch.Tensor:
-    return window_attention(qu, k, v, mask, head, kernel_att, stride, block)
+def _window_attention_op(x: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor, mask: torch.Tensor,
+                         head: int, kernel_att: int, stride: int, block: int) -> torch.Tensor:
+    return window_attention(x, wq, wk, wv, mask, head, kernel_att, stride, block)
 
 
 @_window_attention_op.register_fake
-def _window_attention_fake(qu: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, head: int,
-                           kernel_att: int, stride: int, block: int) -> torch.Tensor:
+def _window_attention_fake(x: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor, mask: torch.Tensor,
+                           head: int, kernel_att: int, stride: int, block: int) -> torch.Tensor:
     # The size of dep_conv's output (kernel 3, padding 1): the same expression, so adding the two paths needs no
     # guard. For H divisible by the stride (the reference's own condition) it is the strided query's size too.
-    h, w = k.shape[2], k.shape[3]
-    return k.new_empty((k.shape[0], k.shape[1], (h - 1) // stride + 1, (w - 1) // stride + 1))
+    h, w = x.shape[2], x.shape[3]
+    return x.new_empty((x.shape[0], head * wv.shape[2], (h - 1) // stride + 1, (w - 1) // stride + 1))
 
 
-def _window_attention_decomposition(qu: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
-                                    head: int, kernel_att: int, stride: int, block: int) -> torch.Tensor:
-    """``window_attention`` of contiguous copies of ``qu``, ``k``, ``v``: the op's decomposition for exporters
-    given no translation of it (a plain ``torch.onnx.export`` of the twin; the pipeline translates it with
-    ``acmix_onnx``, into a smaller graph).
-
-    The three are channel slices of one projection, contiguous at batch 1 only. Reshaping such a slice makes the
-    decomposition's re-trace ask whether batch == 1 (view or copy); from a batch-1 example behind a convolution
-    that answer fixed the batch of the Reshapes written to 1 (torch 2.14: wrong sizes at batch 2). A fresh copy
-    is contiguous at every batch; it exports as an Identity, which the exporter's optimiser removes.
-    """
-
-    def copy(t: torch.Tensor) -> torch.Tensor:
-        return t.clone(memory_format=torch.contiguous_format)
-
-    return window_attention(copy(qu), copy(k), copy(v), mask, head, kernel_att, stride, block)
+def _window_attention_decomposition(x: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor,
+                                    mask: torch.Tensor, head: int, kernel_att: int, stride: int,
+                                    block: int) -> torch.Tensor:
+    """The op's decomposition for exporters given no translation of it (a plain ``torch.onnx.export`` of the
+    twin; the pipeline translates it with ``acmix_onnx``, into a smaller graph): ``window_attention_taps``, whose
+    sizes are all H, W or ceil(H / stride), so a re-trace on symbolic sizes asks no guard on a block count."""
+    return window_attention_taps(x, wq, wk, wv, head, kernel_att, stride)
 
 
 decompose_when_untranslated(torch.ops.blocks_export.acmix_window_attention.default, _window_attention_decomposition,
                             _window_attention_fake)
-
-
-
 
 
 def _split(t: torch.Tensor, dim: int, size: int) -> torch.Tensor:
@@ -403,33 +455,36 @@ def window_mask(block: int, stride: int, kernel: int) -> torch.Tensor:
 
 
 def _coordinates(x: torch.Tensor) -> torch.Tensor:
-    """The reference's ``position(H, W)`` [1, 1, 2, H, W], from the input's own (symbolic) size.
+    """The reference's ``position(H, W)`` for every batch element [N, 2, H, W], from the input's own (symbolic)
+    size.
 
     ``loc = ramp * (2 / (n - 1)) - 1`` with ``ramp`` = 0 .. n-1 from a cumulative sum of ones: the values of
-    ``linspace(-1, 1, n)`` (to rounding). Used only for kernel_att > 1, where n > 1.
+    ``linspace(-1, 1, n)`` (to rounding). Used only for kernel_att > 1, where n > 1. The ones keep the batch
+    axis: OpenVINO 2026.4 reads a TorchScript graph's ``x[:1]`` of a dynamic batch as the whole batch.
     """
-    one = torch.ones_like(x[:1, :1])  # (1, 1, H, W)
+    one = torch.ones_like(x[:, :1])  # (N, 1, H, W)
     ramp_w = torch.cumsum(one, dim=3) - 1.0
     ramp_h = torch.cumsum(one, dim=2) - 1.0
     loc_w = ramp_w * (2.0 / ramp_w[:, :, :, -1:]) - 1.0
     loc_h = ramp_h * (2.0 / ramp_h[:, :, -1:, :]) - 1.0
-    return torch.cat([loc_w, loc_h], dim=1).unsqueeze(1)
+    return torch.cat([loc_w, loc_h], dim=1)
 
 
 @torch.no_grad()
 def to_export(module: ACmix) -> ACmixExport:
     """Fold the reference's weights into an ``ACmixExport`` (in float64, then cast to the module's dtype).
 
-    ``proj`` rows, in order: per head ``[scaling * q_g, u_g]`` with ``u_g = -W_p^T (scaling * q_g)`` (2 rows),
-    then ``k``, ``rate1 * v``, and ``f`` (channel ``e * 9 + m``, the reference's permute + reshape order).
-    ``dep_conv`` keeps the reference's kernel times ``rate2``; it has no bias (see the module docstring).
+    ``wq``/``wk``/``wv`` act on ``[x, 1, loc_w, loc_h]``: per head ``scaling * q_g``, ``k_g - W_p loc`` and
+    ``rate1 * v_g``, each with its bias on the ``1`` plane. ``f`` is the conv path's input (channel ``e * 9 + m``, the reference's
+    permute + reshape order). ``dep_conv`` keeps the reference's kernel times ``rate2``; it has no bias (see the
+    module docstring).
     """
     if not isinstance(module, ACmix):
         raise TypeError(f"to_export: expected ACmix, got {type(module).__name__}")
     m = module
     dtype = m.conv1.weight.dtype
     twin = ACmixExport(m.in_planes, m.out_planes, m.kernel_att, m.head, m.stride).to(dtype)
-    head, d = m.head, m.head_dim
+    head, d, c_in = m.head, m.head_dim, m.in_planes
 
     def weight_bias(conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor]:
         assert conv.bias is not None  # conv1..3 are built with bias=True
@@ -439,21 +494,22 @@ def to_export(module: ACmix) -> ACmixExport:
     scaling = float(d) ** -0.5
     wq, bq = (scaling * wq0).view(head, d, -1), (scaling * bq0).view(head, d)  # (head, d, in), (head, d)
     wp = m.conv_p.weight.double().flatten(1)  # (d, 2): columns act on loc_w, loc_h
-    wu = -torch.einsum("ea,gei->gai", wp, wq)  # (head, 2, in)
-    bu = -torch.einsum("ea,ge->ga", wp, bq)  # (head, 2)
-    w_qu = torch.cat([wq, wu], dim=1).flatten(0, 1)  # (head*(d+2), in)
-    b_qu = torch.cat([bq, bu], dim=1).flatten()
+
+    def per_head(weight: torch.Tensor, bias: torch.Tensor, loc: torch.Tensor | None = None) -> torch.Tensor:
+        """(out, in) weights, (out,) biases, (out, 2) loc weights -> (head, in + 3, d) on [x, 1, loc_w, loc_h]."""
+        loc = torch.zeros(weight.shape[0], 2, dtype=weight.dtype) if loc is None else loc
+        return torch.cat([weight, bias[:, None], loc], dim=1).view(head, d, c_in + EXTRA_PLANES).transpose(1, 2)
+
+    rate1, rate2 = m.rate1.double(), m.rate2.double()
+    twin.wq.copy_(per_head(wq.flatten(0, 1), bq.flatten()))
+    twin.wk.copy_(per_head(wk, bk, -wp.repeat(head, 1)))  # k - W_p loc, W_p shared by the heads
+    twin.wv.copy_(per_head(rate1 * wv, rate1 * bv))
     fc = m.fc.weight.double().view(9, 3, head)  # (k_conv^2, [q, k, v], head)
     w_src = torch.stack([wq0, wk, wv]).view(3, head, d, -1)  # (3, head, d, in)
     b_src = torch.stack([bq0, bk, bv]).view(3, head, d)
-    w_f = torch.einsum("msg,sgei->emi", fc, w_src).flatten(0, 1)  # (d*9, in)
-    b_f = torch.einsum("msg,sge->em", fc, b_src).flatten()
-    rate1, rate2 = m.rate1.double(), m.rate2.double()
-    weight = torch.cat([w_qu, wk, rate1 * wv, w_f])
-    bias = torch.cat([b_qu, bk, rate1 * bv, b_f])
-    twin.proj.weight.copy_(weight.view_as(twin.proj.weight))
-    assert twin.proj.bias is not None
-    twin.proj.bias.copy_(bias)
+    twin.f.weight.copy_(torch.einsum("msg,sgei->emi", fc, w_src).flatten(0, 1).view_as(twin.f.weight))
+    assert twin.f.bias is not None
+    twin.f.bias.copy_(torch.einsum("msg,sge->em", fc, b_src).flatten())
     twin.dep_conv.weight.copy_(rate2 * m.dep_conv.weight.double())
     return twin.train(module.training)
 

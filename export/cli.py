@@ -26,7 +26,7 @@ from .targets import TARGETS  # light: plain data
 from .trt.api import Rebuild, TensorRTUnavailable  # light: tensorrt is imported when a build starts
 
 PROG = "blocks-export"
-COMMANDS = ("export", "inspect", "check", "val")
+COMMANDS = ("export", "inspect", "check", "val", "profile")
 _TOP_LEVEL_FLAGS = ("--help", "-h")
 
 app = typer.Typer(name=PROG, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -159,7 +159,8 @@ _FLAG_SPELLING = {"output": "-o/--output"}
 _FLAGS = frozenset({"to", "output", "imgsz", "batch", "dynamic", "opset", "target", "deform_conv", "fp16", "fp16_io",
                     "exporter", "simplify", "verify", "trust_pickle", "arch", "arch_kwargs", "force", "quiet", "json",
                     "min_shape", "opt_shape", "max_shape", "workspace_mb", "verify_with", "debug", "channels",
-                    "int8", "calib", "calib_count", "int8_budget", "rtol", "atol", "data"})
+                    "int8", "calib", "calib_count", "int8_budget", "rtol", "atol", "data", "runs", "warmup",
+                    "threads"})
 
 
 def flag_words(text: str) -> str:
@@ -304,6 +305,8 @@ def export_command(
                                                "model's own fp32 noise floor passes too)")] = None,
     atol: Annotated[float | None, typer.Option("--atol", help="absolute part of your own tolerance (see "
                                                "--rtol)")] = None,
+    profile: Annotated[bool, typer.Option("--profile", help="after a successful export, time each block of the "
+                                                           "written ONNX on onnxruntime CPU (see `profile`)")] = False,
 ) -> None:
     """Export MODEL to ONNX (and a TensorRT engine with --to trt), then prove parity with the original."""
     def body() -> int:
@@ -327,13 +330,55 @@ def export_command(
         # Anything the model or a library prints goes to stderr: stdout carries only the report.
         with contextlib.redirect_stdout(sys.stderr):
             result = run_export(model, options, progress)
+        costs = _profile_written(result, quiet=quiet or json_out) if profile and result.passed else None
         if json_out:
-            print(to_json(result.report))  # the report file's document, in the library's words
+            text = to_json(result.report)  # the report file's document, in the library's words
+            print(text if costs is None else _with_profile(text, costs))
         elif not quiet:
             render(result.report, _InFlagWords(_stdout()))
+        if costs is not None and not json_out:
+            _print_profile(costs, _stdout())
         return result.exit_code
 
     _run(body, debug=debug, json_out=json_out)
+
+
+def _profile_written(result: Any, quiet: bool) -> Any:
+    """The per-block profile of the ONNX an export wrote (``--profile``), its bar chart beside it."""
+    from .profile import chart_path, profile_onnx
+
+    written = result.report.onnx or (str(result.output) if result.output is not None else None)
+    if written is None or not str(written).endswith(".onnx"):
+        return None
+    if not quiet:
+        _stderr().print("[dim]profiling the written ONNX on onnxruntime CPU ...[/]")
+    costs = profile_onnx(written)
+    _chart(costs, chart_path(written))
+    return costs
+
+
+def _with_profile(report_json: str, costs: Any) -> str:
+    import json
+
+    doc = json.loads(report_json)
+    doc["profile"] = costs.as_dict()
+    return json.dumps(doc, indent=2)
+
+
+def _chart(costs: Any, path: Path) -> None:
+    """Write the bar chart (sets ``costs.chart``), or say in a note how to get one."""
+    from .profile import PLOT_HINT, write_chart
+
+    costs.chart = write_chart(costs, path)
+    if costs.chart is None:
+        costs.notes.append(PLOT_HINT)
+
+
+def _print_profile(costs: Any, out: Any) -> None:
+    from rich.markup import escape
+
+    for line in costs.lines():
+        out.print(escape(flag_words(line)))
 
 
 @app.command("inspect")
@@ -466,6 +511,68 @@ def val_command(
                 from rich.markup import escape
 
                 out.print(f"figure: {escape(str(plot))}")
+        return 0
+
+    _run(body, debug=debug, json_out=json_out)
+
+
+@app.command("profile")
+def profile_command(
+    model: Annotated[Path, typer.Argument(help="ONNX file (written by blocks-export: its blocks are named)",
+                                          show_default=False)],
+    runs: Annotated[int, typer.Option("--runs", help="timed runs (after the warm-up)")] = 20,
+    warmup: Annotated[int, typer.Option("--warmup", help="untimed runs first")] = 3,
+    threads: Annotated[int | None, typer.Option("--threads", help="onnxruntime intra-op threads (default: "
+                                                                 "onnxruntime's)")] = None,
+    shape: Annotated[str | None, typer.Option("--shape", help="input shape, e.g. 1x3x640x640 (default: the export "
+                                                             "shape recorded in the graph)")] = None,
+    engine: Annotated[Path | None, typer.Option("--engine", help="profile this TensorRT engine built from MODEL "
+                                                                "(needs TensorRT and a GPU)")] = None,
+    trt_profile: Annotated[Path | None, typer.Option("--trt-profile", help="a `trtexec --exportProfile` JSON of an "
+                                                                          "engine built from MODEL: map it to "
+                                                                          "blocks (no TensorRT needed)")] = None,
+    trt_layer_info: Annotated[Path | None, typer.Option("--trt-layer-info", help="with --trt-profile: `trtexec "
+                                                                                "--exportLayerInfo` JSON (the "
+                                                                                "layers' ONNX node lists)")] = None,
+    plot: Annotated[bool, typer.Option("--plot/--no-plot", help="bar chart MODEL.profile.png beside MODEL (needs "
+                                                               "matplotlib: extra `plot`)")] = True,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Time each block instance of MODEL (and the model outside blocks) with the runtime's profiler."""
+    def body() -> int:
+        from .errors import InputError
+        from .options import parse_shape
+        from .profile import ShapeNeeded, chart_path, profile_engine, profile_onnx, read_trtexec_profile
+
+        for path in (model, engine, trt_profile, trt_layer_info):
+            if path is not None and not path.is_file():
+                raise InputError(f"{path}: no such file; check the path")
+        if engine is not None and trt_profile is not None:
+            raise UsageError("--engine and --trt-profile are two sources of one table; give one")
+        if trt_layer_info is not None and trt_profile is None:
+            raise UsageError("--trt-layer-info goes with --trt-profile (the profile it describes)")
+        dims = parse_shape("--shape", shape) if shape else None
+        try:
+            if trt_profile is not None:
+                costs = read_trtexec_profile(model, trt_profile, trt_layer_info)
+            elif engine is not None:
+                costs = profile_engine(engine, model, runs=runs, warmup=warmup, shape=dims)
+            else:
+                with contextlib.redirect_stdout(sys.stderr):
+                    costs = profile_onnx(model, runs=runs, warmup=warmup, threads=threads, shape=dims)
+        except ShapeNeeded as e:
+            raise UsageError(f"{e}: give it with --shape, e.g. --shape 1x3x640x640") from e
+        except ValueError as e:
+            raise UsageError(str(e)) from e
+        if plot:
+            _chart(costs, chart_path(model))
+        if json_out:
+            import json
+
+            print(json.dumps(costs.as_dict(), indent=2))
+        else:
+            _print_profile(costs, _stdout())
         return 0
 
     _run(body, debug=debug, json_out=json_out)

@@ -19,15 +19,18 @@ with the offset's batch and spatial size, so dynamic shapes stay dynamic.
   1x64x80x80 3x3, each Gather-based prototype (one stacked Gather + batched MatMul, four Gathers + Mul + Sum,
   Mul + ReduceSum) profiled slower than the whole GridSample path; the prototypes were not kept.
   ``python benchmarks/run.py --only deform`` measures the lowering that is.
-- Every other operator used is in the 8.5 table: Shape, Slice (constant ``axes``), Squeeze (constant axes),
-  Concat, Reshape, Transpose, Expand, Add, Sub, Mul, Div, Clip, MatMul. Integers become floats by slicing a
+- Every other operator used is in the 8.5 table: Shape, Slice (constant ``axes``), Gather (constant indices),
+  Concat, Reshape, Transpose, Expand, Add, Sub, Mul, Div, Min, Max, MatMul. Integers become floats by slicing a
   float arange constant (no Cast into float, see ``emit_portable``), so H, W, Ho, Wo <= ``MAX_SPATIAL``.
 
 The decomposition, with ``G`` offset groups, ``Cg = C / G``, ``K = kh * kw``, ``P = Ho * Wo``:
 
 1. Sample points ``y = (ho * sh - ph + i * dh) + dy``: the integer base first, then one rounding when the
-   offset is added, as torchvision computes them; shaped [N, G, K, Ho, Wo].
-2. Clipped to [-1, H] x [-1, W]; with GridSample's zero padding that is torchvision's rule exactly (a point at
+   offset is added, as torchvision computes them; shaped [N, G, K, 2, Ho, Wo] with (x, y) on axis 3, so every
+   element-wise op broadcasts over whole Ho x Wo planes (onnxruntime's broadcast loop runs per innermost run:
+   with the coordinate pair innermost, as GridSample's grid has it, the same ops profiled about 20x slower at
+   1x64x80x80), and one Transpose makes the grid.
+2. Clipped to [-1, W] x [-1, H]; with GridSample's zero padding that is torchvision's rule exactly (a point at
    or beyond -1 / H reads only zero corners or corners of weight 0), and far-away points stay finite. Then
    normalised for ``align_corners=0`` (``p * 2 / size + (1 / size - 1)``, valid for a size of 1).
 3. ``GridSample(x as [N*G, Cg, H, W], grid [N*G, K*Ho, Wo, 2])`` gives the columns [N*G, Cg, K*Ho, Wo]
@@ -122,35 +125,31 @@ def emit_portable(e: Emitter[V], x: V, weight: V, offset: V, mask: V, bias: V, p
     n_ = _shape_dims(e, offset, 0, 1)
     hw_out = _shape_dims(e, offset, 2, 4)
 
-    # 1. Sample points (N, G, K, Ho, Wo, 1) in pixels: the integer base (ho * sh - ph + i * dh, exact in
-    #    floating point) first, then one rounding when the offset is added, as torchvision does.
-    off = e.op("Reshape", offset, e.op("Concat", n_, _i64(e, g, k, 2), hw_out, axis=0))  # (N, G, K, 2, Ho, Wo)
-    off = e.op("Transpose", off, perm=[0, 1, 2, 4, 5, 3])  # (N, G, K, Ho, Wo, 2)
-    dy = e.op("Slice", off, _i64(e, 0), _i64(e, 1), _i64(e, 5))  # (N, G, K, Ho, Wo, 1)
-    dx = e.op("Slice", off, _i64(e, 1), _i64(e, 2), _i64(e, 5))  # (N, G, K, Ho, Wo, 1)
-    taps_y = np.repeat(np.arange(kh) * dh, kw).reshape(k, 1, 1, 1).astype(dtype)  # (K, 1, 1, 1)
+    # 1. Sample points (N, G, K, 2, Ho, Wo) in pixels, (x, y) along axis 3, so that every element-wise op below
+    #    broadcasts over whole Ho x Wo planes (a trailing axis of size 1 or 2 makes onnxruntime's broadcast loop
+    #    run per element). The integer base (ho * sh - ph + i * dh, exact in floating point) first, then one
+    #    rounding when the offset is added, as torchvision does.
+    off = e.op("Reshape", offset, e.op("Concat", n_, _i64(e, g, k, 2), hw_out, axis=0))  # (N, G, K, [dy, dx], Ho, Wo)
+    off = e.op("Gather", off, _i64(e, 1, 0), axis=3)  # (N, G, K, [dx, dy], Ho, Wo): GridSample's (x, y) order
     taps_x = np.tile(np.arange(kw) * dw, kh).reshape(k, 1, 1, 1).astype(dtype)  # (K, 1, 1, 1)
+    taps_y = np.repeat(np.arange(kh) * dh, kw).reshape(k, 1, 1, 1).astype(dtype)  # (K, 1, 1, 1)
     rows = floats(zero, _shape_dims(e, offset, 2, 3))  # [0 .. Ho-1]
     cols_ = floats(zero, _shape_dims(e, offset, 3, 4))  # [0 .. Wo-1]
-    # The bases are expanded to (K, Ho, Wo, 1) once, so adding them to the offsets only repeats them over
-    # (N, G): onnxruntime's fast broadcast, where a (K, Ho, 1, 1) + (N, G, K, Ho, Wo, 1) broadcast is slow.
-    base_shape = e.op("Concat", _i64(e, k), hw_out, _i64(e, 1), axis=0)
-    base_y = e.op("Expand", e.op("Add", e.op("Reshape", e.op("Sub", e.op("Mul", rows, fconst(sh)), fconst(ph)),
-                                             _i64(e, -1, 1, 1)), e.const(taps_y)), base_shape)  # (K, Ho, Wo, 1)
+    plane = e.op("Concat", _i64(e, k, 1), hw_out, axis=0)  # [K, 1, Ho, Wo]
     base_x = e.op("Expand", e.op("Add", e.op("Reshape", e.op("Sub", e.op("Mul", cols_, fconst(sw)), fconst(pw)),
-                                             _i64(e, -1, 1)), e.const(taps_x)), base_shape)  # (K, Ho, Wo, 1)
-    y = e.op("Add", dy, base_y)
-    xx = e.op("Add", dx, base_x)
+                                             _i64(e, 1, 1, 1, -1)), e.const(taps_x)), plane)  # (K, 1, Ho, Wo)
+    base_y = e.op("Expand", e.op("Add", e.op("Reshape", e.op("Sub", e.op("Mul", rows, fconst(sh)), fconst(ph)),
+                                             _i64(e, 1, 1, -1, 1)), e.const(taps_y)), plane)  # (K, 1, Ho, Wo)
+    point = e.op("Add", off, e.op("Concat", base_x, base_y, axis=1))  # (N, G, K, 2, Ho, Wo)
 
-    # 2. Clip to [-1, H] x [-1, W]: GridSample's zero padding then gives torchvision's rule exactly (a point at
+    # 2. Clip to [-1, W] x [-1, H]: GridSample's zero padding then gives torchvision's rule exactly (a point at
     #    or beyond -1 / H has all four corners outside, or weight 0 on the one inside), and far-away points stay
     #    finite. Normalise for align_corners=0, g = p * 2 / size + (1 / size - 1), valid for a size of 1 too.
-    y = e.op("Clip", y, fconst(-1.0), e.op("Squeeze", h_in, zero))  # Clip wants scalar bounds
-    xx = e.op("Clip", xx, fconst(-1.0), e.op("Squeeze", w_in, zero))
+    size = e.op("Reshape", e.op("Concat", w_in, h_in, axis=0), _i64(e, 2, 1, 1))  # [W, H] as (2, 1, 1)
     one = fconst(1.0)
-    gy = e.op("Add", e.op("Mul", y, e.op("Div", fconst(2.0), h_in)), e.op("Sub", e.op("Div", one, h_in), one))
-    gx = e.op("Add", e.op("Mul", xx, e.op("Div", fconst(2.0), w_in)), e.op("Sub", e.op("Div", one, w_in), one))
-    grid = e.op("Concat", gx, gy, axis=-1)  # (N, G, K, Ho, Wo, 2)
+    point = e.op("Min", e.op("Max", point, fconst(-1.0)), size)
+    grid = e.op("Add", e.op("Mul", point, e.op("Div", fconst(2.0), size)), e.op("Sub", e.op("Div", one, size), one))
+    grid = e.op("Transpose", grid, perm=[0, 1, 2, 4, 5, 3])  # (N, G, K, Ho, Wo, 2)
     grid_shape = e.op("Concat", _i64(e, -1), _taps_by_hw(e, offset, k), _i64(e, 2), axis=0)
     grid = e.op("Reshape", grid, grid_shape)  # (N*G, K*Ho, Wo, 2)
 

@@ -124,7 +124,7 @@ def test_acmix_twin_follows_rates_and_is_reached_through_the_conversion_table():
 @pytest.mark.parametrize(("h", "w"), [(2, 2), (3, 8), (80, 97)])
 def test_in_graph_coordinates_equal_the_reference_position_grid(h, w):
     x = torch.zeros(1, 1, h, w, dtype=torch.float64)
-    got = _coordinates(x)[:, 0]  # (1, 2, H, W)
+    got = _coordinates(x)  # (1, 2, H, W)
     torch.testing.assert_close(got, position(h, w, dtype=torch.float64), rtol=0, atol=1e-15)
 
 
@@ -153,7 +153,7 @@ def test_folded_conv_path_input_equals_the_reference_fc_permute_reshape():
         q, k, v = ref.conv1(x), ref.conv2(x), ref.conv3(x)
         f_all = ref.fc(torch.cat([t.view(b, ref.head, ref.head_dim, h * w) for t in (q, k, v)], 1))
         f_conv = f_all.permute(0, 2, 1, 3).reshape(b, -1, h, w)
-        f_twin = torch.split(twin.proj(x), twin.split_sizes, dim=1)[-1]
+        f_twin = twin.f(x)
     torch.testing.assert_close(f_twin, f_conv, rtol=0, atol=1e-13)
 
 
@@ -337,3 +337,43 @@ def test_a_pasted_model_rewritten_and_exported_with_or_without_the_table_stays_d
     assert len(std.model_proto.graph.node) < len(plain.model_proto.graph.node)
     for onnx_program in (plain, portable):
         assert_onnx_matches(model, onnx_program.model_proto.SerializeToString(), [(3, 3, 16, 16), (2, 3, 22, 38)])
+
+
+# --- the blocks-free form (for traces with symbolic sizes that must not meet the blocking arithmetic) -------------
+
+@pytest.mark.parametrize(("cfg", "shape"), [((8, 8, 7, 4, 1), (2, 8, 9, 11)), ((8, 16, 7, 4, 2), (2, 8, 10, 18)),
+                                            ((6, 8, 3, 4, 1), (4, 6, 2, 3)), ((6, 6, 5, 3, 2), (3, 6, 4, 8))])
+def test_window_attention_taps_equals_the_reference_fp64(cfg, shape):
+    from blocks_export.blocks.acmix import window_attention_taps
+
+    ref, twin = make_pair(*cfg, seed=sum(shape))
+    x = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = ref(x)
+        got = window_attention_taps(x, twin.wq, twin.wk, twin.wv, twin.head, twin.kernel_att, twin.stride) \
+            + twin.dep_conv(twin.f(x))
+    assert (got - expected).abs().max().item() <= 1e-9 * expected.abs().max().item()
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_window_attention_taps_traced_from_a_batch1_example_stays_dynamic(stride):
+    from blocks_export.blocks.acmix import window_attention_taps
+
+    ref, twin = make_pair(8, 8, 7, 2, stride, seed=2, dtype=torch.float32)
+
+    class Taps(nn.Module):
+        def forward(self, x):
+            x = torch.relu(x)  # not the graph input itself
+            return window_attention_taps(x, twin.wq, twin.wk, twin.wv, twin.head, twin.kernel_att, twin.stride) \
+                + twin.dep_conv(twin.f(x))
+
+    dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height"), 3: torch.export.Dim("width")}
+    program = torch.onnx.export(Taps().eval(), (torch.randn(1, 8, 16, 16),), dynamo=True, dynamic_shapes=(dims,),
+                                verbose=False)
+    model = program.model_proto.SerializeToString()
+    for shape in [(3, 8, 12, 20), (2, 8, 22, 6)]:
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(shape[3]))
+        with torch.no_grad():
+            expected = ref(torch.relu(x)).numpy()
+        got = run_ort(model, x)
+        assert got.shape == expected.shape and rel_l2(expected, got) <= 1e-5

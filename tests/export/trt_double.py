@@ -46,6 +46,7 @@ class Knobs:
     build_sleep: float = 0.0
     calls: list[tuple[Any, ...]] = field(default_factory=list)
     perturb: float = 0.0  # added to every output of the engine stand-in (a wrong engine)
+    layer_ms: float = 0.25  # what the engine stand-in reports per layer to an attached IProfiler
     engines: dict[bytes, bytes] = field(default_factory=dict)  # serialized engine -> the ONNX it was built from
 
 
@@ -341,12 +342,36 @@ def _runtime(trt: types.ModuleType, k: Knobs, severity: Any) -> None:
     calls = k.calls
     trt.TensorIOMode = _enum_class("TensorIOMode", {"NONE": 0, "INPUT": 1, "OUTPUT": 2})  # type: ignore[attr-defined]
     trt.nptype = lambda dtype: _NPTYPES[dtype.name]  # type: ignore[attr-defined]
+    trt.LayerInformationFormat = _enum_class("LayerInformationFormat", {"ONELINE": 0, "JSON": 1})  # type: ignore[attr-defined]
+    metadata = trt.__version__.split(".")[0] != "8"  # layer metadata ("[ONNX Layer: ...]") from TensorRT 10
+
+    class IProfiler:
+        def __init__(self) -> None:
+            self.initialised = True
+
+        def report_layer_time(self, layer_name: str, ms: float) -> None:  # overridden by the caller's profiler
+            raise NotImplementedError
+
+    trt.IProfiler = IProfiler  # type: ignore[attr-defined]
+
+    class Inspector:
+        def __init__(self, engine: Engine) -> None:
+            self.engine = engine
+
+        def get_engine_information(self, fmt: Any) -> str:
+            assert fmt is trt.LayerInformationFormat.JSON
+            import json
+
+            layers = [{"Name": name, **({"Metadata": f"[ONNX Layer: {name}]"} if metadata else {})}
+                      for name in self.engine.layers]
+            return json.dumps({"Layers": layers})
 
     class Context:
         def __init__(self, engine: Engine) -> None:
             self.engine = engine
             self.shapes: dict[str, tuple[int, ...]] = {}
             self.addresses: dict[str, int] = {}
+            self.profiler: Any = None
 
         def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
             calls.append(("set_input_shape", name, tuple(shape)))
@@ -373,6 +398,10 @@ def _runtime(trt: types.ModuleType, k: Knobs, severity: Any) -> None:
             calls.append(("execute_async_v3", stream))
             for name, value in self._run().items():
                 ctypes.memmove(self.addresses[name], np.ascontiguousarray(value).ctypes.data, value.nbytes)
+            if self.profiler is not None:  # one layer per ONNX node, named after it, as the parser names them
+                assert getattr(self.profiler, "initialised", False), "IProfiler subclass must call __init__"
+                for layer in self.engine.layers:
+                    self.profiler.report_layer_time(layer, k.layer_ms)
             return True
 
     class Engine:
@@ -386,6 +415,10 @@ def _runtime(trt: types.ModuleType, k: Knobs, severity: Any) -> None:
             self.dtypes = {v.name: _ONNX_NP[v.type.tensor_type.elem_type]
                            for v in [*proto.graph.input, *proto.graph.output] if v.name not in inits}
             self.session = cpu_session(proto)
+            self.layers = [n.name for n in proto.graph.node]
+
+        def create_engine_inspector(self) -> Inspector:
+            return Inspector(self)
 
         @property
         def num_io_tensors(self) -> int:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import tempfile
@@ -545,12 +544,14 @@ def _edge_layers(model: onnx.ModelProto) -> dict[str, str]:
 
 def metadata_for(preprocess: Any, task: Any = None) -> dict[str, str]:
     """``blocks_export.*`` strings that ``runtime.infer.parse_meta`` reads, from the model's metadata values."""
-    meta: dict[str, str] = {}
+    from blocks_export.runtime.infer import encode_meta
+
+    meta: dict[str, Any] = {}
     if isinstance(preprocess, dict):
-        meta["blocks_export.preprocess"] = json.dumps(preprocess)
+        meta["preprocess"] = preprocess
     if isinstance(task, str):
-        meta["blocks_export.task"] = task
-    return meta
+        meta["task"] = task
+    return encode_meta(meta)
 
 
 __all__ = ["BlockSensitivity", "CalibrationSet", "Int8Result", "WEIGHTED_OPS", "image_preprocess",

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from .trt.build import EngineResult
     from .trt.run import ParityCase
     from .ultralytics import UltralyticsInfo
-    from .verify import VerifyResult
+    from .verify import Divergence, VerifyResult
 
 DEFAULT_IMGSZ = 640
 EXTERNAL_DATA_BYTES = 2_000_000_000  # protobuf cannot serialise a message of 2 GiB or more
@@ -533,13 +533,13 @@ def _verify(ctx: _Context) -> None:
             if retry:
                 why = ("the simplified graph failed verification, the unsimplified one passes: kept the "
                        f"unsimplified graph ({_failure_summary(verification)})")
-                retry.notes.append(why)
                 ctx.report.warnings.append(why)
-                ctx.proto, verification = plain, retry
+                ctx.proto, verification = plain, replace(retry, notes=(*retry.notes, why))
                 s.status = "warning"
         if not verification:
             failing = next(r for r in verification.runs if not r.comparison)
-            verification.divergence = _diagnose(ctx, verification, ctx.proto, failing.shape, rule)
+            verification = replace(verification, divergence=_diagnose(ctx, verification, ctx.proto, failing.shape,
+                                                                      rule))
             s.status = "failed"
             s.note = f"FAILED at {'x'.join(map(str, failing.shape))} on {failing.runtime}"
             ctx.failed = True
@@ -624,33 +624,31 @@ def _failure_summary(verification: VerifyResult) -> str:
 
 
 def _diagnose(ctx: _Context, verification: VerifyResult, graph: Any, shape: tuple[int, ...],
-              rule: Any) -> dict[str, Any]:
+              rule: Any) -> Divergence:
     """Where the failing graph goes wrong: the node the runtime failed in and its block, or else the first block
     whose output diverges, localised on ``graph`` itself (the one that failed)."""
-    from .verify import failure_line, has_scopes, locate_divergence
+    from .verify import Divergence, has_scopes, locate_divergence
 
     classes = {n: type(m).__name__ for n, m in ctx.loaded.model.named_modules()} \
         if hasattr(ctx.loaded.model, "named_modules") else {}
     replaced = [r.name for r in ctx.rewrite_report.replaced] if ctx.rewrite_report is not None else []
     failure = verification.failure
-    if failure is not None and failure.get("node"):
-        block = failure.get("block")
+    if failure is not None and failure.node:
+        block = failure.block
         # A block path that is not a module of the model (a rewritten twin's inner part): its nearest module.
         while block and block not in classes and "." in block:
             block = block.rsplit(".", 1)[0]
-        line = failure_line({**failure, "block": block}, failure.get("runtime", "onnxruntime"),
-                            classes.get(block) if block else None)
-        return {"block": block, "class": classes.get(block, "?") if block else None, "inner": None,
-                "inner_class": None, "shape": list(shape), "rel_l2": None, "max_abs": None, "error": line,
-                "node": failure["node"], "op": failure.get("op"), "replaced": block in replaced}
+        line = failure.line(block, classes.get(block) if block else None)
+        return Divergence(block, block_class=classes.get(block, "?") if block else None, shape=tuple(shape),
+                          error=line, node=failure.node, op=failure.op, replaced=block in replaced)
     if not has_scopes(graph):
-        why = "the failing graph carries no module scopes (TorchScript exporter, or lost in a later step)"
-        return {"block": None, "why": why}
+        return Divergence.none("the failing graph carries no module scopes (TorchScript exporter, or lost in a "
+                               "later step)")
     try:
         return locate_divergence(ctx.loaded.model, graph, replaced, shape, precision=ctx.precision,
                                  fp16_io=ctx.options.fp16_io, seed=SEED, rule=rule)
     except Exception as e:  # localisation is a diagnostic: its failure must not hide the verdict
-        return {"block": None, "why": f"localisation failed: {one_line(e)}"}
+        return Divergence.none(f"localisation failed: {one_line(e)}")
 
 
 def _write(ctx: _Context) -> None:
@@ -760,7 +758,7 @@ def _engine_parity_step(options: ExportOptions, runner: _Runner, report: Report,
     engine = report.engine
     assert engine is not None
     with runner.step("engine parity") as s:
-        outputs = [str(o["name"]) for o in engine.sidecar["outputs"]]
+        outputs = [str(o["name"]) for o in engine.sidecar.outputs]
         try:
             rows = parity_cases(engine.engine_path, outputs, make_cases(engine), engine.precision, reference)
         except TensorRTUnavailable as e:
@@ -774,7 +772,7 @@ def _engine_parity_step(options: ExportOptions, runner: _Runner, report: Report,
 
 
 def _engine_profile_fits(engine: EngineResult) -> Callable[[tuple[int, ...]], bool]:
-    first = next(iter(engine.sidecar["profiles"][0].values()))
+    first = next(iter(engine.sidecar.profiles[0].values()))
     return lambda shape: len(shape) == len(first["min"]) and all(
         a <= d <= b for a, d, b in zip(first["min"], shape, first["max"], strict=True))
 
@@ -790,8 +788,8 @@ def _torch_cases(ctx: _Context, engine: EngineResult) -> list[ParityCase]:
     fits = _engine_profile_fits(engine)
     runs = ctx.report.verification.runs if ctx.report.verification is not None else []
     shapes = [s for s in dict.fromkeys(tuple(r.shape) for r in runs) if fits(s)]
-    shapes = shapes or [tuple(next(iter(engine.sidecar["profiles"][0].values()))["opt"])]
-    name = str(engine.sidecar["inputs"][0]["name"])
+    shapes = shapes or [tuple(next(iter(engine.sidecar.profiles[0].values()))["opt"])]
+    name = str(engine.sidecar.inputs[0]["name"])
     cases = []
     for shape in shapes:
         x = make_input(shape, SEED)
@@ -810,10 +808,10 @@ def _onnx_cases(onnx_path: Path, engine: EngineResult) -> list[ParityCase]:
 
     from .trt.run import ParityCase
 
-    profile = engine.sidecar["profiles"][0]
+    profile = engine.sidecar.profiles[0]
     rng = np.random.default_rng(SEED)
     feeds = {str(i["name"]): rng.random(tuple(profile[i["name"]]["opt"])).astype(i["dtype"])
-             for i in engine.sidecar["inputs"]}
+             for i in engine.sidecar.inputs}
     reference = [np.asarray(o) for o in cpu_session(str(onnx_path)).run(None, feeds)]
     return [ParityCase(tuple(next(iter(feeds.values())).shape), feeds, reference)]
 

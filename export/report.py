@@ -178,7 +178,7 @@ def render(report: Report, console: Any) -> None:
 
     ver = report.verification
     if ver is not None:
-        reference = ver.tolerance.get("reference", "fp32") if ver.tolerance else "fp32"
+        reference = ver.tolerance.reference if ver.tolerance is not None else "fp32"
         parity = Table(title=f"parity vs the original model ({ver.precision} graph, {reference} reference, CPU)",
                        show_edge=False)
         for col in ("runtime", "shape", "output", "result", "max abs", "max rel", "rel L2", "fp32 floor",
@@ -198,13 +198,13 @@ def render(report: Report, console: Any) -> None:
         console.print(parity)
         for i, err in enumerate(errors, 1):
             console.print(f"[red]error {i}:[/] {escape(err)}")
-        if ver.tolerance:
-            console.print(f"[dim]verification: {escape(tolerance_text(ver.tolerance))}[/]")
+        if ver.tolerance is not None:
+            console.print(f"[dim]verification: {escape(ver.tolerance.text())}[/]")
         for n in ver.notes:
             if n not in report.warnings:  # a warning is shown once, below
                 console.print(f"[dim]verification: {escape(n)}[/]")
-        if ver.divergence:
-            console.print(escape(divergence_line(ver.divergence)))
+        if ver.divergence is not None:
+            console.print(escape(ver.divergence.line()))
     if report.int8 is not None:
         render_int8(report.int8, console)
     for row in report.engine_parity or []:
@@ -242,24 +242,3 @@ def render_int8(result: Int8Result, console: Any) -> None:
     for n in result.notes:
         console.print(f"[dim]int8: {n}[/]")
     console.print(result.line())
-
-
-def tolerance_text(tol: dict[str, Any]) -> str:
-    """The verdict's rules in one line."""
-    if tol.get("reference") == "float64":
-        return (f"pass: {tol.get('rule')} against a float64 run of the model, or within {tol.get('floor_factor'):g}x "
-                "PyTorch's own fp32 error (the fp32 floor), whichever is looser")
-    return f"pass: {tol.get('rule')} against the fp32 model"
-
-
-def divergence_line(div: dict[str, Any]) -> str:
-    if div.get("node"):  # the runtime failed in a node of the graph: its own words, placed in the model
-        return f"failing node: {div['error']} ({'x'.join(map(str, div['shape']))})"
-    if not div.get("block"):
-        return f"first diverging block: none found ({div.get('why', '')})"
-    inner = f", inside it {div['inner']} ({div['inner_class']})" if div.get("inner") else ""
-    at = "x".join(map(str, div["shape"]))
-    if div.get("error"):
-        return f"first diverging block: {div['block']} ({div['class']}){inner}: {div['error']} ({at})"
-    return (f"first diverging block: {div['block']} ({div['class']}){inner}: rel_l2={_fmt(div['rel_l2'])} "
-            f"max_abs={_fmt(div['max_abs'])} at {at}")

@@ -22,7 +22,7 @@ lowering (the same function in standard ops) instead, and says so in the report.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from typing import Any, Protocol
 
@@ -209,9 +209,13 @@ def verify_with(runtimes: Sequence[str], reference: Any, onnx_model: Any, shapes
     A runtime that cannot read ``onnx_model`` (``needs_portable_twin``) verifies ``portable_twin()`` (exported
     once, only when needed) and the result says so in its notes and in ``runtimes``.
     """
-    from .verify import VerifyResult, verify
+    from .verify import Failure, Run, RuntimeRun, Tolerance, VerifyResult, verify
 
-    merged = VerifyResult(precision, [])
+    runs: list[Run] = []
+    notes: list[str] = []
+    entries: list[RuntimeRun] = []
+    tolerance: Tolerance | None = None
+    failure: Failure | None = None
     twin: Any = None
     for runtime in check_runtime_names(runtimes):
         require(runtime)
@@ -223,17 +227,16 @@ def verify_with(runtimes: Sequence[str], reference: Any, onnx_model: Any, shapes
             why = why.split(":")[0] + ": no portable twin was available, so it could not verify this graph"
         result = verify(reference, graph, shapes, precision=precision, fp16_io=fp16_io, seed=seed, runtime=runtime,
                         rule=rule)
-        merged.runs += result.runs
-        merged.notes += [f"{runtime}: {why}"] if why else []
-        merged.notes += [n for n in result.notes if n not in merged.notes]
-        merged.tolerance = merged.tolerance or result.tolerance
-        if merged.failure is None and result.failure is not None:
-            merged.failure = {**result.failure, "runtime": runtime,
-                              "graph": "portable twin" if graph is not onnx_model else "exported"}
-        merged.runtimes.append({"runtime": runtime, "version": version(runtime), "passed": bool(result),
-                                "graph": "portable twin" if graph is not onnx_model else "exported",
-                                "note": why})
-    return merged
+        which = "portable twin" if graph is not onnx_model else "exported"
+        runs += result.runs
+        notes += [f"{runtime}: {why}"] if why else []
+        notes += [n for n in result.notes if n not in notes]
+        tolerance = tolerance or result.tolerance
+        if failure is None and result.failure is not None:
+            failure = replace(result.failure, runtime=runtime, graph=which)
+        entries.append(RuntimeRun(runtime, version(runtime), bool(result), which, why))
+    return VerifyResult(precision, tuple(runs), notes=tuple(notes), runtimes=tuple(entries), tolerance=tolerance,
+                        failure=failure)
 
 
 __all__ = ["DEFAULT_RUNTIMES", "ONNXRUNTIME", "OPENVINO", "RUNTIMES", "Runner", "check_runtime_names",

@@ -24,7 +24,6 @@ recognising a model looks at class names and module names alone.
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -213,13 +212,15 @@ def runtime_metadata(info: UltralyticsInfo) -> dict[str, str]:
     (RGB, /255; the LetterBox of its detection predictors, the shorter-side resize and centre crop of
     classify_transforms for a classifier: ultralytics/data/augment.py, ultralytics/models/yolo/classify/predict.py).
     INT8 calibration reads its images with the same entries."""
+    from blocks_export.runtime.infer import encode_meta
+
     resize = "crop" if info.task == "classify" else "letterbox"
-    own = {"blocks_export.labels": json.dumps([info.names[k] for k in sorted(info.names)]),
-           "blocks_export.preprocess": json.dumps({"size": list(info.imgsz), "resize": resize,
-                                                   "color": "RGB", "scale": 1 / 255})}
+    own: dict[str, Any] = {"labels": [info.names[k] for k in sorted(info.names)],
+                           "preprocess": {"size": list(info.imgsz), "resize": resize, "color": "RGB",
+                                          "scale": 1 / 255}}
     if info.task in ("detect", "classify"):
-        own["blocks_export.task"] = info.task
-    return own
+        own["task"] = info.task
+    return encode_meta(own)
 
 
 def finish_graph(model: Any, info: UltralyticsInfo, opset: int) -> None:

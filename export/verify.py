@@ -23,7 +23,7 @@ import contextlib
 import copy
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -35,7 +35,7 @@ SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 _CONTAINERS = ("Sequential", "ModuleList", "ModuleDict")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Run:
     """One verification run: the input shape and its comparison (``error`` when the ONNX could not run)."""
 
@@ -47,23 +47,142 @@ class Run:
         return {"shape": list(self.shape), "runtime": self.runtime, **self.comparison.as_dict()}
 
 
-@dataclass
+@dataclass(frozen=True)
+class Tolerance:
+    """The verdict's rules: the rule (the precision's or the user's) against a ``reference`` ("float64": a float64
+    run of the model, with each output's fp32 floor; "fp32": the fp32 model, the rule alone)."""
+
+    reference: str
+    rule: Rule
+
+    @classmethod
+    def of(cls, precision: str, rule: Rule | None, reference: str) -> Tolerance:
+        return cls(reference, rule or RULES[precision])
+
+    def as_dict(self) -> dict[str, Any]:
+        r = self.rule
+        return {"reference": self.reference, "rule": r.text(), "rel_l2": None if r.elementwise else r.rel_l2,
+                "rtol": r.rtol, "atol": r.atol,
+                "floor_factor": FLOOR_FACTOR if self.reference == "float64" else None}
+
+    def text(self) -> str:
+        """The rules in one line."""
+        if self.reference == "float64":
+            return (f"pass: {self.rule.text()} against a float64 run of the model, or within {FLOOR_FACTOR:g}x "
+                    "PyTorch's own fp32 error (the fp32 floor), whichever is looser")
+        return f"pass: {self.rule.text()} against the fp32 model"
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A runtime's own failure placed in the graph that failed: the node (None when the message names no node of
+    the graph), its op and block, the runtime's message; which runtime, on which graph ("exported" or
+    "portable twin")."""
+
+    node: str | None
+    op: str | None
+    block: str | None
+    message: str
+    runtime: str = "onnxruntime"
+    graph: str = "exported"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"node": self.node, "op": self.op, "block": self.block, "message": self.message,
+                "runtime": self.runtime, "graph": self.graph}
+
+    def line(self, block: str | None = None, block_class: str | None = None) -> str:
+        """One line: where it failed (in ``block``, default the failure's own) and the runtime's words."""
+        where = f"node {self.node} ({self.op})" if self.node else "an unnamed node"
+        block = block if block is not None else self.block
+        inside = f" in block {block}" + (f" ({block_class})" if block_class else "") if block else \
+            (" outside every block" if self.node else "")
+        return f"{self.runtime} failed at {where}{inside}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """Where a failing graph goes wrong (the report's ``first_diverging_block``): the node a runtime failed in and
+    its block, or the first block (in start order) whose output differs, or no block and ``why``."""
+
+    block: str | None
+    why: str | None = None
+    block_class: str | None = None
+    inner: str | None = None  # the deepest diverging block inside ``block``
+    inner_class: str | None = None
+    shape: tuple[int, ...] = ()
+    rel_l2: float | None = None
+    max_abs: float | None = None
+    error: str | None = None
+    node: str | None = None  # set when a runtime failed in a node of the graph
+    op: str | None = None
+    replaced: bool = False  # the block is one the rewrite replaced with its export twin
+
+    @classmethod
+    def none(cls, why: str) -> Divergence:
+        return cls(None, why)
+
+    def as_dict(self) -> dict[str, Any]:
+        if self.block is None and self.node is None:
+            return {"block": None, "why": self.why}
+        d: dict[str, Any] = {"block": self.block, "class": self.block_class, "inner": self.inner,
+                             "inner_class": self.inner_class, "shape": list(self.shape), "rel_l2": self.rel_l2,
+                             "max_abs": self.max_abs, "error": self.error}
+        if self.node is not None:
+            d.update(node=self.node, op=self.op)
+        d["replaced"] = self.replaced
+        return d
+
+    def line(self) -> str:
+        at = "x".join(map(str, self.shape))
+        if self.node:  # the runtime failed in a node of the graph: its own words, placed in the model
+            return f"failing node: {self.error} ({at})"
+        if not self.block:
+            return f"first diverging block: none found ({self.why or ''})"
+        inner = f", inside it {self.inner} ({self.inner_class})" if self.inner else ""
+        if self.error:
+            return f"first diverging block: {self.block} ({self.block_class}){inner}: {self.error} ({at})"
+        return (f"first diverging block: {self.block} ({self.block_class}){inner}: rel_l2={_fmt(self.rel_l2)} "
+                f"max_abs={_fmt(self.max_abs)} at {at}")
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3e}" if isinstance(v, float) else str(v)
+
+
+@dataclass(frozen=True)
+class RuntimeRun:
+    """One runtime's part of a verification: its version, verdict, which graph it ran and why."""
+
+    runtime: str
+    version: str | None
+    passed: bool
+    graph: str = "exported"  # or "portable twin"
+    note: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"runtime": self.runtime, "version": self.version, "passed": self.passed, "graph": self.graph,
+                "note": self.note}
+
+
+@dataclass(frozen=True)
 class VerifyResult:
     precision: str
-    runs: list[Run]
-    divergence: dict[str, Any] | None = None
-    notes: list[str] = field(default_factory=list)
-    runtimes: list[dict[str, Any]] = field(default_factory=list)  # one entry per runtime (export/runtimes.py)
-    tolerance: dict[str, Any] = field(default_factory=dict)  # the reference and the rules (``tolerance_record``)
-    failure: dict[str, Any] | None = None  # the runtime's own failure, placed in the graph (``failure_of``)
+    runs: tuple[Run, ...]
+    divergence: Divergence | None = None
+    notes: tuple[str, ...] = ()
+    runtimes: tuple[RuntimeRun, ...] = ()  # one entry per runtime (export/runtimes.py)
+    tolerance: Tolerance | None = None
+    failure: Failure | None = None  # the runtime's own failure, placed in the graph (``failure_of``)
 
     def __bool__(self) -> bool:
         return bool(self.runs) and all(bool(r.comparison) for r in self.runs)
 
     def as_dict(self) -> dict[str, Any]:
         return {"passed": bool(self), "precision": self.precision, "runs": [r.as_dict() for r in self.runs],
-                "first_diverging_block": self.divergence, "notes": list(self.notes),
-                "runtimes": list(self.runtimes), "tolerance": dict(self.tolerance), "failure": self.failure}
+                "first_diverging_block": self.divergence.as_dict() if self.divergence is not None else None,
+                "notes": list(self.notes), "runtimes": [r.as_dict() for r in self.runtimes],
+                "tolerance": self.tolerance.as_dict() if self.tolerance is not None else {},
+                "failure": self.failure.as_dict() if self.failure is not None else None}
 
     def summary(self) -> dict[str, Any]:
         """Short form for the ONNX metadata: pass/fail and the worst relative L2 per shape."""
@@ -100,23 +219,23 @@ def node_block(node: Any) -> str | None:
     return None
 
 
-def failure_of(error: BaseException, model: Any) -> dict[str, Any]:
-    """The runtime's failure placed in ``model`` (the graph that failed): {"node", "op", "block", "message"};
-    "node" is None when the message names no node of the graph."""
+def failure_of(error: BaseException, model: Any, runtime: str = "onnxruntime") -> Failure:
+    """The runtime's failure placed in ``model`` (the graph that failed); ``node`` is None when the message names
+    no node of the graph."""
     text = " ".join(str(error).split())
     names = []
     for pattern in _FAILED_NODE:
         names += [m.groups()[-1] for m in pattern.finditer(text)]
-    out: dict[str, Any] = {"node": None, "op": None, "block": None, "message": _runtime_message(text)}
+    bare = Failure(None, None, None, _runtime_message(text), runtime)
     try:
         graph = _proto(model).graph
     except Exception:
-        return out
+        return bare
     by_name = {n.name: n for n in graph.node}
     node = next((by_name[n] for n in names if n in by_name), None)
-    if node is not None:
-        out.update(node=node.name, op=node.op_type, block=node_block(node) or _block_around(graph, node))
-    return out
+    if node is None:
+        return bare
+    return replace(bare, node=node.name, op=node.op_type, block=node_block(node) or _block_around(graph, node))
 
 
 def _block_around(graph: Any, node: Any) -> str | None:
@@ -141,15 +260,6 @@ def _runtime_message(text: str) -> str:
     """The useful tail of an onnxruntime message, one line: after "Status Message:" when present."""
     tail = text.split("Status Message:", 1)[-1].strip()
     return tail[:200]
-
-
-def failure_line(failure: dict[str, Any], runtime: str = "onnxruntime", block_class: str | None = None) -> str:
-    """``failure_of``'s result as one line."""
-    where = f"node {failure['node']} ({failure['op']})" if failure.get("node") else "an unnamed node"
-    block = failure.get("block")
-    inside = f" in block {block}" + (f" ({block_class})" if block_class else "") if block else \
-        (" outside every block" if failure.get("node") else "")
-    return f"{runtime} failed at {where}{inside}: {failure.get('message', '')}"
 
 
 def session(model: Any, threads: int = 1) -> Any:
@@ -280,13 +390,6 @@ class Reference:
         return [rel_l2(a, b) for a, b in zip(self.fp64, self.fp32, strict=True)]
 
 
-def tolerance_record(precision: str, rule: Rule | None, reference: str) -> dict[str, Any]:
-    """What the report says about the verdict's rules."""
-    r = rule or RULES[precision]
-    return {"reference": reference, "rule": r.text(), "rel_l2": None if r.elementwise else r.rel_l2,
-            "rtol": r.rtol, "atol": r.atol, "floor_factor": FLOOR_FACTOR if reference == "float64" else None}
-
-
 def verify(reference: Any, onnx_model: Any, shapes: list[tuple[int, ...]], *, precision: str = "fp32",
            fp16_io: bool = False, seed: int = 0, runtime: str = "onnxruntime", rule: Rule | None = None,
            float64: bool = True) -> VerifyResult:
@@ -300,18 +403,18 @@ def verify(reference: Any, onnx_model: Any, shapes: list[tuple[int, ...]], *, pr
 
     model64, why64 = float64_copy(reference) if float64 else (None, "float64 reference not asked for")
     notes = [] if model64 is not None else [f"parity judged against the fp32 model (no float64 copy: {why64})"]
-    tolerance = tolerance_record(precision, rule, "float64" if model64 is not None else "fp32")
+    tolerance = Tolerance.of(precision, rule, "float64" if model64 is not None else "fp32")
     try:
         sess = open_runner(runtime, onnx_model)
     except Exception as e:
         why = (f"{runtime} cannot load the graph: {one_line(e)}",)
-        return VerifyResult(precision, [Run(tuple(s), Comparison(precision, (), "x".join(map(str, s)), why), runtime)
-                                        for s in shapes], notes=notes, tolerance=tolerance,
-                            failure=failure_of(e, onnx_model))
+        return VerifyResult(precision, tuple(Run(tuple(s), Comparison(precision, (), "x".join(map(str, s)), why),
+                                                 runtime) for s in shapes),
+                            notes=tuple(notes), tolerance=tolerance, failure=failure_of(e, onnx_model, runtime))
     in_name = sess.input_names[0]
     out_names = sess.output_names
-    runs = []
-    failure: dict[str, Any] | None = None
+    runs: list[Run] = []
+    failure: Failure | None = None
     for shape in shapes:
         x = make_input(shape, seed)
         if fp16_io:
@@ -331,7 +434,7 @@ def verify(reference: Any, onnx_model: Any, shapes: list[tuple[int, ...]], *, pr
         try:
             got = sess.run({in_name: feed})
         except Exception as e:
-            failure = failure or failure_of(e, onnx_model)
+            failure = failure or failure_of(e, onnx_model, runtime)
             runs.append(Run(tuple(shape), Comparison(precision, (), label, (f"{runtime} failed: {one_line(e)}",)),
                             runtime))
             continue
@@ -343,7 +446,8 @@ def verify(reference: Any, onnx_model: Any, shapes: list[tuple[int, ...]], *, pr
             cmp = Comparison(precision, cmp.outputs, label,
                              (*cmp.errors, f"{len(got)} ONNX outputs, the PyTorch model returns {len(ref)}"))
         runs.append(Run(tuple(shape), cmp, runtime))
-    return VerifyResult(precision, runs, notes=list(dict.fromkeys(notes)), tolerance=tolerance, failure=failure)
+    return VerifyResult(precision, tuple(runs), notes=tuple(dict.fromkeys(notes)), tolerance=tolerance,
+                        failure=failure)
 
 
 # --- first diverging block -------------------------------------------------------------------------------
@@ -443,18 +547,18 @@ def _hook_outputs(model: Any, paths: list[str], x: Any) -> tuple[dict[str, np.nd
 
 def locate_divergence(reference: Any, onnx_model: Any, replaced: list[str], shape: tuple[int, ...], *,
                       precision: str = "fp32", fp16_io: bool = False, seed: int = 0,
-                      rule: Rule | None = None) -> dict[str, Any]:
+                      rule: Rule | None = None) -> Divergence:
     """Name the first block (in start order) whose output differs between ``reference`` and ``onnx_model``.
 
-    ``onnx_model`` must carry the dynamo exporter's name scopes. Returns {"block", "class", "inner",
-    "rel_l2", ...} or {"block": None, "why": ...} when no block can be blamed.
+    ``onnx_model`` must carry the dynamo exporter's name scopes. Without a block to blame, the ``Divergence``
+    names none and says why.
     """
     import torch
 
     if isinstance(reference, torch.jit.ScriptModule | torch.export.ExportedProgram):
-        return {"block": None, "why": "block outputs are not available for TorchScript/torch.export inputs"}
+        return Divergence.none("block outputs are not available for TorchScript/torch.export inputs")
     if not has_scopes(onnx_model):
-        return {"block": None, "why": "the graph carries no module scopes (TorchScript exporter)"}
+        return Divergence.none("the graph carries no module scopes (TorchScript exporter)")
     x = make_input(shape, seed)
     if fp16_io:
         x = x.half().float()
@@ -468,7 +572,7 @@ def locate_divergence(reference: Any, onnx_model: Any, replaced: list[str], shap
     bounds = boundary_values(onnx_model, order)
     wanted = sorted({v for vs in bounds.values() for v in vs})
     if not wanted:
-        return {"block": None, "why": "no block outputs could be matched in the graph"}
+        return Divergence.none("no block outputs could be matched in the graph")
     feed_x = x.numpy().astype(np.float16 if fp16_io else np.float32)
     values: dict[str, np.ndarray] = {}
     with _quiet_ort():
@@ -500,18 +604,17 @@ def locate_divergence(reference: Any, onnx_model: Any, replaced: list[str], shap
 
     first = next(((p, c) for p in order if (c := diverges(p)) is not None), None)
     if first is None:
-        return {"block": None, "why": "every block output matches; the difference arises outside the blocks "
-                                      "(or in a graph step after export)"}
+        return Divergence.none("every block output matches; the difference arises outside the blocks (or in a "
+                               "graph step after export)")
     path, cmp = first
     inner = path
     for p in order:  # the deepest diverging block inside the first one, for a precise pointer
         if p.startswith(inner + ".") and diverges(p) is not None:
             inner = p
     rel, mabs = (cmp.outputs[0].rel_l2, cmp.outputs[0].max_abs) if cmp.outputs else (None, None)
-    return {"block": path, "class": classes.get(path, "?"), "inner": inner if inner != path else None,
-            "inner_class": classes.get(inner) if inner != path else None, "shape": list(shape),
-            "rel_l2": rel, "max_abs": mabs, "error": cmp.errors[0] if cmp.errors else None,
-            "replaced": path in replaced}
+    return Divergence(path, block_class=classes.get(path, "?"), inner=inner if inner != path else None,
+                      inner_class=classes.get(inner) if inner != path else None, shape=tuple(shape), rel_l2=rel,
+                      max_abs=mabs, error=cmp.errors[0] if cmp.errors else None, replaced=path in replaced)
 
 
 @contextlib.contextmanager

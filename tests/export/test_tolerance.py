@@ -131,7 +131,7 @@ def test_a_wrong_weight_still_fails_and_is_placed_in_its_block(gain: float) -> N
     out = result.runs[0].comparison.outputs[0]
     assert out.rule_passed is False and out.floor_passed is False
     div = locate_divergence(model, graph, [], (1, 3, 64, 64))
-    assert div["block"] == "ca", div
+    assert div.block == "ca", div
 
 
 def test_user_tolerance_is_applied_and_recorded(tmp_path: Path) -> None:
@@ -144,7 +144,8 @@ def test_user_tolerance_is_applied_and_recorded(tmp_path: Path) -> None:
     from blocks_export.runtime.parity import user_rule
 
     loose = verify(model, graph, [(1, 3, 32, 32)], rule=user_rule("fp32", 1e-1, 1e-2))
-    assert loose and loose.tolerance["rtol"] == 1e-1 and loose.tolerance["atol"] == 1e-2
+    assert loose and loose.tolerance is not None and loose.tolerance.rule.rtol == 1e-1 \
+        and loose.tolerance.rule.atol == 1e-2
 
     src, out = tmp_path / "m.pt", tmp_path / "m.onnx"
     torch.save(model, src)

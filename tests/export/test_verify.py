@@ -56,8 +56,8 @@ def test_exact_export_passes_and_broken_conversion_names_its_block(refnet: nn.Mo
     result = verify(refnet, bad, [shape])
     assert not result
     div = locate_divergence(refnet, bad, ["ca"], shape)
-    assert div["block"] == "ca" and div["class"] == "CA" and div["replaced"]
-    assert div["rel_l2"] > 1e-5
+    assert div.block == "ca" and div.block_class == "CA" and div.replaced
+    assert div.rel_l2 is not None and div.rel_l2 > 1e-5
 
 
 def test_stock_coordinate_attention_is_caught_at_another_size_and_named() -> None:
@@ -66,4 +66,4 @@ def test_stock_coordinate_attention_is_caught_at_another_size_and_named() -> Non
     result = verify(model, stock, [(1, 3, 20, 24), (1, 3, 32, 16)])
     assert bool(result.runs[0].comparison) and not bool(result.runs[1].comparison)
     div = locate_divergence(model, stock, [], (1, 3, 32, 16))
-    assert div["block"] == "ca" and div["class"] == "CA"
+    assert div.block == "ca" and div.block_class == "CA"

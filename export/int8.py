@@ -309,9 +309,9 @@ def _is_swish(node: onnx.NodeProto, consumers: dict[str, list[onnx.NodeProto]]) 
 
 def _name_scopes(node: onnx.NodeProto) -> list[str]:
     """Module paths a node sits in: the dynamo exporter's scope metadata, else a TorchScript name ``/a/b/Op``."""
-    from .verify import _scopes
+    from .diagnose import node_scopes
 
-    scopes = _scopes(node)
+    scopes = node_scopes(node)
     if scopes:
         return scopes
     if node.name.startswith("/"):
@@ -396,18 +396,18 @@ def _quiet_logging() -> Iterator[None]:
 
 def run_graph(model: onnx.ModelProto, tensors: np.ndarray, batch: int) -> list[np.ndarray]:
     """Outputs of ``model`` on onnxruntime CPU for every image of ``tensors``, concatenated on the batch axis."""
-    from .verify import session
+    from .runners import open_runner
 
-    sess = session(model)
-    name = sess.get_inputs()[0].name
-    return _batched(lambda x: [np.asarray(o) for o in sess.run(None, {name: x})], tensors, batch)
+    runner = open_runner("onnxruntime", model)
+    name = runner.input_names[0]
+    return _batched(lambda x: [np.asarray(o) for o in runner.run({name: x})], tensors, batch)
 
 
 def torch_run(model: Any, tensors: np.ndarray, batch: int) -> list[np.ndarray]:
     """Outputs of the original PyTorch model for every image of ``tensors``."""
     import torch
 
-    from .verify import torch_outputs
+    from .inputs import torch_outputs
 
     return _batched(lambda x: torch_outputs(model, torch.from_numpy(x)), tensors, batch)
 

@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from .check import CheckReport
     from .int8 import Int8Result
     from .trt.build import EngineResult
-    from .trt.run import EngineParity
     from .ultralytics import BoxAgreement
     from .verify import VerifyResult
 
@@ -65,7 +64,7 @@ class Report:
     onnx: str | None = None
     check: CheckReport | None = None
     engine: EngineResult | None = None
-    engine_parity: list[EngineParity] | None = None  # the engine against the reference, where it can run here
+    engine_parity: VerifyResult | None = None  # the engine against the reference, where it can run here
     status: str = "?"
     exit_code: int | None = None
     steps: list[StepRecord] = field(default_factory=list)
@@ -97,7 +96,7 @@ class Report:
         if self.engine is not None:
             d["engine"] = self.engine.as_dict()
         if self.engine_parity is not None:
-            d["engine_parity"] = [row.as_dict() for row in self.engine_parity]
+            d["engine_parity"] = self.engine_parity.rows()
         d.update({"status": self.status, "exit_code": self.exit_code, "steps": [s.as_dict() for s in self.steps],
                   "report": self.report})
         return d
@@ -207,13 +206,15 @@ def render(report: Report, console: Any) -> None:
             console.print(escape(ver.divergence.line()))
     if report.int8 is not None:
         render_int8(report.int8, console)
-    for row in report.engine_parity or []:
-        verdict = "[green]PASSED[/]" if row else "[red]FAILED[/]"
-        worst = _fmt(row.comparison.worst_rel_l2) if row.comparison.outputs else "-"
-        console.print(f"engine parity vs {row.reference} ({row.comparison.precision}, "
-                      f"{'x'.join(map(str, row.shape))}): {verdict} worst rel L2 {worst}")
-        for err in row.comparison.errors:
-            console.print(f"[red]  {err}[/]")
+    engine = report.engine_parity
+    if engine is not None:
+        for row in engine.runs:
+            verdict = "[green]PASSED[/]" if row.comparison else "[red]FAILED[/]"
+            worst = _fmt(row.comparison.worst_rel_l2) if row.comparison.outputs else "-"
+            console.print(f"engine parity vs {engine.reference} ({row.comparison.precision}, "
+                          f"{'x'.join(map(str, row.shape))}): {verdict} worst rel L2 {worst}")
+            for err in row.comparison.errors:
+                console.print(f"[red]  {err}[/]")
     if report.check is not None and not report.check:
         for line in report.check.lines():
             console.print(f"[red]{line}[/]")

@@ -319,17 +319,17 @@ def box_agreement(reference: Any, onnx_model: Any, images: list[Any], *, precisi
     """Decode both models' detect output on ``images`` ([1, 3, H, W] float tensors in [0, 1]) and compare."""
     import torch
 
-    from .verify import session
+    from .runners import open_runner
 
-    sess = session(onnx_model)
-    name = sess.get_inputs()[0].name
+    runner = open_runner("onnxruntime", onnx_model)
+    name = runner.input_names[0]
     agreement = BoxAgreement(precision)
     for x in images:
         feed = x.numpy().astype(np.float16 if fp16_io else np.float32)
         with torch.no_grad():
             ref_out = reference(torch.from_numpy(feed.astype(np.float32)))
         ref_out = ref_out[0] if isinstance(ref_out, list | tuple) else ref_out
-        got_out = np.asarray(sess.run(None, {name: feed})[0], dtype=np.float32)
+        got_out = np.asarray(runner.run({name: feed})[0], dtype=np.float32)
         match_detections(ref_out.float().numpy(), got_out, precision, agreement)
         agreement.images += 1
     return agreement

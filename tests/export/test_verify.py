@@ -9,8 +9,14 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 import export_models  # noqa: E402
 
+from blocks_export.export.diagnose import locate_divergence  # noqa: E402
+from blocks_export.export.inputs import ModelReference, verification_shapes  # noqa: E402
 from blocks_export.export.onnx_export import to_onnx  # noqa: E402
-from blocks_export.export.verify import locate_divergence, verification_shapes, verify  # noqa: E402
+from blocks_export.export.verify import VerifyResult, verify_graph  # noqa: E402
+
+
+def verify(model: nn.Module, graph: object, shapes: list[tuple[int, ...]]) -> VerifyResult:
+    return verify_graph(ModelReference(model), "onnxruntime", graph, shapes)
 
 
 @pytest.mark.parametrize("export_shape", [(1, 3, 64, 64), (1, 3, 64, 96), (4, 3, 32, 32)])

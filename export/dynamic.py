@@ -286,7 +286,7 @@ def probe_note(ranges: dict[str, dict[str, int | None]]) -> str:
 def _forward_runs(model: Any) -> Callable[[tuple[int, ...]], bool]:
     import torch
 
-    from .verify import make_input
+    from .inputs import make_input
 
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32) \
         if isinstance(model, torch.nn.Module) else torch.float32

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import tempfile
@@ -305,9 +304,9 @@ def _is_swish(node: onnx.NodeProto, readers: dict[str, list[onnx.NodeProto]]) ->
 
 def _name_scopes(node: onnx.NodeProto) -> list[str]:
     """Module paths a node sits in: the dynamo exporter's scope metadata, else a TorchScript name ``/a/b/Op``."""
-    from .verify import _scopes
+    from .diagnose import node_scopes
 
-    scopes = _scopes(node)
+    scopes = node_scopes(node)
     if scopes:
         return scopes
     if node.name.startswith("/"):
@@ -419,18 +418,18 @@ def _quiet_logging() -> Iterator[None]:
 
 def run_graph(model: onnx.ModelProto, tensors: np.ndarray, batch: int) -> list[np.ndarray]:
     """Outputs of ``model`` on onnxruntime CPU for every image of ``tensors``, concatenated on the batch axis."""
-    from .verify import session
+    from .runners import open_runner
 
-    sess = session(model)
-    name = sess.get_inputs()[0].name
-    return _batched(lambda x: [np.asarray(o) for o in sess.run(None, {name: x})], tensors, batch)
+    runner = open_runner("onnxruntime", model)
+    name = runner.input_names[0]
+    return _batched(lambda x: [np.asarray(o) for o in runner.run({name: x})], tensors, batch)
 
 
 def torch_run(model: Any, tensors: np.ndarray, batch: int) -> list[np.ndarray]:
     """Outputs of the original PyTorch model for every image of ``tensors``."""
     import torch
 
-    from .verify import torch_outputs
+    from .inputs import torch_outputs
 
     return _batched(lambda x: torch_outputs(model, torch.from_numpy(x)), tensors, batch)
 
@@ -586,12 +585,14 @@ def _edge_layers(model: onnx.ModelProto) -> dict[str, str]:
 
 def metadata_for(preprocess: Any, task: Any = None) -> dict[str, str]:
     """``blocks_export.*`` strings that ``runtime.infer.parse_meta`` reads, from the model's metadata values."""
-    meta: dict[str, str] = {}
+    from blocks_export.runtime.infer import encode_meta
+
+    meta: dict[str, Any] = {}
     if isinstance(preprocess, dict):
-        meta["blocks_export.preprocess"] = json.dumps(preprocess)
+        meta["preprocess"] = preprocess
     if isinstance(task, str):
-        meta["blocks_export.task"] = task
-    return meta
+        meta["task"] = task
+    return encode_meta(meta)
 
 
 __all__ = ["BlockSensitivity", "CalibrationSet", "Int8Result", "WEIGHTED_OPS", "image_preprocess",

@@ -14,7 +14,6 @@ What a file holds is decided before anything is unpickled with code execution en
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
 import inspect
 import io
@@ -28,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..runtime.infer import sha256_file
 from .errors import InputError
 
 # What PyTorch's weights-only unpickler accepts besides its own allowlist: tensor rebuild functions and
@@ -51,14 +51,6 @@ class LoadedModel:
     source: str
     metadata: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def zip_kind(path: Path) -> str | None:

@@ -1,16 +1,19 @@
 """ONNX ``metadata_props`` written by the export pipeline (keys ``blocks_export.*``, values strings/JSON).
 
 Consumers (the runtime script, the engine builder) read the input spec, dynamic ranges and preprocessing
-from here instead of guessing.
+from here instead of guessing. The keys and their value types are ONE contract, the runtime script's
+(``runtime/infer.py``: ``META_KEYS``, ``encode_meta``, ``decode_meta``): the writer here and the reader on the
+Jetson cannot disagree on them.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
-PREFIX = "blocks_export."
+from ..runtime.infer import META, decode_meta, encode_meta
+
+PREFIX = META
 TASKS = ("classify", "detect", "features")
 
 
@@ -66,7 +69,7 @@ def build_metadata(*, source_sha256: str, input_name: str, export_shape: tuple[i
                    dynamic: Mapping[str, Any] | None, model_info: Mapping[str, Any], blocks: list[Any],
                    precision: str, target: str, deform_conv: str, parity: Mapping[str, Any] | None,
                    graph: Any) -> dict[str, str]:
-    """All ``blocks_export.*`` entries, as strings."""
+    """All ``blocks_export.*`` entries, as strings (``runtime/infer.py``'s ``META_KEYS``: the contract)."""
     dim_names = {0: "batch", 2: "height", 3: "width"} if dynamic else None
     meta: dict[str, Any] = {
         "version": toolkit_version(),
@@ -92,7 +95,7 @@ def build_metadata(*, source_sha256: str, input_name: str, export_shape: tuple[i
     preprocess = preprocess_for(model_info, export_shape)
     if preprocess is not None:
         meta["preprocess"] = preprocess
-    return {PREFIX + k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
+    return encode_meta(meta)
 
 
 def set_metadata(model: Any, entries: Mapping[str, str]) -> None:
@@ -104,23 +107,17 @@ def set_metadata(model: Any, entries: Mapping[str, str]) -> None:
         p.key, p.value = k, v
 
 
-def set_metadata_entry(model: Any, name: str, value: str) -> None:
-    """Set the one entry ``blocks_export.<name>`` of ``model.metadata_props``, every other entry kept."""
-    key = PREFIX + name
+def set_metadata_entry(model: Any, name: str, value: Any) -> None:
+    """Set the one entry ``blocks_export.<name>`` of ``model.metadata_props`` (a contract key), every other entry
+    kept."""
+    ((key, text),) = encode_meta({name: value}).items()
     for prop in model.metadata_props:
         if prop.key == key:
-            prop.value = value
+            prop.value = text
             return
-    model.metadata_props.add(key=key, value=value)
+    model.metadata_props.add(key=key, value=text)
 
 
 def read_metadata(model: Any) -> dict[str, Any]:
-    """``blocks_export.*`` entries with JSON values decoded (plain strings stay strings)."""
-    out: dict[str, Any] = {}
-    for p in model.metadata_props:
-        if p.key.startswith(PREFIX):
-            try:
-                out[p.key[len(PREFIX):]] = json.loads(p.value)
-            except ValueError:
-                out[p.key[len(PREFIX):]] = p.value
-    return out
+    """``blocks_export.*`` entries by key, values decoded as the contract says (``runtime/infer.py``)."""
+    return decode_meta({p.key: p.value for p in model.metadata_props})

@@ -41,7 +41,7 @@ class ExportOptions:
     opt_shape: tuple[int, ...] | None = None
     max_shape: tuple[int, ...] | None = None
     workspace_mb: int | None = None
-    verify_with: tuple[str, ...] = ("onnxruntime",)  # runtimes that verify the graph (``export/runtimes.py``)
+    verify_with: tuple[str, ...] = ("onnxruntime",)  # runtimes that verify the graph (``export/runners.py``)
     int8: bool = False  # explicit-quantization INT8 (Q/DQ) graph, calibrated on the images in ``calib``
     calib: Path | None = None  # folder of calibration images (part of them is held out for verification)
     calib_count: int | None = None  # calibration images (None: ``int8.DEFAULT_CALIB_COUNT``, at most 80 %)
@@ -50,7 +50,7 @@ class ExportOptions:
     atol: float | None = None
 
     def __post_init__(self) -> None:
-        from .runtimes import check_runtime_names
+        from .runners import check_runtime_names
 
         object.__setattr__(self, "verify_with", check_runtime_names(self.verify_with))
         if self.to not in DESTINATIONS:

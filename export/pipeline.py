@@ -39,11 +39,12 @@ if TYPE_CHECKING:
 
     from blocks_export.blocks.rewrite import RewriteReport
 
+    from .diagnose import Divergence
+    from .inputs import ReferenceSource
     from .int8 import CalibrationSet, Int8Result
     from .onnx_export import OnnxExport
     from .targets import Target
     from .trt.build import EngineResult
-    from .trt.run import ParityCase
     from .ultralytics import UltralyticsInfo
     from .verify import VerifyResult
 
@@ -198,7 +199,7 @@ def find_input_shape(model: Any, options: ExportOptions, hw: tuple[int, int], pa
     ``channel_candidates`` that the model takes (one run each)."""
     import torch
 
-    from .verify import make_input, torch_outputs
+    from .inputs import make_input, torch_outputs
 
     if options.channels is not None or not isinstance(model, torch.nn.Module):
         shape = (options.batch, options.channels or 3, *hw)
@@ -240,7 +241,7 @@ def probe_input(model: Any, shape: tuple[int, ...], path: Path, flags: str = "`i
     """Run the model once at the export shape; a shape it cannot take is bad input, said in one line."""
     import torch
 
-    from .verify import make_input, torch_outputs
+    from .inputs import make_input, torch_outputs
 
     try:
         outs = torch_outputs(model, make_input(shape, SEED))
@@ -312,7 +313,7 @@ def run_export(source: Path, options: ExportOptions, progress: Progress | None =
                 check_output_path(path, options.force)
 
     if options.verify:  # a missing runtime is refused (exit 3) before anything is loaded or written
-        from .runtimes import require
+        from .runners import require
 
         for runtime in options.verify_with:
             require(runtime)
@@ -343,7 +344,7 @@ def run_export(source: Path, options: ExportOptions, progress: Progress | None =
         ctx.unit.commit()  # the engine is built from the ONNX file: it is in place first
     with captured_warnings(report, runner.progress):
         _engine_step(onnx_out, output, options, target, runner, report)
-        failed = _engine_parity_step(options, runner, report, lambda engine: _torch_cases(ctx, engine), "pytorch")
+        failed = _engine_parity_step(options, runner, report, lambda engine: _torch_reference(ctx, engine))
     return _finish(report, output, runner, failed, options.force)
 
 
@@ -396,7 +397,7 @@ class _Context:
 
 def _prepare(ctx: _Context) -> None:
     """The export shape, and one run of the model at it (a shape the model cannot take is bad input)."""
-    from .verify import make_input
+    from .inputs import make_input
 
     original = ctx.loaded.model
     h, w = export_imgsz(ctx.options, ctx.loaded)
@@ -497,8 +498,8 @@ def _fp16(ctx: _Context) -> None:
 
 def _verify(ctx: _Context) -> None:
     from ..runtime.parity import user_rule
-    from .runtimes import export_portable_twin, verify_with
-    from .verify import verification_shapes
+    from .inputs import ModelReference, verification_shapes
+    from .verify import verify_on
 
     if not ctx.options.verify:
         ctx.runner.skip("verify", "`verify=False`")
@@ -511,12 +512,12 @@ def _verify(ctx: _Context) -> None:
         exporter = options.exporter or ("dynamo" if ctx.loaded.kind == "exported_program" else target.exporter)
         large = sum(len(t.raw_data) for t in ctx.exported.model.graph.initializer) >= EXTERNAL_DATA_BYTES
         rule = user_rule(ctx.precision, options.rtol, options.atol)
+        reference = ModelReference(ctx.loaded.model, fp16_io=options.fp16_io, seed=SEED)
 
         def run(graph: Any) -> VerifyResult:
-            return verify_with(
-                options.verify_with, ctx.loaded.model, graph, shapes, precision=ctx.precision,
-                fp16_io=options.fp16_io, seed=SEED, rule=rule,
-                portable_twin=lambda: export_portable_twin(
+            return verify_on(
+                options.verify_with, reference, graph, shapes, precision=ctx.precision, rule=rule,
+                portable_twin=lambda: _portable_twin(
                     ctx.model, ctx.example, opset=options.opset or target.opset,
                     opset_fixed=options.opset is not None, exporter=exporter, dynamic=options.dynamic,
                     decompose_layernorm=target.layernorm == "decompose", simplify=options.simplify and not large,
@@ -534,13 +535,13 @@ def _verify(ctx: _Context) -> None:
             if retry:
                 why = ("the simplified graph failed verification, the unsimplified one passes: kept the "
                        f"unsimplified graph ({_failure_summary(verification)})")
-                retry.notes.append(why)
                 ctx.report.warnings.append(why)
-                ctx.proto, verification = plain, retry
+                ctx.proto, verification = plain, replace(retry, notes=(*retry.notes, why))
                 s.status = "warning"
         if not verification:
             failing = next(r for r in verification.runs if not r.comparison)
-            verification.divergence = _diagnose(ctx, verification, ctx.proto, failing.shape, rule)
+            verification = replace(verification, divergence=_diagnose(ctx, verification, ctx.proto, failing.shape,
+                                                                      rule))
             s.status = "failed"
             s.note = f"FAILED at {'x'.join(map(str, failing.shape))} on {failing.runtime}"
             ctx.failed = True
@@ -614,6 +615,24 @@ def _int8(ctx: _Context) -> None:
             ctx.failed = True
 
 
+def _portable_twin(model: Any, example: Any, *, opset: int, opset_fixed: bool, exporter: str, dynamic: bool,
+                   decompose_layernorm: bool, simplify: bool, fp16: bool, fp16_io: bool) -> Any:
+    """The same model exported as the pipeline does, with the ``portable`` DeformConv lowering (a ``ModelProto``)."""
+    from .onnx_export import to_onnx
+
+    proto = to_onnx(model, example, opset=opset, opset_fixed=opset_fixed, lowering="portable", exporter=exporter,
+                    dynamic=dynamic, decompose_layernorm=decompose_layernorm).model
+    if simplify:
+        from .simplify import simplify as slim
+
+        proto, _ = slim(proto)
+    if fp16:
+        from .fp16 import to_fp16
+
+        proto = to_fp16(proto, keep_io_types=not fp16_io)
+    return proto
+
+
 def _failure_summary(verification: VerifyResult) -> str:
     run = next((r for r in verification.runs if not r.comparison), None)
     if run is None:
@@ -625,33 +644,31 @@ def _failure_summary(verification: VerifyResult) -> str:
 
 
 def _diagnose(ctx: _Context, verification: VerifyResult, graph: Any, shape: tuple[int, ...],
-              rule: Any) -> dict[str, Any]:
+              rule: Any) -> Divergence:
     """Where the failing graph goes wrong: the node the runtime failed in and its block, or else the first block
     whose output diverges, localised on ``graph`` itself (the one that failed)."""
-    from .verify import failure_line, has_scopes, locate_divergence
+    from .diagnose import Divergence, has_scopes, locate_divergence
 
     classes = {n: type(m).__name__ for n, m in ctx.loaded.model.named_modules()} \
         if hasattr(ctx.loaded.model, "named_modules") else {}
     replaced = [r.name for r in ctx.rewrite_report.replaced] if ctx.rewrite_report is not None else []
     failure = verification.failure
-    if failure is not None and failure.get("node"):
-        block = failure.get("block")
+    if failure is not None and failure.node:
+        block = failure.block
         # A block path that is not a module of the model (a rewritten twin's inner part): its nearest module.
         while block and block not in classes and "." in block:
             block = block.rsplit(".", 1)[0]
-        line = failure_line({**failure, "block": block}, failure.get("runtime", "onnxruntime"),
-                            classes.get(block) if block else None)
-        return {"block": block, "class": classes.get(block, "?") if block else None, "inner": None,
-                "inner_class": None, "shape": list(shape), "rel_l2": None, "max_abs": None, "error": line,
-                "node": failure["node"], "op": failure.get("op"), "replaced": block in replaced}
+        line = failure.line(block, classes.get(block) if block else None)
+        return Divergence(block, block_class=classes.get(block, "?") if block else None, shape=tuple(shape),
+                          error=line, node=failure.node, op=failure.op, replaced=block in replaced)
     if not has_scopes(graph):
-        why = "the failing graph carries no module scopes (TorchScript exporter, or lost in a later step)"
-        return {"block": None, "why": why}
+        return Divergence.none("the failing graph carries no module scopes (TorchScript exporter, or lost in a "
+                               "later step)")
     try:
         return locate_divergence(ctx.loaded.model, graph, replaced, shape, precision=ctx.precision,
                                  fp16_io=ctx.options.fp16_io, seed=SEED, rule=rule)
     except Exception as e:  # localisation is a diagnostic: its failure must not hide the verdict
-        return {"block": None, "why": f"localisation failed: {one_line(e)}"}
+        return Divergence.none(f"localisation failed: {one_line(e)}")
 
 
 def _write(ctx: _Context) -> None:
@@ -749,11 +766,13 @@ def _engine_step(onnx_path: Path, engine_path: Path, options: ExportOptions, tar
 
 
 def _engine_parity_step(options: ExportOptions, runner: _Runner, report: Report,
-                        make_cases: Callable[[EngineResult], list[ParityCase]], reference: str) -> bool:
-    """Run the built engine on the verification inputs and compare it with ``reference`` (the original model,
-    or onnxruntime on the ONNX input); skipped where the engine cannot run here. True when it fails."""
+                        reference_for: Callable[[EngineResult], tuple[ReferenceSource, list[tuple[int, ...]]]]) -> bool:
+    """Run the built engine on the verification inputs and compare it with ``reference_for(engine)`` (the original
+    model, or onnxruntime on the ONNX input) at its shapes; skipped where the engine cannot run here. True when it
+    fails."""
+    from .runners import EngineRunner
     from .trt.api import TensorRTUnavailable
-    from .trt.run import parity_cases
+    from .verify import verify
 
     if not options.verify:
         runner.skip("engine parity", "`verify=False`")
@@ -761,62 +780,46 @@ def _engine_parity_step(options: ExportOptions, runner: _Runner, report: Report,
     engine = report.engine
     assert engine is not None
     with runner.step("engine parity") as s:
-        outputs = [str(o["name"]) for o in engine.sidecar["outputs"]]
+        reference, shapes = reference_for(engine)
+        run = EngineRunner(engine.engine_path, [str(i["name"]) for i in engine.sidecar.inputs],
+                           [str(o["name"]) for o in engine.sidecar.outputs])
         try:
-            rows = parity_cases(engine.engine_path, outputs, make_cases(engine), engine.precision, reference)
+            result = verify(reference, run, shapes, precision=engine.precision)
         except TensorRTUnavailable as e:
             s.status, s.note = "skipped", e.reason
             return False
-        report.engine_parity = rows
-        s.note = f"{sum(map(bool, rows))}/{len(rows)} shape(s) match {reference}"
-        if not all(rows):
+        report.engine_parity = result
+        s.note = f"{sum(bool(r.comparison) for r in result.runs)}/{len(result.runs)} shape(s) match {reference.name}"
+        if not result:
             s.status = "failed"
-    return not all(rows)
+    return not result
 
 
 def _engine_profile_fits(engine: EngineResult) -> Callable[[tuple[int, ...]], bool]:
-    first = next(iter(engine.sidecar["profiles"][0].values()))
+    first = next(iter(engine.sidecar.profiles[0].values()))
     return lambda shape: len(shape) == len(first["min"]) and all(
         a <= d <= b for a, d, b in zip(first["min"], shape, first["max"], strict=True))
 
 
-def _torch_cases(ctx: _Context, engine: EngineResult) -> list[ParityCase]:
-    """The verification inputs that the engine's profile takes (else its opt shape), and the original model's
-    outputs for them."""
-    import numpy as np
-
-    from .trt.run import ParityCase
-    from .verify import make_input, torch_outputs
+def _torch_reference(ctx: _Context, engine: EngineResult) -> tuple[ReferenceSource, list[tuple[int, ...]]]:
+    """The original model (fp32, the precision's rule) at the verification shapes that the engine's profile takes
+    (else its opt shape)."""
+    from .inputs import ModelReference
 
     fits = _engine_profile_fits(engine)
-    runs = ctx.report.verification.runs if ctx.report.verification is not None else []
+    runs = ctx.report.verification.runs if ctx.report.verification is not None else ()
     shapes = [s for s in dict.fromkeys(tuple(r.shape) for r in runs) if fits(s)]
-    shapes = shapes or [tuple(next(iter(engine.sidecar["profiles"][0].values()))["opt"])]
-    name = str(engine.sidecar["inputs"][0]["name"])
-    cases = []
-    for shape in shapes:
-        x = make_input(shape, SEED)
-        if ctx.options.fp16_io:
-            x = x.half().float()  # the reference sees exactly the fp16 values the engine receives
-        feed = x.numpy().astype(np.float16 if ctx.options.fp16_io else np.float32)
-        cases.append(ParityCase(shape, {name: feed}, torch_outputs(ctx.loaded.model, x)))
-    return cases
+    shapes = shapes or [tuple(next(iter(engine.sidecar.profiles[0].values()))["opt"])]
+    return ModelReference(ctx.loaded.model, float64=False, fp16_io=ctx.options.fp16_io, seed=SEED), shapes
 
 
-def _onnx_cases(onnx_path: Path, engine: EngineResult) -> list[ParityCase]:
-    """Seeded inputs at the profile's opt shapes, and onnxruntime's outputs of the ONNX for them."""
-    import numpy as np
+def _onnx_reference(onnx_path: Path, engine: EngineResult) -> tuple[ReferenceSource, list[tuple[int, ...]]]:
+    """onnxruntime on the ONNX the engine was built from, at the profile's opt shapes."""
+    from .inputs import GraphReference
 
-    from blocks_export.plugins.ort_cpu import cpu_session
-
-    from .trt.run import ParityCase
-
-    profile = engine.sidecar["profiles"][0]
-    rng = np.random.default_rng(SEED)
-    feeds = {str(i["name"]): rng.random(tuple(profile[i["name"]]["opt"])).astype(i["dtype"])
-             for i in engine.sidecar["inputs"]}
-    reference = [np.asarray(o) for o in cpu_session(str(onnx_path)).run(None, feeds)]
-    return [ParityCase(tuple(next(iter(feeds.values())).shape), feeds, reference)]
+    profile = engine.sidecar.profiles[0]
+    inputs = [(str(i["name"]), str(i["dtype"]), profile[i["name"]]["opt"]) for i in engine.sidecar.inputs]
+    return GraphReference(onnx_path, inputs, seed=SEED), [tuple(inputs[0][2])]
 
 
 def _onnx_to_engine(loaded: LoadedModel, options: ExportOptions, target: Target, output: Path, runner: _Runner,
@@ -839,8 +842,7 @@ def _onnx_to_engine(loaded: LoadedModel, options: ExportOptions, target: Target,
     if not _check_step(model, target, runner, report):
         return _finish(report, output, runner, True, _report_force(options, loaded.path, output))
     _engine_step(loaded.path, output, options, target, runner, report)
-    failed = _engine_parity_step(options, runner, report, lambda engine: _onnx_cases(loaded.path, engine),
-                                 "onnxruntime")
+    failed = _engine_parity_step(options, runner, report, lambda engine: _onnx_reference(loaded.path, engine))
     return _finish(report, output, runner, failed, _report_force(options, loaded.path, output))
 
 
@@ -909,7 +911,7 @@ def inspect_file(source: Path, options: ExportOptions, progress: Progress | None
     elif loaded.kind == "module":
         from blocks_export.blocks import inspect_model
 
-        from .verify import make_input
+        from .inputs import make_input
 
         if options.imgsz is not None or export_imgsz(options, loaded) != (DEFAULT_IMGSZ, DEFAULT_IMGSZ):
             shape = find_input_shape(loaded.model, options, export_imgsz(options, loaded), loaded.path)

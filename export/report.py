@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from .check import CheckReport
     from .int8 import Int8Result
     from .trt.build import EngineResult
-    from .trt.run import EngineParity
     from .ultralytics import BoxAgreement
     from .verify import VerifyResult
 
@@ -65,7 +64,7 @@ class Report:
     onnx: str | None = None
     check: CheckReport | None = None
     engine: EngineResult | None = None
-    engine_parity: list[EngineParity] | None = None  # the engine against the reference, where it can run here
+    engine_parity: VerifyResult | None = None  # the engine against the reference, where it can run here
     status: str = "?"
     exit_code: int | None = None
     steps: list[StepRecord] = field(default_factory=list)
@@ -97,7 +96,7 @@ class Report:
         if self.engine is not None:
             d["engine"] = self.engine.as_dict()
         if self.engine_parity is not None:
-            d["engine_parity"] = [row.as_dict() for row in self.engine_parity]
+            d["engine_parity"] = self.engine_parity.rows()
         d.update({"status": self.status, "exit_code": self.exit_code, "steps": [s.as_dict() for s in self.steps],
                   "report": self.report})
         return d
@@ -180,7 +179,7 @@ def render(report: Report, console: Any) -> None:
 
     ver = report.verification
     if ver is not None:
-        reference = ver.tolerance.get("reference", "fp32") if ver.tolerance else "fp32"
+        reference = ver.tolerance.reference if ver.tolerance is not None else "fp32"
         parity = Table(title=f"parity vs the original model ({ver.precision} graph, {reference} reference, CPU)",
                        show_edge=False)
         for col in ("runtime", "shape", "output", "result", "max abs", "max rel", "rel L2", "fp32 floor",
@@ -200,22 +199,24 @@ def render(report: Report, console: Any) -> None:
         console.print(parity)
         for i, err in enumerate(errors, 1):
             console.print(f"[red]error {i}:[/] {escape(err)}")
-        if ver.tolerance:
-            console.print(f"[dim]verification: {escape(tolerance_text(ver.tolerance))}[/]")
+        if ver.tolerance is not None:
+            console.print(f"[dim]verification: {escape(ver.tolerance.text())}[/]")
         for n in ver.notes:
             if n not in report.warnings:  # a warning is shown once, below
                 console.print(f"[dim]verification: {escape(n)}[/]")
-        if ver.divergence:
-            console.print(escape(divergence_line(ver.divergence)))
+        if ver.divergence is not None:
+            console.print(escape(ver.divergence.line()))
     if report.int8 is not None:
         render_int8(report.int8, console)
-    for row in report.engine_parity or []:
-        verdict = "[green]PASSED[/]" if row else "[red]FAILED[/]"
-        worst = _fmt(row.comparison.worst_rel_l2) if row.comparison.outputs else "-"
-        console.print(f"engine parity vs {row.reference} ({row.comparison.precision}, "
-                      f"{'x'.join(map(str, row.shape))}): {verdict} worst rel L2 {worst}")
-        for err in row.comparison.errors:
-            console.print(f"[red]  {err}[/]")
+    engine = report.engine_parity
+    if engine is not None:
+        for row in engine.runs:
+            verdict = "[green]PASSED[/]" if row.comparison else "[red]FAILED[/]"
+            worst = _fmt(row.comparison.worst_rel_l2) if row.comparison.outputs else "-"
+            console.print(f"engine parity vs {engine.reference} ({row.comparison.precision}, "
+                          f"{'x'.join(map(str, row.shape))}): {verdict} worst rel L2 {worst}")
+            for err in row.comparison.errors:
+                console.print(f"[red]  {err}[/]")
     if report.check is not None and not report.check:
         for line in report.check.lines():
             console.print(f"[red]{line}[/]")
@@ -245,24 +246,3 @@ def render_int8(result: Int8Result, console: Any) -> None:
     for n in result.notes:
         console.print(f"[dim]int8: {n}[/]")
     console.print(result.line())
-
-
-def tolerance_text(tol: dict[str, Any]) -> str:
-    """The verdict's rules in one line."""
-    if tol.get("reference") == "float64":
-        return (f"pass: {tol.get('rule')} against a float64 run of the model, or within {tol.get('floor_factor'):g}x "
-                "PyTorch's own fp32 error (the fp32 floor), whichever is looser")
-    return f"pass: {tol.get('rule')} against the fp32 model"
-
-
-def divergence_line(div: dict[str, Any]) -> str:
-    if div.get("node"):  # the runtime failed in a node of the graph: its own words, placed in the model
-        return f"failing node: {div['error']} ({'x'.join(map(str, div['shape']))})"
-    if not div.get("block"):
-        return f"first diverging block: none found ({div.get('why', '')})"
-    inner = f", inside it {div['inner']} ({div['inner_class']})" if div.get("inner") else ""
-    at = "x".join(map(str, div["shape"]))
-    if div.get("error"):
-        return f"first diverging block: {div['block']} ({div['class']}){inner}: {div['error']} ({at})"
-    return (f"first diverging block: {div['block']} ({div['class']}){inner}: rel_l2={_fmt(div['rel_l2'])} "
-            f"max_abs={_fmt(div['max_abs'])} at {at}")

@@ -24,7 +24,6 @@ recognising a model looks at class names and module names alone.
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -213,13 +212,15 @@ def runtime_metadata(info: UltralyticsInfo) -> dict[str, str]:
     (RGB, /255; the LetterBox of its detection predictors, the shorter-side resize and centre crop of
     classify_transforms for a classifier: ultralytics/data/augment.py, ultralytics/models/yolo/classify/predict.py).
     INT8 calibration reads its images with the same entries."""
+    from blocks_export.runtime.infer import encode_meta
+
     resize = "crop" if info.task == "classify" else "letterbox"
-    own = {"blocks_export.labels": json.dumps([info.names[k] for k in sorted(info.names)]),
-           "blocks_export.preprocess": json.dumps({"size": list(info.imgsz), "resize": resize,
-                                                   "color": "RGB", "scale": 1 / 255})}
+    own: dict[str, Any] = {"labels": [info.names[k] for k in sorted(info.names)],
+                           "preprocess": {"size": list(info.imgsz), "resize": resize, "color": "RGB",
+                                          "scale": 1 / 255}}
     if info.task in ("detect", "classify"):
-        own["blocks_export.task"] = info.task
-    return own
+        own["task"] = info.task
+    return encode_meta(own)
 
 
 def finish_graph(model: Any, info: UltralyticsInfo, opset: int) -> None:
@@ -318,17 +319,17 @@ def box_agreement(reference: Any, onnx_model: Any, images: list[Any], *, precisi
     """Decode both models' detect output on ``images`` ([1, 3, H, W] float tensors in [0, 1]) and compare."""
     import torch
 
-    from .verify import session
+    from .runners import open_runner
 
-    sess = session(onnx_model)
-    name = sess.get_inputs()[0].name
+    runner = open_runner("onnxruntime", onnx_model)
+    name = runner.input_names[0]
     agreement = BoxAgreement(precision)
     for x in images:
         feed = x.numpy().astype(np.float16 if fp16_io else np.float32)
         with torch.no_grad():
             ref_out = reference(torch.from_numpy(feed.astype(np.float32)))
         ref_out = ref_out[0] if isinstance(ref_out, list | tuple) else ref_out
-        got_out = np.asarray(sess.run(None, {name: feed})[0], dtype=np.float32)
+        got_out = np.asarray(runner.run({name: feed})[0], dtype=np.float32)
         match_detections(ref_out.float().numpy(), got_out, precision, agreement)
         agreement.images += 1
     return agreement

@@ -335,6 +335,58 @@ def read_onnx_summary(path: str) -> OnnxSummary:
 
 
 # ----------------------------------------------------------------------------------------- metadata
+#
+# The ONNX metadata contract, one definition for the writer (the library's export/metadata.py, which imports it)
+# and the reader (parse_meta): every `blocks_export.*` key and the JSON type of its value. A `str` value is
+# written as it is, every other value (None included) as JSON.
+META_KEYS = {
+    "version": str,  # the toolkit's version
+    "source_sha256": str,  # SHA-256 of the model file exported
+    "inputs": list,  # [{"name", "shape" (ints or dim names), "dtype"}]
+    "outputs": list,
+    "dynamic": dict,  # {input: {axis: {"min", "max", "multiple_of"}}}, null for a static graph
+    "export_shape": dict,  # {input: [N, C, H, W]}: the shape exported and verified at
+    "blocks": list,  # the blocks replaced by export twins
+    "precision": str,  # fp32 | fp16 | int8
+    "target": str,
+    "deform_conv": str,
+    "parity": dict,  # the verification's summary, null when not verified
+    "task": str,  # classify | detect | features
+    "labels": list,  # class names
+    "preprocess": dict,  # {"size", "resize", "color", "scale", "mean", "std"}
+}
+
+
+def encode_meta(values: dict[str, Any]) -> dict[str, str]:
+    """The `metadata_props` entries (`blocks_export.<key>`: string) of ``values``; ValueError for a key or value
+    type outside META_KEYS."""
+    out = {}
+    for key, value in values.items():
+        kind = META_KEYS.get(key)
+        if kind is None:
+            raise ValueError(f"{META}{key} is not a metadata key (known: {', '.join(META_KEYS)})")
+        if value is not None and not isinstance(value, kind):
+            raise ValueError(f"{META}{key} takes a {kind.__name__}, not {type(value).__name__}")
+        out[META + key] = value if isinstance(value, str) else json.dumps(value)
+    return out
+
+
+def decode_meta(metadata: dict[str, str]) -> dict[str, Any]:
+    """`blocks_export.*` entries of ``metadata`` by key (without the prefix): contract strings as they are,
+    everything else JSON-decoded where it parses (an entry this script does not know is kept as it is)."""
+    out: dict[str, Any] = {}
+    for name, raw in metadata.items():
+        if not name.startswith(META):
+            continue
+        key = name[len(META):]
+        if META_KEYS.get(key) is str:
+            out[key] = raw
+            continue
+        try:
+            out[key] = json.loads(raw)
+        except ValueError:
+            out[key] = raw
+    return out
 
 
 @dataclass
@@ -351,7 +403,8 @@ class ModelMeta:
     present: bool = False
 
 
-def _json_value(metadata: dict[str, str], key: str, expected: type) -> Any:
+def _json_value(metadata: dict[str, str], key: str) -> Any:
+    expected = META_KEYS[key]
     raw = metadata.get(META + key)
     if raw is None or raw == "null":
         return None
@@ -368,12 +421,12 @@ def _json_value(metadata: dict[str, str], key: str, expected: type) -> Any:
 def parse_meta(metadata: dict[str, str]) -> ModelMeta:
     meta = ModelMeta(present=any(k.startswith(META) for k in metadata))
     meta.task = metadata.get(META + "task") or None
-    labels = _json_value(metadata, "labels", list)
+    labels = _json_value(metadata, "labels")
     if labels is not None:
         meta.labels = [str(label) for label in labels]
-    meta.preprocess = _json_value(metadata, "preprocess", dict) or {}
+    meta.preprocess = _json_value(metadata, "preprocess") or {}
     meta.precision = metadata.get(META + "precision") or "fp32"
-    dynamic = _json_value(metadata, "dynamic", dict) or {}
+    dynamic = _json_value(metadata, "dynamic") or {}
     for name, axes in dynamic.items():
         if not isinstance(axes, dict):
             raise BadInput(f"metadata {META}dynamic[{name!r}] should map axes to bounds; export the model again")
@@ -382,7 +435,7 @@ def parse_meta(metadata: dict[str, str]) -> ModelMeta:
         except (TypeError, ValueError):
             raise BadInput(f"metadata {META}dynamic[{name!r}] has a non-integer axis; "
                            "export the model again") from None
-    shapes = _json_value(metadata, "export_shape", dict) or {}
+    shapes = _json_value(metadata, "export_shape") or {}
     for name, shape in shapes.items():
         if not isinstance(shape, list) or not all(isinstance(d, int) for d in shape):
             raise BadInput(f"metadata {META}export_shape[{name!r}] should be a list of ints; "
@@ -494,7 +547,8 @@ def _capability_key(text: str) -> tuple[int, int]:
     return int(text[:-1]), int(text[-1:])
 
 
-def sha256_file(path: str) -> str:
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's bytes, hex (read in 1 MiB chunks)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -510,27 +564,64 @@ class SidecarInvalid(ValueError):
         self.reason, self.remedy = reason, remedy
 
 
-# The engine-sidecar contract, one piece of code for every engine loader: ``read_sidecar`` +
-# ``engine_mismatches`` here, used by this script and by the library (``export/trt/sidecar.py`` imports them),
-# so the two can never give different verdicts on the same engine and sidecar.
-def read_sidecar(path: str) -> dict[str, Any]:
+# The engine-sidecar contract, one definition for every engine writer and loader: ``Sidecar`` (the file's fields,
+# in the order they are written), ``read_sidecar`` and ``engine_mismatches`` here, used by this script and by the
+# library (``export/trt/sidecar.py`` writes a ``Sidecar`` and imports the checks), so the two can never disagree
+# on what a sidecar holds or give different verdicts on the same engine and sidecar.
+@dataclass(frozen=True)
+class Sidecar:
+    """``model.engine.json``: what an engine was built from and for. A field a reader does not find is None (or
+    empty); the builder writes them all."""
+
+    engine_sha256: str
+    tensorrt_version: str | None = None
+    device_name: str | None = None
+    compute_capability: str | None = None
+    precision: str | None = None
+    strongly_typed: bool | None = None
+    inputs: list[dict[str, Any]] = field(default_factory=list)  # [{"name", "shape" (-1: dynamic), "dtype"}]
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    profiles: list[dict[str, dict[str, list[int]]]] = field(default_factory=list)  # [{input: {"min", "opt", "max"}}]
+    toolkit_version: str | None = None
+    target: str | None = None
+    source_onnx: str | None = None
+    source_onnx_sha256: str | None = None
+    plugins: list[str] = field(default_factory=list)
+    build_seconds: float | None = None
+    fp32_layers: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The file's JSON object: ``format`` first, then every field in order."""
+        out: dict[str, Any] = {"format": SIDECAR_FORMAT}
+        out.update((name, getattr(self, name)) for name in self.__dataclass_fields__)
+        return out
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any], name: str = "the sidecar") -> Sidecar:
+        """``SidecarInvalid`` unless ``record`` is a blocks-export engine sidecar with a valid engine_sha256; keys
+        this version does not know are ignored."""
+        if not isinstance(record, dict) or record.get("format") != SIDECAR_FORMAT:
+            raise SidecarInvalid(f"{name} is not a {SIDECAR_FORMAT} engine sidecar", "copy the right one")
+        digest = record.get("engine_sha256")
+        if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
+            raise SidecarInvalid(f"{name} has no valid engine_sha256", "copy it again")
+        known = {k: v for k, v in record.items() if k in cls.__dataclass_fields__ and v is not None}
+        return cls(**known)
+
+
+def read_sidecar(path: str) -> Sidecar:
     """Read a ``model.engine.json``; ``SidecarInvalid`` when it is not a blocks-export engine sidecar."""
     name = os.path.basename(path)
     try:
         with open(path, encoding="utf-8") as f:
-            sidecar = json.load(f)
+            record = json.load(f)
     except (OSError, ValueError) as e:
         raise SidecarInvalid(f"cannot read engine sidecar {name} ({_first_line(e)})",
                              "copy it again from the machine that built the engine") from None
-    if not isinstance(sidecar, dict) or sidecar.get("format") != SIDECAR_FORMAT:
-        raise SidecarInvalid(f"{name} is not a {SIDECAR_FORMAT} engine sidecar", "copy the right one")
-    digest = sidecar.get("engine_sha256")
-    if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
-        raise SidecarInvalid(f"{name} has no valid engine_sha256", "copy it again")
-    return sidecar
+    return Sidecar.from_dict(record, name)
 
 
-def load_sidecar(path: str) -> dict[str, Any]:
+def load_sidecar(path: str) -> Sidecar:
     """Read a ``model.engine.json``; raises Unavailable when it is not a blocks-export engine sidecar."""
     try:
         return read_sidecar(path)
@@ -538,16 +629,16 @@ def load_sidecar(path: str) -> dict[str, Any]:
         raise Unavailable(f"{e.reason}; {e.remedy}, or pass --no-verify-engine") from None
 
 
-def engine_mismatches(sidecar: dict[str, Any], engine_sha256: str,
+def engine_mismatches(sidecar: Sidecar, engine_sha256: str,
                       machine: MachineFacts) -> tuple[list[str], list[str]]:
     """Compare an engine and this machine with its sidecar: (mismatches, checks that could not be made)."""
     mismatches: list[str] = []
     unchecked: list[str] = []
-    expected = str(sidecar["engine_sha256"]).lower()
+    expected = str(sidecar.engine_sha256).lower()
     if engine_sha256.lower() != expected:
         mismatches.append(f"engine SHA-256 {engine_sha256[:12]}... does not match the sidecar's "
                           f"{expected[:12]}... (modified, or not the engine this sidecar describes)")
-    built_version = sidecar.get("tensorrt_version")
+    built_version = sidecar.tensorrt_version
     if not built_version:
         unchecked.append("the sidecar records no TensorRT version")
     elif machine.tensorrt_version is None:
@@ -557,7 +648,7 @@ def engine_mismatches(sidecar: dict[str, Any], engine_sha256: str,
         # guide, "Version Compatibility"), unless built version-compatible, which the toolkit does not do.
         mismatches.append(f"engine built with TensorRT {built_version}, this machine has TensorRT "
                           f"{machine.tensorrt_version} ({machine.tensorrt_source})")
-    built_capability = sidecar.get("compute_capability")
+    built_capability = sidecar.compute_capability
     if not built_capability:
         unchecked.append("the sidecar records no compute capability")
     elif machine.compute_capability is None:
@@ -565,7 +656,7 @@ def engine_mismatches(sidecar: dict[str, Any], engine_sha256: str,
     elif not re.fullmatch(r"\d+(\.\d+)?", str(built_capability).strip()):
         unchecked.append(f"the sidecar's compute capability {built_capability!r} is unreadable")
     elif _capability_key(built_capability) != _capability_key(machine.compute_capability):
-        device = sidecar.get("device_name", "unknown device")
+        device = sidecar.device_name or "unknown device"
         mismatches.append(f"engine built for compute capability {built_capability} ({device}), "
                           f"this GPU is {machine.compute_capability}")
     return mismatches, unchecked
@@ -750,9 +841,9 @@ def _shape_text(shape: Sequence[int]) -> str:
     return "x".join(str(int(d)) for d in shape)
 
 
-def profile_from_sidecar(sidecar: dict[str, Any]) -> dict[str, str] | None:
+def profile_from_sidecar(sidecar: Sidecar) -> dict[str, str] | None:
     """trt_profile_{min,opt,max}_shapes strings from a sidecar's first optimization profile."""
-    profiles = sidecar.get("profiles") or []
+    profiles = sidecar.profiles
     if not profiles or not isinstance(profiles[0], dict):
         return None
     shapes: dict[str, list[str]] = {"min": [], "opt": [], "max": []}

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +34,7 @@ from ..io import write_files
 from ..targets import Target, get_target, tensorrt_targets
 from . import api
 from .api import EngineBuildError, Progress
-from .sidecar import Built, default_paths, encode, record
+from .sidecar import Built, Sidecar, default_paths, encode, record
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -54,7 +54,7 @@ class EngineResult:
     precision: str
     strongly_typed: bool
     build_seconds: float
-    sidecar: dict[str, Any] = field(default_factory=dict)
+    sidecar: Sidecar
     warnings: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""Run a built engine and compare its outputs with a reference: the engine is checked against its sidecar
-first (``sidecar.verify_engine``), before TensorRT deserializes anything.
+"""Run a built engine: the engine is checked against its sidecar first (``sidecar.verify_engine``), before
+TensorRT deserializes anything. ``runners.EngineRunner`` runs it for the verification layer (engine parity is
+``verify.verify`` with that runner).
 
 Needs TensorRT 8.5+ (named IO tensors, ``execute_async_v3``) and device memory for the IO tensors
 (``device_memory``: torch CUDA tensors). On this project's CPU-only machines it runs through the test double
@@ -9,14 +10,11 @@ Needs TensorRT 8.5+ (named IO tensors, ``execute_async_v3``) and device memory f
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from ...runtime.parity import Comparison, compare
-from ..errors import one_line
 from . import api
 from .api import EngineBuildError, TensorRTUnavailable
 from .sidecar import verify_engine
@@ -113,63 +111,3 @@ def run_engine(engine_path: Path, feeds: Mapping[str, np.ndarray], *, verify: bo
         raise EngineBuildError(f"TensorRT could not run {engine_path}: " + "; ".join(errors))
     memory.synchronize()
     return {n: memory.download(n) for n in outputs}
-
-
-def engine_parity(engine_path: Path, feeds: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray],
-                  precision: str, *, verify: bool = True) -> Comparison:
-    """Engine outputs against ``reference`` outputs (by name) under ``parity.RULES[precision]``; the engine is
-    verified against its sidecar first (``verify_engine``)."""
-    return compare(dict(reference), run_engine(engine_path, feeds, verify=verify), precision=precision,
-                   label="tensorrt")
-
-
-@dataclass(frozen=True)
-class ParityCase:
-    """One engine input: its shape, the feeds, and the reference outputs (in the engine's output order)."""
-
-    shape: tuple[int, ...]
-    feeds: dict[str, np.ndarray]
-    reference: list[np.ndarray]
-
-
-@dataclass(frozen=True)
-class EngineParity:
-    """The engine against a reference (``pytorch``: the original model; ``onnxruntime``: the ONNX it was
-    built from) at one input shape."""
-
-    shape: tuple[int, ...]
-    reference: str
-    comparison: Comparison
-
-    def __bool__(self) -> bool:
-        return bool(self.comparison)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"shape": list(self.shape), "runtime": "tensorrt", "reference": self.reference,
-                **self.comparison.as_dict()}
-
-
-def parity_cases(engine_path: Path, output_names: Sequence[str], cases: Sequence[ParityCase], precision: str,
-                 reference: str) -> list[EngineParity]:
-    """Run the engine on each case and compare; a run that fails is a failed row (the error in it). Raises
-    ``TensorRTUnavailable`` when this machine cannot run the engine at all."""
-    rows = []
-    for case in cases:
-        label = "x".join(map(str, case.shape))
-        try:
-            got = run_engine(engine_path, case.feeds)
-        except TensorRTUnavailable:
-            raise
-        except Exception as e:  # refused, not deserialized, not run: a failure of this engine, said in its row
-            rows.append(EngineParity(case.shape, reference, Comparison(precision, (), label,
-                                                                       (f"TensorRT failed: {one_line(e)}",))))
-            continue
-        names = list(output_names)
-        want = dict(zip(names, case.reference, strict=False))
-        cmp = compare(want, {n: np.asarray(got[n], dtype=np.float32) for n in names if n in got},
-                      precision=precision, label=label)
-        if len(case.reference) != len(names):
-            cmp = Comparison(precision, cmp.outputs, label, (*cmp.errors, f"{len(names)} engine outputs, the "
-                                                             f"reference has {len(case.reference)}"))
-        rows.append(EngineParity(case.shape, reference, cmp))
-    return rows

@@ -1,8 +1,9 @@
 """The engine's sidecar, ``model.engine.json`` (format ``blocks-export-engine/1``): what an engine was built
 from and for, written beside it by ``build``, and checked before anything deserializes the engine.
 
-Its check is ONE contract, the runtime script's: ``runtime/infer.py`` stays a single file that runs alone on the
-Jetson, and this module imports its ``read_sidecar`` and ``engine_mismatches``. The sidecar is not a signature
+Its fields and its check are ONE contract, the runtime script's: ``runtime/infer.py`` stays a single file that
+runs alone on the Jetson, and this module writes its ``Sidecar`` and imports its ``read_sidecar`` and
+``engine_mismatches``. The sidecar is not a signature
 (README, Security): it catches a wrong, modified or truncated engine and an engine for another TensorRT or GPU,
 not a forged pair.
 """
@@ -13,19 +14,20 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from ...runtime.infer import (
     SIDECAR_FORMAT,
     MachineFacts,
+    Sidecar,
     SidecarInvalid,
     engine_mismatches,
     read_sidecar,
     sha256_file,
 )
 from ..errors import EXIT_MISSING_RUNTIME, ExportError
+from ..metadata import toolkit_version
 
 ENGINE_FORMAT = SIDECAR_FORMAT
 
@@ -46,13 +48,6 @@ def default_paths(engine_path: Path) -> tuple[Path, Path, Path]:
     return (engine_path.with_name(engine_path.name + ".json"),
             engine_path.with_name(f"{engine_path.stem}_ctx.onnx"),
             engine_path.with_name(f"{engine_path.stem}.timing.cache"))
-
-
-def _toolkit_version() -> str:
-    try:
-        return metadata.version("blocks-export")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 @dataclass(frozen=True)
@@ -76,31 +71,30 @@ class Built:
     fp32_layers: list[str]
 
 
-def record(built: Built) -> dict[str, Any]:
-    """The sidecar's JSON object for ``built`` (key order as written)."""
-    return {
-        "format": ENGINE_FORMAT,
-        "engine_sha256": hashlib.sha256(built.engine).hexdigest(),
-        "tensorrt_version": built.tensorrt_version,
-        "device_name": built.device_name,
-        "compute_capability": built.compute_capability,
-        "precision": built.precision,
-        "strongly_typed": built.strongly_typed,
-        "inputs": built.inputs,
-        "outputs": built.outputs,
-        "profiles": built.profiles,
-        "toolkit_version": _toolkit_version(),
-        "target": built.target,
-        "source_onnx": built.source_name,
-        "source_onnx_sha256": hashlib.sha256(built.source).hexdigest(),
-        "plugins": built.plugins,
-        "build_seconds": round(built.build_seconds, 3),
-        "fp32_layers": built.fp32_layers,
-    }
+def record(built: Built) -> Sidecar:
+    """The sidecar of ``built`` (``runtime/infer.py``'s ``Sidecar``: the contract the runtime script reads)."""
+    return Sidecar(
+        engine_sha256=hashlib.sha256(built.engine).hexdigest(),
+        tensorrt_version=built.tensorrt_version,
+        device_name=built.device_name,
+        compute_capability=built.compute_capability,
+        precision=built.precision,
+        strongly_typed=built.strongly_typed,
+        inputs=built.inputs,
+        outputs=built.outputs,
+        profiles=built.profiles,
+        toolkit_version=toolkit_version(),
+        target=built.target,
+        source_onnx=built.source_name,
+        source_onnx_sha256=hashlib.sha256(built.source).hexdigest(),
+        plugins=built.plugins,
+        build_seconds=round(built.build_seconds, 3),
+        fp32_layers=built.fp32_layers,
+    )
 
 
-def encode(sidecar: dict[str, Any]) -> bytes:
-    return (json.dumps(sidecar, indent=2) + "\n").encode()
+def encode(sidecar: Sidecar) -> bytes:
+    return (json.dumps(sidecar.as_dict(), indent=2) + "\n").encode()
 
 
 def verify_engine(engine_path: Path, *, tensorrt_version: str | None, compute_capability: str | None,

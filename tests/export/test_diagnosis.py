@@ -22,7 +22,7 @@ from blocks_export.blocks import randomize_
 from blocks_export.export import fp16 as fp16_module
 from blocks_export.export import simplify as simplify_module
 from blocks_export.export.cli import app, with_default_command
-from blocks_export.export.verify import _scopes
+from blocks_export.export.diagnose import node_scopes
 from blocks_export.plugins.ort_cpu import cpu_session
 from blocks_export.runtime.parity import rel_l2
 
@@ -62,7 +62,7 @@ def source(tmp_path: Path) -> tuple[nn.Module, Path]:
 
 
 def _in_block(model: onnx.ModelProto, block: str, op: str) -> onnx.NodeProto:
-    return next(n for n in model.graph.node if n.op_type == op and block in _scopes(n))
+    return next(n for n in model.graph.node if n.op_type == op and block in node_scopes(n))
 
 
 def test_a_simplifier_that_breaks_the_graph_costs_only_the_simplification(

@@ -206,7 +206,7 @@ def test_weakly_typed_fp16_pins_softmax_and_its_logits_to_fp32(fake_trt, onnx_fi
     assert {c[1] for c in _calls(trt, "layer.precision")} == {"logits_mm", "softmax"}
     assert all(c[2] == "FLOAT" for c in _calls(trt, "layer.precision"))
     assert ("layer.set_output_type", "softmax", 0, "FLOAT") in trt.knobs.calls
-    assert result.sidecar["fp32_layers"] == ["logits_mm", "softmax"]
+    assert result.sidecar.fp32_layers == ["logits_mm", "softmax"]
 
 
 def _reduction_model(h: int, w: int) -> onnx.ModelProto:
@@ -225,7 +225,7 @@ def test_weakly_typed_fp16_pins_a_reduction_exactly_when_the_fp16_policy_keeps_i
     assert ("pool" in fp32_nodes(model)) == pinned == (h * w > LARGE_REDUCTION)
     trt = fake_trt("8.6")
     result = build_engine(onnx_file(model), tmp_path / "model.engine", fp16=True, target="jetpack6.0")
-    assert result.sidecar["fp32_layers"] == (["pool"] if pinned else [])
+    assert result.sidecar.fp32_layers == (["pool"] if pinned else [])
     assert {c[1] for c in _calls(trt, "layer.precision")} == ({"pool"} if pinned else set())
 
 
@@ -325,9 +325,9 @@ def test_dynamic_input_gets_one_profile_with_the_given_shapes(fake_trt, onnx_fil
                           target="trt10", profile=profile)
     assert _calls(trt, "set_shape") == [("set_shape", "x", [1, 3, 32, 32], [2, 3, 64, 64], [4, 3, 128, 128])]
     assert len(_calls(trt, "add_optimization_profile")) == 1
-    assert result.sidecar["profiles"] == [{"x": {"min": [1, 3, 32, 32], "opt": [2, 3, 64, 64],
+    assert result.sidecar.profiles == [{"x": {"min": [1, 3, 32, 32], "opt": [2, 3, 64, 64],
                                                   "max": [4, 3, 128, 128]}}]
-    assert result.sidecar["inputs"][0]["shape"] == [-1, 3, -1, -1]
+    assert result.sidecar.inputs[0]["shape"] == [-1, 3, -1, -1]
 
 
 def test_profile_in_the_sidecar_form_is_accepted(fake_trt, onnx_file, tmp_path):

@@ -145,3 +145,28 @@ def test_no_verify_skips_the_engine_parity_too(model_pt: Path, double: Knobs) ->
     assert code == 0 and "engine_parity" not in report
     assert next(s for s in report["steps"] if s["name"] == "engine parity")["status"] == "skipped"
     assert not any(c[0] == "execute_async_v3" for c in double.calls)
+
+
+def test_engine_parity_is_the_one_verify_with_an_engine_runner(model_pt: Path, double: Knobs, tmp_path: Path) -> None:
+    """The engine is judged by the verification layer's ``verify``, like any graph: same result type, same rule."""
+    from blocks_export.export.inputs import GraphReference, ModelReference
+    from blocks_export.export.runners import EngineRunner
+    from blocks_export.export.verify import VerifyResult, verify, verify_graph
+    from blocks_export.runtime.infer import read_sidecar
+
+    code, _ = _export(model_pt, "--to", "trt", "--trust-pickle", "--imgsz", "20,28", "--target", "jetpack6")
+    assert code == 0
+    engine, onnx_path = tmp_path / "net.engine", tmp_path / "net.onnx"
+    side = read_sidecar(str(engine) + ".json")
+    runner = EngineRunner(engine, [i["name"] for i in side.inputs], [o["name"] for o in side.outputs])
+    model = torch.load(model_pt, weights_only=False).eval()
+    shape = (1, 3, 20, 28)
+    on_engine = verify(ModelReference(model, float64=False), runner, [shape], precision="fp32")
+    on_graph = verify_graph(ModelReference(model, float64=False), "onnxruntime", onnx_path, [shape])
+    assert type(on_engine) is type(on_graph) is VerifyResult and on_engine and on_graph
+    assert [r.runtime for r in on_engine.runs] == ["tensorrt"] and on_engine.reference == "pytorch"
+    against_onnx = verify(GraphReference(onnx_path, [("images", "float32", shape)]), runner, [shape])
+    assert against_onnx and against_onnx.reference == "onnxruntime"
+    double.perturb = 0.5
+    wrong = verify(ModelReference(model, float64=False), runner, [shape])
+    assert not wrong and wrong.runs[0].comparison.worst_rel_l2 > 1e-3

@@ -16,9 +16,10 @@ import torch
 
 from blocks_export.blocks import CA, CB2d, randomize_, to_export
 from blocks_export.export.fp16 import to_fp16
+from blocks_export.export.runners import EngineRunner
 from blocks_export.export.trt.api import TensorRTUnavailable, cuda_device, load_tensorrt
 from blocks_export.export.trt.build import build_engine
-from blocks_export.export.trt.run import engine_parity
+from blocks_export.runtime.parity import compare
 
 
 def _tensorrt_and_gpu() -> str | None:
@@ -69,7 +70,8 @@ def test_engine_matches_pytorch(tmp_path, make, shape, precision):
     result = build_engine(src, tmp_path / "model.engine", fp16=precision == "fp16", target=target)
     with torch.no_grad():
         want = ref(x).numpy()
-    comparison = engine_parity(result.engine_path, {"x": x.numpy()}, {"y": want}, precision)
+    (got,) = EngineRunner(result.engine_path, ["x"], ["y"]).run({"x": x.numpy()})
+    comparison = compare({"y": want}, {"y": got}, precision)
     assert comparison, comparison.lines()
     side = json.loads(result.sidecar_path.read_text())
     assert side["precision"] == precision
@@ -86,6 +88,6 @@ def test_export_to_trt_runs_the_engine_parity_step_against_pytorch(tmp_path):
     src = tmp_path / "cb.pt"
     torch.save(torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, 1, 1), model).eval(), src)
     result = run_export(src, ExportOptions(to="trt", imgsz=(24, 20), trust_pickle=True, target=_target()))
-    rows = result.report.engine_parity
-    assert result.exit_code == 0 and rows, result.report.as_dict()
-    assert all(rows) and all(r.reference == "pytorch" and r.shape == (1, 3, 24, 20) for r in rows)
+    parity = result.report.engine_parity
+    assert result.exit_code == 0 and parity, result.report.as_dict()
+    assert parity.reference == "pytorch" and [r.shape for r in parity.runs] == [(1, 3, 24, 20)]

@@ -55,7 +55,7 @@ def test_qdq_graph_builds_strongly_typed_without_precision_flags_on_tensorrt_10_
     assert _calls(trt, "create_network") == [("create_network", 1 << 1)]  # STRONGLY_TYPED
     assert _calls(trt, "set_flag") == []  # precision lives in the graph
     assert result.strongly_typed and result.precision == "int8"
-    assert result.sidecar["precision"] == "int8"
+    assert result.sidecar.precision == "int8"
 
 
 def test_qdq_graph_on_tensorrt_8_sets_the_int8_flag_and_fp16_when_asked(

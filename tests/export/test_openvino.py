@@ -197,7 +197,7 @@ def sweep_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _check_in_openvino(name: str, target: str, precision: str, dynamic: bool, folder: Path) -> None:
-    from blocks_export.export.verify import verification_shapes
+    from blocks_export.export.inputs import verification_shapes
 
     model, report = sweep_graph(name, target, precision, dynamic, folder)
     assert not any(n.op_type in ("DeformConv", "ModulatedDeformConv2d") for n in model.graph.node)

@@ -18,8 +18,10 @@ from typer.testing import CliRunner
 
 from blocks_export.blocks import randomize_, rewrite_model
 from blocks_export.export.cli import app, with_default_command
+from blocks_export.export.diagnose import locate_divergence, node_scopes
+from blocks_export.export.inputs import ModelReference
 from blocks_export.export.onnx_export import to_onnx
-from blocks_export.export.verify import _scopes, locate_divergence, verify
+from blocks_export.export.verify import VerifyResult, verify_graph
 from blocks_export.plugins.ort_cpu import cpu_session
 from blocks_export.runtime.parity import FLOOR_FACTOR, RULES, rel_l2
 
@@ -109,6 +111,10 @@ def test_noisy_mobilenet_ca_passes_against_float64_where_the_fixed_fp32_rule_fai
     assert "fp32 floor" in table.stdout and "float64" in table.stdout
 
 
+def verify(model: nn.Module, graph: onnx.ModelProto, shapes: list[tuple[int, ...]], **kwargs: object) -> VerifyResult:
+    return verify_graph(ModelReference(model), "onnxruntime", graph, shapes, **kwargs)  # type: ignore[arg-type]
+
+
 def _exported(model: nn.Module, shape: tuple[int, ...]) -> onnx.ModelProto:
     x = torch.rand(shape, generator=torch.Generator().manual_seed(1))
     twin, _ = rewrite_model(model, x)
@@ -122,7 +128,7 @@ def test_a_wrong_weight_still_fails_and_is_placed_in_its_block(gain: float) -> N
     graph = _exported(model, (1, 3, 64, 64))
     assert verify(model, graph, [(1, 3, 64, 64)])  # the graph as exported passes
     # One weight of the attention block off by 1%: far above any rounding noise.
-    target = next(n for n in graph.graph.node if n.op_type == "Conv" and "ca" in _scopes(n))
+    target = next(n for n in graph.graph.node if n.op_type == "Conv" and "ca" in node_scopes(n))
     init = next(t for t in graph.graph.initializer if t.name == target.input[1])
     w = numpy_helper.to_array(init)
     init.CopyFrom(numpy_helper.from_array((w * 1.01).astype(w.dtype), init.name))
@@ -131,7 +137,7 @@ def test_a_wrong_weight_still_fails_and_is_placed_in_its_block(gain: float) -> N
     out = result.runs[0].comparison.outputs[0]
     assert out.rule_passed is False and out.floor_passed is False
     div = locate_divergence(model, graph, [], (1, 3, 64, 64))
-    assert div["block"] == "ca", div
+    assert div.block == "ca", div
 
 
 def test_user_tolerance_is_applied_and_recorded(tmp_path: Path) -> None:
@@ -144,7 +150,8 @@ def test_user_tolerance_is_applied_and_recorded(tmp_path: Path) -> None:
     from blocks_export.runtime.parity import user_rule
 
     loose = verify(model, graph, [(1, 3, 32, 32)], rule=user_rule("fp32", 1e-1, 1e-2))
-    assert loose and loose.tolerance["rtol"] == 1e-1 and loose.tolerance["atol"] == 1e-2
+    assert loose and loose.tolerance is not None and loose.tolerance.rule.rtol == 1e-1 \
+        and loose.tolerance.rule.atol == 1e-2
 
     src, out = tmp_path / "m.pt", tmp_path / "m.onnx"
     torch.save(model, src)

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import ultralytics_models as um  # noqa: E402
 from test_cli import invoke  # noqa: E402
 
-from blocks_export.export.verify import session  # noqa: E402
+from blocks_export.plugins.ort_cpu import cpu_session  # noqa: E402
 
 IMGSZ = 320  # the fast representative; the slow matrix runs at Ultralytics' default 640
 ULTRA_KEYS = {"description", "author", "date", "version", "license", "docs", "stride", "task", "head", "batch",
@@ -42,7 +42,7 @@ def _reference(ckpt: Path) -> torch.nn.Module:
 
 def _own_parity(onnx_path: Path, ckpt: Path, shapes: list[tuple[int, ...]], rel_l2: float) -> None:
     """Every output of our graph against the checkpoint's model, by this test's own onnxruntime session."""
-    sess = session(onnx_path.read_bytes())
+    sess = cpu_session(onnx_path.read_bytes())
     ref_model = _reference(ckpt)
     for i, shape in enumerate(shapes):
         x = torch.rand(shape, generator=torch.Generator().manual_seed(10 + i))

@@ -9,8 +9,14 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 import export_models  # noqa: E402
 
+from blocks_export.export.diagnose import locate_divergence  # noqa: E402
+from blocks_export.export.inputs import ModelReference, verification_shapes  # noqa: E402
 from blocks_export.export.onnx_export import to_onnx  # noqa: E402
-from blocks_export.export.verify import locate_divergence, verification_shapes, verify  # noqa: E402
+from blocks_export.export.verify import VerifyResult, verify_graph  # noqa: E402
+
+
+def verify(model: nn.Module, graph: object, shapes: list[tuple[int, ...]]) -> VerifyResult:
+    return verify_graph(ModelReference(model), "onnxruntime", graph, shapes)
 
 
 @pytest.mark.parametrize("export_shape", [(1, 3, 64, 64), (1, 3, 64, 96), (4, 3, 32, 32)])
@@ -56,8 +62,8 @@ def test_exact_export_passes_and_broken_conversion_names_its_block(refnet: nn.Mo
     result = verify(refnet, bad, [shape])
     assert not result
     div = locate_divergence(refnet, bad, ["ca"], shape)
-    assert div["block"] == "ca" and div["class"] == "CA" and div["replaced"]
-    assert div["rel_l2"] > 1e-5
+    assert div.block == "ca" and div.block_class == "CA" and div.replaced
+    assert div.rel_l2 is not None and div.rel_l2 > 1e-5
 
 
 def test_stock_coordinate_attention_is_caught_at_another_size_and_named() -> None:
@@ -66,4 +72,4 @@ def test_stock_coordinate_attention_is_caught_at_another_size_and_named() -> Non
     result = verify(model, stock, [(1, 3, 20, 24), (1, 3, 32, 16)])
     assert bool(result.runs[0].comparison) and not bool(result.runs[1].comparison)
     div = locate_divergence(model, stock, [], (1, 3, 32, 16))
-    assert div["block"] == "ca" and div["class"] == "CA"
+    assert div.block == "ca" and div.block_class == "CA"

@@ -28,11 +28,11 @@ from torch import nn
 from torchvision.ops import deform_conv2d
 
 from blocks_export.blocks import DCN, to_export
-from blocks_export.export import runtimes
+from blocks_export.export import runners
 from blocks_export.export.deform_conv import LOWERINGS, torchscript_symbolic
 
 OPSET = {"std": 19, "portable": 17, "plugin": 17}
-HAVE_OPENVINO = runtimes.version("openvino") is not None
+HAVE_OPENVINO = runners.version("openvino") is not None
 
 
 class DeformConvs(nn.Module):
@@ -70,7 +70,7 @@ def export_lowering(module: nn.Module, inputs: list[np.ndarray], lowering: str) 
 
 
 def run_graph(model: onnx.ModelProto, inputs: list[np.ndarray], runtime: str = "onnxruntime") -> list[np.ndarray]:
-    runner = runtimes.open_runner(runtime, model)
+    runner = runners.open_runner(runtime, model)
     feed = dict(zip([f"in{i}" for i in range(len(inputs))], (np.asarray(a, np.float32) for a in inputs),
                     strict=True))
     return runner.run({k: v for k, v in feed.items() if k in runner.input_names})

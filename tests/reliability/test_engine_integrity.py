@@ -1,6 +1,7 @@
 """Engine integrity: the sidecar records the engine's SHA-256, TensorRT version and compute capability, and
-every engine loader (the runtime script, ``trt.run.run_engine``/``engine_parity``) refuses, with one line and
-before deserializing, an engine that does not match it; the override says loudly what it skipped.
+every engine loader (the runtime script, ``trt.run.run_engine``, the verification layer's ``EngineRunner``)
+refuses, with one line and before deserializing, an engine that does not match it; the override says loudly what
+it skipped.
 
 The engine is built through the tensorrt test double (``tests/export/trt_double.py``) on a fake GPU (8.7)."""
 
@@ -18,9 +19,10 @@ import pytest
 import trt_double
 from bad_inputs import relu_model
 
+from blocks_export.export.runners import EngineRunner
 from blocks_export.export.trt import api, sidecar
 from blocks_export.export.trt.build import build_engine
-from blocks_export.export.trt.run import engine_parity, run_engine
+from blocks_export.export.trt.run import run_engine
 from blocks_export.runtime import infer
 
 BUILT_TRT = trt_double.VERSIONS["10"]
@@ -125,7 +127,7 @@ def test_engine_loader_refuses_a_mismatched_engine_before_deserializing(built: P
     monkeypatch.setattr(api, "cuda_device", lambda command, index=0: api.DeviceInfo("GPU", cc_here))
     feeds = {"images": np.zeros((1, 3, 8, 8), np.float32)}
     for load in (lambda: run_engine(built, feeds),
-                 lambda: engine_parity(built, feeds, {"output0": feeds["images"]}, "fp32")):
+                 lambda: EngineRunner(built, ["images"], ["output0"]).run(feeds)):
         with pytest.raises(sidecar.EngineRefused) as e:  # the double has no Runtime: refused before it is used
             load()
         assert words in str(e.value) and len(str(e.value).splitlines()) == 1 and e.value.exit_code == 3

@@ -152,14 +152,14 @@ def test_tensorrt_version_and_compute_capability_mismatches_are_refused(infer, t
 
 def test_undeterminable_machine_facts_are_reported_not_guessed(infer):
     record = sidecar(ENGINE)
-    mismatches, unchecked = infer.engine_mismatches(record, hashlib.sha256(ENGINE).hexdigest(),
-                                                    _facts(infer, None, None))
+    digest = hashlib.sha256(ENGINE).hexdigest()
+    mismatches, unchecked = infer.engine_mismatches(infer.Sidecar.from_dict(record), digest, _facts(infer, None, None))
     assert mismatches == []
     assert len(unchecked) == 2
     assert "TensorRT version of this machine not determined" in unchecked[0]
     assert "compute capability of this GPU not determined" in unchecked[1]
     record["compute_capability"] = "sm_87?"
-    mismatches, unchecked = infer.engine_mismatches(record, hashlib.sha256(ENGINE).hexdigest(),
+    mismatches, unchecked = infer.engine_mismatches(infer.Sidecar.from_dict(record), digest,
                                                     _facts(infer, "10.3.0", "8.7"))
     assert mismatches == [] and "'sm_87?' is unreadable" in unchecked[0]
 

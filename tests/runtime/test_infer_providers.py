@@ -101,7 +101,7 @@ def test_static_model_or_unknown_bound_gives_no_profile(infer):
 def test_profile_shapes_from_engine_sidecar(infer):
     record = sidecar(b"engine", profiles=[{"images": {"min": [1, 3, 320, 320], "opt": [2, 3, 640, 640],
                                                       "max": [4, 3, 960, 960]}}])
-    assert infer.profile_from_sidecar(record) == {
+    assert infer.profile_from_sidecar(infer.Sidecar.from_dict(record)) == {
         "trt_profile_min_shapes": "images:1x3x320x320",
         "trt_profile_opt_shapes": "images:2x3x640x640",
         "trt_profile_max_shapes": "images:4x3x960x960",

@@ -1,29 +1,31 @@
-"""Runtimes that verify a graph: onnxruntime CPU and OpenVINO CPU behind one small runner interface.
-
-A second, independent ONNX consumer is the next best proof after TensorRT (which cannot run on CPU-only
-machines) that a graph is standard ONNX that strict readers take the same way. OpenVINO reads ONNX with its
-own frontend and runs it with its own CPU kernels; nothing is shared with onnxruntime.
+"""Runners: a graph (or an engine) opened on one runtime, fed named inputs, returning its outputs in graph order.
 
 - ``onnxruntime``: ``plugins.ort_cpu.cpu_session`` (TensorRT plugin nodes run through the CPU reference op).
 - ``openvino``: ``openvino.Core().read_model`` + ``compile_model("CPU")`` with ``INFERENCE_PRECISION_HINT=f32``:
   on CPUs with bf16 support OpenVINO's default inference precision is bf16, which moves fp32 results by up to
   7e-2 relative L2 on DeformConv-heavy models; verification measures the graph, not that down-cast
   (https://docs.openvino.ai/2026/openvino-workflow/running-inference/optimize-inference/precision-control.html).
-  fp16 graphs run with the same hint, so the error measured is that of the graph's own fp16 nodes.
+  fp16 graphs run with the same hint, so the error measured is that of the graph's own fp16 nodes. OpenVINO
+  reads ONNX with its own frontend and runs it with its own CPU kernels: nothing is shared with onnxruntime,
+  the next best proof after TensorRT (which cannot run on CPU-only machines) that a graph is standard ONNX.
+- ``tensorrt``: a built engine (``EngineRunner``) through ``trt/run.run_engine``, which checks the engine against
+  its sidecar before TensorRT deserializes it; ``tensorrt`` (and torch, for the device buffers) is imported only
+  when it runs.
 
 OpenVINO 2026.4 has no conversion for ONNX ``DeformConv`` (its ONNX frontend refuses ONNX's own DeformConv node
-test models) and cannot know the TensorRT ``ModulatedDeformConv2d`` plugin node. For such graphs
-``needs_portable_twin`` says why, and the caller verifies the same model exported with the ``portable``
-lowering (the same function in standard ops) instead, and says so in the report.
+test models) and cannot know the TensorRT ``ModulatedDeformConv2d`` plugin node: ``needs_portable_twin`` says
+why, and the caller verifies the same model exported with the ``portable`` lowering instead.
 
-``openvino`` is an optional extra (``pip install 'blocks-export[openvino]'``), imported only when asked for.
+``openvino`` is an optional extra (``pip install 'blocks-export[openvino]'``), imported only when asked for. This
+module imports no other module of the package but ``errors`` (and ``trt.run`` when an engine runs).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -32,7 +34,8 @@ from .errors import RuntimeMissing, UsageError
 
 ONNXRUNTIME = "onnxruntime"
 OPENVINO = "openvino"
-RUNTIMES = (ONNXRUNTIME, OPENVINO)
+TENSORRT = "tensorrt"
+RUNTIMES = (ONNXRUNTIME, OPENVINO)  # the runtimes that verify an ONNX graph (``verify_with``)
 DEFAULT_RUNTIMES = (ONNXRUNTIME,)
 # Node types OpenVINO's ONNX frontend cannot convert (checked on OpenVINO 2026.4.1: "No conversion rule found
 # for DeformConv"); the plugin node is a TensorRT-only op.
@@ -40,7 +43,7 @@ _OPENVINO_UNREADABLE = {("", "DeformConv"), ("ai.onnx", "DeformConv")}
 
 
 class Runner(Protocol):
-    """One loaded graph on one runtime: named inputs in, outputs (graph output order) out."""
+    """One loaded graph or engine on one runtime: named inputs in, outputs (graph output order) out."""
 
     @property
     def runtime(self) -> str: ...
@@ -50,6 +53,9 @@ class Runner(Protocol):
 
     @property
     def output_names(self) -> list[str]: ...
+
+    @property
+    def graph(self) -> Any: ...  # the ONNX it runs (where a failure is placed), None for an engine
 
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]: ...
 
@@ -92,8 +98,9 @@ def require(runtime: str) -> None:
 
 
 @dataclass
-class _OrtRunner:
+class OrtRunner:
     session: Any
+    graph: Any = None
     runtime: str = ONNXRUNTIME
 
     @property
@@ -109,7 +116,7 @@ class _OrtRunner:
 
 
 @dataclass
-class _OpenVinoRunner:
+class OpenVinoRunner:
     """A compiled OpenVINO model fed by position. After compilation a port can carry several tensor names (an
     input that feeds a no-op Reshape also answers to the Reshape's output name, and ``get_any_name`` may pick
     that one), so the names are those of the ONNX graph, whose input and output order OpenVINO keeps."""
@@ -117,6 +124,7 @@ class _OpenVinoRunner:
     compiled: Any
     input_names: list[str]
     output_names: list[str]
+    graph: Any = None
     runtime: str = OPENVINO
 
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -126,6 +134,29 @@ class _OpenVinoRunner:
         request = self.compiled.create_infer_request()
         result = request.infer({i: np.ascontiguousarray(feed[n]) for i, n in enumerate(self.input_names)})
         return [np.array(result[p]) for p in self.compiled.outputs]
+
+
+@dataclass
+class EngineRunner:
+    """A serialized TensorRT engine, its IO named as its sidecar records them. Each ``run`` goes through
+    ``trt/run.run_engine``: the engine is checked against its sidecar (hash, TensorRT version, GPU) before it is
+    deserialized; ``TensorRTUnavailable`` where TensorRT, a GPU or device memory is missing here."""
+
+    engine_path: Path
+    input_names: list[str]
+    output_names: list[str]
+    check_sidecar: bool = True
+    graph: Any = field(default=None, init=False)
+    runtime: str = field(default=TENSORRT, init=False)
+
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        from .trt.run import run_engine
+
+        got = run_engine(self.engine_path, feed, verify=self.check_sidecar)
+        missing = [n for n in self.output_names if n not in got]
+        if missing:
+            raise ValueError(f"the engine has no output {', '.join(missing)} (its sidecar names it)")
+        return [np.asarray(got[n]) for n in self.output_names]
 
 
 def _serialized(model: Any) -> bytes:
@@ -144,7 +175,7 @@ def open_runner(runtime: str, model: Any, *, threads: int = 1) -> Runner:
     if runtime == ONNXRUNTIME:
         from blocks_export.plugins.ort_cpu import cpu_session
 
-        return _OrtRunner(cpu_session(model, threads=threads))
+        return OrtRunner(cpu_session(model, threads=threads), model)
     import onnx
     import openvino as ov
 
@@ -159,7 +190,7 @@ def open_runner(runtime: str, model: Any, *, threads: int = 1) -> Runner:
         raise RuntimeError(f"openvino: the compiled model has {len(compiled.inputs)} inputs and "
                            f"{len(compiled.outputs)} outputs, the ONNX graph {len(inputs)} and "
                            f"{len(proto.graph.output)}")
-    return _OpenVinoRunner(compiled, inputs, [o.name for o in proto.graph.output])
+    return OpenVinoRunner(compiled, inputs, [o.name for o in proto.graph.output], model)
 
 
 def unreadable_nodes(runtime: str, model: Any) -> list[str]:
@@ -183,58 +214,6 @@ def needs_portable_twin(runtime: str, model: Any) -> str | None:
             "exported with the portable DeformConv lowering (standard ops only) instead").replace("  ", " ")
 
 
-def export_portable_twin(model: Any, example: Any, *, opset: int, opset_fixed: bool, exporter: str, dynamic: bool,
-                         decompose_layernorm: bool, simplify: bool, fp16: bool, fp16_io: bool) -> Any:
-    """The same model exported as the pipeline does, with the ``portable`` DeformConv lowering (a ``ModelProto``)."""
-    from .onnx_export import to_onnx
-
-    proto = to_onnx(model, example, opset=opset, opset_fixed=opset_fixed, lowering="portable", exporter=exporter,
-                    dynamic=dynamic, decompose_layernorm=decompose_layernorm).model
-    if simplify:
-        from .simplify import simplify as slim
-
-        proto, _ = slim(proto)
-    if fp16:
-        from .fp16 import to_fp16
-
-        proto = to_fp16(proto, keep_io_types=not fp16_io)
-    return proto
-
-
-def verify_with(runtimes: Sequence[str], reference: Any, onnx_model: Any, shapes: list[tuple[int, ...]], *,
-                precision: str = "fp32", fp16_io: bool = False, seed: int = 0,
-                portable_twin: Callable[[], Any] | None = None, rule: Any = None) -> Any:
-    """``verify.verify`` on each runtime in turn; one ``VerifyResult`` holding every runtime's runs.
-
-    A runtime that cannot read ``onnx_model`` (``needs_portable_twin``) verifies ``portable_twin()`` (exported
-    once, only when needed) and the result says so in its notes and in ``runtimes``.
-    """
-    from .verify import VerifyResult, verify
-
-    merged = VerifyResult(precision, [])
-    twin: Any = None
-    for runtime in check_runtime_names(runtimes):
-        require(runtime)
-        graph, why = onnx_model, needs_portable_twin(runtime, onnx_model)
-        if why is not None and portable_twin is not None:
-            twin = twin if twin is not None else portable_twin()
-            graph = twin
-        elif why is not None:
-            why = why.split(":")[0] + ": no portable twin was available, so it could not verify this graph"
-        result = verify(reference, graph, shapes, precision=precision, fp16_io=fp16_io, seed=seed, runtime=runtime,
-                        rule=rule)
-        merged.runs += result.runs
-        merged.notes += [f"{runtime}: {why}"] if why else []
-        merged.notes += [n for n in result.notes if n not in merged.notes]
-        merged.tolerance = merged.tolerance or result.tolerance
-        if merged.failure is None and result.failure is not None:
-            merged.failure = {**result.failure, "runtime": runtime,
-                              "graph": "portable twin" if graph is not onnx_model else "exported"}
-        merged.runtimes.append({"runtime": runtime, "version": version(runtime), "passed": bool(result),
-                                "graph": "portable twin" if graph is not onnx_model else "exported",
-                                "note": why})
-    return merged
-
-
-__all__ = ["DEFAULT_RUNTIMES", "ONNXRUNTIME", "OPENVINO", "RUNTIMES", "Runner", "check_runtime_names",
-           "export_portable_twin", "needs_portable_twin", "open_runner", "require", "unreadable_nodes", "verify_with"]
+__all__ = ["DEFAULT_RUNTIMES", "ONNXRUNTIME", "OPENVINO", "RUNTIMES", "TENSORRT", "EngineRunner", "OpenVinoRunner",
+           "OrtRunner", "Runner", "check_runtime_names", "needs_portable_twin", "open_runner", "require",
+           "unreadable_nodes", "version"]

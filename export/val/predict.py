@@ -131,7 +131,7 @@ class TorchPredictor:
     def predict(self, batch: np.ndarray) -> list[np.ndarray]:
         import torch
 
-        from ..verify import torch_outputs
+        from ..inputs import torch_outputs
 
         return torch_outputs(self.model, torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
 

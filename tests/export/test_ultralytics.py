@@ -515,7 +515,7 @@ def test_infer_feeds_a_dynamic_yolo_the_rectangle_predict_feeds_it_and_finds_its
     yolo.predict(str(image), imgsz=SPD_IMGSZ, verbose=False)
     assert [tuple(t.shape) for t in fed] == [(1, 3, 32, 128)]  # not the 128x128 square
 
-    sess = session(out.read_bytes())
+    sess = cpu_session(out.read_bytes())
     spec = infer.InputSpec(sess.get_inputs()[0].name, list(sess.get_inputs()[0].shape), sess.get_inputs()[0].type)
     meta = infer.parse_meta(sess.get_modelmeta().custom_metadata_map)
     batches, _ = infer.image_batches([str(image)], spec, meta, None, None)

@@ -419,6 +419,7 @@ def _prepare(ctx: _Context) -> None:
 
 def _rewrite(ctx: _Context) -> None:
     from blocks_export.blocks import RewriteReport
+    from blocks_export.blocks.hazards import SIZE_KINDS
 
     if ctx.loaded.kind != "module":
         ctx.runner.skip("rewrite", "block rewrites cannot apply to a TorchScript or torch.export input")
@@ -430,7 +431,9 @@ def _rewrite(ctx: _Context) -> None:
         except Exception as e:
             raise ExportFailed(f"block rewriting failed: {one_line(e)}") from e
         s.note = f"{len(ctx.rewrite_report.replaced)} block(s) replaced"
-    ctx.report.warnings += [f"{h.name}: {h.kind}: {h.detail}" for h in ctx.rewrite_report.hazards]
+    # A size hazard makes a graph wrong at other input sizes: a warning only where the graph takes other sizes.
+    ctx.report.warnings += [f"{h.name}: {h.kind}: {h.detail}" for h in ctx.rewrite_report.hazards
+                            if ctx.options.dynamic or h.kind not in SIZE_KINDS]
     ctx.report.blocks = ctx.rewrite_report
 
 

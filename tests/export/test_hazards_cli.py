@@ -25,12 +25,14 @@ import pasted_variants as pv  # noqa: E402
 OTHER = (2, 3, 48, 64)  # not the export size (32x32): the cached grid is 8x8, this one needs 12x16
 
 
-def _export(tmp_path: Path, dynamic_grid: bool, *flags: str) -> tuple[int, dict, str, Path, torch.nn.Module]:
+def _export(tmp_path: Path, dynamic_grid: bool, *flags: str, dynamic: bool = True
+            ) -> tuple[int, dict, str, Path, torch.nn.Module]:
     model = randomize_(pv.GridDetect(dynamic=dynamic_grid), seed=1).eval()
     src = tmp_path / "head.pt"
     torch.save(model, src)
     out = tmp_path / "head.onnx"
-    argv = [str(src), "--to", "onnx", "--trust-pickle", "--imgsz", "32", "--dynamic", "-o", str(out), *flags]
+    argv = [str(src), "--to", "onnx", "--trust-pickle", "--imgsz", "32", *(["--dynamic"] if dynamic else []), "-o",
+            str(out), *flags]
     result = CliRunner().invoke(app, with_default_command(argv))
     report = json.loads((tmp_path / "head.report.json").read_text()) if out.exists() else {}
     return result.exit_code, report, result.output, out, model
@@ -56,6 +58,15 @@ def test_a_cached_grid_is_warned_about_and_its_dynamic_graph_is_wrong_at_another
     except Exception:  # noqa: BLE001 (onnxruntime refuses the size: its grid no longer broadcasts)
         wrong = True
     assert wrong
+
+
+def test_a_static_export_of_the_cached_grid_is_right_and_not_warned_about(tmp_path: Path) -> None:
+    """A static graph takes the export size only, where the cached grid is right: no size warning, PASSED."""
+    code, report, output, out, model = _export(tmp_path, False, "--exporter", "torchscript", dynamic=False)
+    assert code == 0 and report["status"] == "PASSED", output
+    assert not [w for w in report["warnings"] if "shape_built_tensor" in w], report["warnings"]
+    assert [h["kind"] for h in report["blocks"]["hazards"]] == ["shape_built_tensor"]  # still on record
+    assert _own_error(out, model, (1, 3, 32, 32)) <= 1e-5
 
 
 def test_a_grid_rebuilt_from_the_feature_size_is_not_warned_about_and_is_right_at_other_sizes(tmp_path: Path) -> None:

@@ -23,7 +23,6 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from ._match import is_torch_class
 
-
 # Kinds that make a graph wrong at input sizes other than the export's: they matter to a graph that takes other
 # sizes (a dynamic export), not to a static one. ``device_branch`` matters everywhere.
 SIZE_KINDS = frozenset({"adaptive_pool", "unfold", "shape_built_tensor"})

@@ -2,9 +2,11 @@
 
 What a file holds is decided before anything is unpickled with code execution enabled:
 - ONNX files (``.onnx``) are not loaded here at all (no torch needed);
-- zip archives are told apart by their entries: TorchScript (``code/`` + ``constants.pkl``; ``torch.jit.load``
-  rebuilds TorchScript, it does not run Python from the file), ``torch.export`` programs (``archive_format``,
-  ``models/*.json``), ``torch.save`` checkpoints (``data.pkl``);
+- zip archives are told apart by their entries, whatever the file is called: TorchScript (``code/`` +
+  ``constants.pkl``; ``torch.jit.load`` rebuilds TorchScript, it does not run Python from the file),
+  ``torch.export`` programs (``archive_format``, ``models/*.json``), ``torch.save`` checkpoints (``data.pkl``);
+- a ``torch.export`` program is opened only with ``trust_pickle=True``: ``torch.export.load`` turns bytes of the
+  file into running code at several places, pickles or not (see ``_refuse_exported_program``);
 - checkpoints go through ``torch.load(weights_only=True)`` first (PyTorch's restricted unpickler: tensors,
   containers and primitive types only). If that refuses the file, its pickle stream is read with
   ``pickletools.genops`` (a disassembler, it executes nothing) to name the globals it needs; a full
@@ -288,6 +290,38 @@ def gate_archive(path: Path, kind: str, trust_pickle: bool) -> None:
         raise _refuse_code(path, needed, where)
 
 
+def _refuse_exported_program(path: Path) -> InputError:
+    """Why a ``torch.export`` program needs trust, whatever its members hold.
+
+    ``torch.export.load`` (torch 2.14, torch/export/pt2_archive/_package.py and torch/_export/serde/serialize.py)
+    runs code from the file at more places than a member scan can see: pickled weights and constants go through
+    ``torch.load(weights_only=False)``, opaque constants through ``pickle.loads``, sample inputs through a
+    weights-only load that falls back to a full one; and with no pickle at all, each symbolic-shape
+    ``expr_str`` is parsed by ``sympy.sympify`` (which ``eval``s it) and the graph's input names are pasted into
+    the Python source FX generates and executes. Loading one only with trust keeps every such byte away from an
+    evaluator.
+    """
+    return InputError(f"{path}: loading a torch.export program runs code from the file (torch.export.load "
+                      "unpickles its members and evaluates expressions and names from its graph); pass "
+                      "`trust_pickle=True` only if you trust its source, or save a state_dict and use `arch`")
+
+
+@contextlib.contextmanager
+def _quiet_torch_export_log() -> Iterator[None]:
+    """torch.export logs a failed archive read with its traceback before it raises; the refusal says it once."""
+    import logging
+
+    loggers = [logging.getLogger(name) for name in ("torch.export", "torch._export")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
 def _count_tensor_inputs(forward: Any) -> int:
     """Number of positional parameters of ``forward`` without a default value."""
     try:
@@ -448,7 +482,9 @@ def load_model(path: Path, *, trust_pickle: bool = False, arch: str | None = Non
     import torch
 
     kind = zip_kind(path)
-    if kind in ("torchscript", "exported_program"):
+    if kind == "exported_program" and not trust_pickle:
+        raise _refuse_exported_program(path)
+    if kind == "torchscript":
         gate_archive(path, kind, trust_pickle)
     if kind == "torchscript":
         try:
@@ -466,7 +502,8 @@ def load_model(path: Path, *, trust_pickle: bool = False, arch: str | None = Non
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                program = torch.export.load(str(path))
+                with _quiet_torch_export_log():  # a failed read is logged with its traceback first
+                    program = torch.export.load(str(path))
         except Exception as e:
             raise InputError(f"{path}: cannot load this torch.export program ({type(e).__name__}); the file may "
                              "be corrupted") from e

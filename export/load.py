@@ -22,9 +22,11 @@ import inspect
 import io
 import pickle
 import pickletools
+import struct
 import sys
 import warnings
 import zipfile
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,14 +65,56 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+#: Largest total a zip archive may inflate to, as a multiple of its own size (plus a floor for tiny files).
+#: torch.save and torch.jit.save store their members uncompressed, so a real model archive inflates to about its
+#: own size; torch's reader allocates each member's declared size in full, so a few MB that inflate to GBs are
+#: a decompression bomb, refused before any reader allocates them.
+ZIP_INFLATE_FACTOR = 4
+ZIP_INFLATE_FLOOR = 64 << 20
+
+
+def _looks_like_zip(path: Path) -> bool:
+    """``zipfile.is_zipfile``, which itself raises on some crafted end records (a multi-disk zip64 locator)."""
+    try:
+        return zipfile.is_zipfile(path)
+    except Exception:  # it found an end record it cannot follow: a zip, and a broken one
+        return True
+
+
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, UnicodeDecodeError, OSError, EOFError, ValueError,
+               NotImplementedError, OverflowError, IndexError, KeyError, struct.error, zlib.error)
+
+
+def check_zip_envelope(path: Path) -> None:
+    """Refuse, in one line, a zip archive that Python's zip reader cannot list or that inflates too far.
+
+    Everything the reader can raise on crafted bytes (member names that are not the UTF-8 they claim to be,
+    archives spanning several disks, offsets past the end, ...) is a refusal of the input, never a crash.
+    """
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+    except _ZIP_ERRORS as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        raise InputError(f"{path}: not a readable zip archive ({reason}); it may be truncated or corrupted") from e
+    size = path.stat().st_size
+    inflated = sum(max(info.file_size, 0) for info in infos)
+    limit = ZIP_INFLATE_FACTOR * size + ZIP_INFLATE_FLOOR
+    if inflated > limit:
+        raise InputError(f"{path}: the zip archive would inflate to {inflated / 2**20:.0f} MiB from "
+                         f"{size / 2**20:.1f} MiB (more than {ZIP_INFLATE_FACTOR}x its size: model archives are "
+                         "stored uncompressed, this looks like a decompression bomb); re-save the model with "
+                         "torch.save")
+
+
 def zip_kind(path: Path) -> str | None:
     """"torchscript", "exported_program", "checkpoint" or None (not a zip archive PyTorch wrote)."""
-    if not zipfile.is_zipfile(path):
+    if not _looks_like_zip(path):
         return None
     try:
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
-    except (zipfile.BadZipFile, OSError):
+    except _ZIP_ERRORS:
         return None
     # torch archives put every entry under one top folder: "<name>/data.pkl", "<name>/code/...".
     rel = {n.split("/", 1)[1] if "/" in n else n for n in names}
@@ -85,7 +129,7 @@ def zip_kind(path: Path) -> str | None:
 
 def _pickle_stream(path: Path) -> bytes:
     """The pickle that holds the checkpoint's object (zip: ``*/data.pkl``; legacy: the whole file)."""
-    if zipfile.is_zipfile(path):
+    if _looks_like_zip(path):
         with zipfile.ZipFile(path) as z:
             name = next((n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
             if name is None:
@@ -261,7 +305,7 @@ def _zip_unsafe_globals(source: Any, label: str, *, torchscript: bool, depth: in
                 try:
                     member, found = _zip_unsafe_globals(io.BytesIO(data), where, torchscript=torchscript,
                                                         depth=depth + 1)
-                except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError):
+                except (*_ZIP_ERRORS, RuntimeError):
                     member, found = where, unsafe_globals(data, torchscript=torchscript)
             else:
                 member, found = where, unsafe_globals(data, torchscript=torchscript)
@@ -283,7 +327,7 @@ def gate_archive(path: Path, kind: str, trust_pickle: bool) -> None:
         return
     try:
         where, needed = _zip_unsafe_globals(path, "", torchscript=kind == "torchscript")
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError) as e:
+    except (*_ZIP_ERRORS, RuntimeError) as e:
         raise InputError(f"{path}: not a readable zip archive ({type(e).__name__}); it may be truncated or "
                          "corrupted") from e
     if needed:
@@ -481,6 +525,8 @@ def load_model(path: Path, *, trust_pickle: bool = False, arch: str | None = Non
 
     import torch
 
+    if _looks_like_zip(path):
+        check_zip_envelope(path)
     kind = zip_kind(path)
     if kind == "exported_program" and not trust_pickle:
         raise _refuse_exported_program(path)
@@ -532,7 +578,7 @@ def _load_untrusted(path: Path, trust_pickle: bool, error: Exception) -> Any:
 
     try:
         stream = _pickle_stream(path)
-    except (ValueError, EOFError, OSError, zipfile.BadZipFile, KeyError) as e:
+    except _ZIP_ERRORS as e:
         raise InputError(f"{path}: not a PyTorch checkpoint (the pickle stream is unreadable); it may be "
                          "corrupted or not a model file") from e
     needed = unsafe_globals(stream)

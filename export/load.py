@@ -450,31 +450,63 @@ def _cwd_on_path() -> Iterator[None]:
                 sys.path.remove("")
 
 
-def build_arch(arch: str, kwargs: Mapping[str, object] | None = None) -> Any:
-    """Build the model named by ``--arch MODULE:CALLABLE``, called with ``kwargs`` (``--arch-kwargs``)."""
-    import torch
-
+def parse_arch(arch: str) -> tuple[str, str]:
+    """``MODULE:CALLABLE`` as (module, attribute path); refuses what no import could name (``../x:y``, ``a b:c``)."""
     module_name, sep, attr = arch.partition(":")
     if not sep or not module_name or not attr:
         raise InputError(f"`arch={arch!r}`: expected MODULE:CALLABLE, e.g. mymodels.net:build_model")
+    for what, dotted in (("module", module_name), ("callable", attr)):
+        if not all(part.isidentifier() for part in dotted.split(".")):
+            raise InputError(f"`arch={arch!r}`: {dotted!r} is not a dotted Python name ({what}); name a module "
+                             "importable from the current folder or PYTHONPATH, e.g. mymodels.net:build_model")
+    return module_name, attr
+
+
+def _raised(e: BaseException) -> str:
+    """``Type: first line`` of ``e``; ``sys.exit(n)`` is named as such (it is not an error to the callee)."""
+    if isinstance(e, SystemExit):
+        return f"SystemExit (sys.exit({e.code!r}))"
+    if isinstance(e, SyntaxError):
+        return f"SyntaxError: {e.msg} ({Path(e.filename or '?').name}, line {e.lineno})"
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:160] if text else ''}"
+
+
+def build_arch(arch: str, kwargs: Mapping[str, object] | None = None) -> Any:
+    """Build the model named by ``--arch MODULE:CALLABLE``, called with ``kwargs`` (``--arch-kwargs``).
+
+    The user's code runs here (import, then the call): whatever it raises or exits with is a refusal of the
+    option in one line, not a crash and not the program's own exit (``sys.exit(0)`` in a builder must not end
+    the export with code 0 and nothing written).
+    """
+    import torch
+
+    module_name, attr = parse_arch(arch)
     with _cwd_on_path():
         try:
             module = importlib.import_module(module_name)
         except ImportError as e:
-            raise InputError(f"`arch={arch!r}`: cannot import module {module_name!r} ({e}); "
+            raise InputError(f"`arch={arch!r}`: cannot import module {module_name!r} ({_raised(e)}); "
                              "check the name and that it is on PYTHONPATH") from e
+        except (Exception, SystemExit) as e:
+            raise InputError(f"`arch={arch!r}`: importing module {module_name!r} raised {_raised(e)}; fix the "
+                             "module") from e
     target: Any = module
     for part in attr.split("."):
-        if not hasattr(target, part):
-            raise InputError(f"`arch={arch!r}`: module {module_name!r} has no attribute {attr!r}")
-        target = getattr(target, part)
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise InputError(f"`arch={arch!r}`: module {module_name!r} has no attribute {attr!r}") from None
+        except (Exception, SystemExit) as e:
+            raise InputError(f"`arch={arch!r}`: looking up {attr!r} raised {_raised(e)}") from e
     if not callable(target):
         raise InputError(f"`arch={arch!r}`: {attr!r} is a {type(target).__name__}, not a callable that builds "
                          "the model")
     try:
         model = target(**dict(kwargs or {}))
-    except Exception as e:
-        raise InputError(f"`arch={arch!r}`: calling {attr}() raised {type(e).__name__}: {e}") from e
+    except (Exception, SystemExit) as e:
+        raise InputError(f"`arch={arch!r}`: calling {attr}() raised {_raised(e)}; fix the callable or "
+                         "`arch_kwargs`") from e
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"`arch={arch!r}`: {attr}() returned a {type(model).__name__}, not an nn.Module")
     return model

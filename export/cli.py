@@ -240,17 +240,26 @@ def parse_arch_kwargs(text: str | None, arch: str | None) -> dict[str, object]:
     """``--arch-kwargs`` as a JSON object (parsed, never evaluated)."""
     import json
 
+    if arch is not None:
+        from .load import parse_arch
+
+        parse_arch(arch)  # a malformed MODULE:CALLABLE is refused before anything is loaded
     if text is None:
         return {}
     if arch is None:
         raise UsageError("--arch-kwargs needs --arch MODULE:CALLABLE (the callable it is passed to)")
+    shown = repr(text) if len(text) <= 80 else f"{text[:60]!r}... ({len(text)} characters)"
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise UsageError(f"--arch-kwargs {text!r}: not JSON ({e.msg} at character {e.pos}); "
+        raise UsageError(f"--arch-kwargs {shown}: not JSON ({e.msg} at character {e.pos}); "
                          "expected an object such as '{\"num_classes\": 10}'") from None
+    except (ValueError, RecursionError) as e:  # a number past Python's digit limit, nesting past the stack
+        why = "nested too deeply" if isinstance(e, RecursionError) else (str(e).split(";")[0] or "bad number")
+        raise UsageError(f"--arch-kwargs {shown}: cannot be read ({why}); pass a flat JSON object such as "
+                         "'{\"num_classes\": 10}'") from None
     if not isinstance(value, dict):
-        raise UsageError(f"--arch-kwargs {text!r}: expected a JSON object of keyword arguments, "
+        raise UsageError(f"--arch-kwargs {shown}: expected a JSON object of keyword arguments, "
                          f"not a {type(value).__name__}")
     return value
 

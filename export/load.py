@@ -2,9 +2,11 @@
 
 What a file holds is decided before anything is unpickled with code execution enabled:
 - ONNX files (``.onnx``) are not loaded here at all (no torch needed);
-- zip archives are told apart by their entries: TorchScript (``code/`` + ``constants.pkl``; ``torch.jit.load``
-  rebuilds TorchScript, it does not run Python from the file), ``torch.export`` programs (``archive_format``,
-  ``models/*.json``), ``torch.save`` checkpoints (``data.pkl``);
+- zip archives are told apart by their entries, whatever the file is called: TorchScript (``code/`` +
+  ``constants.pkl``; ``torch.jit.load`` rebuilds TorchScript, it does not run Python from the file),
+  ``torch.export`` programs (``archive_format``, ``models/*.json``), ``torch.save`` checkpoints (``data.pkl``);
+- a ``torch.export`` program is opened only with ``trust_pickle=True``: ``torch.export.load`` turns bytes of the
+  file into running code at several places, pickles or not (see ``_refuse_exported_program``);
 - checkpoints go through ``torch.load(weights_only=True)`` first (PyTorch's restricted unpickler: tensors,
   containers and primitive types only). If that refuses the file, its pickle stream is read with
   ``pickletools.genops`` (a disassembler, it executes nothing) to name the globals it needs; a full
@@ -19,9 +21,11 @@ import inspect
 import io
 import pickle
 import pickletools
+import struct
 import sys
 import warnings
 import zipfile
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,14 +57,56 @@ class LoadedModel:
     warnings: list[str] = field(default_factory=list)
 
 
+#: Largest total a zip archive may inflate to, as a multiple of its own size (plus a floor for tiny files).
+#: torch.save and torch.jit.save store their members uncompressed, so a real model archive inflates to about its
+#: own size; torch's reader allocates each member's declared size in full, so a few MB that inflate to GBs are
+#: a decompression bomb, refused before any reader allocates them.
+ZIP_INFLATE_FACTOR = 4
+ZIP_INFLATE_FLOOR = 64 << 20
+
+
+def _looks_like_zip(path: Path) -> bool:
+    """``zipfile.is_zipfile``, which itself raises on some crafted end records (a multi-disk zip64 locator)."""
+    try:
+        return zipfile.is_zipfile(path)
+    except Exception:  # it found an end record it cannot follow: a zip, and a broken one
+        return True
+
+
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, UnicodeDecodeError, OSError, EOFError, ValueError,
+               NotImplementedError, OverflowError, IndexError, KeyError, struct.error, zlib.error)
+
+
+def check_zip_envelope(path: Path) -> None:
+    """Refuse, in one line, a zip archive that Python's zip reader cannot list or that inflates too far.
+
+    Everything the reader can raise on crafted bytes (member names that are not the UTF-8 they claim to be,
+    archives spanning several disks, offsets past the end, ...) is a refusal of the input, never a crash.
+    """
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+    except _ZIP_ERRORS as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        raise InputError(f"{path}: not a readable zip archive ({reason}); it may be truncated or corrupted") from e
+    size = path.stat().st_size
+    inflated = sum(max(info.file_size, 0) for info in infos)
+    limit = ZIP_INFLATE_FACTOR * size + ZIP_INFLATE_FLOOR
+    if inflated > limit:
+        raise InputError(f"{path}: the zip archive would inflate to {inflated / 2**20:.0f} MiB from "
+                         f"{size / 2**20:.1f} MiB (more than {ZIP_INFLATE_FACTOR}x its size: model archives are "
+                         "stored uncompressed, this looks like a decompression bomb); re-save the model with "
+                         "torch.save")
+
+
 def zip_kind(path: Path) -> str | None:
     """"torchscript", "exported_program", "checkpoint" or None (not a zip archive PyTorch wrote)."""
-    if not zipfile.is_zipfile(path):
+    if not _looks_like_zip(path):
         return None
     try:
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
-    except (zipfile.BadZipFile, OSError):
+    except _ZIP_ERRORS:
         return None
     # torch archives put every entry under one top folder: "<name>/data.pkl", "<name>/code/...".
     rel = {n.split("/", 1)[1] if "/" in n else n for n in names}
@@ -75,7 +121,7 @@ def zip_kind(path: Path) -> str | None:
 
 def _pickle_stream(path: Path) -> bytes:
     """The pickle that holds the checkpoint's object (zip: ``*/data.pkl``; legacy: the whole file)."""
-    if zipfile.is_zipfile(path):
+    if _looks_like_zip(path):
         with zipfile.ZipFile(path) as z:
             name = next((n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
             if name is None:
@@ -251,7 +297,7 @@ def _zip_unsafe_globals(source: Any, label: str, *, torchscript: bool, depth: in
                 try:
                     member, found = _zip_unsafe_globals(io.BytesIO(data), where, torchscript=torchscript,
                                                         depth=depth + 1)
-                except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError):
+                except (*_ZIP_ERRORS, RuntimeError):
                     member, found = where, unsafe_globals(data, torchscript=torchscript)
             else:
                 member, found = where, unsafe_globals(data, torchscript=torchscript)
@@ -273,11 +319,43 @@ def gate_archive(path: Path, kind: str, trust_pickle: bool) -> None:
         return
     try:
         where, needed = _zip_unsafe_globals(path, "", torchscript=kind == "torchscript")
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError) as e:
+    except (*_ZIP_ERRORS, RuntimeError) as e:
         raise InputError(f"{path}: not a readable zip archive ({type(e).__name__}); it may be truncated or "
                          "corrupted") from e
     if needed:
         raise _refuse_code(path, needed, where)
+
+
+def _refuse_exported_program(path: Path) -> InputError:
+    """Why a ``torch.export`` program needs trust, whatever its members hold.
+
+    ``torch.export.load`` (torch 2.14, torch/export/pt2_archive/_package.py and torch/_export/serde/serialize.py)
+    runs code from the file at more places than a member scan can see: pickled weights and constants go through
+    ``torch.load(weights_only=False)``, opaque constants through ``pickle.loads``, sample inputs through a
+    weights-only load that falls back to a full one; and with no pickle at all, each symbolic-shape
+    ``expr_str`` is parsed by ``sympy.sympify`` (which ``eval``s it) and the graph's input names are pasted into
+    the Python source FX generates and executes. Loading one only with trust keeps every such byte away from an
+    evaluator.
+    """
+    return InputError(f"{path}: loading a torch.export program runs code from the file (torch.export.load "
+                      "unpickles its members and evaluates expressions and names from its graph); pass "
+                      "`trust_pickle=True` only if you trust its source, or save a state_dict and use `arch`")
+
+
+@contextlib.contextmanager
+def _quiet_torch_export_log() -> Iterator[None]:
+    """torch.export logs a failed archive read with its traceback before it raises; the refusal says it once."""
+    import logging
+
+    loggers = [logging.getLogger(name) for name in ("torch.export", "torch._export")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def _count_tensor_inputs(forward: Any) -> int:
@@ -364,31 +442,63 @@ def _cwd_on_path() -> Iterator[None]:
                 sys.path.remove("")
 
 
-def build_arch(arch: str, kwargs: Mapping[str, object] | None = None) -> Any:
-    """Build the model named by ``--arch MODULE:CALLABLE``, called with ``kwargs`` (``--arch-kwargs``)."""
-    import torch
-
+def parse_arch(arch: str) -> tuple[str, str]:
+    """``MODULE:CALLABLE`` as (module, attribute path); refuses what no import could name (``../x:y``, ``a b:c``)."""
     module_name, sep, attr = arch.partition(":")
     if not sep or not module_name or not attr:
         raise InputError(f"`arch={arch!r}`: expected MODULE:CALLABLE, e.g. mymodels.net:build_model")
+    for what, dotted in (("module", module_name), ("callable", attr)):
+        if not all(part.isidentifier() for part in dotted.split(".")):
+            raise InputError(f"`arch={arch!r}`: {dotted!r} is not a dotted Python name ({what}); name a module "
+                             "importable from the current folder or PYTHONPATH, e.g. mymodels.net:build_model")
+    return module_name, attr
+
+
+def _raised(e: BaseException) -> str:
+    """``Type: first line`` of ``e``; ``sys.exit(n)`` is named as such (it is not an error to the callee)."""
+    if isinstance(e, SystemExit):
+        return f"SystemExit (sys.exit({e.code!r}))"
+    if isinstance(e, SyntaxError):
+        return f"SyntaxError: {e.msg} ({Path(e.filename or '?').name}, line {e.lineno})"
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:160] if text else ''}"
+
+
+def build_arch(arch: str, kwargs: Mapping[str, object] | None = None) -> Any:
+    """Build the model named by ``--arch MODULE:CALLABLE``, called with ``kwargs`` (``--arch-kwargs``).
+
+    The user's code runs here (import, then the call): whatever it raises or exits with is a refusal of the
+    option in one line, not a crash and not the program's own exit (``sys.exit(0)`` in a builder must not end
+    the export with code 0 and nothing written).
+    """
+    import torch
+
+    module_name, attr = parse_arch(arch)
     with _cwd_on_path():
         try:
             module = importlib.import_module(module_name)
         except ImportError as e:
-            raise InputError(f"`arch={arch!r}`: cannot import module {module_name!r} ({e}); "
+            raise InputError(f"`arch={arch!r}`: cannot import module {module_name!r} ({_raised(e)}); "
                              "check the name and that it is on PYTHONPATH") from e
+        except (Exception, SystemExit) as e:
+            raise InputError(f"`arch={arch!r}`: importing module {module_name!r} raised {_raised(e)}; fix the "
+                             "module") from e
     target: Any = module
     for part in attr.split("."):
-        if not hasattr(target, part):
-            raise InputError(f"`arch={arch!r}`: module {module_name!r} has no attribute {attr!r}")
-        target = getattr(target, part)
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise InputError(f"`arch={arch!r}`: module {module_name!r} has no attribute {attr!r}") from None
+        except (Exception, SystemExit) as e:
+            raise InputError(f"`arch={arch!r}`: looking up {attr!r} raised {_raised(e)}") from e
     if not callable(target):
         raise InputError(f"`arch={arch!r}`: {attr!r} is a {type(target).__name__}, not a callable that builds "
                          "the model")
     try:
         model = target(**dict(kwargs or {}))
-    except Exception as e:
-        raise InputError(f"`arch={arch!r}`: calling {attr}() raised {type(e).__name__}: {e}") from e
+    except (Exception, SystemExit) as e:
+        raise InputError(f"`arch={arch!r}`: calling {attr}() raised {_raised(e)}; fix the callable or "
+                         "`arch_kwargs`") from e
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"`arch={arch!r}`: {attr}() returned a {type(model).__name__}, not an nn.Module")
     return model
@@ -439,8 +549,12 @@ def load_model(path: Path, *, trust_pickle: bool = False, arch: str | None = Non
 
     import torch
 
+    if _looks_like_zip(path):
+        check_zip_envelope(path)
     kind = zip_kind(path)
-    if kind in ("torchscript", "exported_program"):
+    if kind == "exported_program" and not trust_pickle:
+        raise _refuse_exported_program(path)
+    if kind == "torchscript":
         gate_archive(path, kind, trust_pickle)
     if kind == "torchscript":
         try:
@@ -458,7 +572,8 @@ def load_model(path: Path, *, trust_pickle: bool = False, arch: str | None = Non
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                program = torch.export.load(str(path))
+                with _quiet_torch_export_log():  # a failed read is logged with its traceback first
+                    program = torch.export.load(str(path))
         except Exception as e:
             raise InputError(f"{path}: cannot load this torch.export program ({type(e).__name__}); the file may "
                              "be corrupted") from e
@@ -487,7 +602,7 @@ def _load_untrusted(path: Path, trust_pickle: bool, error: Exception) -> Any:
 
     try:
         stream = _pickle_stream(path)
-    except (ValueError, EOFError, OSError, zipfile.BadZipFile, KeyError) as e:
+    except _ZIP_ERRORS as e:
         raise InputError(f"{path}: not a PyTorch checkpoint (the pickle stream is unreadable); it may be "
                          "corrupted or not a model file") from e
     needed = unsafe_globals(stream)

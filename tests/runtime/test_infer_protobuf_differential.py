@@ -2,9 +2,10 @@
 
 Each hostile file is built from raw protobuf bytes the way an attacker would: a second `graph` field
 (protobuf merges the two), `embed_mode` sent with another wire type (protobuf leaves `i` at 0 = a path),
-an EPContext node hidden in an If branch, a NUL byte in the engine path. The differential test parses
-each file with the real protobuf schema (onnx.ModelProto) and with runtime/infer.py's reader: the reader
-must either refuse it or see the same EPContext nodes.
+an EPContext node hidden in an If branch, a NUL byte in the engine path; and, built with the onnx API (valid
+protobuf), EPContext nodes in model-local functions whose engine path the calling node gives by reference. The differential test parses
+each file with the real protobuf schema (onnx.ModelProto, functions inlined as onnxruntime inlines them) and
+with runtime/infer.py's reader: the reader must either refuse it or see the same EPContext nodes.
 """
 
 from __future__ import annotations
@@ -102,11 +103,61 @@ def _ctx_in_subgraph() -> bytes:
     return model.SerializeToString()
 
 
+def _ctx_attr(literal: str, ref: str | None) -> onnx.AttributeProto:
+    attr = helper.make_attribute("ep_cache_context", literal)
+    if ref is not None:
+        attr.ref_attr_name = ref  # the value comes from the calling node's attribute `ref`
+    return attr
+
+
+def _ctx_in_function(literal: str, ref: str | None, *, in_branch: bool = False,
+                     caller_value: str | None = "../outside.engine") -> bytes:
+    """A model-local function (com.example:Wrapped) whose body is an EPContext node; the main graph calls it.
+    ``ref``: the body's ep_cache_context takes the caller's attribute ``ref`` (onnxruntime's inliner replaces
+    the literal with it); ``in_branch``: the EPContext node sits in an If branch inside the function body."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 5])
+    inner = helper.make_node("EPContext", ["x"], ["logits"], name="in_function", domain="com.microsoft",
+                             embed_mode=0)
+    inner.attribute.append(_ctx_attr(literal, ref))
+    if in_branch:
+        branch = helper.make_graph([inner], "branch", [], [y])
+        body = [helper.make_node("If", ["cond"], ["logits"], then_branch=branch, else_branch=branch)]
+        inputs = ["cond", "x"]
+    else:
+        body, inputs = [inner], ["x"]
+    function = helper.make_function("com.example", "Wrapped", inputs, ["logits"], body,
+                                    [helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)],
+                                    attributes=[ref] if ref else [])
+    call_attrs = {ref: caller_value} if ref and caller_value is not None else {}
+    call = helper.make_node("Wrapped", inputs, ["logits"], name="call", domain="com.example", **call_attrs)
+    graph_inputs = ([helper.make_tensor_value_info("cond", TensorProto.BOOL, [])] if in_branch else []) + [x]
+    model = helper.make_model(helper.make_graph([call], "g", graph_inputs, [y]), functions=[function],
+                              opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1),
+                                             helper.make_opsetid("com.example", 1)])
+    return model.SerializeToString()
+
+
+def _ref_attr_in_main_graph() -> bytes:
+    model = onnx.ModelProto()
+    model.ParseFromString(_base_model())
+    attr = next(a for a in model.graph.node[0].attribute if a.name == "ep_cache_context")
+    attr.ref_attr_name = "engine_path"
+    return model.SerializeToString()
+
+
 HOSTILE = {
     "duplicate graph": _duplicate_graph,
     "embed_mode wire type": _embed_mode_wrong_wire_type,
     "embed_mode twice": _embed_mode_twice,
     "EPContext in a subgraph": _ctx_in_subgraph,
+    # The literal beside ref_attr_name is a decoy: onnxruntime loads the caller's ../outside.engine.
+    "EPContext in a function, path by reference": lambda: _ctx_in_function("model.engine", "path"),
+    "EPContext in a function, reference not given": lambda: _ctx_in_function("model.engine", "path",
+                                                                             caller_value=None),
+    "EPContext in a function, literal path": lambda: _ctx_in_function("../outside.engine", None),
+    "EPContext in an If branch of a function": lambda: _ctx_in_function("model.engine", "path", in_branch=True),
+    "ref_attr_name in the main graph": _ref_attr_in_main_graph,
     "plain model": _base_model,
 }
 
@@ -123,16 +174,22 @@ def _all_nodes(graph: onnx.GraphProto):
 
 def _protobuf_view(buf: bytes) -> list[tuple[str, int, bytes]]:
     """What onnxruntime's TensorRT EP reads of each EPContext node (onnx_ctx_model_helper.cc: embed_mode
-    defaults to 1 when the attribute is absent, else attrs.at("embed_mode").i())."""
+    defaults to 1 when the attribute is absent, else attrs.at("embed_mode").i()), after model-local functions
+    are inlined into their callers as onnxruntime does before any EP sees the graph (onnx's inliner: an
+    attribute with ref_attr_name takes the caller's value, or is dropped when the caller gives none)."""
+    import onnx.inliner
+
     model = onnx.ModelProto()
     model.ParseFromString(buf)
+    if model.functions:
+        model = onnx.inliner.inline_local_functions(model)
     view = []
     for node in _all_nodes(model.graph):
         if node.op_type != "EPContext":
             continue
         attrs = {a.name: a for a in node.attribute}
         mode = attrs["embed_mode"].i if "embed_mode" in attrs else 1
-        view.append((node.name, mode, attrs["ep_cache_context"].s))
+        view.append((node.name, mode, attrs["ep_cache_context"].s if "ep_cache_context" in attrs else None))
     return view
 
 
@@ -144,9 +201,21 @@ def test_reader_refuses_or_agrees_with_protobuf(infer, build):
         summary = infer.parse_onnx_summary(buf)
     except ValueError:  # _ProtoError: refused as ambiguous or malformed
         return
-    seen = [(n.name, n.attributes.get("embed_mode", 1), n.attributes.get("ep_cache_context"))
-            for n in summary.nodes if n.op_type == "EPContext"]
+    ctx = [n for n in summary.nodes if n.op_type == "EPContext"]
+    if any(n.function or n.ref_attributes for n in ctx):  # the verification refuses these before any file access
+        with pytest.raises(infer.Unavailable, match="refused"):
+            infer.verify_ep_context("/nonexistent/model_ctx.onnx", ctx, verify=True)
+        return
+    seen = [(n.name, n.attributes.get("embed_mode", 1), n.attributes.get("ep_cache_context")) for n in ctx]
     assert seen == expected
+
+
+def test_the_function_cases_are_live_so_refusing_them_means_something():
+    """Control: after inlining, the engine path onnxruntime loads is the caller's, not the literal the body shows."""
+    view = _protobuf_view(HOSTILE["EPContext in a function, path by reference"]())
+    assert [path for _name, _mode, path in view] == [b"../outside.engine"]
+    view = _protobuf_view(HOSTILE["EPContext in a function, reference not given"]())
+    assert [path for _name, _mode, path in view] == [None]  # the literal is dropped, not used
 
 
 @pytest.mark.parametrize("build", [b for name, b in HOSTILE.items() if name != "plain model"],

@@ -4,8 +4,9 @@ A reference source turns an input shape into a ``Sample``: the seeded input (as 
 reference outputs for it.
 
 - ``ModelReference``: the ORIGINAL PyTorch model (before any rewrite), run in float64 where a float64 copy of it
-  runs (a deep copy, ``.double()``), with each output's fp32 floor (PyTorch's own fp32 error against that run);
-  else its fp32 run, said in ``notes``.
+  runs (a deep copy, ``.double()``, run with float64 as torch's default dtype so tensors built while it runs are
+  float64 too), with each output's fp32 floor (PyTorch's own fp32 error against that run); else its fp32 run,
+  said in ``notes``.
 - ``GraphReference``: onnxruntime CPU on an ONNX file (an ``.onnx`` input's engine is compared with it); numpy
   inputs, so nothing here imports torch on that path.
 
@@ -15,8 +16,9 @@ graph is verified at from its dynamic ranges. This module imports no other modul
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -49,15 +51,44 @@ def torch_outputs(model: Any, x: Any) -> list[np.ndarray]:
     return [t.detach().float().cpu().numpy() for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
 
 
+@contextlib.contextmanager
+def float64_default() -> Iterator[None]:
+    """``torch.set_default_dtype(torch.float64)`` for the block, restored after (on error too): code that builds
+    tensors in the default dtype while it runs (``torch.linspace`` position grids, ``torch.zeros`` caches) then
+    builds them in float64, as a float64 run of the model needs."""
+    import torch
+
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
+def _cast_plain_tensors(model: Any) -> None:
+    """Cast to float64 the floating tensors a module keeps as plain attributes (not parameters or buffers, which
+    ``.double()`` casts): grids and caches set in ``__init__`` or an earlier forward."""
+    import torch
+
+    for module in model.modules():
+        for key, value in list(vars(module).items()):
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and not key.startswith("_"):
+                setattr(module, key, value.double())
+
+
 def float64_copy(model: Any) -> tuple[Any | None, str | None]:
     """``(a float64 deep copy of model, None)``, or ``(None, why not)`` (a TorchScript/torch.export input, a
-    model that cannot be copied or cast)."""
+    model that cannot be copied or cast). Parameters, buffers and plain tensor attributes are cast; the copy is run
+    under ``float64_default`` (``torch_outputs64``)."""
     import torch
 
     if not isinstance(model, torch.nn.Module) or isinstance(model, torch.jit.ScriptModule):
         return None, "the input is not a PyTorch module"
     try:
-        return copy.deepcopy(model).double(), None
+        model64 = copy.deepcopy(model).double()
+        _cast_plain_tensors(model64)
+        return model64, None
     except Exception as e:
         return None, one_line(e)
 
@@ -67,23 +98,57 @@ def torch_outputs64(model64: Any, x: Any) -> list[np.ndarray]:
     import torch
     import torch.utils._pytree as pytree
 
-    with torch.no_grad():
+    with torch.no_grad(), float64_default():
         out = model64(x.double())
+    return [t.detach().double().cpu().numpy() for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+
+
+def half_copy(model: Any) -> tuple[Any | None, str | None]:
+    """``(an fp16 deep copy of model, None)`` for PyTorch's own half-precision run, or ``(None, why not)``."""
+    import torch
+
+    if not isinstance(model, torch.nn.Module) or isinstance(model, torch.jit.ScriptModule):
+        return None, "the input is not a PyTorch module"
+    try:
+        return copy.deepcopy(model).half(), None
+    except Exception as e:
+        return None, one_line(e)
+
+
+def torch_outputs16(model16: Any, x: Any) -> list[np.ndarray]:
+    """Outputs of the fp16 copy at ``x`` rounded to fp16, as float64 arrays in pytree order. Where a tensor the
+    model builds while it runs meets the half weights in an op without a half/float promotion, the run goes on
+    under CPU autocast to fp16 (convolutions and matmuls in fp16, as a mixed-precision graph runs them)."""
+    import torch
+    import torch.utils._pytree as pytree
+
+    with torch.no_grad():
+        try:
+            out = model16(x.half())
+        except RuntimeError:
+            with torch.autocast("cpu", dtype=torch.float16):
+                out = model16.float()(x.half().float())
+            model16.half()
     return [t.detach().double().cpu().numpy() for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
 
 
 @dataclass(frozen=True)
 class Reference:
     """Reference outputs at one input: fp32, and float64 when a float64 run exists (``exact`` then holds those,
-    and ``floors`` each output's fp32 error against them); ``why`` says why a float64 run is missing."""
+    and ``floors`` each output's fp32 error against them); ``why`` says why a float64 run is missing. ``fp16``:
+    PyTorch's own fp16 run where one was asked for (fp16 graphs): ``fp16_floors`` its error against float64;
+    ``why16`` why it is missing."""
 
     fp32: list[np.ndarray]
     fp64: list[np.ndarray] | None = None
     why: str | None = None
+    fp16: list[np.ndarray] | None = None
+    why16: str | None = None
 
     @classmethod
-    def of_model(cls, model: Any, model64: Any | None, x: Any) -> Reference:
-        """``model`` at ``x``, and its float64 copy ``model64`` (None: none) where that runs."""
+    def of_model(cls, model: Any, model64: Any | None, x: Any, model16: Any | None = None) -> Reference:
+        """``model`` at ``x``, and its float64 copy ``model64`` (None: none) where that runs; its fp16 copy
+        ``model16`` too when given (the fp16 floor)."""
         fp32 = torch_outputs(model, x)
         if model64 is None:
             return cls(fp32)
@@ -93,7 +158,16 @@ class Reference:
             return cls(fp32, None, f"its float64 copy fails: {one_line(e)}")
         if len(out64) != len(fp32) or any(a.shape != b.shape for a, b in zip(out64, fp32, strict=True)):
             return cls(fp32, None, "its float64 copy returns other outputs")
-        return cls(fp32, out64)
+        if model16 is None:
+            return cls(fp32, out64)
+        try:
+            out16: list[np.ndarray] | None = torch_outputs16(model16, x)
+            why16 = None
+        except Exception as e:
+            out16, why16 = None, f"PyTorch's own fp16 run fails: {one_line(e)}"
+        if out16 is not None and [a.shape for a in out16] != [a.shape for a in out64]:
+            out16, why16 = None, "PyTorch's own fp16 run returns other outputs"
+        return cls(fp32, out64, None, out16, why16)
 
     @property
     def exact(self) -> list[np.ndarray]:
@@ -104,6 +178,12 @@ class Reference:
         if self.fp64 is None:
             return None
         return [rel_l2(a, b) for a, b in zip(self.fp64, self.fp32, strict=True)]
+
+    @property
+    def fp16_floors(self) -> list[float | None] | None:
+        if self.fp64 is None or self.fp16 is None:
+            return None
+        return [rel_l2(a, b) for a, b in zip(self.fp64, self.fp16, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -140,9 +220,11 @@ class ModelReference:
     name = "pytorch"
     title = "the PyTorch model"
 
-    def __init__(self, model: Any, *, float64: bool = True, fp16_io: bool = False, seed: int = SEED) -> None:
+    def __init__(self, model: Any, *, float64: bool = True, fp16_io: bool = False, fp16_floor: bool = False,
+                 seed: int = SEED) -> None:
         self.model, self.fp16_io, self.seed = model, fp16_io, seed
         self.model64, why = float64_copy(model) if float64 else (None, "float64 reference not asked for")
+        self.model16 = half_copy(model)[0] if fp16_floor and self.model64 is not None else None
         self.basis = "float64" if self.model64 is not None else "fp32"
         self.notes: tuple[str, ...] = () if self.model64 is not None else \
             (f"parity judged against the fp32 model (no float64 copy: {why})",)
@@ -155,7 +237,8 @@ class ModelReference:
             if self.fp16_io:
                 x = x.half().float()
             feed = x.numpy().astype(np.float16 if self.fp16_io else np.float32)
-            self._samples[shape] = Sample(shape, (feed,), Reference.of_model(self.model, self.model64, x))
+            self._samples[shape] = Sample(shape, (feed,), Reference.of_model(self.model, self.model64, x,
+                                                                                     self.model16))
         return self._samples[shape]
 
 

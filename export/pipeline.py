@@ -515,7 +515,8 @@ def _verify(ctx: _Context) -> None:
         exporter = options.exporter or ("dynamo" if ctx.loaded.kind == "exported_program" else target.exporter)
         large = sum(len(t.raw_data) for t in ctx.exported.model.graph.initializer) >= EXTERNAL_DATA_BYTES
         rule = user_rule(ctx.precision, options.rtol, options.atol)
-        reference = ModelReference(ctx.loaded.model, fp16_io=options.fp16_io, seed=SEED)
+        reference = ModelReference(ctx.loaded.model, fp16_io=options.fp16_io, fp16_floor=ctx.precision == "fp16",
+                                   seed=SEED)
 
         def run(graph: Any) -> VerifyResult:
             return verify_on(

@@ -47,29 +47,40 @@ class Run:
 @dataclass(frozen=True)
 class Tolerance:
     """The verdict's rules: the rule (the precision's or the user's) against a ``reference`` ("float64": a float64
-    run of the model, with each output's fp32 floor; "fp32": the fp32 model, the rule alone)."""
+    run of the model, with each output's fp32 floor and, for fp16, its fp16 floor; "fp32": the fp32 model, the rule
+    alone, ``why`` says why)."""
 
     reference: str
     rule: Rule
+    why: str | None = None
+    fp16_floor: bool = False  # PyTorch's own fp16 run measured the fp16 floor
 
     @classmethod
-    def of(cls, precision: str, rule: Rule | None, reference: str) -> Tolerance:
-        return cls(reference, rule or RULES[precision])
+    def of(cls, precision: str, rule: Rule | None, reference: str, *, why: str | None = None,
+           fp16_floor: bool = False) -> Tolerance:
+        return cls(reference, rule or RULES[precision], why, fp16_floor)
+
+    @property
+    def floors(self) -> list[str]:
+        """The floors the verdict took: "fp32" (PyTorch's fp32 run vs float64), "fp16" (its fp16 run)."""
+        if self.reference != "float64":
+            return []
+        return ["fp32", "fp16"] if self.fp16_floor else ["fp32"]
 
     def as_dict(self) -> dict[str, Any]:
         r = self.rule
         return {"reference": self.reference, "rule": r.text(), "rel_l2": None if r.elementwise else r.rel_l2,
                 "rtol": r.rtol, "atol": r.atol,
-                "floor_factor": FLOOR_FACTOR if self.reference == "float64" else None}
+                "floor_factor": FLOOR_FACTOR if self.reference == "float64" else None,
+                "reference_why": self.why, "floors": self.floors}
 
     def text(self) -> str:
         """The rules in one line."""
         if self.reference == "float64":
+            own = "fp16 (or fp32) error, the larger floor" if self.fp16_floor else "fp32 error (the fp32 floor)"
             return (f"pass: {self.rule.text()} against a float64 run of the model, or within {FLOOR_FACTOR:g}x "
-                    "PyTorch's own fp32 error (the fp32 floor), whichever is looser")
+                    f"PyTorch's own {own}, whichever is looser")
         return f"pass: {self.rule.text()} against the fp32 model"
-
-
 
 
 @dataclass(frozen=True)
@@ -142,6 +153,8 @@ def verify(reference: ReferenceSource, runner: Runner, shapes: Sequence[tuple[in
     notes = list(reference.notes)
     runs: list[Run] = []
     failure: Failure | None = None
+    basis_why: str | None = None  # why a shape fell back to the fp32 reference
+    fp16_measured = False
     for shape in shapes:
         label = "x".join(map(str, shape))
         try:
@@ -152,6 +165,14 @@ def verify(reference: ReferenceSource, runner: Runner, shapes: Sequence[tuple[in
         ref = sample.reference
         if ref.why is not None:
             notes.append(f"{label}: parity judged against the fp32 model ({ref.why})")
+            basis_why = basis_why or ref.why
+        fp16_floors = ref.fp16_floors if precision == "fp16" else None
+        if precision == "fp16" and ref.fp64 is not None:
+            if fp16_floors is None:
+                notes.append(f"{label}: no fp16 floor ({ref.why16 or 'PyTorch did not run the model in fp16'}): "
+                             "the fp16 rule alone")
+            else:
+                fp16_measured = True
         try:
             got = runner.run(dict(zip(runner.input_names, sample.inputs, strict=False)))
         except RuntimeMissing:
@@ -166,14 +187,24 @@ def verify(reference: ReferenceSource, runner: Runner, shapes: Sequence[tuple[in
         names = out_names if len(out_names) == len(outputs) else [f"output{i}" for i in range(len(outputs))]
         got_named = {names[i]: np.asarray(g, dtype=np.float32) for i, g in enumerate(got[:len(names)])}
         cmp = compare(dict(zip(names, outputs, strict=False)), got_named, precision=precision, label=label,
-                      rule=rule, floors=ref.floors)
+                      rule=rule, floors=ref.floors, fp16_floors=fp16_floors)
         if len(got) != len(outputs):
             cmp = Comparison(precision, cmp.outputs, label,
                              (*cmp.errors, f"{len(got)} {what} outputs, {reference.title} returns {len(outputs)}"))
         runs.append(Run(tuple(shape), cmp, runtime))
-    return VerifyResult(precision, tuple(runs), notes=tuple(dict.fromkeys(notes)),
-                        tolerance=Tolerance.of(precision, rule, reference.basis), failure=failure,
-                        reference=reference.name)
+    basis = "fp32" if basis_why is not None else reference.basis
+    tolerance = Tolerance.of(precision, rule, basis, why=basis_why or _basis_why(reference),
+                             fp16_floor=fp16_measured)
+    return VerifyResult(precision, tuple(runs), notes=tuple(dict.fromkeys(notes)), tolerance=tolerance,
+                        failure=failure, reference=reference.name)
+
+
+def _basis_why(reference: ReferenceSource) -> str | None:
+    """Why ``reference`` is judged in fp32 (its first note), None where it runs in float64."""
+    if reference.basis == "float64":
+        return None
+    return reference.notes[0] if reference.notes else f"{reference.title} runs in fp32"
+
 
 
 def verify_graph(reference: ReferenceSource, runtime: str, graph: Any, shapes: Sequence[tuple[int, ...]], *,
@@ -187,7 +218,8 @@ def verify_graph(reference: ReferenceSource, runtime: str, graph: Any, shapes: S
     except Exception as e:
         why = f"{runtime} cannot load the graph: {one_line(e)}"
         return VerifyResult(precision, tuple(_failed(precision, s, runtime, why) for s in shapes),
-                            notes=reference.notes, tolerance=Tolerance.of(precision, rule, reference.basis),
+                            notes=reference.notes,
+                            tolerance=Tolerance.of(precision, rule, reference.basis, why=_basis_why(reference)),
                             failure=failure_of(e, graph, runtime), reference=reference.name)
     return verify(reference, runner, shapes, precision=precision, rule=rule)
 

@@ -10,6 +10,8 @@ Two ways to pass, whichever is looser:
 - the model's own noise: given ``floor``, the relative L2 error of PyTorch's own fp32 run against a float64 run
   of the same model, an output passes when its error is at most ``FLOOR_FACTOR * floor``. A model with large
   BatchNorm gains amplifies fp32 rounding; its exported graph cannot be closer to the truth than PyTorch is.
+  An fp16 graph has an fp16 floor too (``fp16_floor``: PyTorch's own half-precision run against the same float64
+  run); the larger of the two floors applies.
 """
 
 from __future__ import annotations
@@ -78,15 +80,19 @@ class OutputMetrics:
     passed: bool
     floor: float | None = None  # PyTorch's own fp32 rel L2 against float64 (None: no float64 reference)
     rule_passed: bool | None = None  # under the rule (precision's or user's)
-    floor_passed: bool | None = None  # within FLOOR_FACTOR x floor
+    floor_passed: bool | None = None  # within FLOOR_FACTOR x the larger floor
+    fp16_floor: float | None = None  # PyTorch's own fp16 rel L2 against float64 (fp16 graphs; None: not measured)
 
     @property
     def floor_limit(self) -> float | None:
-        return None if self.floor is None else FLOOR_FACTOR * self.floor
+        floors = [f for f in (self.floor, self.fp16_floor) if f is not None and math.isfinite(f)]
+        return FLOOR_FACTOR * max(floors) if floors else None
 
     def line(self) -> str:
         status = "PASSED" if self.passed else "FAILED"
         floor = f" floor={self.floor:.3e}" if self.floor is not None else ""
+        if self.fp16_floor is not None:
+            floor += f" fp16_floor={self.fp16_floor:.3e}"
         return (f"{status} | {self.name} | rel_l2={self.rel_l2:.3e} max_abs={self.max_abs:.3e} "
                 f"max_rel={self.max_rel:.3e} cos={self.cosine:.9f}{floor}")
 
@@ -95,7 +101,7 @@ class OutputMetrics:
             "name": self.name, "shape": list(self.shape), "max_abs": self.max_abs, "max_rel": self.max_rel,
             "mean_abs": self.mean_abs, "rel_l2": self.rel_l2, "cosine": self.cosine, "finite": self.finite,
             "passed": self.passed, "rule_passed": self.rule_passed, "fp32_floor": self.floor,
-            "floor_limit": self.floor_limit, "floor_passed": self.floor_passed,
+            "fp16_floor": self.fp16_floor, "floor_limit": self.floor_limit, "floor_passed": self.floor_passed,
         }
 
 
@@ -127,10 +133,12 @@ def _to_numpy(a: Any) -> np.ndarray:
     return np.asarray(a)
 
 
-def metrics(name: str, reference: Any, candidate: Any, rule: Rule, floor: float | None = None) -> OutputMetrics:
+def metrics(name: str, reference: Any, candidate: Any, rule: Rule, floor: float | None = None,
+            fp16_floor: float | None = None) -> OutputMetrics:
     """Metrics of ``candidate`` against ``reference`` (both array-like of the same shape), in float64.
 
-    ``floor``: the model's own fp32 noise for this output (see the module docstring), or None."""
+    ``floor``: the model's own fp32 noise for this output (see the module docstring), or None; ``fp16_floor``:
+    its own fp16 noise (fp16 graphs), or None. The larger one applies."""
     ref = _to_numpy(reference).astype(np.float64)
     got = _to_numpy(candidate).astype(np.float64)
     if ref.shape != got.shape:
@@ -142,7 +150,7 @@ def metrics(name: str, reference: Any, candidate: Any, rule: Rule, floor: float 
     diff_norm = float(np.linalg.norm(diff))
     if ref.size == 0:
         return OutputMetrics(name, ref.shape, 0.0, 0.0, 0.0, 0.0, 1.0, True, True, floor, True,
-                             None if floor is None else True)
+                             None if floor is None and fp16_floor is None else True, fp16_floor)
     max_abs = float(diff.max())
     scale = float(np.abs(ref).max())
     max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
@@ -155,16 +163,19 @@ def metrics(name: str, reference: Any, candidate: Any, rule: Rule, floor: float 
         rule_passed = finite and bool(np.all(diff <= (rule.atol or 0.0) + (rule.rtol or 0.0) * np.abs(ref)))
     else:
         rule_passed = finite and rel_l2 <= rule.rel_l2 and cosine >= rule.min_cosine
-    floor_passed = None if floor is None or not math.isfinite(floor) else finite and rel_l2 <= FLOOR_FACTOR * floor
+    floors = [f for f in (floor, fp16_floor) if f is not None and math.isfinite(f)]
+    floor_passed = finite and rel_l2 <= FLOOR_FACTOR * max(floors) if floors else None
     return OutputMetrics(name, ref.shape, max_abs, max_rel, float(diff.mean()), rel_l2, cosine, finite,
-                         rule_passed or bool(floor_passed), floor, rule_passed, floor_passed)
+                         rule_passed or bool(floor_passed), floor, rule_passed, floor_passed, fp16_floor)
 
 
 def compare(reference: Sequence[Any] | Mapping[str, Any], candidate: Sequence[Any] | Mapping[str, Any],
             precision: str = "fp32", label: str = "", rule: Rule | None = None,
-            floors: Sequence[float | None] | None = None) -> Comparison:
+            floors: Sequence[float | None] | None = None,
+            fp16_floors: Sequence[float | None] | None = None) -> Comparison:
     """Compare outputs pairwise (sequences by position, mappings by name) under ``RULES[precision]`` (or
-    ``rule``); ``floors``: the model's own fp32 noise per reference output, in order (see ``metrics``)."""
+    ``rule``); ``floors``: the model's own fp32 noise per reference output, in order, and ``fp16_floors`` its
+    fp16 noise (see ``metrics``)."""
     if rule is None:
         if precision not in RULES:
             raise ValueError(f"unknown precision {precision!r}; expected one of {sorted(RULES)}")
@@ -189,8 +200,9 @@ def compare(reference: Sequence[Any] | Mapping[str, Any], candidate: Sequence[An
     for k, (name, r, c) in enumerate(pairs):
         i = order.index(name) if isinstance(reference, Mapping) else k
         floor = floors[i] if floors is not None and i < len(floors) else None
+        floor16 = fp16_floors[i] if fp16_floors is not None and i < len(fp16_floors) else None
         try:
-            outputs.append(metrics(name, r, c, rule, floor))
+            outputs.append(metrics(name, r, c, rule, floor, floor16))
         except ValueError as e:
             errs.append(str(e))
     return Comparison(precision, tuple(outputs), label, tuple(errs))

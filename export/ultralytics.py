@@ -23,12 +23,15 @@ recognising a model looks at class names and module names alone.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
+
+from ..runtime.parity import FLOOR_FACTOR
 
 # Ultralytics' model classes (ultralytics/nn/tasks.py) and the task each one exports as.
 TASK_OF_CLASS = {"DetectionModel": "detect", "SegmentationModel": "segment", "PoseModel": "pose",
@@ -251,9 +254,18 @@ def _decoder() -> Any:
     return infer
 
 
+TOP_K = 20  # candidates per image compared when no box clears the confidence threshold
+
+
 @dataclass
 class BoxAgreement:
-    """PyTorch vs ONNX decoded boxes on the same images (the decode of ``runtime/infer.py``)."""
+    """PyTorch vs ONNX decoded boxes on the same images (the decode of ``runtime/infer.py``).
+
+    ``compared``: "boxes" (anchors whose PyTorch score clears the confidence threshold), "candidates" (no box
+    cleared it on any image: the ``TOP_K`` best-scoring anchors per image, whatever their score) or "nothing"
+    (no anchor at all: not checked, never PASSED). The limits are the rule's (``MIN_IOU``, ``SCORE_ATOL``) or, when
+    looser, ``FLOOR_FACTOR`` x the model's own noise on the same anchors (PyTorch's fp32 run, and for fp16 its half
+    run, against its float64 run): the box floor."""
 
     precision: str
     images: int = 0
@@ -262,76 +274,173 @@ class BoxAgreement:
     min_iou: float = 1.0
     max_score_diff: float = 0.0
     problems: list[str] = field(default_factory=list)
+    compared: str = "boxes"
+    floor_min_iou: float | None = None  # the model's own: worst IoU of its fp32/fp16 boxes with its float64 ones
+    floor_score_diff: float | None = None  # the model's own: largest score difference from its float64 run
+    reference: str = "fp32"  # what the boxes were compared with ("float64" where the float64 run exists)
 
     def __bool__(self) -> bool:
         return not self.problems
 
+    @property
+    def checked(self) -> bool:
+        return self.compared != "nothing"
+
+    @property
+    def iou_limit(self) -> float:
+        if self.floor_min_iou is None:
+            return MIN_IOU
+        return min(MIN_IOU, 1.0 - FLOOR_FACTOR * (1.0 - self.floor_min_iou))
+
+    @property
+    def score_limit(self) -> float:
+        rule = SCORE_ATOL[self.precision]
+        return rule if self.floor_score_diff is None else max(rule, FLOOR_FACTOR * self.floor_score_diff)
+
     def as_dict(self) -> dict[str, Any]:
-        return {"precision": self.precision, "passed": bool(self), "images": self.images,
+        return {"precision": self.precision, "passed": bool(self) if self.checked else None, "images": self.images,
                 "reference_boxes": self.reference_boxes, "matched": self.matched,
                 "min_iou": round(self.min_iou, 6), "max_score_diff": float(f"{self.max_score_diff:.3g}"),
-                "rule": {"min_iou": MIN_IOU, "score_atol": SCORE_ATOL[self.precision]}, "problems": self.problems}
+                "rule": {"min_iou": MIN_IOU, "score_atol": SCORE_ATOL[self.precision]}, "problems": self.problems,
+                "compared": self.compared, "reference": self.reference,
+                "floor": {"min_iou": self.floor_min_iou, "score_diff": self.floor_score_diff,
+                          "floor_factor": FLOOR_FACTOR},
+                "limits": {"min_iou": round(self.iou_limit, 6), "score_atol": float(f"{self.score_limit:.3g}")}}
 
     def line(self) -> str:
+        if not self.checked:
+            return f"NOT CHECKED | boxes | no anchor to compare on {self.images} image(s)"
         verdict = "PASSED" if self else "FAILED"
-        return (f"{verdict} | boxes | {self.matched}/{self.reference_boxes} agree on {self.images} image(s) | "
-                f"min IoU {self.min_iou:.4f} | max score diff {self.max_score_diff:.2g}"
-                + (f" | {self.problems[0]}" if self.problems else ""))
+        what = "agree" if self.compared == "boxes" else \
+            f"top-{TOP_K} candidates agree (no box above the confidence threshold)"
+        floor = f" (box floor: {self.floor_score_diff:.2g})" if self.floor_score_diff is not None else ""
+        return (f"{verdict} | boxes | {self.matched}/{self.reference_boxes} {what} on {self.images} image(s) | "
+                f"min IoU {self.min_iou:.4f} | max score diff {self.max_score_diff:.2g} <= {self.score_limit:.2g}"
+                f"{floor}" + (f" | {self.problems[0]}" if self.problems else ""))
 
 
-def match_detections(ref: Any, got: Any, precision: str, agreement: BoxAgreement) -> None:
-    """Compare two [B, 4 + nc, anchors] detect outputs box by box, before NMS.
+def _anchors(ref: np.ndarray, threshold: float | None) -> list[np.ndarray]:
+    """Per image of a [B, 4 + nc, anchors] output: the anchors whose best score clears ``threshold``, or, with
+    ``threshold`` None, the ``TOP_K`` best-scoring anchors whatever their score."""
+    out = []
+    for r in ref:
+        top = r[4:].max(axis=0)
+        out.append(np.nonzero(top > threshold)[0] if threshold is not None else np.argsort(-top)[:TOP_K])
+    return out
 
-    Every anchor whose best PyTorch score is clearly above the confidence threshold (by more than the score
-    tolerance) is a reference box; the ONNX box at the same anchor must have the same class (unless the two best
-    classes are within the tolerance), IoU >= MIN_IOU and a score within the tolerance. Comparing after NMS would
-    let a 1e-4 difference flip one suppression and cascade; NMS is the same numpy code on both sides.
-    """
+
+def _box_pairs(ref: np.ndarray, got: np.ndarray, anchors: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """IoU and largest class-score difference of ``got``'s box with ``ref``'s at each anchor (all images)."""
     dec = _decoder()
-    atol = SCORE_ATOL[precision]
-    for r, g in zip(np.asarray(ref, dtype=np.float64), np.asarray(got, dtype=np.float64), strict=True):
-        scores = r[4:]
-        best = scores.argmax(axis=0)
-        top = scores[best, np.arange(r.shape[1])]
-        idx = np.nonzero(top > dec.CONF_THRESHOLD + atol)[0]
-        agreement.reference_boxes += int(idx.size)
+    ious, diffs = [], []
+    for r, g, idx in zip(ref, got, anchors, strict=True):
         if not idx.size:
             continue
         rb, gb = dec.xywh_to_xyxy(r[:4, idx].T), dec.xywh_to_xyxy(g[:4, idx].T)
-        iou = np.array([dec.box_iou(rb[i:i + 1], gb[i:i + 1])[0, 0] for i in range(idx.size)])
-        diff = np.abs(g[4:, idx] - r[4:, idx]).max(axis=0)
-        second = np.sort(scores[:, idx], axis=0)[-2] if scores.shape[0] > 1 else np.full(idx.size, -np.inf)
-        same_class = (g[4:, idx].argmax(axis=0) == best[idx]) | (top[idx] - second <= atol)
-        ok = (iou >= MIN_IOU) & (diff <= atol) & same_class
-        agreement.matched += int(ok.sum())
-        agreement.min_iou = min(agreement.min_iou, float(iou.min()))
-        agreement.max_score_diff = max(agreement.max_score_diff, float(diff.max()))
-        if not same_class.all():
-            agreement.problems.append(f"{int((~same_class).sum())} box(es) change class")
-    if agreement.min_iou < MIN_IOU:
-        agreement.problems.append(f"matched boxes IoU {agreement.min_iou:.4f} < {MIN_IOU}")
+        ious.append(np.array([dec.box_iou(rb[i:i + 1], gb[i:i + 1])[0, 0] for i in range(idx.size)]))
+        diffs.append(np.abs(g[4:, idx] - r[4:, idx]).max(axis=0))
+    if not ious:
+        return np.ones(0), np.zeros(0)
+    return np.concatenate(ious), np.concatenate(diffs)
+
+
+def match_detections(ref: Any, got: Any, precision: str, agreement: BoxAgreement,
+                     anchors: list[np.ndarray] | None = None) -> None:
+    """Compare two [B, 4 + nc, anchors] detect outputs box by box, before NMS.
+
+    ``anchors`` (per image; default: every anchor whose best reference score is clearly above the confidence
+    threshold, by more than the score tolerance) are the reference boxes; the ONNX box at the same anchor must
+    have the same class (unless the two best classes are within the tolerance), IoU >= the IoU limit and a score
+    within the score limit (``BoxAgreement``: the rule, or the box floor where looser). Comparing after NMS would
+    let a 1e-4 difference flip one suppression and cascade; NMS is the same numpy code on both sides.
+    """
+    ref, got = np.asarray(ref, dtype=np.float64), np.asarray(got, dtype=np.float64)
+    atol, min_iou = agreement.score_limit, agreement.iou_limit
+    if anchors is None:
+        anchors = _anchors(ref, _decoder().CONF_THRESHOLD + SCORE_ATOL[precision])
+    iou, diff = _box_pairs(ref, got, anchors)
+    agreement.reference_boxes += int(iou.size)
+    if not iou.size:
+        return
+    same = []
+    for r, g, idx in zip(ref, got, anchors, strict=True):
+        if not idx.size:
+            continue
+        scores = r[4:, idx]
+        best = scores.argmax(axis=0)
+        top = scores.max(axis=0)
+        second = np.sort(scores, axis=0)[-2] if scores.shape[0] > 1 else np.full(idx.size, -np.inf)
+        same.append((g[4:, idx].argmax(axis=0) == best) | (top - second <= atol))
+    same_class = np.concatenate(same)
+    ok = (iou >= min_iou) & (diff <= atol) & same_class
+    agreement.matched += int(ok.sum())
+    agreement.min_iou = min(agreement.min_iou, float(iou.min()))
+    agreement.max_score_diff = max(agreement.max_score_diff, float(diff.max()))
+    if not same_class.all():
+        agreement.problems.append(f"{int((~same_class).sum())} box(es) change class")
+    if agreement.min_iou < min_iou:
+        agreement.problems.append(f"matched boxes IoU {agreement.min_iou:.4f} < {min_iou:.4f}")
     if agreement.max_score_diff > atol:
-        agreement.problems.append(f"score diff {agreement.max_score_diff:.2g} > {atol}")
+        agreement.problems.append(f"score diff {agreement.max_score_diff:.2g} > {atol:.2g}")
+
+
+def _detect_output(model: Any, x: Any) -> np.ndarray:
+    out = model(x)
+    out = out[0] if isinstance(out, list | tuple) else out
+    return out.detach().double().numpy()
 
 
 def box_agreement(reference: Any, onnx_model: Any, images: list[Any], *, precision: str,
                   fp16_io: bool = False) -> BoxAgreement:
-    """Decode both models' detect output on ``images`` ([1, 3, H, W] float tensors in [0, 1]) and compare."""
+    """Decode both models' detect output on ``images`` ([1, 3, H, W] float tensors in [0, 1]) and compare.
+
+    The box floor: on the same anchors, PyTorch's own fp32 run (and for fp16 its half run) against its float64 run
+    (``inputs.float64_copy``, under float64 as the default dtype), where that runs; the ONNX boxes are then
+    compared with the float64 boxes."""
     import torch
 
+    from .inputs import float64_copy, float64_default, half_copy
     from .runners import open_runner
 
     runner = open_runner("onnxruntime", onnx_model)
     name = runner.input_names[0]
     agreement = BoxAgreement(precision)
+    model64, _ = float64_copy(reference)
+    model16 = half_copy(reference)[0] if precision == "fp16" and model64 is not None else None
+    refs, gots, own = [], [], []
     for x in images:
         feed = x.numpy().astype(np.float16 if fp16_io else np.float32)
+        xt = torch.from_numpy(feed.astype(np.float32))
         with torch.no_grad():
-            ref_out = reference(torch.from_numpy(feed.astype(np.float32)))
-        ref_out = ref_out[0] if isinstance(ref_out, list | tuple) else ref_out
-        got_out = np.asarray(runner.run({name: feed})[0], dtype=np.float32)
-        match_detections(ref_out.float().numpy(), got_out, precision, agreement)
+            fp32 = _detect_output(reference, xt)
+            exact = None
+            if model64 is not None:
+                try:
+                    with float64_default():
+                        exact = _detect_output(model64, xt.double())
+                except Exception:  # noqa: BLE001 (no float64 run: the fp32 boxes are the reference, no floor)
+                    model64 = None
+            noisy = [fp32]
+            if model16 is not None and exact is not None:
+                with contextlib.suppress(Exception):
+                    noisy.append(_detect_output(model16, xt.half()))
+        refs.append(exact if exact is not None else fp32)
+        own.append(noisy if exact is not None else [])
+        gots.append(np.asarray(runner.run({name: feed})[0], dtype=np.float64))
         agreement.images += 1
+    ref_all = np.concatenate(refs)
+    anchors = _anchors(ref_all, _decoder().CONF_THRESHOLD + SCORE_ATOL[precision])
+    if not sum(a.size for a in anchors):
+        anchors = _anchors(ref_all, None)
+        agreement.compared = "candidates" if sum(a.size for a in anchors) else "nothing"
+    if model64 is not None and all(own):
+        agreement.reference = "float64"
+        ious, diffs = zip(*(_box_pairs(ref_all, np.concatenate([o[k] for o in own]), anchors)
+                            for k in range(min(len(o) for o in own))), strict=True)
+        iou, diff = np.concatenate(ious), np.concatenate(diffs)
+        if iou.size and np.isfinite(iou).all() and np.isfinite(diff).all():
+            agreement.floor_min_iou, agreement.floor_score_diff = float(iou.min()), float(diff.max())
+    match_detections(ref_all, np.concatenate(gots), precision, agreement, anchors)
     return agreement
 
 

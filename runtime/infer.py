@@ -23,10 +23,12 @@ import ast
 import contextlib
 import ctypes
 import hashlib
+import io
 import json
 import os
 import re
 import signal
+import stat
 import sys
 import time
 from dataclasses import dataclass, field
@@ -100,6 +102,51 @@ class Unavailable(InferError):
 def _first_line(text: object) -> str:
     lines = [line.strip() for line in str(text).splitlines() if line.strip()]
     return lines[0] if lines else type(text).__name__
+
+
+# Characters a terminal acts on instead of showing (C0/C1 controls: ESC sequences set the window title or clear
+# the screen; format characters: bidi overrides reorder what is shown): model strings, labels and file names
+# are printed with these escaped, so a line says what the file holds and stays one line.
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+
+
+def printable(text: object) -> str:
+    """``text`` with control and bidi characters escaped (``\\x1b``, ``\\n``, ``\\u202e``)."""
+    return _UNPRINTABLE.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), str(text))
+
+
+_FILE_KINDS = ((stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISSOCK, "socket"),
+               (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words."""
+    return next((name for test, name in _FILE_KINDS if test(mode)), "special file")
+
+
+def read_regular(path: str, what: str) -> bytes:
+    """The bytes of ``path`` when it is a regular file (a link to one counts). Opened without blocking and
+    checked on the open descriptor, so a FIFO, a device or a file swapped for one is refused, never waited on."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        raise BadInput(f"cannot read {what} {printable(path)} ({e.strerror}); check the path and permissions"
+                       ) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise BadInput(f"{what} {printable(path)} is a {file_kind(mode)}, not a regular file; give a file")
+        chunks: list[bytes] = []
+        while True:
+            chunk = os.read(fd, 1 << 24)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    except OSError as e:
+        raise BadInput(f"cannot read {what} {printable(path)} ({e.strerror}); check the file") from None
+    finally:
+        os.close(fd)
 
 
 # ------------------------------------------------------------------------ ONNX protobuf (no onnx package)
@@ -349,15 +396,12 @@ def parse_onnx_summary(buf: bytes) -> OnnxSummary:
 
 
 def read_onnx_summary(path: str) -> OnnxSummary:
-    try:
-        with open(path, "rb") as f:
-            buf = f.read()
-    except OSError as e:
-        raise BadInput(f"cannot read {path}: {e.strerror}; check the path and permissions") from None
+    buf = read_regular(path, "model")
     try:
         return parse_onnx_summary(buf)
     except _ProtoError as e:
-        raise BadInput(f"{path} is not a valid ONNX model ({e}); export it again or copy it again") from None
+        raise BadInput(f"{printable(path)} is not a valid ONNX model ({printable(e)}); export it again or copy it "
+                       "again") from None
 
 
 # ----------------------------------------------------------------------------------------- metadata
@@ -436,8 +480,9 @@ def _json_value(metadata: dict[str, str], key: str) -> Any:
         return None
     try:
         value = json.loads(raw)
-    except ValueError:
-        raise BadInput(f"metadata {META}{key} is not valid JSON; export the model again") from None
+    except (ValueError, RecursionError):  # also a number past Python's digit limit, nesting past the stack
+        raise BadInput(f"metadata {META}{key} is not valid JSON (or nested too deeply); export the model again"
+                       ) from None
     if value is not None and not isinstance(value, expected):
         raise BadInput(f"metadata {META}{key} should be a JSON {expected.__name__}, got "
                        f"{type(value).__name__}; export the model again")
@@ -449,6 +494,8 @@ def parse_meta(metadata: dict[str, str]) -> ModelMeta:
     meta.task = metadata.get(META + "task") or None
     labels = _json_value(metadata, "labels")
     if labels is not None:
+        if not all(isinstance(label, (str, int, float)) for label in labels):
+            raise BadInput(f"metadata {META}labels should be a list of names; export the model again")
         meta.labels = [str(label) for label in labels]
     meta.preprocess = _json_value(metadata, "preprocess") or {}
     meta.precision = metadata.get(META + "precision") or "fp32"
@@ -478,13 +525,15 @@ def _ultralytics_meta(metadata: dict[str, str], meta: ModelMeta) -> None:
     def literal(key: str) -> Any:
         try:
             return ast.literal_eval(metadata.get(key, "None"))
-        except (ValueError, SyntaxError):
+        except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):  # unreadable: as if absent
             return None
 
     names, imgsz, stride = literal("names"), literal("imgsz"), literal("stride")
     if type(stride) is int and stride > 0:
         meta.stride = stride
-    if meta.labels is None and isinstance(names, dict):
+    # {index: name} as Ultralytics writes it; other shapes (mixed or non-integer keys) are ignored, not sorted
+    if meta.labels is None and isinstance(names, dict) and names and all(
+            type(k) is int for k in names) and all(isinstance(v, (str, int, float)) for v in names.values()):
         meta.labels = [str(names[k]) for k in sorted(names)]
     if meta.task is None and metadata.get("task") in ("detect", "classify"):
         meta.task = metadata["task"]
@@ -637,14 +686,37 @@ class Sidecar:
 
 def read_sidecar(path: str) -> Sidecar:
     """Read a ``model.engine.json``; ``SidecarInvalid`` when it is not a blocks-export engine sidecar."""
-    name = os.path.basename(path)
+    name = printable(os.path.basename(path))
     try:
-        with open(path, encoding="utf-8") as f:
-            record = json.load(f)
-    except (OSError, ValueError) as e:
-        raise SidecarInvalid(f"cannot read engine sidecar {name} ({_first_line(e)})",
+        record = json.loads(read_regular(path, "engine sidecar").decode("utf-8"))
+    except (BadInput, ValueError, RecursionError) as e:  # also not UTF-8, nested past the stack, huge numbers
+        raise SidecarInvalid(f"cannot read engine sidecar {name} ({printable(_first_line(e))})",
                              "copy it again from the machine that built the engine") from None
-    return Sidecar.from_dict(record, name)
+    sidecar = Sidecar.from_dict(record, name)
+    problem = _sidecar_shape_problem(record)
+    if problem:
+        raise SidecarInvalid(f"{name} {problem}", "copy it again from the machine that built the engine")
+    return sidecar
+
+
+def _sidecar_shape_problem(sidecar: dict[str, Any]) -> str | None:
+    """Why the fields the loaders read are not of the types written (None: they are)."""
+    for key in ("tensorrt_version", "device_name", "compute_capability"):
+        value = sidecar.get(key)
+        if value is not None and not isinstance(value, (str, int, float)):
+            return f"has a {type(value).__name__} for {key}"
+    profiles = sidecar.get("profiles")
+    if profiles is None:
+        return None
+    if not isinstance(profiles, list) or not all(isinstance(p, dict) for p in profiles):
+        return "has profiles that are not a list of {input: {min, opt, max}}"
+    for profile in profiles:
+        for bounds in profile.values():
+            if not isinstance(bounds, dict) or not all(
+                    isinstance(bounds.get(k), list) and all(type(d) is int and 0 <= d < 1 << 31 for d in bounds[k])
+                    for k in ("min", "opt", "max")):
+                return "has a profile whose min/opt/max are not lists of dimensions"
+    return None
 
 
 def load_sidecar(path: str) -> Sidecar:
@@ -974,22 +1046,24 @@ def read_image(path: str) -> np.ndarray:
         from PIL import Image
     except ImportError:
         Image = None  # type: ignore[assignment]
+    data = read_regular(path, "image")  # a FIFO or device named .png is refused, never waited on
+    shown = printable(path)
     if Image is not None:
         try:
-            with Image.open(path) as opened:
+            with Image.open(io.BytesIO(data)) as opened:
                 opened.load()
                 return _pil_pixels(opened, path)
         except BadInput:
             raise
         except Exception as e:  # PIL raises many types for broken files (UnidentifiedImageError, OSError, ...)
-            raise BadInput(f"cannot read image {path} ({_first_line(e)}); check the file") from None
+            raise BadInput(f"cannot read image {shown} ({printable(_first_line(e))}); check the file") from None
     try:
         import cv2  # type: ignore[import-not-found]
     except ImportError:
         raise BadInput("reading images needs Pillow or OpenCV: pip install pillow (or pass .npy arrays)") from None
-    data = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    data = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if data is None:
-        raise BadInput(f"cannot read image {path}; check the file")
+        raise BadInput(f"cannot read image {shown}; check the file")
     return _cv2_pixels(data, path, cv2)
 
 
@@ -1317,25 +1391,43 @@ class Batch:
     image_hw: list[tuple[int, int]] = field(default_factory=list)  # decoded images' (H, W), one per source
 
 
+def _check_regular(path: str) -> None:
+    """Refuse an input that is not a regular file (a FIFO named .png, a device, a link loop) before any work."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise BadInput(f"cannot read input {printable(path)} ({e.strerror}); check the path") from None
+    if not stat.S_ISREG(mode):
+        raise BadInput(f"input {printable(path)} is a {file_kind(mode)}, not a regular file; give image files, "
+                       ".npy arrays or a folder of them")
+
+
 def collect_sources(paths: Sequence[str]) -> tuple[list[str], list[str]]:
     """Split positional inputs into (image files, .npy files); folders give their images, sorted."""
     images: list[str] = []
     arrays: list[str] = []
     for path in paths:
         if os.path.isdir(path):
-            found = sorted(os.path.join(path, n) for n in os.listdir(path)
-                           if n.lower().endswith(IMAGE_EXTENSIONS))
+            try:
+                names = os.listdir(path)
+            except OSError as e:
+                raise BadInput(f"cannot list folder {printable(path)} ({e.strerror}); check the path") from None
+            found = sorted(os.path.join(path, n) for n in names if n.lower().endswith(IMAGE_EXTENSIONS))
             if not found:
-                raise BadInput("folder {} holds no images ({})".format(path, " ".join(IMAGE_EXTENSIONS)))
+                raise BadInput("folder {} holds no images ({})".format(printable(path), " ".join(IMAGE_EXTENSIONS)))
+            for item in found:
+                _check_regular(item)
             images.extend(found)
-        elif not os.path.exists(path):
-            raise BadInput(f"input not found: {path}")
+        elif not os.path.lexists(path):
+            raise BadInput(f"input not found: {printable(path)}")
         elif path.lower().endswith(".npy"):
+            _check_regular(path)
             arrays.append(path)
         elif path.lower().endswith(IMAGE_EXTENSIONS):
+            _check_regular(path)
             images.append(path)
         else:
-            raise BadInput(f"unsupported input {path}: give images ({' '.join(IMAGE_EXTENSIONS)}), "
+            raise BadInput(f"unsupported input {printable(path)}: give images ({' '.join(IMAGE_EXTENSIONS)}), "
                            ".npy arrays or a folder")
     if images and arrays:
         raise BadInput("mix of images and .npy arrays; give one kind per run")
@@ -1403,15 +1495,15 @@ def image_batches(paths: list[str], spec: InputSpec, meta: ModelMeta, resize: st
 
 
 def _load_npy(path: str) -> np.ndarray:
+    data = read_regular(path, "array")
     try:
         # allow_pickle=False: an .npy holding Python objects would run code when unpickled.
-        return np.load(path, allow_pickle=False)
+        return np.load(io.BytesIO(data), allow_pickle=False)
     except ValueError as e:
-        raise BadInput(f"{path} cannot be loaded without unpickling Python objects ({_first_line(e)}); "
-                       "save a plain numeric "
-                       "array") from None
-    except OSError as e:
-        raise BadInput(f"cannot read {path} ({_first_line(e)}); check the file") from None
+        raise BadInput(f"{printable(path)} cannot be loaded without unpickling Python objects "
+                       f"({printable(_first_line(e))}); save a plain numeric array") from None
+    except (OSError, EOFError) as e:
+        raise BadInput(f"cannot read {printable(path)} ({printable(_first_line(e))}); check the file") from None
 
 
 def _fit_array(array: np.ndarray, spec: InputSpec, path: str) -> np.ndarray:
@@ -1459,6 +1551,25 @@ def parse_shape_overrides(items: Sequence[str]) -> dict[str, list[int]]:
     return shapes
 
 
+#: Largest random input --random makes (the largest real image inputs are a few hundred MB).
+MAX_RANDOM_BYTES = 1 << 30
+
+
+def _check_random_size(spec: InputSpec, shape: Sequence[int], dtype: np.dtype) -> None:
+    """Refuse a random input of negative or absurd size (a model declaring [1, 3, 10^6, 10^6]) before allocating."""
+    example = "x".join(str(d) if isinstance(d, int) and d > 0 else "N" for d in spec.shape)
+    if any(not isinstance(d, int) or d < 0 for d in shape):
+        raise BadInput(f"input {printable(spec.name)!r} would get shape {list(shape)}, which has a negative "
+                       f"dimension; pass --shape {printable(spec.name)}={example}")
+    size = dtype.itemsize
+    for d in shape:
+        size *= d
+    if size > MAX_RANDOM_BYTES:
+        raise BadInput(f"input {printable(spec.name)!r} of shape {'x'.join(map(str, shape))} would need "
+                       f"{size / 2**30:.3g} GiB of random data (more than {MAX_RANDOM_BYTES >> 30} GiB); pass a "
+                       f"smaller --shape {printable(spec.name)}={example} or real inputs")
+
+
 def random_batch(specs: list[InputSpec], meta: ModelMeta, overrides: dict[str, list[int]], seed: int) -> Batch:
     """One batch of random inputs; dynamic axes from --shape, else the export shape, else 1 for batch."""
     rng = np.random.default_rng(seed)
@@ -1483,6 +1594,7 @@ def random_batch(specs: list[InputSpec], meta: ModelMeta, overrides: dict[str, l
                     raise BadInput(f"input {spec.name!r} has dynamic axis {axis} ({dim}) and no export shape in "
                                    f"its metadata; pass --shape {spec.name}={example}")
         dtype = numpy_dtype(spec)
+        _check_random_size(spec, shape, dtype)
         if dtype.kind == "f":
             feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
         elif dtype.kind in "iu":
@@ -1621,13 +1733,18 @@ def detection_predictions(output: np.ndarray, sources: list[str], labels: list[s
     return items
 
 
+def _print(text: str, file: Any) -> None:
+    """One line of the human report: labels, output names and paths come from files, so they are escaped."""
+    print(printable(text), file=file)
+
+
 def print_detections(item: dict[str, Any], out: Any) -> None:
     space = "image" if item.get("box_space") == "image" else "model-input"
-    print(f"{item['source']}: {len(item['detections'])} detection(s) (boxes x1,y1,x2,y2 in {space} pixels)",
-          file=out)
+    _print(f"{item['source']}: {len(item['detections'])} detection(s) (boxes x1,y1,x2,y2 in {space} pixels)",
+           file=out)
     for det in item["detections"]:
-        print("  {:<20} {:.3f}  [{}]".format(det["label"], det["score"],
-                                               ", ".join(f"{v:.1f}" for v in det["box_xyxy"])), file=out)
+        _print("  {:<20} {:.3f}  [{}]".format(det["label"], det["score"],
+                                                ", ".join(f"{v:.1f}" for v in det["box_xyxy"])), file=out)
 
 
 def output_stats(name: str, value: Output) -> dict[str, Any]:
@@ -1689,9 +1806,10 @@ def _write_in_folder(folder: str, filename: str, write: Any) -> str:
 
 def save_outputs(folder: str, names: Sequence[str], values: Sequence[Output],
                  sources: Sequence[str]) -> list[str]:
+    created = _folders_to_create(folder)
+    written: list[str] = []
     try:
         os.makedirs(folder, exist_ok=True)
-        written = []
         used = set()
         for name, value in zip(names, values):
             base = _safe_name(name)
@@ -1708,9 +1826,32 @@ def save_outputs(folder: str, names: Sequence[str], values: Sequence[Output],
                 written.append(_write_in_folder(folder, filename, lambda f, array=array: np.save(f, array)))
         text = "".join(s + "\n" for s in sources).encode("utf-8")
         _write_in_folder(folder, "sources.txt", lambda f: f.write(text))
-    except OSError as e:
-        raise BadInput(f"cannot write outputs to {folder} ({e.strerror}); choose a writable folder") from None
+    except BaseException as e:
+        # Nothing half-done is left: the files this run wrote, then the folders it created (deepest first).
+        for path in written if created else ():
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        for made in reversed(created):
+            with contextlib.suppress(OSError):
+                os.rmdir(made)
+        if isinstance(e, OSError):
+            raise BadInput(f"cannot write outputs to {printable(folder)} ({e.strerror}); choose a writable folder "
+                           "with free space") from None
+        raise
     return written
+
+
+def _folders_to_create(folder: str) -> list[str]:
+    """The folders ``os.makedirs(folder)`` would create, outermost first."""
+    missing = []
+    current = os.path.abspath(folder)
+    while not os.path.lexists(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    return missing[::-1]
 
 
 # -------------------------------------------------------------------------------------------- bench
@@ -1938,11 +2079,11 @@ class Reporter:
 
     def note(self, line: str) -> None:
         self.notes.append(line)
-        print("note: " + line, file=self.err)
+        print("note: " + printable(line), file=self.err)
 
     def warn(self, line: str) -> None:
         self.warnings.append(line)
-        print("WARNING: " + line, file=self.err)
+        print("WARNING: " + printable(line), file=self.err)
 
 
 def _inspect_model(model_path: str, verify_engine: bool, device_id: int,
@@ -2102,18 +2243,18 @@ def run(args: argparse.Namespace, out: Any, err: Any) -> int:
 
 def print_human(result: dict[str, Any], out: Any) -> None:
     provider = result["providers"][0] if result["providers"] else "?"
-    print(f"model: {result['model']} ({result['task'] or 'no task metadata'}, {result['precision']}) on "
-          f"{provider}; session created in {result['session_create_s'] * 1000:.1f} ms", file=out)
+    _print(f"model: {result['model']} ({result['task'] or 'no task metadata'}, {result['precision']}) on "
+           f"{provider}; session created in {result['session_create_s'] * 1000:.1f} ms", file=out)
     if result["predictions"] is not None:
         for item in result["predictions"]:
             if "detections" in item:
                 print_detections(item, out)
                 continue
-            print(item["source"], file=out)
+            _print(item["source"], file=out)
             for rank, entry in enumerate(item["topk"], 1):
-                print(f"  {rank}. {entry['label']:<24} {entry['score']:.4f}  (class {entry['index']})", file=out)
+                _print(f"  {rank}. {entry['label']:<24} {entry['score']:.4f}  (class {entry['index']})", file=out)
     else:
-        print(f"{len(result['items'])} item(s) in {result['runs']} run(s)", file=out)
+        _print(f"{len(result['items'])} item(s) in {result['runs']} run(s)", file=out)
         for stats in result["outputs"]:
             line = "  {} {} {}".format(stats["name"], "x".join("?" if d is None else str(d) for d in stats["shape"]),
                                        stats["dtype"])
@@ -2122,17 +2263,17 @@ def print_human(result: dict[str, Any], out: Any) -> None:
                     stats["min"], stats["max"], stats["mean"], stats["std"])
             if stats.get("nonfinite"):
                 line += f"  {stats['nonfinite']} non-finite!"
-            print(line, file=out)
+            _print(line, file=out)
     if result["saved"]:
-        print(f"saved {len(result['saved'])} output(s) to {os.path.dirname(result['saved'][0])}", file=out)
+        _print(f"saved {len(result['saved'])} output(s) to {os.path.dirname(result['saved'][0])}", file=out)
     bench = result["bench"]
     if bench:
         lat = bench["latency_ms"]
-        print(f"bench: {bench['runs']} runs after {bench['warmup']} warm-up, batch {bench['batch']}", file=out)
-        print("  latency ms  p50 {:.3f}  p90 {:.3f}  p99 {:.3f}  (mean {:.3f}, min {:.3f}, max {:.3f})".format(
+        _print(f"bench: {bench['runs']} runs after {bench['warmup']} warm-up, batch {bench['batch']}", file=out)
+        _print("  latency ms  p50 {:.3f}  p90 {:.3f}  p99 {:.3f}  (mean {:.3f}, min {:.3f}, max {:.3f})".format(
             lat["p50"], lat["p90"], lat["p99"], lat["mean"], lat["min"], lat["max"]), file=out)
-        print("  throughput  {:.1f} items/s".format(bench["throughput_items_per_s"]), file=out)
-        print("  session creation (engine load or build) {:.1f} ms; first run {:.1f} ms".format(
+        _print("  throughput  {:.1f} items/s".format(bench["throughput_items_per_s"]), file=out)
+        _print("  session creation (engine load or build) {:.1f} ms; first run {:.1f} ms".format(
             result["session_create_s"] * 1000, (result["first_run_s"] or 0) * 1000), file=out)
 
 
@@ -2145,7 +2286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InferError as e:
         if debug:
             raise
-        print("error: " + _first_line(e), file=sys.stderr)
+        print("error: " + printable(str(e).strip() or type(e).__name__), file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -2153,8 +2294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         if debug:
             raise
-        print(f"error: unexpected {type(e).__name__}: {_first_line(e)} (rerun with --debug and report it)",
-              file=sys.stderr)
+        print(f"error: unexpected {type(e).__name__}: {printable(_first_line(e))} (rerun with --debug and report "
+              "it)", file=sys.stderr)
         return EXIT_INTERNAL
 
 

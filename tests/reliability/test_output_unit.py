@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import onnxruntime as ort
@@ -20,25 +17,6 @@ from blocks_export.export import io
 from blocks_export.export.errors import OutputError
 
 PAGE = 4096
-
-
-@pytest.fixture
-def tiny_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 256 KiB tmpfs mounted at ``tmp_path/fs`` (skips where this process cannot mount one)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root; the injected-failure tests below cover the commit")
-    if shutil.which("mount") is None:
-        pytest.skip("no mount command here")
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def _fill_leaving(folder: Path, pages: int) -> None:

@@ -15,7 +15,7 @@ import pytest
 from infer_fixtures import REPO, classifier_model
 
 RUNTIME_FILES = sorted((REPO / "runtime").glob("*.py"))
-ALLOWED_IMPORTS = {"__future__", "argparse", "ast", "collections", "contextlib", "dataclasses", "typing", "ctypes", "hashlib", "json", "math", "os", "re", "signal", "sys", "time",
+ALLOWED_IMPORTS = {"__future__", "argparse", "ast", "collections", "contextlib", "dataclasses", "typing", "ctypes", "hashlib", "io", "json", "math", "os", "re", "signal", "stat", "sys", "time",
                    "numpy", "onnxruntime", "PIL", "cv2", "tensorrt"}
 # Library calls that parse on 3.8 but fail there at run time (added in 3.9 / 3.10).
 NEWER_THAN_38 = {"removeprefix", "removesuffix", "is_relative_to", "BooleanOptionalAction", "cache",

@@ -14,10 +14,9 @@ floating point, read from the same walk the fp16 pass uses (``fp16.fp32_nodes``:
 what INT8 adds (``BlockSpec.int8_float_ops``: the sigmoid gates and what computes their logits;
 ``BlockSpec.int8_float_inputs``: the convolution that computes DeformConv offsets and masks).
 
-Calibration images are read and preprocessed by ``runtime/infer.py``'s own functions (``read_image``,
-``make_preprocess``, ``preprocess_image``) from the metadata the exported graph carries, so the graph is
-calibrated on exactly what the runtime will feed it. The folder is split, after a seeded shuffle, into the
-calibration images (``calib_count``) and held-out images that verify the result against the ORIGINAL model.
+Calibration images (``calibration.py``) are read and preprocessed by ``runtime/infer.py``'s own functions from
+the metadata the exported graph carries, so the graph is calibrated on exactly what the runtime will feed it,
+and split into the calibration images and held-out images that verify the result against the ORIGINAL model.
 
 Sensitivity: each block is quantized alone (the rest floating point) and its output error on the held-out
 images reported; with a budget (``int8_budget``, on the worst output relative L2), a block over it stays in
@@ -27,9 +26,7 @@ floating point in the final graph (``fallback``).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
-import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -39,31 +36,15 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .errors import InputError, UsageError, one_line
+from .calibration import CalibrationSet, image_preprocess, read_calibration  # re-exported
 from .graph import consumers, producers
 from .metadata import set_metadata_entry
 
 # NVIDIA's placement: Q/DQ on the inputs of weighted operations only (module docstring).
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
-DEFAULT_CALIB_COUNT = 128
-MAX_HELD_OUT = 64  # held-out images verified (each one is a run of the original model and of each candidate)
-SEED = 0
 OUTSIDE = "(outside blocks)"
 INPUT_LAYER = "(input layer)"  # outside the blocks: weighted ops that read the graph input
 OUTPUT_LAYER = "(output layer)"  # outside the blocks: weighted ops whose result reaches an output unweighted
-
-
-@dataclass
-class CalibrationSet:
-    """Calibration and held-out tensors [N, C, H, W] float32, from the images of one folder."""
-
-    folder: str
-    calibration: list[str]
-    held_out: list[str]
-    calib_tensors: np.ndarray
-    held_out_tensors: np.ndarray
-    labels: list[int | None] = field(default_factory=list)  # held-out labels, from label-named subfolders
-    preprocess: dict[str, Any] = field(default_factory=dict)  # the runtime's settings the images were read with
 
 
 @dataclass
@@ -134,92 +115,6 @@ class Int8Result:
                 "quantized_nodes": self.quantized_nodes, "float_nodes": self.float_nodes,
                 "fallback": list(self.fallback), "sensitivity": [s.as_dict() for s in self.sensitivity],
                 "notes": list(self.notes), "held_out": list(self.held_out), "preprocess": dict(self.preprocess)}
-
-
-# ---- calibration images ----------------------------------------------------------------------------------------
-
-def _image_files(folder: Path) -> list[tuple[str, str | None]]:
-    """(path, label-folder name or None) of the images in ``folder`` and its direct subfolders, sorted."""
-    from blocks_export.runtime.infer import IMAGE_EXTENSIONS
-
-    found: list[tuple[str, str | None]] = []
-    try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
-    except OSError as e:
-        raise InputError(f"calibration folder {folder} cannot be read ({one_line(e)}); check `calib`") from None
-    for entry in entries:
-        if entry.is_dir(follow_symlinks=False):
-            try:
-                sub = sorted(os.scandir(entry.path), key=lambda e: e.name)
-            except OSError as e:
-                raise InputError(f"calibration folder {entry.path} cannot be read ({one_line(e)}); "
-                                 "check `calib`") from None
-            found += [(s.path, entry.name) for s in sub if s.is_file() and s.name.lower().endswith(IMAGE_EXTENSIONS)]
-        elif entry.is_file() and entry.name.lower().endswith(IMAGE_EXTENSIONS):
-            found.append((entry.path, None))
-    return found
-
-
-def image_preprocess(metadata: dict[str, str], input_shape: Sequence[int]) -> Any:
-    """The runtime's ``Preprocess`` for a graph with ``metadata`` (``blocks_export.*`` strings) and input shape."""
-    from blocks_export.runtime.infer import BadInput, make_preprocess, parse_meta
-
-    try:
-        return make_preprocess(parse_meta(metadata), list(input_shape), None)
-    except BadInput as e:
-        raise InputError(f"calibration images cannot be preprocessed: {e}") from None
-
-
-def read_calibration(folder: Path, prep: Any, channels: int, calib_count: int | None,
-                     label_names: Sequence[str] | None = None) -> CalibrationSet:
-    """Split ``folder``'s images (seeded shuffle) into calibration and held-out sets and preprocess them with the
-    runtime's code (each image converted to the model's colour as Pillow's ``convert`` does). Bad input (no folder,
-    no images, too few, unreadable images) is one line."""
-    from blocks_export.runtime.infer import BadInput, preprocess_image, read_image
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"calibration folder {folder} does not exist or is not a folder; check `calib`")
-    files = _image_files(folder)
-    if not files:
-        raise InputError(f"calibration folder {folder} holds no images (.png, .jpg, ...); give a folder of images "
-                         "like the ones the model will see in `calib`")
-    if channels not in (1, 3):
-        raise InputError(f"the model input has {channels} channels; calibration from images needs 1 (grayscale) "
-                         "or 3 (RGB)")
-    n = len(files)
-    if calib_count is not None:
-        if calib_count < 1:
-            raise UsageError(f"`calib_count={calib_count}`: must be a positive number of images")
-        if calib_count >= n:
-            raise InputError(f"calibration folder {folder} holds {n} image(s); `calib_count={calib_count}` needs "
-                             f"{calib_count} plus at least one held out for verification; add images or lower it")
-        count = calib_count
-    else:
-        if n < 2:
-            raise InputError(f"calibration folder {folder} holds 1 image; calibration and held-out verification "
-                             "need at least 2")
-        count = min(DEFAULT_CALIB_COUNT, n - max(1, n // 5))
-    order = np.random.default_rng(SEED).permutation(n)
-    chosen = [files[i] for i in order]
-    calib, held = chosen[:count], chosen[count:count + MAX_HELD_OUT]
-
-    def load(items: list[tuple[str, str | None]]) -> np.ndarray:
-        tensors = []
-        for path, _ in items:
-            try:
-                img = read_image(path)  # grayscale, RGBA, palette, 16-bit: as Pillow's convert does (runtime's code)
-            except BadInput as e:
-                raise InputError(f"calibration image: {e}") from None
-            tensors.append(preprocess_image(img, prep))  # to the model's colour (prep.color), as the runtime does
-        return np.stack(tensors).astype(np.float32)  # (N, C, H, W)
-
-    labels: list[int | None] = []
-    names = list(label_names or [])
-    for _, sub in held:
-        labels.append(names.index(sub) if sub is not None and sub in names else None)
-    return CalibrationSet(str(folder), [p for p, _ in calib], [p for p, _ in held], load(calib), load(held), labels,
-                          dataclasses.asdict(prep) if dataclasses.is_dataclass(prep) and not isinstance(prep, type) else {})
 
 
 def _reader(name: str, tensors: np.ndarray, batch: int) -> Any:
@@ -581,18 +476,6 @@ def _edge_layers(model: onnx.ModelProto) -> dict[str, str]:
         else:
             queue.extend(i for i in node.input if i)
     return out
-
-
-def metadata_for(preprocess: Any, task: Any = None) -> dict[str, str]:
-    """``blocks_export.*`` strings that ``runtime.infer.parse_meta`` reads, from the model's metadata values."""
-    from blocks_export.runtime.infer import encode_meta
-
-    meta: dict[str, Any] = {}
-    if isinstance(preprocess, dict):
-        meta["preprocess"] = preprocess
-    if isinstance(task, str):
-        meta["task"] = task
-    return encode_meta(meta)
 
 
 __all__ = ["BlockSensitivity", "CalibrationSet", "Int8Result", "WEIGHTED_OPS", "image_preprocess",

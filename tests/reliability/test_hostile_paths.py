@@ -1,0 +1,97 @@
+"""Hostile paths given to ``blocks-export``: names too long once derived, links to nothing at ``-o``, calibration
+folders holding FIFOs, link loops or ``/proc``, control characters in file names. Each is built for real (real
+FIFOs and links, real long names) and must be one line, exit 2, with nothing written."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from bad_inputs import export_tiny, listing, one_error_line, tiny_model_file
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_model_file(tmp_path_factory.mktemp("src"))
+
+
+def _name_max(folder: Path) -> int:
+    return os.pathconf(folder, "PC_NAME_MAX")
+
+
+def test_output_name_too_long_with_its_temporary_is_refused_up_front(tmp_path: Path, source: Path) -> None:
+    name = "m" * (_name_max(tmp_path) - len(".onnx")) + ".onnx"  # valid itself, too long once written as .NAME.X.tmp
+    code, _, err = export_tiny(source, tmp_path / name)
+    assert code == 2, err
+    assert "exceeds the folder's limit" in one_error_line(err)
+    assert listing(tmp_path) == []
+
+
+def test_derived_report_name_too_long_is_refused_before_any_work(tmp_path: Path, source: Path) -> None:
+    """The ONNX name fits (with its temporary); ``NAME.report.json`` does not: refused before the export runs."""
+    stem = "m" * (_name_max(tmp_path) - len(".onnx") - len("..XXXXXXXX.tmp"))
+    code, out, err = export_tiny(source, tmp_path / f"{stem}.onnx")
+    assert code == 2, err
+    line = one_error_line(err)
+    assert ".report.json" in line and "exceeds the folder's limit" in line, line
+    assert "export" not in out  # no step ran
+    assert listing(tmp_path) == []
+
+
+def test_dangling_link_at_output_is_refused_up_front(tmp_path: Path, source: Path) -> None:
+    link = tmp_path / "m.onnx"
+    link.symlink_to(tmp_path / "gone" / "m.onnx")
+    code, _, err = export_tiny(source, link)
+    assert code == 2, err
+    assert "which does not exist" in one_error_line(err)
+    assert link.is_symlink() and sorted(listing(tmp_path)) == ["m.onnx"]
+
+
+def _png(path: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(path)
+
+
+def test_calibration_fifo_named_png_is_skipped_not_waited_on(tmp_path: Path, source: Path) -> None:
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for k in range(3):
+        os.mkfifo(calib / f"f{k}.png")
+    code, _, err = export_tiny(source, tmp_path / "m.onnx", "--int8", "--calib", calib)
+    assert code == 2, err
+    assert "holds no images" in one_error_line(err)
+
+
+@pytest.mark.parametrize("where", ["folder", "member"])
+def test_calibration_symlink_loop_is_one_line(tmp_path: Path, source: Path, where: str) -> None:
+    calib = tmp_path / "calib"
+    if where == "folder":
+        calib.symlink_to(calib)
+    else:
+        calib.mkdir()
+        _png(calib / "a.png")
+        (calib / "b.png").symlink_to(calib / "b.png")
+    code, _, err = export_tiny(source, tmp_path / "m.onnx", "--int8", "--calib", calib)
+    assert code == 2, err
+    line = one_error_line(err)
+    assert "--calib" in line or "b.png" in line, line
+    assert "output" not in line.split("--calib")[0], line  # not blamed on the output
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="no /proc on this system")
+def test_calibration_from_proc_does_not_blame_the_output(tmp_path: Path, source: Path) -> None:
+    code, _, err = export_tiny(source, tmp_path / "m.onnx", "--int8", "--calib", "/proc")
+    assert code == 2, err
+    line = one_error_line(err)
+    assert "/proc" in line and "cannot write" not in line, line
+    assert listing(tmp_path) == []
+
+
+def test_newline_and_escape_in_a_calibration_path_stay_one_escaped_line(tmp_path: Path, source: Path) -> None:
+    code, _, err = export_tiny(source, tmp_path / "m.onnx", "--int8", "--calib", tmp_path / "a\nb\x1b]0;owned\x07")
+    assert code == 2, err
+    line = one_error_line(err)
+    assert "\x1b" not in err and "\x07" not in err and "a\\nb\\x1b]0;owned\\x07" in line, line

@@ -594,6 +594,7 @@ def _load(model: onnx.ModelProto | str | os.PathLike[str]) -> onnx.ModelProto:
     proto = read_onnx(path)
     _check_external_data(proto, path)
     _check_tensor_data(proto, path)
+    _run_onnx_checker(proto, path)
     return proto
 
 
@@ -644,6 +645,22 @@ def _check_structure(proto: onnx.ModelProto, path: str) -> None:
         if not out.type.HasField("tensor_type") and not out.type.HasField("sequence_type") \
                 and not out.type.HasField("map_type") and not out.type.HasField("optional_type"):
             raise InputError(f"{path}: graph output {out.name!r} has no type; export the model again")
+
+
+def _run_onnx_checker(proto: onnx.ModelProto, path: str) -> None:
+    """onnx's full checker (strict shape inference included) on the file at ``path``, after the checks above
+    (they say more precisely what is wrong): a graph it refuses is one line. Given the path, the checker finds
+    external data beside the model without loading it. Operators of domains onnx does not know (TensorRT
+    plugins, com.microsoft) are left to the per-node rules. A graph input or output without a shape (onnxruntime
+    takes it, onnx's checker requires one) is not run through it."""
+    if any(v.type.HasField("tensor_type") and not v.type.tensor_type.HasField("shape")
+           for v in (*proto.graph.input, *proto.graph.output)):
+        return
+    try:
+        onnx.checker.check_model(path, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise InputError(f"{path}: the ONNX checker refuses the graph ({first}); export the model again") from None
 
 
 def _check_tensor_data(proto: onnx.ModelProto, path: str) -> None:

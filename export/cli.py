@@ -118,12 +118,23 @@ def _error_json(message: str, code: int) -> str:
     return json.dumps({"format": "blocks-export-report/1", "status": "ERROR", "exit_code": code, "error": message})
 
 
+def _print_notices(err: Any) -> None:
+    """Say which temporaries of other runs were found beside the outputs and left (see ``io.take_notices``)."""
+    from .io import take_notices
+
+    for note in take_notices():
+        err.print(f"{PROG}: note: {shown(note)}")
+
+
 def _run(fn: Callable[[], int], *, debug: bool, json_out: bool) -> None:
     """Run a command body; map exceptions to one line on stderr and the documented exit code."""
     err = _stderr()
     try:
         with _sigterm_as_exception():
-            code = fn()
+            try:
+                code = fn()
+            finally:
+                _print_notices(err)
     except ExportError as e:
         if debug:
             traceback.print_exc()

@@ -95,3 +95,19 @@ def test_newline_and_escape_in_a_calibration_path_stay_one_escaped_line(tmp_path
     assert code == 2, err
     line = one_error_line(err)
     assert "\x1b" not in err and "\x07" not in err and "a\\nb\\x1b]0;owned\\x07" in line, line
+
+
+def test_a_fresh_temporary_left_by_a_killed_run_is_named_on_the_next_run(tmp_path: Path, source: Path) -> None:
+    """What SIGKILL during the write leaves (``.m.onnx.XXXXXXXX.tmp``, minutes old) is kept (another run may still
+    be writing it) and named in one note on the next run; a file off our pattern is neither touched nor named."""
+    fresh = tmp_path / ".m.onnx.k3j9_x2a.tmp"
+    fresh.write_bytes(b"partial")
+    off_pattern = tmp_path / ".m.onnx.keep.tmp"
+    off_pattern.write_bytes(b"mine")
+    code, _, err = export_tiny(source, tmp_path / "m.onnx")
+    assert code == 0, err
+    notes = [ln for ln in err.splitlines() if ln.startswith("blocks-export: note:")]
+    assert len(notes) == 1 and fresh.name in notes[0] and "a day old" in notes[0], err
+    assert fresh.read_bytes() == b"partial" and off_pattern.read_bytes() == b"mine"
+    code, _, err = export_tiny(source, tmp_path / "m2.onnx")  # another name: that leftover is not its business
+    assert code == 0 and "note:" not in err, err

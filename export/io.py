@@ -20,8 +20,29 @@ from pathlib import Path
 from .errors import OutputError, OutputWriteError
 
 
-def check_output_path(path: Path, force: bool) -> None:
-    """Refuse, before any work is done, an output that cannot or must not be written."""
+# Files written beside an output, named from it (the report, the engine sidecar, an EPContext model, external
+# weights, figures): their names must fit the folder's name limit as the output's own does.
+_DERIVED = (lambda p: p.stem + ".report.json", lambda p: p.name + ".json", lambda p: p.stem + ".engine.json",
+            lambda p: p.stem + "_ctx.onnx", lambda p: p.name + ".data", lambda p: p.stem + ".profile.png",
+            lambda p: p.stem + ".val.png")
+
+
+_TMP_EXTRA = len("..XXXXXXXX.tmp")  # what the temporary name of a file adds to its name (``atomic_path``)
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows) or no answer: the common limit
+        return 255
+
+
+def check_output_path(path: Path, force: bool, *, derived: bool = False) -> None:
+    """Refuse, before any work is done, an output that cannot or must not be written. ``derived``: files are
+    also written beside it under names made from its own (``_DERIVED``): those must fit the name limit too."""
+    if path.is_symlink() and not path.exists():
+        raise OutputError(f"output {path} is a symbolic link to {os.readlink(path)!s}, which does not exist; remove "
+                          "the link or choose another `output`")
     if path.is_dir():
         raise OutputError(f"output {path} is a directory; give a file name with `output`")
     folder = path.parent
@@ -31,6 +52,11 @@ def check_output_path(path: Path, force: bool) -> None:
         raise OutputError(f"output folder {folder} is not writable; choose another `output`")
     if path.exists() and not force:
         raise OutputError(f"output {path} already exists; pass `force=True` to overwrite it")
+    limit = _name_max(folder)
+    longest = max((name(path) for name in _DERIVED), key=len) if derived else path.name
+    if len(longest.encode()) + _TMP_EXTRA > limit:  # each is written as ".NAME.XXXXXXXX.tmp" first
+        raise OutputError(f"output name {path.name[:40]}... is too long: {longest[-24:]!r} and its temporary "
+                          f"name pass the folder's {limit}-byte name limit; choose a shorter `output`")
 
 
 # Write failures that are the output location's fault, not a bug: reported as OutputError (exit 2).

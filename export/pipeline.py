@@ -298,12 +298,12 @@ def run_export(source: Path, options: ExportOptions, progress: Progress | None =
     if output.resolve() == source.resolve():
         raise OutputError(f"output {output} is the input file; choose another `output`")
     onnx_out = output if options.to == "onnx" else output.with_suffix(".onnx")
-    check_output_path(output, options.force)
+    check_output_path(output, options.force, derived=True)
     # A user's file named like the report is an output too; the report of the ONNX input that this run
     # continues (m.onnx -> m.engine share m.report.json) is replaced with the run's own, as before.
     check_output_path(report_path_for(output), _report_force(options, source, output))
     if options.to == "trt" and source.suffix.lower() != ".onnx":
-        check_output_path(onnx_out, options.force)
+        check_output_path(onnx_out, options.force, derived=True)
         check_output_path(report_path_for(onnx_out), options.force)
     if options.to == "trt":  # the engine's sidecar and EPContext model are outputs too (the cache is not)
         from .trt.sidecar import default_paths

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from .errors import OutputError, OutputWriteError
 
-
 # Files written beside an output, named from it (the report, the engine sidecar, an EPContext model, external
 # weights, figures): their names must fit the folder's name limit as the output's own does.
 _DERIVED = (lambda p: p.stem + ".report.json", lambda p: p.name + ".json", lambda p: p.stem + ".engine.json",

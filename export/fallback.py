@@ -1,0 +1,169 @@
+"""Block-wise precision fallback: which blocks stay in higher precision so that a lower-precision graph holds.
+
+One mechanism for INT8 (blocks kept floating point) and fp16 (blocks kept fp32). Given the groups of nodes per
+block (``node_groups``), a ``build`` that makes the lower-precision graph with some groups kept in higher
+precision, and a ``measure`` that judges a built graph (its error and whether the budget holds):
+
+1. each group alone in the lower precision (every other group kept) is measured: its sensitivity; a group that
+   breaks the budget alone is kept;
+2. errors add up: while the whole graph (every group not kept in the lower precision) breaks the budget, the most
+   sensitive group left is kept too, one at a time, re-measured after each.
+
+The result is a row per group (``FallbackRow``: block, nodes, error alone, kept, why) and a row per step of the
+greedy loop (``FallbackStep``: what was kept, the graph's error then).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import onnx
+
+G = TypeVar("G")
+
+OUTSIDE = "(outside blocks)"
+INPUT_LAYER = "(input layer)"  # outside the blocks: weighted ops that read the graph input
+OUTPUT_LAYER = "(output layer)"  # outside the blocks: weighted ops whose result reaches an output unweighted
+EDGE_GROUPS = (INPUT_LAYER, OUTSIDE, OUTPUT_LAYER)
+
+
+@dataclass(frozen=True)
+class Measure:
+    """A built graph judged: ``error`` orders blocks by sensitivity (``tiebreak`` where errors tie, e.g. a metric
+    that moves in whole images), ``ok`` is the budget's verdict, ``detail`` extra numbers for the report."""
+
+    error: float
+    ok: bool
+    detail: Mapping[str, Any] = field(default_factory=dict)
+    tiebreak: float = 0.0
+
+
+@dataclass
+class FallbackRow:
+    """One group measured alone in the lower precision, and whether it is kept in the higher one (and why)."""
+
+    block: str
+    nodes: int
+    error: float
+    kept: bool = False
+    why: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)
+    tiebreak: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"block": self.block, "nodes": self.nodes, "error": self.error, "kept": self.kept, "why": self.why,
+                **self.detail}
+
+
+@dataclass(frozen=True)
+class FallbackStep:
+    """The whole graph with ``kept`` in the higher precision, as measured."""
+
+    kept: tuple[str, ...]
+    error: float
+    ok: bool
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kept": list(self.kept), "error": self.error, "ok": self.ok, **self.detail}
+
+
+@dataclass
+class Fallback(Generic[G]):
+    """What ``block_fallback`` decided: the rows, the steps, the final graph and its measure."""
+
+    rows: list[FallbackRow]
+    steps: list[FallbackStep]
+    graph: G
+    measure: Measure
+
+    @property
+    def kept(self) -> list[str]:
+        return list(self.steps[-1].kept) if self.steps else []
+
+    @property
+    def ok(self) -> bool:
+        return self.measure.ok
+
+
+def block_fallback(groups: Mapping[str, Sequence[str]], build: Callable[[frozenset[str]], G],
+                   measure: Callable[[G], Measure], *, describe: Callable[[float], str], budget: str,
+                   keep_last: bool = True, progress: Callable[[str], None] | None = None) -> Fallback[G]:
+    """Sensitivity of each group of ``groups`` (in their order), then the greedy fallback (module docstring).
+
+    ``build(kept)``: the lower-precision graph with the groups named in ``kept`` in the higher precision.
+    ``describe(error)``: an error in words ("rel_l2 1.2e-02"); ``budget``: the budget in words ("budget 5.0e-02").
+    ``keep_last=False``: at least one group stays in the lower precision (a graph with every group kept is not
+    the precision asked for).
+    """
+    say = progress or (lambda _text: None)
+    names = list(groups)
+    rows: list[FallbackRow] = []
+    for name in names:
+        say(f"sensitivity: {name}")
+        m = measure(build(frozenset(n for n in names if n != name)))
+        row = FallbackRow(name, len(groups[name]), m.error, detail=dict(m.detail), tiebreak=m.tiebreak)
+        if not m.ok:
+            row.kept, row.why = True, f"alone it moves the output by {describe(m.error)} > {budget}"
+        rows.append(row)
+    remaining = sorted((r for r in rows if not r.kept), key=lambda r: (r.error, r.tiebreak))
+    kept = [r.block for r in rows if r.kept]
+    steps: list[FallbackStep] = []
+    while True:
+        say("building" + (f" ({len(kept)} part(s) kept)" if kept else ""))
+        graph = build(frozenset(kept))
+        m = measure(graph)
+        steps.append(FallbackStep(tuple(kept), m.error, m.ok, dict(m.detail)))
+        if m.ok or not remaining or (not keep_last and len(remaining) <= 1):
+            return Fallback(rows, steps, graph, m)
+        row = remaining.pop()
+        row.kept = True
+        row.why = (f"{describe(row.error)} alone, the largest left, and the graph was at {describe(m.error)} "
+                   f"> {budget}")
+        kept.append(row.block)
+
+
+def node_groups(model: onnx.ModelProto, blocks: Sequence[str], nodes: Sequence[str], *,
+                scoped: onnx.ModelProto | None = None, edges: Mapping[str, str] | None = None,
+                depth: int = 0) -> dict[str, list[str]]:
+    """Group ``nodes`` (names in ``model``) by the block they belong to: the deepest of ``blocks`` (module paths)
+    holding them, else their ``edges`` entry (input/output layer), else, with ``depth`` > 0, their module path cut
+    to ``depth`` parts (``features.3``), else ``OUTSIDE``. Groups come in the order of ``blocks``, then the rest
+    in graph order, the edge groups last."""
+    from .int8 import _name_scopes, node_blocks
+
+    where = node_blocks(model, blocks, scoped)
+    scopes: dict[str, list[str]] = {}
+    if depth > 0:
+        sources = ([scoped] if scoped is not None else []) + [model]
+        by_output: dict[str, list[str]] = {}
+        for source in sources:
+            for n in source.graph.node:
+                s = _name_scopes(n)
+                if s:
+                    scopes[n.name] = s
+                    by_output.update({o: s for o in n.output})
+        for n in model.graph.node:
+            if n.name not in scopes:
+                found = next((by_output[o] for o in n.output if o in by_output), None)
+                if found:
+                    scopes[n.name] = found
+    out: dict[str, list[str]] = {b: [] for b in blocks}
+    tail: dict[str, list[str]] = {}
+    for n in nodes:
+        if n in where:
+            out[where[n]].append(n)
+            continue
+        group = (edges or {}).get(n)
+        if group is None and scopes.get(n):
+            group = ".".join(scopes[n][-1].split(".")[:depth])
+        group = group or OUTSIDE
+        (tail if group in EDGE_GROUPS else out).setdefault(group, []).append(n)
+    out.update({g: tail[g] for g in EDGE_GROUPS if g in tail})
+    return {k: v for k, v in out.items() if v}
+
+
+__all__ = ["EDGE_GROUPS", "Fallback", "FallbackRow", "FallbackStep", "INPUT_LAYER", "Measure", "OUTPUT_LAYER",
+           "OUTSIDE", "block_fallback", "node_groups"]

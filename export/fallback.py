@@ -125,18 +125,25 @@ def block_fallback(groups: Mapping[str, Sequence[str]], build: Callable[[frozens
         kept.append(row.block)
 
 
+def layer_of(path: str) -> str:
+    """The layer a module path is in: its top-level module, or the item of a top-level container
+    (``features.3.conv.0`` -> ``features.3``, YOLO's ``model.9.cv1`` -> ``model.9``, ``head.fc`` -> ``head``)."""
+    parts = path.split(".")
+    return ".".join(parts[:2]) if len(parts) > 1 and parts[1].isdigit() else parts[0]
+
+
 def node_groups(model: onnx.ModelProto, blocks: Sequence[str], nodes: Sequence[str], *,
                 scoped: onnx.ModelProto | None = None, edges: Mapping[str, str] | None = None,
-                depth: int = 0) -> dict[str, list[str]]:
+                layers: bool = False) -> dict[str, list[str]]:
     """Group ``nodes`` (names in ``model``) by the block they belong to: the deepest of ``blocks`` (module paths)
-    holding them, else their ``edges`` entry (input/output layer), else, with ``depth`` > 0, their module path cut
-    to ``depth`` parts (``features.3``), else ``OUTSIDE``. Groups come in the order of ``blocks``, then the rest
-    in graph order, the edge groups last."""
+    holding them, else their ``edges`` entry (input/output layer), else, with ``layers``, their layer (``layer_of``:
+    ``head``, ``features.3``), else ``OUTSIDE``. Groups come in the order of ``blocks``, then the rest in graph
+    order, the edge groups last."""
     from .int8 import _name_scopes, node_blocks
 
     where = node_blocks(model, blocks, scoped)
     scopes: dict[str, list[str]] = {}
-    if depth > 0:
+    if layers:
         sources = ([scoped] if scoped is not None else []) + [model]
         by_output: dict[str, list[str]] = {}
         for source in sources:
@@ -158,12 +165,81 @@ def node_groups(model: onnx.ModelProto, blocks: Sequence[str], nodes: Sequence[s
             continue
         group = (edges or {}).get(n)
         if group is None and scopes.get(n):
-            group = ".".join(scopes[n][-1].split(".")[:depth])
+            group = layer_of(scopes[n][-1])
         group = group or OUTSIDE
         (tail if group in EDGE_GROUPS else out).setdefault(group, []).append(n)
     out.update({g: tail[g] for g in EDGE_GROUPS if g in tail})
     return {k: v for k, v in out.items() if v}
 
 
-__all__ = ["EDGE_GROUPS", "Fallback", "FallbackRow", "FallbackStep", "INPUT_LAYER", "Measure", "OUTPUT_LAYER",
-           "OUTSIDE", "block_fallback", "node_groups"]
+@dataclass
+class Fp16Fallback:
+    """``--fp16`` when the fp16 graph failed verification: the blocks kept fp32 so that it passes (the report's
+    ``fp16`` key). ``float_passed``: the graph before the fp16 pass passed the fp32 rules; where it did not, the
+    graph is wrong, not its precision, and nothing was kept."""
+
+    float_passed: bool
+    passed: bool = False
+    rows: list[FallbackRow] = field(default_factory=list)
+    steps: list[FallbackStep] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    kept_nodes: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"float_passed": self.float_passed, "passed": self.passed, "kept": list(self.kept),
+                "kept_nodes": self.kept_nodes, "fallback": [r.as_dict() for r in self.rows],
+                "steps": [s.as_dict() for s in self.steps], "notes": list(self.notes)}
+
+    def lines(self) -> list[str]:
+        """One line per block kept fp32, or why none was."""
+        if not self.float_passed or not self.passed:
+            return [f"fp16: no fallback: {n}" for n in self.notes]
+        return [f"fp16: kept fp32: {r.block} ({r.nodes} node(s)): {r.why}" for r in self.rows if r.kept]
+
+
+def fp16_fallback(graph: onnx.ModelProto, blocks: Sequence[str], *, convert: Callable[[onnx.ModelProto, set[str]], G],
+                  verify: Callable[[Any, str], Any], scoped: onnx.ModelProto | None = None,
+                  progress: Callable[[str], None] | None = None) -> tuple[Fp16Fallback, G | None, Any]:
+    """The blocks of ``graph`` (the float graph the fp16 pass converts) to keep fp32 so that the fp16 graph passes.
+
+    ``convert(graph, keep)``: the fp16 graph with the nodes named in ``keep`` fp32 (``fp16.to_fp16``'s keep set,
+    with the target's rules). ``verify(graph, precision)``: the verify layer's verdict (a ``VerifyResult``) on a
+    graph at ``"fp32"`` or ``"fp16"``, floors and the user's tolerance included. The float graph is verified first
+    at fp32: if it fails, the fp16 pass is not what breaks it, and nothing is kept. Groups: the model's blocks and
+    its layers (``layer_of``). Returns the record, the passing graph and its verification (None, None when none
+    passes).
+    """
+    from .fp16 import name_nodes
+
+    say = progress or (lambda _text: None)
+    work = onnx.ModelProto()
+    work.CopyFrom(graph)
+    name_nodes(work)
+    say("fp16 fallback: the fp32 graph")
+    if not verify(work, "fp32"):
+        return Fp16Fallback(False, notes=["the graph fails verification at fp32 too: it is wrong, not its fp16 "
+                                          "precision, and keeping blocks fp32 cannot fix it"]), None, None
+    groups = node_groups(work, blocks, [n.name for n in work.graph.node], scoped=scoped, layers=True)
+    verdicts: dict[int, Any] = {}
+
+    def measure(candidate: Any) -> Measure:
+        result = verify(candidate, "fp16")
+        verdicts[id(candidate)] = result
+        worst = max((r.comparison.worst_rel_l2 for r in result.runs), default=float("inf"))
+        return Measure(float(worst), bool(result), {"rel_l2": float(worst)})
+
+    decided = block_fallback(groups, lambda kept: convert(work, {n for b in kept for n in groups[b]}), measure,
+                             describe=lambda e: f"rel_l2 {e:.2e}", budget="the fp16 rules", progress=say)
+    record = Fp16Fallback(True, decided.ok, decided.rows, decided.steps)
+    if decided.ok:
+        record.kept, record.kept_nodes = decided.kept, sum(len(groups[b]) for b in decided.kept)
+    else:
+        record.notes.append(f"the fp16 graph fails with every part kept fp32 ({len(decided.kept)} of "
+                            f"{len(groups)}): the fp16 error is not what breaks it")
+        return record, None, None
+    return record, decided.graph, verdicts[id(decided.graph)]
+
+
+__all__ = ["EDGE_GROUPS", "Fallback", "FallbackRow", "FallbackStep", "Fp16Fallback", "INPUT_LAYER", "Measure", "OUTPUT_LAYER",
+           "OUTSIDE", "block_fallback", "fp16_fallback", "layer_of", "node_groups"]

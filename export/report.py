@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from blocks_export.blocks.rewrite import RewriteReport
 
     from .check import CheckReport
+    from .fallback import Fp16Fallback
     from .int8 import Int8Result
     from .trt.build import EngineResult
     from .ultralytics import BoxAgreement
@@ -61,6 +62,7 @@ class Report:
     verification: VerifyResult | None = None
     detections: BoxAgreement | None = None  # Ultralytics detectors: decoded-box agreement with PyTorch
     int8: Int8Result | None = None  # ``int8=True``: the INT8 graph vs the original on held-out images
+    fp16: Fp16Fallback | None = None  # ``fp16=True`` whose fp16 graph failed: the blocks kept fp32 and why
     onnx: str | None = None
     check: CheckReport | None = None
     engine: EngineResult | None = None
@@ -89,6 +91,8 @@ class Report:
             d["detections"] = self.detections.as_dict()
         if self.int8 is not None:
             d["int8"] = self.int8.as_dict()
+        if self.fp16 is not None:
+            d["fp16"] = self.fp16.as_dict()
         if self.onnx is not None:
             d["onnx"] = self.onnx
         if self.check is not None:
@@ -206,6 +210,8 @@ def render(report: Report, console: Any) -> None:
                 console.print(f"[dim]verification: {escape(n)}[/]")
         if ver.divergence is not None:
             console.print(escape(ver.divergence.line()))
+    for line in report.fp16.lines() if report.fp16 is not None else ():
+        console.print(f"[yellow]{escape(line)}[/]")
     if report.int8 is not None:
         render_int8(report.int8, console)
     engine = report.engine_parity

@@ -57,12 +57,12 @@ def test_nodes_are_grouped_by_block_then_module_then_outside() -> None:
         return n
 
     nodes = [node("r0", "features.0.conv"), node("r1", "features.1.ca.conv"), node("r2", "features.1.bn"),
-             node("r3", "")]
+             node("r3", ""), node("r4", "head.fc")]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])], [])
     model = helper.make_model(graph)
     names = [n.name for n in model.graph.node]
-    groups = node_groups(model, ["features.1.ca"], names, depth=2)
+    groups = node_groups(model, ["features.1.ca"], names, layers=True)
     assert groups == {"features.1.ca": [names[1]], "features.0": [names[0]], "features.1": [names[2]],
-                      OUTSIDE: [names[3]]}
+                      "head": [names[4]], OUTSIDE: [names[3]]}
     assert node_groups(model, ["features.1.ca"], names) == {"features.1.ca": [names[1]],
-                                                            OUTSIDE: [names[0], names[2], names[3]]}
+                                                            OUTSIDE: [names[0], names[2], names[3], names[4]]}

@@ -94,7 +94,8 @@ def block_fallback(groups: Mapping[str, Sequence[str]], build: Callable[[frozens
     """Sensitivity of each group of ``groups`` (in their order), then the greedy fallback (module docstring).
 
     ``build(kept)``: the lower-precision graph with the groups named in ``kept`` in the higher precision.
-    ``describe(error)``: an error in words ("rel_l2 1.2e-02"); ``budget``: the budget in words ("budget 5.0e-02").
+    ``describe(error)``: an error in words ("moves the output by rel_l2 1.2e-02"); ``budget``: the budget in
+    words ("budget 5.0e-02").
     ``keep_last=False``: at least one group stays in the lower precision (a graph with every group kept is not
     the precision asked for).
     """
@@ -106,7 +107,7 @@ def block_fallback(groups: Mapping[str, Sequence[str]], build: Callable[[frozens
         m = measure(build(frozenset(n for n in names if n != name)))
         row = FallbackRow(name, len(groups[name]), m.error, detail=dict(m.detail), tiebreak=m.tiebreak)
         if not m.ok:
-            row.kept, row.why = True, f"alone it moves the output by {describe(m.error)} > {budget}"
+            row.kept, row.why = True, f"alone it {describe(m.error)} > {budget}"
         rows.append(row)
     remaining = sorted((r for r in rows if not r.kept), key=lambda r: (r.error, r.tiebreak))
     kept = [r.block for r in rows if r.kept]
@@ -120,8 +121,8 @@ def block_fallback(groups: Mapping[str, Sequence[str]], build: Callable[[frozens
             return Fallback(rows, steps, graph, m)
         row = remaining.pop()
         row.kept = True
-        row.why = (f"{describe(row.error)} alone, the largest left, and the graph was at {describe(m.error)} "
-                   f"> {budget}")
+        row.why = (f"alone it {describe(row.error)}, the most of those left, and the graph "
+                   f"{describe(m.error)} > {budget}")
         kept.append(row.block)
 
 
@@ -230,7 +231,8 @@ def fp16_fallback(graph: onnx.ModelProto, blocks: Sequence[str], *, convert: Cal
         return Measure(float(worst), bool(result), {"rel_l2": float(worst)})
 
     decided = block_fallback(groups, lambda kept: convert(work, {n for b in kept for n in groups[b]}), measure,
-                             describe=lambda e: f"rel_l2 {e:.2e}", budget="the fp16 rules", progress=say)
+                             describe=lambda e: f"moves the output by rel_l2 {e:.2e}",
+                             budget="the fp16 rules", progress=say)
     record = Fp16Fallback(True, decided.ok, decided.rows, decided.steps)
     if decided.ok:
         record.kept, record.kept_nodes = decided.kept, sum(len(groups[b]) for b in decided.kept)

@@ -62,6 +62,8 @@ class CalibrationSet:
     held_out_tensors: np.ndarray
     labels: list[int | None] = field(default_factory=list)  # held-out labels, from label-named subfolders
     preprocess: dict[str, Any] = field(default_factory=dict)  # the runtime's settings the images were read with
+    names: list[str] = field(default_factory=list)  # the model's class names the labels index
+    prep: Any = None  # the runtime's ``Preprocess`` the images were read with
 
 
 @dataclass
@@ -229,7 +231,8 @@ def read_calibration(folder: Path, prep: Any, channels: int, calib_count: int | 
     for _, sub in held:
         labels.append(names.index(sub) if sub is not None and sub in names else None)
     return CalibrationSet(str(folder), [p for p, _ in calib], [p for p, _ in held], load(calib), load(held), labels,
-                          dataclasses.asdict(prep) if dataclasses.is_dataclass(prep) and not isinstance(prep, type) else {})
+                          dataclasses.asdict(prep) if dataclasses.is_dataclass(prep) and not isinstance(prep, type) else {},
+                          names, prep)
 
 
 def _reader(name: str, tensors: np.ndarray, batch: int) -> Any:
@@ -525,6 +528,22 @@ class _GraphPredictor:
         return _batched(lambda x: [np.asarray(o) for o in self.runner.run({name: x})], images, self.batch)
 
 
+def held_out_metric(data: CalibrationSet, points: float) -> MetricBudget:
+    """``int8_budget_metric`` on the held-out split of the calibration folder: top-1 against the label-named
+    subfolders its images sit in. ``InputError`` when a held-out image has no label."""
+    from .val.data import ClassifyData
+
+    unlabelled = [p for p, lb in zip(data.held_out, data.labels, strict=False) if lb is None]
+    if not data.names or unlabelled or len(data.labels) != len(data.held_out):
+        where = f" ({unlabelled[0]})" if unlabelled else ""
+        raise InputError(f"`int8_budget_metric` needs labelled held-out images, and {data.folder} has images "
+                         f"outside a folder named after one of the model's classes{where}: put each image in a "
+                         "subfolder named after its class, or use `int8_budget`")
+    labels = [int(lb) for lb in data.labels if lb is not None]
+    return MetricBudget(points, ClassifyData(data.folder, list(data.names), list(data.held_out), labels), data.prep,
+                        f"{len(labels)} held-out image(s) of {data.folder}")
+
+
 def _metric_of(predictor: Any, data: Any) -> tuple[str, float]:
     from .val.evaluate import evaluate
 
@@ -607,10 +626,10 @@ def quantize_model(model: onnx.ModelProto, original: Any, data: CalibrationSet, 
             return Measure(loss, bool(loss <= metric.points), detail, tiebreak=err)
 
         if metric is None:
-            describe, words = (lambda e: f"rel_l2 {e:.2e}"), f"budget {budget:.1e}"
+            describe, words = (lambda e: f"moves the output by rel_l2 {e:.2e}"), f"budget {budget:.1e}"
         else:
             name = base_metric[0] if base_metric is not None else "metric"
-            describe, words = (lambda e: f"{e:.2f} pt of {name}"), f"budget {metric.points:g} pt"
+            describe, words = (lambda e: f"costs {e:.2f} pt of {name}"), f"budget {metric.points:g} pt"
         decided = block_fallback(groups, build, measure, describe=describe, budget=words, keep_last=False,
                                  progress=say)
     final, last = decided.graph, decided.measure

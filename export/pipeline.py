@@ -601,13 +601,17 @@ def _calibration(ctx: _Context) -> None:
                                            [str(x) for x in labels] if labels else None)
         s.note = (f"{len(ctx.calibration.calibration)} for calibration, {len(ctx.calibration.held_out)} held out "
                   f"for verification ({ctx.options.calib})")
+        if ctx.options.int8_budget_metric is not None:  # refused before the export when the images have no labels
+            from .int8 import held_out_metric
+
+            held_out_metric(ctx.calibration, ctx.options.int8_budget_metric)
 
 
 def _int8(ctx: _Context) -> None:
     """``int8=True``: the block-aware Q/DQ graph, verified against the original model on held-out images."""
     from blocks_export.runtime.parity import RULES
 
-    from .int8 import quantize_model
+    from .int8 import held_out_metric, quantize_model
 
     if ctx.calibration is None:
         return
@@ -621,6 +625,8 @@ def _int8(ctx: _Context) -> None:
         try:
             ctx.proto, result = quantize_model(ctx.proto, ctx.loaded.model, ctx.calibration, ctx.shape[0],
                                                budget=budget, blocks=blocks, scoped=scoped, fp16=ctx.options.fp16,
+                                               metric=None if ctx.options.int8_budget_metric is None else
+                                               held_out_metric(ctx.calibration, ctx.options.int8_budget_metric),
                                                progress=ctx.runner.progress.message)
         except (ValueError, RuntimeError) as e:
             raise ExportFailed(f"INT8 quantization failed: {one_line(e)}") from e

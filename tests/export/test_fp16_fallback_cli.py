@@ -143,19 +143,19 @@ def test_fp16_keeps_the_block_that_breaks_it_in_fp32_and_passes(model_pt: Path, 
 
 def test_fp16_of_a_graph_with_a_wrong_weight_still_fails(model_pt: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    from blocks_export.export import simplify as simplify_module
+    from blocks_export.export import onnx_export
 
-    real = simplify_module.simplify
+    real = onnx_export.to_onnx
 
-    def one_weight_off(model: onnx.ModelProto) -> Any:  # the graph the fp16 pass gets: one weight 1 % off
-        slim, note = real(model)
-        fc = next(n for n in slim.graph.node if n.op_type in ("Gemm", "MatMul"))
-        init = next(t for t in slim.graph.initializer if t.name in fc.input)
+    def one_weight_off(*args: Any, **kwargs: Any) -> Any:  # the exported graph: the classifier's weights 1 % off
+        exported = real(*args, **kwargs)
+        fc = next(n for n in exported.model.graph.node if n.op_type in ("Gemm", "MatMul"))
+        init = next(t for t in exported.model.graph.initializer if t.name in fc.input)
         w = numpy_helper.to_array(init)
         init.CopyFrom(numpy_helper.from_array((w * 1.01).astype(w.dtype), init.name))
-        return slim, note
+        return exported
 
-    monkeypatch.setattr(simplify_module, "simplify", one_weight_off)
+    monkeypatch.setattr(onnx_export, "to_onnx", one_weight_off)
     out = tmp_path / "bad16.onnx"
     result = _cli(model_pt, "--trust-pickle", "--imgsz", "32", "--fp16", "-o", out, "--json", "--quiet")
     assert result.exit_code == 1, result.output
@@ -163,3 +163,6 @@ def test_fp16_of_a_graph_with_a_wrong_weight_still_fails(model_pt: Path, tmp_pat
     assert report["status"] == "FAILED" and not report["verification"]["passed"]
     assert report["fp16"]["float_passed"] is False and report["fp16"]["kept"] == []
     assert np.isfinite(report["verification"]["runs"][0]["outputs"][0]["rel_l2"])
+    # Exported at fp32, the same wrong graph fails too: the weight is wrong, not the precision.
+    fp32 = _cli(model_pt, "--trust-pickle", "--imgsz", "32", "-o", tmp_path / "bad32.onnx", "--json", "--quiet")
+    assert fp32.exit_code == 1, fp32.output

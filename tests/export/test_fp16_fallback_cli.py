@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,28 +23,8 @@ from blocks_export.export.cli import app, with_default_command
 from blocks_export.plugins.ort_cpu import cpu_session
 from blocks_export.runtime.parity import RULES, rel_l2
 
-
-class CoordAttention(nn.Module):
-    """Coordinate Attention pasted from the paper's code (other class name, ``h_swish`` inline)."""
-
-    def __init__(self, inp: int, oup: int, reduction: int = 32) -> None:
-        super().__init__()
-        mip = max(8, inp // reduction)
-        self.pool_h = nn.AdaptiveAvgPool2d((None, 1))
-        self.pool_w = nn.AdaptiveAvgPool2d((1, None))
-        self.conv1 = nn.Conv2d(inp, mip, 1)
-        self.bn1 = nn.BatchNorm2d(mip)
-        self.act = nn.Hardswish()
-        self.conv_h = nn.Conv2d(mip, oup, 1)
-        self.conv_w = nn.Conv2d(mip, oup, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.size()
-        x_h = self.pool_h(x)
-        x_w = self.pool_w(x).permute(0, 1, 3, 2)
-        y = self.act(self.bn1(self.conv1(torch.cat([x_h, x_w], dim=2))))
-        x_h, x_w = torch.split(y, [h, w], dim=2)
-        return x * self.conv_h(x_h).sigmoid() * self.conv_w(x_w.permute(0, 1, 3, 2)).sigmoid()
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "blocks"))
+import pasted_variants as pv  # noqa: E402
 
 
 class ConvBN(nn.Module):
@@ -62,7 +43,7 @@ class Net(nn.Module):
         super().__init__()
         self.stem = ConvBN(3, 16, 2)
         self.dim = ConvBN(16, 16)
-        self.ca = CoordAttention(16, 16)
+        self.ca = pv.CoordAtt(16, 16)  # Coordinate Attention as its paper's code has it
         self.head = ConvBN(16, 32, 2)
         self.fc = nn.Linear(32, 10)
 

@@ -126,6 +126,47 @@ def block_fallback(groups: Mapping[str, Sequence[str]], build: Callable[[frozens
         kept.append(row.block)
 
 
+def _name_scopes(node: onnx.NodeProto) -> list[str]:
+    """Module paths a node sits in: the dynamo exporter's scope metadata, else a TorchScript name ``/a/b/Op``."""
+    from .diagnose import node_scopes
+
+    scopes = node_scopes(node)
+    if scopes:
+        return scopes
+    if node.name.startswith("/"):
+        parts = [p for p in node.name.split("/")[1:-1] if p]
+        return [".".join(parts[:k]) for k in range(1, len(parts) + 1)]
+    return []
+
+
+def node_blocks(model: onnx.ModelProto, blocks: Sequence[str], scoped: onnx.ModelProto | None = None) -> dict[str, str]:
+    """Node name -> the (deepest) block path it belongs to, for the nodes of ``model`` inside ``blocks``.
+
+    A simplified graph loses the exporter's scope metadata; ``scoped`` (the graph before simplification) then
+    gives them through the node's name or one of its output names, which the simplifier keeps.
+    """
+    wanted = sorted(set(blocks), key=len, reverse=True)
+
+    def block_of(scopes: list[str]) -> str | None:
+        return next((b for b in wanted if b in scopes), None)
+
+    by_name: dict[str, str] = {}
+    by_output: dict[str, str] = {}
+    for source in ([scoped] if scoped is not None else []) + [model]:
+        for n in source.graph.node:
+            b = block_of(_name_scopes(n))
+            if b is not None:
+                by_name[n.name] = b
+                for o in n.output:
+                    by_output[o] = b
+    out: dict[str, str] = {}
+    for n in model.graph.node:
+        b = by_name.get(n.name) or next((by_output[o] for o in n.output if o in by_output), None)
+        if b is not None:
+            out[n.name] = b
+    return out
+
+
 def layer_of(path: str) -> str:
     """The layer a module path is in: its top-level module, or the item of a top-level container
     (``features.3.conv.0`` -> ``features.3``, YOLO's ``model.9.cv1`` -> ``model.9``, ``head.fc`` -> ``head``)."""
@@ -140,8 +181,6 @@ def node_groups(model: onnx.ModelProto, blocks: Sequence[str], nodes: Sequence[s
     holding them, else their ``edges`` entry (input/output layer), else, with ``layers``, their layer (``layer_of``:
     ``head``, ``features.3``), else ``OUTSIDE``. Groups come in the order of ``blocks``, then the rest in graph
     order, the edge groups last."""
-    from .int8 import _name_scopes, node_blocks
-
     where = node_blocks(model, blocks, scoped)
     scopes: dict[str, list[str]] = {}
     if layers:
@@ -244,4 +283,4 @@ def fp16_fallback(graph: onnx.ModelProto, blocks: Sequence[str], *, convert: Cal
 
 
 __all__ = ["EDGE_GROUPS", "Fallback", "FallbackRow", "FallbackStep", "Fp16Fallback", "INPUT_LAYER", "Measure", "OUTPUT_LAYER",
-           "OUTSIDE", "block_fallback", "fp16_fallback", "layer_of", "node_groups"]
+           "OUTSIDE", "block_fallback", "fp16_fallback", "layer_of", "node_blocks", "node_groups"]

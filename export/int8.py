@@ -40,7 +40,7 @@ import numpy as np
 import onnx
 
 from .errors import InputError, UsageError, one_line
-from .fallback import INPUT_LAYER, OUTPUT_LAYER
+from .fallback import INPUT_LAYER, OUTPUT_LAYER, node_blocks
 from .graph import consumers, producers
 from .metadata import set_metadata_entry
 
@@ -313,47 +313,6 @@ def _is_swish(node: onnx.NodeProto, readers: dict[str, list[onnx.NodeProto]]) ->
     """``x * sigmoid(x)`` (SiLU): an activation, not a gate; it quantizes like any activation."""
     muls = [c for c in readers.get(node.output[0], []) if c.op_type == "Mul"]
     return bool(muls) and all(node.input[0] in c.input for c in muls)
-
-
-def _name_scopes(node: onnx.NodeProto) -> list[str]:
-    """Module paths a node sits in: the dynamo exporter's scope metadata, else a TorchScript name ``/a/b/Op``."""
-    from .diagnose import node_scopes
-
-    scopes = node_scopes(node)
-    if scopes:
-        return scopes
-    if node.name.startswith("/"):
-        parts = [p for p in node.name.split("/")[1:-1] if p]
-        return [".".join(parts[:k]) for k in range(1, len(parts) + 1)]
-    return []
-
-
-def node_blocks(model: onnx.ModelProto, blocks: Sequence[str], scoped: onnx.ModelProto | None = None) -> dict[str, str]:
-    """Node name -> the (deepest) block path it belongs to, for the nodes of ``model`` inside ``blocks``.
-
-    A simplified graph loses the exporter's scope metadata; ``scoped`` (the graph before simplification) then
-    gives them through the node's name or one of its output names, which the simplifier keeps.
-    """
-    wanted = sorted(set(blocks), key=len, reverse=True)
-
-    def block_of(scopes: list[str]) -> str | None:
-        return next((b for b in wanted if b in scopes), None)
-
-    by_name: dict[str, str] = {}
-    by_output: dict[str, str] = {}
-    for source in ([scoped] if scoped is not None else []) + [model]:
-        for n in source.graph.node:
-            b = block_of(_name_scopes(n))
-            if b is not None:
-                by_name[n.name] = b
-                for o in n.output:
-                    by_output[o] = b
-    out: dict[str, str] = {}
-    for n in model.graph.node:
-        b = by_name.get(n.name) or next((by_output[o] for o in n.output if o in by_output), None)
-        if b is not None:
-            out[n.name] = b
-    return out
 
 
 # ---- quantization and measurement ------------------------------------------------------------------------------

@@ -159,8 +159,8 @@ _FLAG_SPELLING = {"output": "-o/--output"}
 _FLAGS = frozenset({"to", "output", "imgsz", "batch", "dynamic", "opset", "target", "deform_conv", "fp16", "fp16_io",
                     "exporter", "simplify", "verify", "trust_pickle", "arch", "arch_kwargs", "force", "quiet", "json",
                     "min_shape", "opt_shape", "max_shape", "workspace_mb", "verify_with", "debug", "channels",
-                    "int8", "calib", "calib_count", "int8_budget", "rtol", "atol", "data", "runs", "warmup",
-                    "threads"})
+                    "int8", "calib", "calib_count", "int8_budget", "int8_budget_metric", "rtol", "atol", "data", "runs",
+                    "warmup", "threads"})
 
 
 def flag_words(text: str) -> str:
@@ -309,6 +309,10 @@ def export_command(
     int8_budget: Annotated[float | None, typer.Option("--int8-budget", help="with --int8: largest output rel L2 vs "
                                                                             "the original; blocks over it stay "
                                                                             "floating point (default 0.05)")] = None,
+    int8_budget_metric: Annotated[float | None, typer.Option(
+        "--int8-budget-metric", help="with --int8: points of top-1 (mAP50-95 for a detector) the INT8 graph may "
+                                     "lose against the original on the labelled held-out images (label-named "
+                                     "subfolders in --calib); blocks stay floating point until it holds")] = None,
     rtol: Annotated[float | None, typer.Option("--rtol", help="your own parity tolerance: pass where |onnx - ref| "
                                                "<= atol + rtol*|ref| everywhere (default: the precision's rule; the "
                                                "model's own fp32 noise floor passes too)")] = None,
@@ -333,6 +337,7 @@ def export_command(
             opt_shape=parse_shape("--opt-shape", opt_shape) if opt_shape else None,
             max_shape=parse_shape("--max-shape", max_shape) if max_shape else None, workspace_mb=workspace_mb,
             int8=int8, calib=calib, calib_count=calib_count, int8_budget=int8_budget,
+            int8_budget_metric=int8_budget_metric,
             rtol=rtol, atol=atol,
             **({"verify_with": tuple(verify_with)} if verify_with else {}))
         progress = None if quiet else RichProgress(_stderr())

@@ -383,6 +383,7 @@ class _Context:
     exported: OnnxExport | None = None
     proto: Any = None  # onnx.ModelProto being built
     unsimplified: Any = None  # the graph before onnxslim, when it changed it (the fallback of ``_verify``)
+    float_proto: Any = None  # ``fp16=True``: the graph the fp16 pass converted (the fp16 fallback's source)
     verification: VerifyResult | None = None
     ultra: UltralyticsInfo | None = None  # an Ultralytics model, exported in Ultralytics' ONNX layout
     calibration: CalibrationSet | None = None  # ``int8=True``: calibration and held-out images
@@ -495,7 +496,7 @@ def _fp16(ctx: _Context) -> None:
         ctx.runner.skip("fp16", "with `int8=True` the fp16 pass runs on the INT8 graph (int8 step)")
     elif ctx.options.fp16:
         with ctx.runner.step("fp16") as s:
-            ctx.proto = to_fp16(ctx.proto, keep_io_types=not ctx.options.fp16_io, target=ctx.target)
+            ctx.float_proto, ctx.proto = ctx.proto, to_fp16(ctx.proto, keep_io_types=not ctx.options.fp16_io, target=ctx.target)
             s.note = "keep fp32 IO" if not ctx.options.fp16_io else "fp16 IO"
 
 
@@ -518,14 +519,16 @@ def _verify(ctx: _Context) -> None:
         reference = ModelReference(ctx.loaded.model, fp16_io=options.fp16_io, fp16_floor=ctx.precision == "fp16",
                                    seed=SEED)
 
-        def run(graph: Any) -> VerifyResult:
+        def run(graph: Any, precision: str = ctx.precision) -> VerifyResult:
+            fp16 = precision == "fp16"  # the fp16 fallback verifies the float graph at fp32 (fp32 IO) first
             return verify_on(
-                options.verify_with, reference, graph, shapes, precision=ctx.precision, rule=rule,
+                options.verify_with, reference if fp16 == options.fp16 else ModelReference(ctx.loaded.model),
+                graph, shapes, precision=precision, rule=user_rule(precision, options.rtol, options.atol),
                 portable_twin=lambda: _portable_twin(
                     ctx.model, ctx.example, opset=options.opset or target.opset,
                     opset_fixed=options.opset is not None, exporter=exporter, dynamic=options.dynamic,
                     decompose_layernorm=target.layernorm == "decompose", simplify=options.simplify and not large,
-                    fp16=options.fp16, fp16_io=options.fp16_io))
+                    fp16=fp16, fp16_io=options.fp16_io and fp16))
 
         verification = run(ctx.proto)
         if not verification and ctx.unsimplified is not None:
@@ -542,6 +545,16 @@ def _verify(ctx: _Context) -> None:
                 ctx.report.warnings.append(why)
                 ctx.proto, verification = plain, replace(retry, notes=(*retry.notes, why))
                 s.status = "warning"
+        if not verification and options.fp16 and ctx.float_proto is not None:  # blocks kept fp32 until it passes
+            from .fallback import fp16_fallback
+            from .fp16 import to_fp16
+
+            ctx.report.fp16, kept_graph, kept_verdict = fp16_fallback(
+                ctx.float_proto, [r.name for r in ctx.rewrite_report.replaced] if ctx.rewrite_report else [],
+                convert=lambda g, keep: to_fp16(g, keep_io_types=not options.fp16_io, target=target, keep=keep),
+                verify=run, scoped=ctx.exported.model, progress=ctx.runner.progress.message)
+            if kept_graph is not None:
+                ctx.proto, verification = kept_graph, kept_verdict
         if not verification:
             failing = next(r for r in verification.runs if not r.comparison)
             verification = replace(verification, divergence=_diagnose(ctx, verification, ctx.proto, failing.shape,
@@ -589,13 +602,17 @@ def _calibration(ctx: _Context) -> None:
                                            [str(x) for x in labels] if labels else None)
         s.note = (f"{len(ctx.calibration.calibration)} for calibration, {len(ctx.calibration.held_out)} held out "
                   f"for verification ({ctx.options.calib})")
+        if ctx.options.int8_budget_metric is not None:  # refused before the export when the images have no labels
+            from .int8 import held_out_metric
+
+            held_out_metric(ctx.calibration, ctx.options.int8_budget_metric)
 
 
 def _int8(ctx: _Context) -> None:
     """``int8=True``: the block-aware Q/DQ graph, verified against the original model on held-out images."""
     from blocks_export.runtime.parity import RULES
 
-    from .int8 import quantize_model
+    from .int8 import held_out_metric, quantize_model
 
     if ctx.calibration is None:
         return
@@ -609,6 +626,8 @@ def _int8(ctx: _Context) -> None:
         try:
             ctx.proto, result = quantize_model(ctx.proto, ctx.loaded.model, ctx.calibration, ctx.shape[0],
                                                budget=budget, blocks=blocks, scoped=scoped, fp16=ctx.options.fp16,
+                                               metric=None if ctx.options.int8_budget_metric is None else
+                                               held_out_metric(ctx.calibration, ctx.options.int8_budget_metric),
                                                progress=ctx.runner.progress.message)
         except (ValueError, RuntimeError) as e:
             raise ExportFailed(f"INT8 quantization failed: {one_line(e)}") from e

@@ -48,6 +48,7 @@ class ExportOptions:
     int8_budget: float | None = None  # worst output rel L2 vs the original (None: ``parity.RULES["int8"]``)
     rtol: float | None = None  # the user's own tolerance, elementwise (``runtime/parity.py``); None: the rules table
     atol: float | None = None
+    val: Path | None = None  # labelled images: the original and every graph scored in top-1 / mAP (``val/step.py``)
 
     def __post_init__(self) -> None:
         from .runners import check_runtime_names

@@ -295,6 +295,9 @@ def run_export(source: Path, options: ExportOptions, progress: Progress | None =
     target = resolve_target(options)
     lowering = resolve_lowering(options, target)
     check_options(options, target, lowering)
+    if options.val is not None and source.suffix.lower() == ".onnx":
+        raise UsageError(f"`val` scores the graphs an export makes from a PyTorch model; score {source} with "
+                         f"`blocks-export val {source} --data DATA`")
     if options.to == "onnx" and source.suffix.lower() == ".onnx":
         raise UsageError(f"{source} is already ONNX; use `to=trt` to build an engine, or `blocks-export check`")
     output = default_output(source, options)
@@ -631,11 +634,13 @@ def _int8(ctx: _Context) -> None:
 
 def _val_data(ctx: _Context) -> None:
     """``val=DATA``: the validation set checked against the model's classes before any export work."""
+    from .inputs import torch_outputs
     from .val.step import model_classes, val_data
 
     if ctx.options.val is not None:
         with ctx.runner.step("val data") as s:
-            ctx.val_data = val_data(ctx.options.val, *model_classes(ctx.loaded.metadata, ctx.ultra))
+            ctx.val_data = val_data(ctx.options.val, *model_classes(ctx.loaded.metadata, ctx.ultra),
+                                    outputs=torch_outputs(ctx.model, ctx.example))
             s.note = f"{len(ctx.val_data.images)} images ({ctx.options.val})"
 
 
@@ -649,7 +654,7 @@ def _val(ctx: _Context) -> None:
     with ctx.runner.step("val") as s:
         graphs = graphs_of_run(ctx.proto, ctx.onnx_out, float_graph=ctx.float_graph,
                                fp16_target=ctx.target if ctx.options.fp16 and ctx.int8 is not None else None)
-        ctx.report.val = validate_export(ctx.val_data, ctx.loaded.model, graphs, batch=ctx.shape[0],
+        ctx.report.val = validate_export(ctx.val_data, ctx.loaded.model, graphs,
                                          progress=ctx.runner.progress.count, figure=figure_path(ctx.output),
                                          sensitivity=sensitivity_rows(ctx.report.as_dict()), write=ctx.unit.write_bytes)
         s.note = ctx.report.val.line()

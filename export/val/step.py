@@ -46,13 +46,15 @@ def _as_val(e: InputError) -> InputError:
     return InputError(text if "`val`" in text else f"{text} (`val`)")
 
 
-def val_data(data: Path, labels: Sequence[str] | None, task: str | None) -> ValData:
+def val_data(data: Path, labels: Sequence[str] | None, task: str | None,
+             outputs: Sequence[Any] | None = None) -> ValData:
     """The validation set at ``data`` for a model with class names ``labels`` and ``task`` (``classify``, ``detect``
     or None), checked completely before any export work: layout, labels and their range, class names against the
     model's, every image file readable as an image (its header; pixels are decoded while the models run), and the
-    COCO evaluator installed for a detection set. Bad DATA is ``InputError`` (one line, exit 2); a missing
-    evaluator ``RuntimeMissing`` (exit 3)."""
-    from .metrics import check_evaluator
+    COCO evaluator installed for a detection set; with ``outputs`` (the model's, on any input), that the model's
+    output can be scored on it (class scores, or the detect layout). Bad DATA is ``InputError`` (one line, exit 2);
+    a missing evaluator ``RuntimeMissing`` (exit 3)."""
+    from .metrics import check_evaluator, metric_for
 
     check_val_path(data)
     try:
@@ -63,6 +65,11 @@ def val_data(data: Path, labels: Sequence[str] | None, task: str | None) -> ValD
         _check_image(image)
     if isinstance(dataset, DetectData):
         check_evaluator()
+    if outputs is not None:
+        try:
+            metric_for(dataset).check([o.detach().cpu().numpy() if hasattr(o, "detach") else o for o in outputs])
+        except InputError as e:
+            raise _as_val(e) from None
     return dataset
 
 

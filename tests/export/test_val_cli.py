@@ -279,3 +279,20 @@ def test_export_val_bad_data_is_refused_before_the_export(tmp_path: Path, case: 
     assert "export" not in steps and "rewrite" not in steps, steps  # refused before any export work
     assert result.stdout == ""
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_export_val_refuses_a_model_whose_output_is_not_class_scores_before_the_export(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = tmp_path / "features.pt"
+    torch.save(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval(), model)
+    data = tmp_path / "classes"
+    for label in ("a", "b"):
+        (data / label).mkdir(parents=True)
+        Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(data / label / "x.png")
+    result = invoke(model, "--trust-pickle", "--imgsz", 16, "--val", data, "-o", tmp_path / "f.onnx")
+    assert result.exit_code == 2, result.stdout + result.stderr
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("blocks-export: error: ")]
+    assert "not class scores" in error and "--val" in error
+    assert not (tmp_path / "f.onnx").exists() and not (tmp_path / "f.report.json").exists()
+    steps = [line.split()[1] for line in result.stderr.splitlines() if line[:1] in "✓✗!-" and len(line.split()) > 1]
+    assert "export" not in steps, steps

@@ -296,3 +296,23 @@ def test_export_val_refuses_a_model_whose_output_is_not_class_scores_before_the_
     assert not (tmp_path / "f.onnx").exists() and not (tmp_path / "f.report.json").exists()
     steps = [line.split()[1] for line in result.stderr.splitlines() if line[:1] in "✓✗!-" and len(line.split()) > 1]
     assert "export" not in steps, steps
+
+
+def test_the_export_progress_turns_into_a_bar_while_val_counts_images() -> None:
+    import io
+    import re
+
+    from rich.console import Console
+
+    from blocks_export.export.cli import RichProgress
+    from blocks_export.export.report import StepRecord
+
+    out = io.StringIO()
+    progress = RichProgress(Console(file=out, force_terminal=True, width=100))
+    progress.start("val")
+    for done in (16, 32):
+        progress.count(done, 360)
+    progress.done(StepRecord("val", seconds=1.5))
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())  # no terminal control sequences
+    assert "32/360" in text and "━" in text  # the bar, with images done of all
+    assert text.rstrip().endswith("1.50s") and "val" in text.splitlines()[-1]  # then the step's line, as always

@@ -296,8 +296,8 @@ def run_export(source: Path, options: ExportOptions, progress: Progress | None =
     lowering = resolve_lowering(options, target)
     check_options(options, target, lowering)
     if options.val is not None and source.suffix.lower() == ".onnx":
-        raise UsageError(f"`val` scores the graphs an export makes from a PyTorch model; score {source} with "
-                         f"`blocks-export val {source} --data DATA`")
+        raise UsageError(f"`val` scores the graphs an export makes from a PyTorch model; {source} is a graph "
+                         "already: score it with the `blocks-export val` command")
     if options.to == "onnx" and source.suffix.lower() == ".onnx":
         raise UsageError(f"{source} is already ONNX; use `to=trt` to build an engine, or `blocks-export check`")
     output = default_output(source, options)

@@ -82,7 +82,7 @@ def _png(fig: Any) -> bytes:
 def _metric_bars(ax: Any, report: ValReport) -> None:
     results = report.results
     metric = METRIC_TITLES[results[0].metric] if results else "metric"
-    names = [f"{r.name}\n{r.precision}" for r in results]
+    names = [f"{r.name.replace(' (', chr(10) + '(')}\n{r.precision}" for r in results]  # "(not written)" below
     colours = ["#7f7f7f" if r.reference else "#1f77b4" for r in results]
     bars = ax.bar(range(len(results)), [r.value for r in results], color=colours)
     for bar, r in zip(bars, results, strict=True):

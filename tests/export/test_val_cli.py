@@ -316,3 +316,11 @@ def test_the_export_progress_turns_into_a_bar_while_val_counts_images() -> None:
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())  # no terminal control sequences
     assert "32/360" in text and "━" in text  # the bar, with images done of all
     assert text.rstrip().endswith("1.50s") and "val" in text.splitlines()[-1]  # then the step's line, as always
+
+
+def test_export_val_of_an_onnx_input_points_to_the_val_command(tmp_path: Path, digits: dict[str, Path]) -> None:
+    result = invoke(SAMPLES / "classifier.onnx", "--to", "trt", "--val", digits["val"], "-o", tmp_path / "c.engine")
+    assert result.exit_code == 2, result.stdout + result.stderr
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("blocks-export: error: ")]
+    assert "--val" in error and "`blocks-export val`" in error
+    assert list(tmp_path.iterdir()) == []

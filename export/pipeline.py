@@ -66,6 +66,9 @@ class Progress:
     def message(self, text: str) -> None:  # noqa: B027 (optional hook: progress inside a long step)
         pass
 
+    def count(self, done: int, total: int) -> None:  # noqa: B027 (optional hook: a long step's items done)
+        pass
+
 
 @dataclass
 class ExportResult:
@@ -292,6 +295,9 @@ def run_export(source: Path, options: ExportOptions, progress: Progress | None =
     target = resolve_target(options)
     lowering = resolve_lowering(options, target)
     check_options(options, target, lowering)
+    if options.val is not None and source.suffix.lower() == ".onnx":
+        raise UsageError(f"`val` scores the graphs an export makes from a PyTorch model; {source} is a graph "
+                         "already: score it with the `blocks-export val` command")
     if options.to == "onnx" and source.suffix.lower() == ".onnx":
         raise UsageError(f"{source} is already ONNX; use `to=trt` to build an engine, or `blocks-export check`")
     output = default_output(source, options)
@@ -312,6 +318,11 @@ def run_export(source: Path, options: ExportOptions, progress: Progress | None =
             if path.resolve() != source.resolve():  # an EPContext input: the check step decides on it
                 check_output_path(path, options.force)
 
+    if options.val is not None:  # the data's layout, before the model is loaded; its labels once the model is
+        from .val.step import check_val_path, figure_path
+
+        check_val_path(options.val)
+        check_output_path(figure_path(output), options.force)
     if options.verify:  # a missing runtime is refused (exit 3) before anything is loaded or written
         from .runners import require
 
@@ -335,8 +346,8 @@ def run_export(source: Path, options: ExportOptions, progress: Progress | None =
     # The ONNX file (+ external data) and its report land together or not at all (io.OutputUnit).
     with output_unit(options.force) as ctx.unit:
         with captured_warnings(report, runner.progress):
-            for step in (_prepare, _calibration, _rewrite, _export, _simplify, _fp16, _verify, _int8, _write,
-                         _check):
+            for step in (_prepare, _calibration, _val_data, _rewrite, _export, _simplify, _fp16, _verify, _int8,
+                         _write, _check, _val):
                 step(ctx)
         if ctx.failed or options.to == "onnx":
             return _finish(report, output if options.to == "onnx" else onnx_out, runner, ctx.failed, options.force,
@@ -390,6 +401,8 @@ class _Context:
     int8: Int8Result | None = None
     failed: bool = False
     unit: OutputUnit | None = None  # where _write stages the ONNX file; _finish adds the report and commits
+    float_graph: Any = None  # the graph before the fp16 / INT8 passes (``val=DATA`` scores it too)
+    val_data: Any = None  # ``val=DATA``: the validation set, read and checked before the export
 
     @property
     def precision(self) -> str:
@@ -492,6 +505,7 @@ def _simplify(ctx: _Context) -> None:
 def _fp16(ctx: _Context) -> None:
     from .fp16 import to_fp16
 
+    ctx.float_graph = ctx.proto
     if ctx.options.fp16 and ctx.options.int8:
         ctx.runner.skip("fp16", "with `int8=True` the fp16 pass runs on the INT8 graph (int8 step)")
     elif ctx.options.fp16:
@@ -636,6 +650,34 @@ def _int8(ctx: _Context) -> None:
         if not result:
             s.status = "failed"
             ctx.failed = True
+
+
+def _val_data(ctx: _Context) -> None:
+    """``val=DATA``: the validation set checked against the model's classes before any export work."""
+    from .inputs import torch_outputs
+    from .val.step import model_classes, val_data
+
+    if ctx.options.val is not None:
+        with ctx.runner.step("val data") as s:
+            ctx.val_data = val_data(ctx.options.val, *model_classes(ctx.loaded.metadata, ctx.ultra),
+                                    outputs=torch_outputs(ctx.model, ctx.example))
+            s.note = f"{len(ctx.val_data.images)} images ({ctx.options.val})"
+
+
+def _val(ctx: _Context) -> None:
+    """``val=DATA``: the original model and every graph of the run in the user's metric (``val/step.py``)."""
+    from .val.step import figure_path, graphs_of_run, sensitivity_rows, validate_export
+
+    if ctx.val_data is None:
+        return
+    assert ctx.unit is not None
+    with ctx.runner.step("val") as s:
+        graphs = graphs_of_run(ctx.proto, ctx.onnx_out, float_graph=ctx.float_graph,
+                               fp16_target=ctx.target if ctx.options.fp16 and ctx.int8 is not None else None)
+        ctx.report.val = validate_export(ctx.val_data, ctx.loaded.model, graphs,
+                                         progress=ctx.runner.progress.count, figure=figure_path(ctx.output),
+                                         sensitivity=sensitivity_rows(ctx.report.as_dict()), write=ctx.unit.write_bytes)
+        s.note = ctx.report.val.line()
 
 
 def _portable_twin(model: Any, example: Any, *, opset: int, opset_fixed: bool, exporter: str, dynamic: bool,

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .int8 import Int8Result
     from .trt.build import EngineResult
     from .ultralytics import BoxAgreement
+    from .val.step import ExportValidation
     from .verify import VerifyResult
 
 FORMAT = "blocks-export-report/1"
@@ -67,6 +68,7 @@ class Report:
     check: CheckReport | None = None
     engine: EngineResult | None = None
     engine_parity: VerifyResult | None = None  # the engine against the reference, where it can run here
+    val: ExportValidation | None = None  # ``val=DATA``: the original and every graph in the user's metric
     status: str = "?"
     exit_code: int | None = None
     steps: list[StepRecord] = field(default_factory=list)
@@ -93,6 +95,8 @@ class Report:
             d["int8"] = self.int8.as_dict()
         if self.fp16 is not None:
             d["fp16"] = self.fp16.as_dict()
+        if self.val is not None:
+            d["val"] = self.val.as_dict()
         if self.onnx is not None:
             d["onnx"] = self.onnx
         if self.check is not None:
@@ -223,6 +227,8 @@ def render(report: Report, console: Any) -> None:
                           f"{'x'.join(map(str, row.shape))}): {verdict} worst rel L2 {worst}")
             for err in row.comparison.errors:
                 console.print(f"[red]  {err}[/]")
+    if report.val is not None:
+        render_val(report.val, console)
     if report.check is not None and not report.check:
         for line in report.check.lines():
             console.print(f"[red]{line}[/]")
@@ -264,3 +270,16 @@ def render_int8(result: Int8Result, console: Any) -> None:
     for n in result.notes:
         console.print(f"[dim]int8: {n}[/]")
     console.print(result.line())
+
+
+def render_val(val: ExportValidation, console: Any) -> None:
+    """The table of ``val=DATA`` (``val.render``), its notes and the figure beside the report."""
+    from rich.markup import escape
+
+    from .val import render
+
+    render(val.report, console)
+    for n in val.notes:
+        console.print(f"[dim]val: {escape(n)}[/]")
+    if val.plot is not None:
+        console.print(f"figure: {escape(val.plot)}")

@@ -179,3 +179,17 @@ def test_an_ultralytics_detector_keeps_its_report_keys_with_the_box_check(tmp_pa
     assert code == 0, report
     assert report["detections"]["passed"]
     assert_pinned("ultralytics_detect", report)
+
+
+
+def test_an_export_with_val_keeps_its_report_keys(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for label in ("3", "7"):
+        (tmp_path / "val" / label).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray((rng.random((32, 32)) * 255).astype(np.uint8)).save(tmp_path / "val" / label / f"{i}.png")
+    classifier = Path(__file__).resolve().parents[2] / "sample_models" / "classifier.pt"
+    code, report = export(classifier, "--trust-pickle", "--fp16", "--val", tmp_path / "val", "-o", tmp_path / "c.onnx")
+    assert code == 0, report
+    assert [r["precision"] for r in report["val"]["results"]] == ["fp32", "fp32", "fp16"]
+    assert_pinned("val", report)

@@ -70,11 +70,26 @@ class RichProgress(Progress):
     def __init__(self, console: Any) -> None:
         self.console = console
         self._status: Any = None
+        self._name = ""
 
     def start(self, name: str) -> None:
         self._stop()
+        self._name = name
         self._status = self.console.status(f"{name} ...")
         self._status.start()
+
+    def count(self, done: int, total: int) -> None:
+        """A bar in place of the spinner while a step counts its items (``val``: images)."""
+        if not isinstance(self._status, tuple):
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+            self._stop()
+            bar = Progress(self._name, BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                           console=self.console, transient=True)
+            bar.start()
+            self._status = (bar, bar.add_task(self._name, total=total))
+        bar, task = self._status
+        bar.update(task, completed=done, total=total)
 
     def done(self, step: Any) -> None:
         self._stop()
@@ -86,7 +101,7 @@ class RichProgress(Progress):
 
     def _stop(self) -> None:
         if self._status is not None:
-            self._status.stop()
+            (self._status[0] if isinstance(self._status, tuple) else self._status).stop()
             self._status = None
 
 
@@ -168,8 +183,8 @@ _FLAG_SPELLING = {"output": "-o/--output"}
 _FLAGS = frozenset({"to", "output", "imgsz", "batch", "dynamic", "opset", "target", "deform_conv", "fp16", "fp16_io",
                     "exporter", "simplify", "verify", "trust_pickle", "arch", "arch_kwargs", "force", "quiet", "json",
                     "min_shape", "opt_shape", "max_shape", "workspace_mb", "verify_with", "debug", "channels",
-                    "int8", "calib", "calib_count", "int8_budget", "rtol", "atol", "data", "runs", "warmup",
-                    "threads"})
+                    "int8", "calib", "calib_count", "int8_budget", "int8_budget_metric", "rtol", "atol", "data", "runs",
+                    "warmup", "threads", "val"})
 
 
 def flag_words(text: str) -> str:
@@ -331,6 +346,10 @@ def export_command(
     int8_budget: Annotated[float | None, typer.Option("--int8-budget", help="with --int8: largest output rel L2 vs "
                                                                             "the original; blocks over it stay "
                                                                             "floating point (default 0.05)")] = None,
+    int8_budget_metric: Annotated[float | None, typer.Option(
+        "--int8-budget-metric", help="with --int8: points of top-1 (mAP50-95 for a detector) the INT8 graph may "
+                                     "lose against the original on the labelled held-out images (label-named "
+                                     "subfolders in --calib); blocks stay floating point until it holds")] = None,
     rtol: Annotated[float | None, typer.Option("--rtol", help="your own parity tolerance: pass where |onnx - ref| "
                                                "<= atol + rtol*|ref| everywhere (default: the precision's rule; the "
                                                "model's own fp32 noise floor passes too)")] = None,
@@ -338,6 +357,10 @@ def export_command(
                                                "--rtol)")] = None,
     profile: Annotated[bool, typer.Option("--profile", help="after a successful export, time each block of the "
                                                            "written ONNX on onnxruntime CPU (see `profile`)")] = False,
+    val: Annotated[Path | None, typer.Option("--val", help="labelled images (class folders, or a YOLO dataset yaml "
+                                                           "or images/ + labels/): top-1 / mAP of the original and "
+                                                           "of every graph, and MODEL.val.png (see `val`)",
+                                             show_default=False)] = None,
 ) -> None:
     """Export MODEL to ONNX (and a TensorRT engine with --to trt), then prove parity with the original."""
     def body() -> int:
@@ -355,7 +378,8 @@ def export_command(
             opt_shape=parse_shape("--opt-shape", opt_shape) if opt_shape else None,
             max_shape=parse_shape("--max-shape", max_shape) if max_shape else None, workspace_mb=workspace_mb,
             int8=int8, calib=calib, calib_count=calib_count, int8_budget=int8_budget,
-            rtol=rtol, atol=atol,
+            int8_budget_metric=int8_budget_metric,
+            rtol=rtol, atol=atol, val=val,
             **({"verify_with": tuple(verify_with)} if verify_with else {}))
         progress = None if quiet else RichProgress(_stderr())
         # Anything the model or a library prints goes to stderr: stdout carries only the report.

@@ -40,6 +40,7 @@ import numpy as np
 import onnx
 
 from .errors import InputError, UsageError, one_line
+from .fallback import INPUT_LAYER, OUTPUT_LAYER, node_blocks
 from .graph import consumers, producers
 from .metadata import set_metadata_entry
 
@@ -48,9 +49,6 @@ WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 DEFAULT_CALIB_COUNT = 128
 MAX_HELD_OUT = 64  # held-out images verified (each one is a run of the original model and of each candidate)
 SEED = 0
-OUTSIDE = "(outside blocks)"
-INPUT_LAYER = "(input layer)"  # outside the blocks: weighted ops that read the graph input
-OUTPUT_LAYER = "(output layer)"  # outside the blocks: weighted ops whose result reaches an output unweighted
 
 
 @dataclass
@@ -64,6 +62,8 @@ class CalibrationSet:
     held_out_tensors: np.ndarray
     labels: list[int | None] = field(default_factory=list)  # held-out labels, from label-named subfolders
     preprocess: dict[str, Any] = field(default_factory=dict)  # the runtime's settings the images were read with
+    names: list[str] = field(default_factory=list)  # the model's class names the labels index
+    prep: Any = None  # the runtime's ``Preprocess`` the images were read with
 
 
 @dataclass
@@ -76,10 +76,12 @@ class BlockSensitivity:
     top1_agreement: float | None = None
     fallback: bool = False
     why: str = ""
+    loss_points: float | None = None  # with a metric budget: points of the metric lost with only this block INT8
 
     def as_dict(self) -> dict[str, Any]:
         return {"block": self.block, "nodes": self.nodes, "rel_l2": self.rel_l2,
-                "top1_agreement": self.top1_agreement, "fallback": self.fallback, "why": self.why}
+                "top1_agreement": self.top1_agreement, "fallback": self.fallback, "why": self.why,
+                **({"loss_points": self.loss_points} if self.loss_points is not None else {})}
 
 
 @dataclass
@@ -106,6 +108,9 @@ class Int8Result:
     notes: list[str] = field(default_factory=list)
     held_out: list[str] = field(default_factory=list)  # the images verified (never used for calibration)
     preprocess: dict[str, Any] = field(default_factory=dict)  # how every image was read (runtime/infer.py)
+    # With a metric budget: its name, the original's value, the naive and final graphs' values and losses (points),
+    # and each step of the fallback loop (the parts kept, the metric then).
+    metric: dict[str, Any] | None = None
 
     def __bool__(self) -> bool:
         return self.passed
@@ -121,8 +126,14 @@ class Int8Result:
         top1 = f" top1_agreement={self.top1_agreement:.4f}" if self.top1_agreement is not None else ""
         if top1 and not self.top1_is_evidence:
             top1 += " (not evidence: the original predicts one class for every held-out image)"
-        return (f"{status} | int8 vs original | {self.held_out_images} held-out image(s) | rel_l2={self.rel_l2:.3e} "
-                f"(budget {self.budget:.1e}){top1} | fallback: {', '.join(self.fallback) or 'none'}")
+        if self.metric is not None and "loss_points" in self.metric:
+            m = self.metric
+            budget = (f"{m['name']} {m['value']:.4f} vs {m['reference']:.4f} original: {m['loss_points']:.2f} pt lost "
+                      f"(budget {m['budget_points']:g} pt) on {m['images']} image(s) | rel_l2={self.rel_l2:.3e}")
+        else:
+            budget = f"rel_l2={self.rel_l2:.3e} (budget {self.budget:.1e})"
+        return (f"{status} | int8 vs original | {self.held_out_images} held-out image(s) | {budget}{top1} | "
+                f"fallback: {', '.join(self.fallback) or 'none'}")
 
     def as_dict(self) -> dict[str, Any]:
         return {"calib_folder": self.calib_folder, "calibration_images": self.calibration_images,
@@ -133,7 +144,8 @@ class Int8Result:
                 "naive_rel_l2": self.naive_rel_l2, "naive_top1_agreement": self.naive_top1_agreement,
                 "quantized_nodes": self.quantized_nodes, "float_nodes": self.float_nodes,
                 "fallback": list(self.fallback), "sensitivity": [s.as_dict() for s in self.sensitivity],
-                "notes": list(self.notes), "held_out": list(self.held_out), "preprocess": dict(self.preprocess)}
+                "notes": list(self.notes), "held_out": list(self.held_out), "preprocess": dict(self.preprocess),
+                **({"metric": dict(self.metric)} if self.metric is not None else {})}
 
 
 # ---- calibration images ----------------------------------------------------------------------------------------
@@ -228,7 +240,8 @@ def read_calibration(folder: Path, prep: Any, channels: int, calib_count: int | 
     for _, sub in held:
         labels.append(names.index(sub) if sub is not None and sub in names else None)
     return CalibrationSet(str(folder), [p for p, _ in calib], [p for p, _ in held], load(calib), load(held), labels,
-                          dataclasses.asdict(prep) if dataclasses.is_dataclass(prep) and not isinstance(prep, type) else {})
+                          dataclasses.asdict(prep) if dataclasses.is_dataclass(prep) and not isinstance(prep, type) else {},
+                          names, prep)
 
 
 def _reader(name: str, tensors: np.ndarray, batch: int) -> Any:
@@ -309,47 +322,6 @@ def _is_swish(node: onnx.NodeProto, readers: dict[str, list[onnx.NodeProto]]) ->
     """``x * sigmoid(x)`` (SiLU): an activation, not a gate; it quantizes like any activation."""
     muls = [c for c in readers.get(node.output[0], []) if c.op_type == "Mul"]
     return bool(muls) and all(node.input[0] in c.input for c in muls)
-
-
-def _name_scopes(node: onnx.NodeProto) -> list[str]:
-    """Module paths a node sits in: the dynamo exporter's scope metadata, else a TorchScript name ``/a/b/Op``."""
-    from .diagnose import node_scopes
-
-    scopes = node_scopes(node)
-    if scopes:
-        return scopes
-    if node.name.startswith("/"):
-        parts = [p for p in node.name.split("/")[1:-1] if p]
-        return [".".join(parts[:k]) for k in range(1, len(parts) + 1)]
-    return []
-
-
-def node_blocks(model: onnx.ModelProto, blocks: Sequence[str], scoped: onnx.ModelProto | None = None) -> dict[str, str]:
-    """Node name -> the (deepest) block path it belongs to, for the nodes of ``model`` inside ``blocks``.
-
-    A simplified graph loses the exporter's scope metadata; ``scoped`` (the graph before simplification) then
-    gives them through the node's name or one of its output names, which the simplifier keeps.
-    """
-    wanted = sorted(set(blocks), key=len, reverse=True)
-
-    def block_of(scopes: list[str]) -> str | None:
-        return next((b for b in wanted if b in scopes), None)
-
-    by_name: dict[str, str] = {}
-    by_output: dict[str, str] = {}
-    for source in ([scoped] if scoped is not None else []) + [model]:
-        for n in source.graph.node:
-            b = block_of(_name_scopes(n))
-            if b is not None:
-                by_name[n.name] = b
-                for o in n.output:
-                    by_output[o] = b
-    out: dict[str, str] = {}
-    for n in model.graph.node:
-        b = by_name.get(n.name) or next((by_output[o] for o in n.output if o in by_output), None)
-        if b is not None:
-            out[n.name] = b
-    return out
 
 
 # ---- quantization and measurement ------------------------------------------------------------------------------
@@ -484,15 +456,81 @@ def _accuracy(out: list[np.ndarray], labels: list[int | None]) -> float | None:
     return float((out[0].argmax(1) == np.asarray(labels)).mean())
 
 
+@dataclass
+class MetricBudget:
+    """``int8_budget_metric``: at most ``points`` of the data's metric (top-1, or mAP50-95 for a detector) lost
+    against the original model, measured with ``val.evaluate`` on ``data`` (a ``val`` ``ClassifyData`` or
+    ``DetectData``) preprocessed as ``prep`` (the runtime's ``Preprocess``)."""
+
+    points: float
+    data: Any
+    prep: Any
+    source: str = ""  # where the labelled images come from, in words
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"budget_points": self.points, "data": self.source or str(getattr(self.data, "source", "")),
+                "images": len(self.data.images)}
+
+
+@dataclass
+class _GraphPredictor:
+    """A candidate graph for ``val.evaluate`` (its ``Predictor`` interface): onnxruntime CPU, the export's
+    preprocessing (the graph carries no metadata yet)."""
+
+    model: onnx.ModelProto
+    prep: Any
+    batch: int
+    name: str = "int8"
+    precision: str = "int8"
+    labels: list[str] | None = None
+    task: str | None = None
+
+    runner: Any = None
+
+    def predict(self, images: np.ndarray) -> list[np.ndarray]:
+        if self.runner is None:
+            from .runners import open_runner
+
+            self.runner = open_runner("onnxruntime", self.model)
+        name = self.runner.input_names[0]
+        return _batched(lambda x: [np.asarray(o) for o in self.runner.run({name: x})], images, self.batch)
+
+
+def held_out_metric(data: CalibrationSet, points: float) -> MetricBudget:
+    """``int8_budget_metric`` on the held-out split of the calibration folder: top-1 against the label-named
+    subfolders its images sit in. ``InputError`` when a held-out image has no label."""
+    from .val.data import ClassifyData
+
+    unlabelled = [p for p, lb in zip(data.held_out, data.labels, strict=False) if lb is None]
+    if not data.names or unlabelled or len(data.labels) != len(data.held_out):
+        where = f" ({unlabelled[0]})" if unlabelled else ""
+        raise InputError(f"`int8_budget_metric` needs labelled held-out images, and {data.folder} has images "
+                         f"outside a folder named after one of the model's classes{where}: put each image in a "
+                         "subfolder named after its class, or use `int8_budget`")
+    labels = [int(lb) for lb in data.labels if lb is not None]
+    return MetricBudget(points, ClassifyData(data.folder, list(data.names), list(data.held_out), labels), data.prep,
+                        f"{len(labels)} held-out image(s) of {data.folder}")
+
+
+def _metric_of(predictor: Any, data: Any) -> tuple[str, float]:
+    from .val.evaluate import evaluate
+
+    r = evaluate(data, [predictor], batch=32, reference=None).results[0]
+    return r.metric, r.value
+
+
 def quantize_model(model: onnx.ModelProto, original: Any, data: CalibrationSet, batch: int, *, budget: float,
                    blocks: Sequence[str], scoped: onnx.ModelProto | None = None, fp16: bool = False,
-                   progress: Any = None) -> tuple[onnx.ModelProto, Int8Result]:
+                   metric: MetricBudget | None = None, progress: Any = None) -> tuple[onnx.ModelProto, Int8Result]:
     """The block-aware INT8 graph of ``model`` and its measurements against the ORIGINAL model (``original``).
 
-    ``blocks``: module paths of the model's blocks (the rewrite report's); each is quantized alone first.
+    ``blocks``: module paths of the model's blocks (the rewrite report's); each is quantized alone first, then
+    ``fallback.block_fallback`` keeps blocks floating point until the budget holds: the worst output's relative L2
+    on the held-out images (``budget``), or, with ``metric``, the points of top-1 / mAP lost on its data.
     ``fp16``: what stays out of INT8 runs in fp16 (the fp16 pass on the Q/DQ graph, its fp32 islands kept); the
-    sensitivity and fallback are measured on the fp32-float graph, the final graph on itself.
+    sensitivity and the fallback are measured on the graph as it is written.
     """
+    from .fallback import Measure, block_fallback, node_groups
     from .fp16 import name_nodes
 
     say = progress or (lambda _text: None)
@@ -513,12 +551,14 @@ def quantize_model(model: onnx.ModelProto, original: Any, data: CalibrationSet, 
     float_kept = int8_float_nodes(work)
     weighted = [n.name for n in work.graph.node if n.op_type in WEIGHTED_OPS]
     result.float_nodes = sum(1 for n in weighted if n in float_kept)
-    where = node_blocks(work, blocks, scoped)
-    groups: dict[str, list[str]] = {}
-    edges = _edge_layers(work)
-    for n in weighted:
-        if n not in float_kept:
-            groups.setdefault(where.get(n) or edges.get(n, OUTSIDE), []).append(n)
+    groups = node_groups(work, blocks, [n for n in weighted if n not in float_kept], scoped=scoped,
+                         edges=_edge_layers(work))
+    base_metric: tuple[str, float] | None = None
+    if metric is not None:
+        from .val.predict import TorchPredictor
+
+        say("metric of the original model")
+        base_metric = _metric_of(TorchPredictor(original, metric.prep), metric.data)
     with tempfile.TemporaryDirectory(prefix="blocks-export-calib-") as tmp:
         cache = Path(tmp) / "ranges.json"
         say("calibrating (everything quantized: the naive graph)")
@@ -527,45 +567,65 @@ def quantize_model(model: onnx.ModelProto, original: Any, data: CalibrationSet, 
         naive_out = run_graph(naive, data.held_out_tensors, batch)
         result.naive_rel_l2 = _worst(reference, naive_out)[0]
         result.naive_top1_agreement = top1(reference, naive_out)
-        order = [b for b in blocks if b in groups] + [g for g in (INPUT_LAYER, OUTSIDE, OUTPUT_LAYER) if g in groups]
-        for b in order:
-            say(f"sensitivity: {b}")
-            q = quantize(work, data.calib_tensors, batch, cache, nodes_to_quantize=groups[b])
-            out = run_graph(q, data.held_out_tensors, batch)
-            err = _worst(reference, out)[0]
-            row = BlockSensitivity(b, len(groups[b]), err, top1(reference, out))
-            if err > budget:
-                row.fallback = True
-                row.why = f"alone it moves the output by rel_l2 {err:.2e} > budget {budget:.1e}"
-                result.fallback.append(b)
-            result.sensitivity.append(row)
-        # Errors add up: while the whole graph is over the budget, the most sensitive quantized part goes back too.
-        remaining = sorted((r for r in result.sensitivity if not r.fallback), key=lambda r: r.rel_l2)
-        while True:
-            excluded = sorted(float_kept | {n for b in result.fallback for n in groups[b]})
-            say("quantizing" + (f" ({len(result.fallback)} part(s) floating point)" if result.fallback else ""))
-            final = quantize(work, data.calib_tensors, batch, cache, nodes_to_exclude=excluded)
+        if metric is not None and base_metric is not None:
+            naive_value = _metric_of(_GraphPredictor(naive, metric.prep, batch), metric.data)[1]
+            result.metric = {"name": base_metric[0], "reference": base_metric[1], "naive": naive_value,
+                             "naive_loss_points": 100 * (base_metric[1] - naive_value), **metric.as_dict()}
+
+        def build(kept: frozenset[str]) -> onnx.ModelProto:
+            excluded = sorted(float_kept | {n for b in kept for n in groups[b]})
+            graph = quantize(work, data.calib_tensors, batch, cache, nodes_to_exclude=excluded)
             if fp16:
                 from .fp16 import to_fp16
 
-                final = to_fp16(final)
-            out = run_graph(final, data.held_out_tensors, batch)
-            result.rel_l2, result.cosine = _worst(reference, out)
-            if result.rel_l2 <= budget or len(remaining) <= 1:
-                break
-            row = remaining.pop()
-            row.fallback = True
-            row.why = (f"rel_l2 {row.rel_l2:.2e} alone, the largest left, and the graph was at {result.rel_l2:.2e} "
-                       f"> budget {budget:.1e}")
-            result.fallback.append(row.block)
-    result.top1_agreement = top1(reference, out)
-    result.accuracy = _accuracy(out, data.labels)
+                graph = to_fp16(graph)
+            return graph
+
+        def measure(graph: onnx.ModelProto) -> Measure:
+            out = run_graph(graph, data.held_out_tensors, batch)
+            err, cosine = _worst(reference, out)
+            detail: dict[str, Any] = {"rel_l2": err, "cosine": cosine, "top1_agreement": top1(reference, out),
+                                      "accuracy": _accuracy(out, data.labels)}
+            if metric is None or base_metric is None:
+                return Measure(err, bool(err <= budget), detail)
+            value = _metric_of(_GraphPredictor(graph, metric.prep, batch), metric.data)[1]
+            loss = 100 * (base_metric[1] - value)  # points
+            detail |= {"metric": value, "loss_points": loss}
+            return Measure(loss, bool(loss <= metric.points), detail, tiebreak=err)
+
+        if metric is None:
+            describe, words = (lambda e: f"moves the output by rel_l2 {e:.2e}"), f"budget {budget:.1e}"
+        else:
+            name = base_metric[0] if base_metric is not None else "metric"
+            describe, words = (lambda e: f"costs {e:.2f} pt of {name}"), f"budget {metric.points:g} pt"
+        decided = block_fallback(groups, build, measure, describe=describe, budget=words, keep_last=False,
+                                 progress=say)
+    final, last = decided.graph, decided.measure
+    for row in decided.rows:
+        result.sensitivity.append(BlockSensitivity(row.block, row.nodes, float(row.detail["rel_l2"]),
+                                                   row.detail.get("top1_agreement"), row.kept, row.why))
+        if metric is not None:
+            result.sensitivity[-1].loss_points = row.error
+    result.fallback = decided.kept
+    result.rel_l2, result.cosine = float(last.detail["rel_l2"]), float(last.detail["cosine"])
+    result.top1_agreement = last.detail["top1_agreement"]
+    result.accuracy = last.detail["accuracy"]
     result.quantized_nodes = sum(len(v) for k, v in groups.items() if k not in result.fallback)
-    result.passed = bool(result.rel_l2 <= budget and np.isfinite(result.rel_l2))
-    if not result.passed:
-        result.notes.append(f"the INT8 graph moves the output by rel_l2 {result.rel_l2:.2e}, over the budget "
-                            f"{budget:.1e}, with every block over it already in floating point; raise "
-                            "`int8_budget`, or calibrate on more images like the deployment's")
+    if metric is None:
+        result.passed = bool(result.rel_l2 <= budget and np.isfinite(result.rel_l2))
+        if not result.passed:
+            result.notes.append(f"the INT8 graph moves the output by rel_l2 {result.rel_l2:.2e}, over the budget "
+                                f"{budget:.1e}, with every block over it already in floating point; raise "
+                                "`int8_budget`, or calibrate on more images like the deployment's")
+    else:
+        loss = float(last.error)
+        result.metric = {**(result.metric or {}), "value": last.detail["metric"], "loss_points": loss,
+                         "steps": [s.as_dict() for s in decided.steps]}
+        result.passed = bool(loss <= metric.points and np.isfinite(result.rel_l2))
+        if not result.passed:
+            result.notes.append(f"the INT8 graph loses {loss:.2f} points of {result.metric['name']}, over the budget "
+                                f"{metric.points:g}, with every block over it already in floating point; raise "
+                                "`int8_budget_metric`, or calibrate on more images like the deployment's")
     set_metadata_entry(final, "precision", "int8")
     return final, result
 

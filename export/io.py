@@ -19,40 +19,29 @@ from pathlib import Path
 
 from .errors import OutputError, OutputWriteError
 
-#: What a temporary name adds to an output's name: ``.NAME.XXXXXXXX.tmp`` (``tempfile.mkstemp`` as used here).
-_TMP_NAME_EXTRA = len(".") + len(".XXXXXXXX.tmp")
+# Files written beside an output, named from it (the report, the engine sidecar, an EPContext model, external
+# weights, figures): their names must fit the folder's name limit as the output's own does.
+_DERIVED = (lambda p: p.stem + ".report.json", lambda p: p.name + ".json", lambda p: p.stem + ".engine.json",
+            lambda p: p.stem + "_ctx.onnx", lambda p: p.name + ".data", lambda p: p.stem + ".profile.png",
+            lambda p: p.stem + ".val.png")
 
 
-def _shown_name(name: str) -> str:
-    """A file name for a one-line message: control characters escaped, a very long one shortened."""
-    from blocks_export.runtime.infer import printable
-
-    return printable(name if len(name) <= 60 else f"{name[:28]}...{name[-28:]}")
+_TMP_EXTRA = len("..XXXXXXXX.tmp")  # what the temporary name of a file adds to its name (``atomic_path``)
 
 
-def _check_name_length(path: Path) -> None:
-    """Refuse a name the folder cannot hold, counted with the temporary name it is written under first (so a
-    derived name such as ``.report.json`` or ``.engine.json`` fails here, before any work, not after it)."""
+def _name_max(folder: Path) -> int:
     try:
-        name_max = os.pathconf(path.parent, "PC_NAME_MAX")
-        path_max = os.pathconf(path.parent, "PC_PATH_MAX")
-    except (OSError, ValueError, AttributeError):  # no pathconf (Windows) or an unknown folder: the POSIX floor
-        name_max, path_max = 255, 4096
-    size = len(os.fsencode(path.name)) + _TMP_NAME_EXTRA
-    if size > name_max:
-        raise OutputError(f"output name {_shown_name(path.name)} is {size - _TMP_NAME_EXTRA} bytes; with the "
-                          f"temporary name it is written under first it exceeds the folder's limit of {name_max} "
-                          "bytes; choose a shorter `output`")
-    full = len(os.fsencode(os.path.abspath(path))) + _TMP_NAME_EXTRA
-    if full >= path_max:
-        raise OutputError(f"output path {_shown_name(str(path))} is {full - _TMP_NAME_EXTRA} bytes long, over the "
-                          f"limit of {path_max}; choose a shorter `output`")
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows) or no answer: the common limit
+        return 255
 
 
-def check_output_path(path: Path, force: bool) -> None:
-    """Refuse, before any work is done, an output that cannot or must not be written: a folder, a missing or
-    read-only folder, a name too long for the folder, a link to nothing (without ``force``), an existing file
-    (without ``force``)."""
+def check_output_path(path: Path, force: bool, *, derived: bool = False) -> None:
+    """Refuse, before any work is done, an output that cannot or must not be written. ``derived``: files are
+    also written beside it under names made from its own (``_DERIVED``): those must fit the name limit too."""
+    if path.is_symlink() and not path.exists():
+        raise OutputError(f"output {path} is a symbolic link to {os.readlink(path)!s}, which does not exist; remove "
+                          "the link or choose another `output`")
     if path.is_dir():
         raise OutputError(f"output {path} is a directory; give a file name with `output`")
     folder = path.parent
@@ -60,12 +49,13 @@ def check_output_path(path: Path, force: bool) -> None:
         raise OutputError(f"output folder {folder} does not exist; create it or choose another `output`")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"output folder {folder} is not writable; choose another `output`")
-    _check_name_length(path)
-    if path.is_symlink() and not path.exists() and not force:
-        raise OutputError(f"output {path} is a link to {_shown_name(os.readlink(path))}, which does not exist; "
-                          "remove the link or pass `force=True` to replace the link with the file")
     if path.exists() and not force:
         raise OutputError(f"output {path} already exists; pass `force=True` to overwrite it")
+    limit = _name_max(folder)
+    longest = max((name(path) for name in _DERIVED), key=len) if derived else path.name
+    if len(longest.encode()) + _TMP_EXTRA > limit:  # each is written as ".NAME.XXXXXXXX.tmp" first
+        raise OutputError(f"output name {path.name[:40]}... is too long: {longest[-24:]!r} and its temporary "
+                          f"name pass the folder's {limit}-byte name limit; choose a shorter `output`")
 
 
 # Write failures that are the output location's fault, not a bug: reported as OutputError (exit 2).

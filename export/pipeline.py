@@ -66,6 +66,9 @@ class Progress:
     def message(self, text: str) -> None:  # noqa: B027 (optional hook: progress inside a long step)
         pass
 
+    def count(self, done: int, total: int) -> None:  # noqa: B027 (optional hook: a long step's items done)
+        pass
+
 
 @dataclass
 class ExportResult:
@@ -292,18 +295,21 @@ def run_export(source: Path, options: ExportOptions, progress: Progress | None =
     target = resolve_target(options)
     lowering = resolve_lowering(options, target)
     check_options(options, target, lowering)
+    if options.val is not None and source.suffix.lower() == ".onnx":
+        raise UsageError(f"`val` scores the graphs an export makes from a PyTorch model; {source} is a graph "
+                         "already: score it with the `blocks-export val` command")
     if options.to == "onnx" and source.suffix.lower() == ".onnx":
         raise UsageError(f"{source} is already ONNX; use `to=trt` to build an engine, or `blocks-export check`")
     output = default_output(source, options)
     if output.resolve() == source.resolve():
         raise OutputError(f"output {output} is the input file; choose another `output`")
     onnx_out = output if options.to == "onnx" else output.with_suffix(".onnx")
-    check_output_path(output, options.force)
+    check_output_path(output, options.force, derived=True)
     # A user's file named like the report is an output too; the report of the ONNX input that this run
     # continues (m.onnx -> m.engine share m.report.json) is replaced with the run's own, as before.
     check_output_path(report_path_for(output), _report_force(options, source, output))
     if options.to == "trt" and source.suffix.lower() != ".onnx":
-        check_output_path(onnx_out, options.force)
+        check_output_path(onnx_out, options.force, derived=True)
         check_output_path(report_path_for(onnx_out), options.force)
     if options.to == "trt":  # the engine's sidecar and EPContext model are outputs too (the cache is not)
         from .trt.sidecar import default_paths
@@ -312,6 +318,11 @@ def run_export(source: Path, options: ExportOptions, progress: Progress | None =
             if path.resolve() != source.resolve():  # an EPContext input: the check step decides on it
                 check_output_path(path, options.force)
 
+    if options.val is not None:  # the data's layout, before the model is loaded; its labels once the model is
+        from .val.step import check_val_path, figure_path
+
+        check_val_path(options.val)
+        check_output_path(figure_path(output), options.force)
     if options.verify:  # a missing runtime is refused (exit 3) before anything is loaded or written
         from .runners import require
 
@@ -335,8 +346,8 @@ def run_export(source: Path, options: ExportOptions, progress: Progress | None =
     # The ONNX file (+ external data) and its report land together or not at all (io.OutputUnit).
     with output_unit(options.force) as ctx.unit:
         with captured_warnings(report, runner.progress):
-            for step in (_prepare, _calibration, _rewrite, _export, _simplify, _fp16, _verify, _int8, _write,
-                         _check):
+            for step in (_prepare, _calibration, _val_data, _rewrite, _export, _simplify, _fp16, _verify, _int8,
+                         _write, _check, _val):
                 step(ctx)
         if ctx.failed or options.to == "onnx":
             return _finish(report, output if options.to == "onnx" else onnx_out, runner, ctx.failed, options.force,
@@ -383,12 +394,15 @@ class _Context:
     exported: OnnxExport | None = None
     proto: Any = None  # onnx.ModelProto being built
     unsimplified: Any = None  # the graph before onnxslim, when it changed it (the fallback of ``_verify``)
+    float_proto: Any = None  # ``fp16=True``: the graph the fp16 pass converted (the fp16 fallback's source)
     verification: VerifyResult | None = None
     ultra: UltralyticsInfo | None = None  # an Ultralytics model, exported in Ultralytics' ONNX layout
     calibration: CalibrationSet | None = None  # ``int8=True``: calibration and held-out images
     int8: Int8Result | None = None
     failed: bool = False
     unit: OutputUnit | None = None  # where _write stages the ONNX file; _finish adds the report and commits
+    float_graph: Any = None  # the graph before the fp16 / INT8 passes (``val=DATA`` scores it too)
+    val_data: Any = None  # ``val=DATA``: the validation set, read and checked before the export
 
     @property
     def precision(self) -> str:
@@ -491,11 +505,12 @@ def _simplify(ctx: _Context) -> None:
 def _fp16(ctx: _Context) -> None:
     from .fp16 import to_fp16
 
+    ctx.float_graph = ctx.proto
     if ctx.options.fp16 and ctx.options.int8:
         ctx.runner.skip("fp16", "with `int8=True` the fp16 pass runs on the INT8 graph (int8 step)")
     elif ctx.options.fp16:
         with ctx.runner.step("fp16") as s:
-            ctx.proto = to_fp16(ctx.proto, keep_io_types=not ctx.options.fp16_io, target=ctx.target)
+            ctx.float_proto, ctx.proto = ctx.proto, to_fp16(ctx.proto, keep_io_types=not ctx.options.fp16_io, target=ctx.target)
             s.note = "keep fp32 IO" if not ctx.options.fp16_io else "fp16 IO"
 
 
@@ -518,14 +533,16 @@ def _verify(ctx: _Context) -> None:
         reference = ModelReference(ctx.loaded.model, fp16_io=options.fp16_io, fp16_floor=ctx.precision == "fp16",
                                    seed=SEED)
 
-        def run(graph: Any) -> VerifyResult:
+        def run(graph: Any, precision: str = ctx.precision) -> VerifyResult:
+            fp16 = precision == "fp16"  # the fp16 fallback verifies the float graph at fp32 (fp32 IO) first
             return verify_on(
-                options.verify_with, reference, graph, shapes, precision=ctx.precision, rule=rule,
+                options.verify_with, reference if fp16 == options.fp16 else ModelReference(ctx.loaded.model),
+                graph, shapes, precision=precision, rule=user_rule(precision, options.rtol, options.atol),
                 portable_twin=lambda: _portable_twin(
                     ctx.model, ctx.example, opset=options.opset or target.opset,
                     opset_fixed=options.opset is not None, exporter=exporter, dynamic=options.dynamic,
                     decompose_layernorm=target.layernorm == "decompose", simplify=options.simplify and not large,
-                    fp16=options.fp16, fp16_io=options.fp16_io))
+                    fp16=fp16, fp16_io=options.fp16_io and fp16))
 
         verification = run(ctx.proto)
         if not verification and ctx.unsimplified is not None:
@@ -542,6 +559,16 @@ def _verify(ctx: _Context) -> None:
                 ctx.report.warnings.append(why)
                 ctx.proto, verification = plain, replace(retry, notes=(*retry.notes, why))
                 s.status = "warning"
+        if not verification and options.fp16 and ctx.float_proto is not None:  # blocks kept fp32 until it passes
+            from .fallback import fp16_fallback
+            from .fp16 import to_fp16
+
+            ctx.report.fp16, kept_graph, kept_verdict = fp16_fallback(
+                ctx.float_proto, [r.name for r in ctx.rewrite_report.replaced] if ctx.rewrite_report else [],
+                convert=lambda g, keep: to_fp16(g, keep_io_types=not options.fp16_io, target=target, keep=keep),
+                verify=run, scoped=ctx.exported.model, progress=ctx.runner.progress.message)
+            if kept_graph is not None:
+                ctx.proto, verification = kept_graph, kept_verdict
         if not verification:
             failing = next(r for r in verification.runs if not r.comparison)
             verification = replace(verification, divergence=_diagnose(ctx, verification, ctx.proto, failing.shape,
@@ -589,13 +616,17 @@ def _calibration(ctx: _Context) -> None:
                                            [str(x) for x in labels] if labels else None)
         s.note = (f"{len(ctx.calibration.calibration)} for calibration, {len(ctx.calibration.held_out)} held out "
                   f"for verification ({ctx.options.calib})")
+        if ctx.options.int8_budget_metric is not None:  # refused before the export when the images have no labels
+            from .int8 import held_out_metric
+
+            held_out_metric(ctx.calibration, ctx.options.int8_budget_metric)
 
 
 def _int8(ctx: _Context) -> None:
     """``int8=True``: the block-aware Q/DQ graph, verified against the original model on held-out images."""
     from blocks_export.runtime.parity import RULES
 
-    from .int8 import quantize_model
+    from .int8 import held_out_metric, quantize_model
 
     if ctx.calibration is None:
         return
@@ -609,6 +640,8 @@ def _int8(ctx: _Context) -> None:
         try:
             ctx.proto, result = quantize_model(ctx.proto, ctx.loaded.model, ctx.calibration, ctx.shape[0],
                                                budget=budget, blocks=blocks, scoped=scoped, fp16=ctx.options.fp16,
+                                               metric=None if ctx.options.int8_budget_metric is None else
+                                               held_out_metric(ctx.calibration, ctx.options.int8_budget_metric),
                                                progress=ctx.runner.progress.message)
         except (ValueError, RuntimeError) as e:
             raise ExportFailed(f"INT8 quantization failed: {one_line(e)}") from e
@@ -617,6 +650,34 @@ def _int8(ctx: _Context) -> None:
         if not result:
             s.status = "failed"
             ctx.failed = True
+
+
+def _val_data(ctx: _Context) -> None:
+    """``val=DATA``: the validation set checked against the model's classes before any export work."""
+    from .inputs import torch_outputs
+    from .val.step import model_classes, val_data
+
+    if ctx.options.val is not None:
+        with ctx.runner.step("val data") as s:
+            ctx.val_data = val_data(ctx.options.val, *model_classes(ctx.loaded.metadata, ctx.ultra),
+                                    outputs=torch_outputs(ctx.model, ctx.example))
+            s.note = f"{len(ctx.val_data.images)} images ({ctx.options.val})"
+
+
+def _val(ctx: _Context) -> None:
+    """``val=DATA``: the original model and every graph of the run in the user's metric (``val/step.py``)."""
+    from .val.step import figure_path, graphs_of_run, sensitivity_rows, validate_export
+
+    if ctx.val_data is None:
+        return
+    assert ctx.unit is not None
+    with ctx.runner.step("val") as s:
+        graphs = graphs_of_run(ctx.proto, ctx.onnx_out, float_graph=ctx.float_graph,
+                               fp16_target=ctx.target if ctx.options.fp16 and ctx.int8 is not None else None)
+        ctx.report.val = validate_export(ctx.val_data, ctx.loaded.model, graphs,
+                                         progress=ctx.runner.progress.count, figure=figure_path(ctx.output),
+                                         sensitivity=sensitivity_rows(ctx.report.as_dict()), write=ctx.unit.write_bytes)
+        s.note = ctx.report.val.line()
 
 
 def _portable_twin(model: Any, example: Any, *, opset: int, opset_fixed: bool, exporter: str, dynamic: bool,

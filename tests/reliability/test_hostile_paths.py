@@ -1,6 +1,7 @@
-"""Hostile paths given to ``blocks-export``: names too long once derived, links to nothing at ``-o``, calibration
-folders holding FIFOs, link loops or ``/proc``, control characters in file names. Each is built for real (real
-FIFOs and links, real long names) and must be one line, exit 2, with nothing written."""
+"""Hostile paths given to ``blocks-export``: calibration folders holding FIFOs, link loops or ``/proc``, control
+characters in file names, a killed run's temporary beside the output. Each is built for real (real FIFOs, links
+and leftovers) and must be one line, exit 2, with nothing written (names too long once derived and links to
+nothing at ``-o``: test_output_names.py)."""
 
 from __future__ import annotations
 
@@ -15,38 +16,6 @@ from bad_inputs import export_tiny, listing, one_error_line, tiny_model_file
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_model_file(tmp_path_factory.mktemp("src"))
-
-
-def _name_max(folder: Path) -> int:
-    return os.pathconf(folder, "PC_NAME_MAX")
-
-
-def test_output_name_too_long_with_its_temporary_is_refused_up_front(tmp_path: Path, source: Path) -> None:
-    name = "m" * (_name_max(tmp_path) - len(".onnx")) + ".onnx"  # valid itself, too long once written as .NAME.X.tmp
-    code, _, err = export_tiny(source, tmp_path / name)
-    assert code == 2, err
-    assert "exceeds the folder's limit" in one_error_line(err)
-    assert listing(tmp_path) == []
-
-
-def test_derived_report_name_too_long_is_refused_before_any_work(tmp_path: Path, source: Path) -> None:
-    """The ONNX name fits (with its temporary); ``NAME.report.json`` does not: refused before the export runs."""
-    stem = "m" * (_name_max(tmp_path) - len(".onnx") - len("..XXXXXXXX.tmp"))
-    code, out, err = export_tiny(source, tmp_path / f"{stem}.onnx")
-    assert code == 2, err
-    line = one_error_line(err)
-    assert ".report.json" in line and "exceeds the folder's limit" in line, line
-    assert "export" not in out  # no step ran
-    assert listing(tmp_path) == []
-
-
-def test_dangling_link_at_output_is_refused_up_front(tmp_path: Path, source: Path) -> None:
-    link = tmp_path / "m.onnx"
-    link.symlink_to(tmp_path / "gone" / "m.onnx")
-    code, _, err = export_tiny(source, link)
-    assert code == 2, err
-    assert "which does not exist" in one_error_line(err)
-    assert link.is_symlink() and sorted(listing(tmp_path)) == ["m.onnx"]
 
 
 def _png(path: Path) -> None:

@@ -594,6 +594,7 @@ def _load(model: onnx.ModelProto | str | os.PathLike[str]) -> onnx.ModelProto:
     proto = read_onnx(path)
     _check_external_data(proto, path)
     _check_tensor_data(proto, path)
+    _run_onnx_checker(proto, path)
     return proto
 
 
@@ -644,6 +645,36 @@ def _check_structure(proto: onnx.ModelProto, path: str) -> None:
         if not out.type.HasField("tensor_type") and not out.type.HasField("sequence_type") \
                 and not out.type.HasField("map_type") and not out.type.HasField("optional_type"):
             raise InputError(f"{path}: graph output {out.name!r} has no type; export the model again")
+
+
+_PLUGIN_DOMAIN = "blocks_export.unknown_op"  # where the checker sees default-domain operators onnx does not define
+
+
+def _run_onnx_checker(proto: onnx.ModelProto, path: str) -> None:
+    """onnx's full checker (strict shape inference included) on the file at ``path``, after the checks above
+    (they say more precisely what is wrong): a graph it refuses is one line. Given the path, the checker finds
+    external data beside the model without loading it. Operators onnx does not define (TensorRT plugins, in
+    their own domain or the default one; com.microsoft) are left to the per-node rules. A graph input or output without a shape (onnxruntime
+    takes it, onnx's checker requires one) is not run through it."""
+    if any(v.type.HasField("tensor_type") and not v.type.tensor_type.HasField("shape")
+           for v in (*proto.graph.input, *proto.graph.output)):
+        return
+    target: onnx.ModelProto | str = path
+    unknown = [n for n in proto.graph.node if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type)]
+    if unknown:  # a TensorRT plugin written in the default domain: checked as a custom-domain node, like others
+        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+            return  # the copy would not find the external data the path does
+        target = onnx.ModelProto()
+        target.CopyFrom(proto)
+        for node in target.graph.node:
+            if node.domain in ("", "ai.onnx") and not onnx.defs.has(node.op_type):
+                node.domain = _PLUGIN_DOMAIN
+        target.opset_import.append(onnx.helper.make_opsetid(_PLUGIN_DOMAIN, 1))
+    try:
+        onnx.checker.check_model(target, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise InputError(f"{path}: the ONNX checker refuses the graph ({first}); export the model again") from None
 
 
 def _check_tensor_data(proto: onnx.ModelProto, path: str) -> None:

@@ -93,13 +93,11 @@ class RichProgress(Progress):
 
     def done(self, step: Any) -> None:
         self._stop()
-        note = f"  [dim]{flag_words(step.note)}[/]" if step.note else ""
+        note = f"  [dim]{shown(step.note)}[/]" if step.note else ""
         self.console.print(f"{self._MARK.get(step.status, '?')} {step.name:<9} {step.seconds:7.2f}s{note}")
 
     def message(self, text: str) -> None:
-        from rich.markup import escape
-
-        self.console.print(f"  [dim]{escape(flag_words(text))}[/]")
+        self.console.print(f"  [dim]{shown(text)}[/]")
 
     def _stop(self) -> None:
         if self._status is not None:
@@ -135,12 +133,23 @@ def _error_json(message: str, code: int) -> str:
     return json.dumps({"format": "blocks-export-report/1", "status": "ERROR", "exit_code": code, "error": message})
 
 
+def _print_notices(err: Any) -> None:
+    """Say which temporaries of other runs were found beside the outputs and left (see ``io.take_notices``)."""
+    from .io import take_notices
+
+    for note in take_notices():
+        err.print(f"{PROG}: note: {shown(note)}")
+
+
 def _run(fn: Callable[[], int], *, debug: bool, json_out: bool) -> None:
     """Run a command body; map exceptions to one line on stderr and the documented exit code."""
     err = _stderr()
     try:
         with _sigterm_as_exception():
-            code = fn()
+            try:
+                code = fn()
+            finally:
+                _print_notices(err)
     except ExportError as e:
         if debug:
             traceback.print_exc()
@@ -201,6 +210,17 @@ def jetson_command(rebuild: Rebuild) -> str:
                                                       rebuild.options())])
 
 
+def shown(text: str) -> str:
+    """``text`` for the terminal: in the CLI's words, control and bidi characters of file names, node names,
+    labels and doc strings escaped (no escape sequence is acted on, a newline does not split a line), rich
+    markup characters literal."""
+    from rich.markup import escape
+
+    from blocks_export.runtime.infer import printable
+
+    return str(escape(printable(flag_words(text))))
+
+
 def error_text(e: ExportError) -> str:
     """A library error in the CLI's words; TensorRT or a GPU missing ends with the command to run on the Jetson."""
     if isinstance(e, TensorRTUnavailable) and e.rebuild is not None:
@@ -221,7 +241,9 @@ class _InFlagWords:
 def _refuse(message: str, code: int, json_out: bool, err: Any) -> None:
     from rich.markup import escape
 
-    message = flag_words(message)
+    from blocks_export.runtime.infer import printable
+
+    message = printable(flag_words(message))  # one line, no escape sequence of a file or model name acted on
     err.print(f"{PROG}: error: {escape(message)}")
     if json_out:
         print(_error_json(message, code))
@@ -408,10 +430,9 @@ def _chart(costs: Any, path: Path) -> None:
 
 
 def _print_profile(costs: Any, out: Any) -> None:
-    from rich.markup import escape
 
     for line in costs.lines():
-        out.print(escape(flag_words(line)))
+        out.print(shown(line))
 
 
 @app.command("inspect")
@@ -443,10 +464,9 @@ def inspect_command(
             print(to_json(info))
         else:
             out = _stdout()
-            from rich.markup import escape
 
             for line in info.lines:
-                out.print(escape(flag_words(line)))
+                out.print(shown(line))
         return 0
 
     _run(body, debug=debug, json_out=json_out)
@@ -475,11 +495,10 @@ def check_command(
 
             print(to_json({**result.as_dict(), "lines": result.lines()}))
         else:
-            from rich.markup import escape
 
             out = _stdout()
             for line in result.lines():
-                out.print(escape(flag_words(line)))
+                out.print(shown(line))
         return 0 if result else EXIT_FAILED
 
     _run(body, debug=debug, json_out=json_out)

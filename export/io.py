@@ -142,12 +142,31 @@ def _remove_stale_folder(entry: os.DirEntry[str], now: float) -> bool:
     return True
 
 
+_NOTICES: dict[Path, str] = {}
+
+
+def _note_leftover(path: Path, age: float) -> None:
+    from blocks_export.runtime.infer import printable
+
+    _NOTICES.setdefault(path, f"left {printable(path)} alone: a temporary file of a run that was killed or is "
+                              f"still writing ({age / 60:.0f} min old); it is removed by the first run after it is "
+                              "a day old, or delete it yourself once no export is running")
+
+
+def take_notices() -> list[str]:
+    """The notes gathered since the last call (temporaries of other runs found and left), oldest first."""
+    notes = list(_NOTICES.values())
+    _NOTICES.clear()
+    return notes
+
+
 def remove_stale_temporaries(path: Path, now: float | None = None) -> list[Path]:
     """Remove our leftovers beside ``path`` older than a day: ``.NAME.XXXXXXXX.tmp`` files (our naming, for
     this very NAME) and ``.blocks-export.XXXXXXXX.tmp`` folders (multi-file outputs).
 
     Only regular files, and folders of regular files, owned by this user match (never a link, never a folder
-    holding anything else, never a name off our pattern); everything else is left.
+    holding anything else, never a name off our pattern); everything else is left. A younger file of ours for
+    NAME is left and noted (``take_notices``): the next run says which file it is.
     """
     path = Path(path)
     now = time.time() if now is None else now
@@ -169,8 +188,10 @@ def remove_stale_temporaries(path: Path, now: float | None = None) -> list[Path]
             continue
         try:
             st = entry.stat(follow_symlinks=False)
-            if (not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid()
-                    or now - st.st_mtime < STALE_TMP_SECONDS):
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+                continue
+            if now - st.st_mtime < STALE_TMP_SECONDS:  # a killed run's, or one still writing: say so, keep it
+                _note_leftover(Path(entry.path), now - st.st_mtime)
                 continue
             os.unlink(entry.path)
             removed.append(Path(entry.path))

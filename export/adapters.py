@@ -2,9 +2,9 @@
 
 An adapter takes the loaded model into the form that family exports and is verified in (Ultralytics: fused,
 head in export mode), names the graph's inputs and outputs, writes its own metadata on the final graph, says
-which preprocessing and labels the runtime will read (INT8 calibration reads images the same way), and adds its
-own check on a graph that passed parity (Ultralytics detectors: decoded boxes). ``PlainModel``, the default,
-changes nothing. A new family is one class with these methods and one line in ``adapter_for``.
+which preprocessing and labels the runtime will read (INT8 calibration reads images the same way) and which
+classes and task the model has (``val=DATA`` is checked against them), and adds its own check on a graph that
+passed parity (Ultralytics detectors: decoded boxes). ``PlainModel``, the default, changes nothing. A new family is one class with these methods and one line in ``adapter_for``.
 """
 
 from __future__ import annotations
@@ -31,6 +31,10 @@ class ModelAdapter(Protocol):
 
     def runtime_metadata(self, model_info: Mapping[str, Any], shape: tuple[int, ...]) -> dict[str, str]:
         """The ``blocks_export.*`` preprocessing, task and label entries the written graph will carry."""
+        ...
+
+    def classes(self, model_info: Mapping[str, Any]) -> tuple[list[str] | None, str | None]:
+        """The model's class names and task (``val=DATA`` checks the data against them), each None if unknown."""
         ...
 
     def check(self, original: Any, graph: Any, shape: tuple[int, ...], *, precision: str,
@@ -64,6 +68,11 @@ class PlainModel:
         if isinstance(model_info.get("labels"), list | tuple):
             meta["labels"] = [str(x) for x in model_info["labels"]]
         return encode_meta(meta)
+
+    def classes(self, model_info: Mapping[str, Any]) -> tuple[list[str] | None, str | None]:
+        from .val.step import model_classes
+
+        return model_classes(model_info)
 
     def check(self, original: Any, graph: Any, shape: tuple[int, ...], *, precision: str,
               fp16_io: bool) -> BoxAgreement | None:

@@ -35,26 +35,37 @@ class CalibrationSet:
     held_out_tensors: np.ndarray
     labels: list[int | None] = field(default_factory=list)  # held-out labels, from label-named subfolders
     preprocess: dict[str, Any] = field(default_factory=dict)  # the runtime's settings the images were read with
+    names: list[str] = field(default_factory=list)  # the model's class names the labels index
+    prep: Any = None  # the runtime's ``Preprocess`` the images were read with
 
 
 def _image_files(folder: Path) -> list[tuple[str, str | None]]:
-    """(path, label-folder name or None) of the images in ``folder`` and its direct subfolders, sorted."""
+    """(path, label-folder name or None) of the images in ``folder`` and its direct subfolders, sorted. Only
+    names with an image extension are looked at, and only regular files (a link to one counts) are kept: a FIFO
+    or device named ``.png`` is skipped, never opened; an entry that cannot be looked at (a link loop, a
+    permission) is one line that names it."""
     from blocks_export.runtime.infer import IMAGE_EXTENSIONS
 
+    def scan(where: str) -> list[os.DirEntry[str]]:
+        try:
+            return sorted(os.scandir(where), key=lambda e: e.name)
+        except OSError as e:
+            raise InputError(f"calibration folder {where} cannot be read ({one_line(e)}); check `calib`") from None
+
+    def is_image(entry: os.DirEntry[str]) -> bool:
+        if not entry.name.lower().endswith(IMAGE_EXTENSIONS):
+            return False
+        try:
+            return entry.is_file()
+        except OSError as e:  # ELOOP, EACCES: is_file() raises all but FileNotFoundError
+            raise InputError(f"calibration image {entry.path} cannot be looked at ({e.strerror}); remove it or "
+                             "fix the link") from None
+
     found: list[tuple[str, str | None]] = []
-    try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
-    except OSError as e:
-        raise InputError(f"calibration folder {folder} cannot be read ({one_line(e)}); check `calib`") from None
-    for entry in entries:
+    for entry in scan(str(folder)):
         if entry.is_dir(follow_symlinks=False):
-            try:
-                sub = sorted(os.scandir(entry.path), key=lambda e: e.name)
-            except OSError as e:
-                raise InputError(f"calibration folder {entry.path} cannot be read ({one_line(e)}); "
-                                 "check `calib`") from None
-            found += [(s.path, entry.name) for s in sub if s.is_file() and s.name.lower().endswith(IMAGE_EXTENSIONS)]
-        elif entry.is_file() and entry.name.lower().endswith(IMAGE_EXTENSIONS):
+            found += [(s.path, entry.name) for s in scan(entry.path) if is_image(s)]
+        elif is_image(entry):
             found.append((entry.path, None))
     return found
 
@@ -118,4 +129,5 @@ def read_calibration(folder: Path, prep: Any, channels: int, calib_count: int | 
     for _, sub in held:
         labels.append(names.index(sub) if sub is not None and sub in names else None)
     return CalibrationSet(str(folder), [p for p, _ in calib], [p for p, _ in held], load(calib), load(held), labels,
-                          dataclasses.asdict(prep) if dataclasses.is_dataclass(prep) and not isinstance(prep, type) else {})
+                          dataclasses.asdict(prep) if dataclasses.is_dataclass(prep) and not isinstance(prep, type) else {},
+                          names, prep)

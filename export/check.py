@@ -565,7 +565,8 @@ def _visit(ctx: _Context, graph: onnx.GraphProto, functions: dict[tuple[str, str
 
 def read_onnx(model: str | os.PathLike[str]) -> onnx.ModelProto:
     """Parse the ONNX file at ``model`` (no external data); ``InputError`` (one line) for a corrupt, truncated
-    or absurdly nested file (protobuf's DecodeError, onnx's errors, a RecursionError all end here)."""
+    or absurdly nested file (protobuf's DecodeError, onnx's errors, a RecursionError all end here) and for a
+    graph no runtime loads (``_check_structure``)."""
     path = os.fspath(model)
     # An empty file parses as an empty ModelProto (protobuf's wire format has no header), which would
     # "pass" with 0 nodes: refuse it, and anything else that decodes to a model without a graph.
@@ -580,6 +581,7 @@ def read_onnx(model: str | os.PathLike[str]) -> onnx.ModelProto:
                          "truncated or corrupted: export it again or copy it again") from None
     if not proto.graph.node and not proto.graph.output:
         raise InputError(f"{path}: not an ONNX model (no graph in the file); export it again or copy it again")
+    _check_structure(proto, path)
     return proto
 
 
@@ -592,7 +594,87 @@ def _load(model: onnx.ModelProto | str | os.PathLike[str]) -> onnx.ModelProto:
     proto = read_onnx(path)
     _check_external_data(proto, path)
     _check_tensor_data(proto, path)
+    _run_onnx_checker(proto, path)
     return proto
+
+
+def _check_structure(proto: onnx.ModelProto, path: str) -> None:
+    """Refuse, in one line, a graph onnxruntime and the TensorRT parser refuse before any operator is looked at:
+    an IR version newer than this onnx reads, a node input nothing produces, a cycle, a graph output nothing
+    produces or without a type. Kahn's order over the top-level nodes (a subgraph's outer-scope names are the
+    top level's, so they are not followed here)."""
+    if proto.ir_version > onnx.IR_VERSION:
+        raise InputError(f"{path}: IR version {proto.ir_version} is newer than any this toolkit reads "
+                         f"(onnx {onnx.__version__} reads up to {onnx.IR_VERSION}); export it again with an "
+                         "older opset or update onnx")
+    graph = proto.graph
+    known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    known |= {t.name for t in graph.sparse_initializer}
+    produced_by: dict[str, int] = {}
+    for k, node in enumerate(graph.node):
+        for out in node.output:
+            if out:
+                produced_by[out] = k
+    waiting = [0] * len(graph.node)
+    readers: dict[int, list[int]] = {}
+    for k, node in enumerate(graph.node):
+        for name in node.input:
+            if name in known:
+                continue
+            if name not in produced_by:
+                raise InputError(f"{path}: node {node.name or node.op_type!r} reads {name!r}, which no node, graph "
+                                 "input or initializer produces; export the model again")
+            waiting[k] += 1
+            readers.setdefault(produced_by[name], []).append(k)
+    ready = [k for k, n in enumerate(waiting) if n == 0]
+    done = 0
+    while ready:
+        k = ready.pop()
+        done += 1
+        for r in readers.get(k, []):
+            waiting[r] -= 1
+            if waiting[r] == 0:
+                ready.append(r)
+    if done != len(graph.node):
+        stuck = next(graph.node[k] for k, n in enumerate(waiting) if n > 0)
+        raise InputError(f"{path}: the graph has a cycle (through node {stuck.name or stuck.op_type!r}); "
+                         "export the model again")
+    for out in graph.output:
+        if out.name not in produced_by and out.name not in known:
+            raise InputError(f"{path}: graph output {out.name!r} is produced by no node; export the model again")
+        if not out.type.HasField("tensor_type") and not out.type.HasField("sequence_type") \
+                and not out.type.HasField("map_type") and not out.type.HasField("optional_type"):
+            raise InputError(f"{path}: graph output {out.name!r} has no type; export the model again")
+
+
+_PLUGIN_DOMAIN = "blocks_export.unknown_op"  # where the checker sees default-domain operators onnx does not define
+
+
+def _run_onnx_checker(proto: onnx.ModelProto, path: str) -> None:
+    """onnx's full checker (strict shape inference included) on the file at ``path``, after the checks above
+    (they say more precisely what is wrong): a graph it refuses is one line. Given the path, the checker finds
+    external data beside the model without loading it. Operators onnx does not define (TensorRT plugins, in
+    their own domain or the default one; com.microsoft) are left to the per-node rules. A graph input or output without a shape (onnxruntime
+    takes it, onnx's checker requires one) is not run through it."""
+    if any(v.type.HasField("tensor_type") and not v.type.tensor_type.HasField("shape")
+           for v in (*proto.graph.input, *proto.graph.output)):
+        return
+    target: onnx.ModelProto | str = path
+    unknown = [n for n in proto.graph.node if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type)]
+    if unknown:  # a TensorRT plugin written in the default domain: checked as a custom-domain node, like others
+        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+            return  # the copy would not find the external data the path does
+        target = onnx.ModelProto()
+        target.CopyFrom(proto)
+        for node in target.graph.node:
+            if node.domain in ("", "ai.onnx") and not onnx.defs.has(node.op_type):
+                node.domain = _PLUGIN_DOMAIN
+        target.opset_import.append(onnx.helper.make_opsetid(_PLUGIN_DOMAIN, 1))
+    try:
+        onnx.checker.check_model(target, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise InputError(f"{path}: the ONNX checker refuses the graph ({first}); export the model again") from None
 
 
 def _check_tensor_data(proto: onnx.ModelProto, path: str) -> None:

@@ -70,25 +70,38 @@ class RichProgress(Progress):
     def __init__(self, console: Any) -> None:
         self.console = console
         self._status: Any = None
+        self._name = ""
 
     def start(self, name: str) -> None:
         self._stop()
+        self._name = name
         self._status = self.console.status(f"{name} ...")
         self._status.start()
 
+    def count(self, done: int, total: int) -> None:
+        """A bar in place of the spinner while a step counts its items (``val``: images)."""
+        if not isinstance(self._status, tuple):
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+            self._stop()
+            bar = Progress(self._name, BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                           console=self.console, transient=True)
+            bar.start()
+            self._status = (bar, bar.add_task(self._name, total=total))
+        bar, task = self._status
+        bar.update(task, completed=done, total=total)
+
     def done(self, step: Any) -> None:
         self._stop()
-        note = f"  [dim]{flag_words(step.note)}[/]" if step.note else ""
+        note = f"  [dim]{shown(step.note)}[/]" if step.note else ""
         self.console.print(f"{self._MARK.get(step.status, '?')} {step.name:<9} {step.seconds:7.2f}s{note}")
 
     def message(self, text: str) -> None:
-        from rich.markup import escape
-
-        self.console.print(f"  [dim]{escape(flag_words(text))}[/]")
+        self.console.print(f"  [dim]{shown(text)}[/]")
 
     def _stop(self) -> None:
         if self._status is not None:
-            self._status.stop()
+            (self._status[0] if isinstance(self._status, tuple) else self._status).stop()
             self._status = None
 
 
@@ -120,12 +133,23 @@ def _error_json(message: str, code: int) -> str:
     return json.dumps({"format": "blocks-export-report/1", "status": "ERROR", "exit_code": code, "error": message})
 
 
+def _print_notices(err: Any) -> None:
+    """Say which temporaries of other runs were found beside the outputs and left (see ``io.take_notices``)."""
+    from .io import take_notices
+
+    for note in take_notices():
+        err.print(f"{PROG}: note: {shown(note)}")
+
+
 def _run(fn: Callable[[], int], *, debug: bool, json_out: bool) -> None:
     """Run a command body; map exceptions to one line on stderr and the documented exit code."""
     err = _stderr()
     try:
         with _sigterm_as_exception():
-            code = fn()
+            try:
+                code = fn()
+            finally:
+                _print_notices(err)
     except ExportError as e:
         if debug:
             traceback.print_exc()
@@ -159,8 +183,8 @@ _FLAG_SPELLING = {"output": "-o/--output"}
 _FLAGS = frozenset({"to", "output", "imgsz", "batch", "dynamic", "opset", "target", "deform_conv", "fp16", "fp16_io",
                     "exporter", "simplify", "verify", "trust_pickle", "arch", "arch_kwargs", "force", "quiet", "json",
                     "min_shape", "opt_shape", "max_shape", "workspace_mb", "verify_with", "debug", "channels",
-                    "int8", "calib", "calib_count", "int8_budget", "rtol", "atol", "data", "runs", "warmup",
-                    "threads"})
+                    "int8", "calib", "calib_count", "int8_budget", "int8_budget_metric", "rtol", "atol", "data", "runs",
+                    "warmup", "threads", "val"})
 
 
 def flag_words(text: str) -> str:
@@ -186,6 +210,17 @@ def jetson_command(rebuild: Rebuild) -> str:
                                                       rebuild.options())])
 
 
+def shown(text: str) -> str:
+    """``text`` for the terminal: in the CLI's words, control and bidi characters of file names, node names,
+    labels and doc strings escaped (no escape sequence is acted on, a newline does not split a line), rich
+    markup characters literal."""
+    from rich.markup import escape
+
+    from blocks_export.runtime.infer import printable
+
+    return str(escape(printable(flag_words(text))))
+
+
 def error_text(e: ExportError) -> str:
     """A library error in the CLI's words; TensorRT or a GPU missing ends with the command to run on the Jetson."""
     if isinstance(e, TensorRTUnavailable) and e.rebuild is not None:
@@ -206,7 +241,9 @@ class _InFlagWords:
 def _refuse(message: str, code: int, json_out: bool, err: Any) -> None:
     from rich.markup import escape
 
-    message = flag_words(message)
+    from blocks_export.runtime.infer import printable
+
+    message = printable(flag_words(message))  # one line, no escape sequence of a file or model name acted on
     err.print(f"{PROG}: error: {escape(message)}")
     if json_out:
         print(_error_json(message, code))
@@ -309,6 +346,10 @@ def export_command(
     int8_budget: Annotated[float | None, typer.Option("--int8-budget", help="with --int8: largest output rel L2 vs "
                                                                             "the original; blocks over it stay "
                                                                             "floating point (default 0.05)")] = None,
+    int8_budget_metric: Annotated[float | None, typer.Option(
+        "--int8-budget-metric", help="with --int8: points of top-1 (mAP50-95 for a detector) the INT8 graph may "
+                                     "lose against the original on the labelled held-out images (label-named "
+                                     "subfolders in --calib); blocks stay floating point until it holds")] = None,
     rtol: Annotated[float | None, typer.Option("--rtol", help="your own parity tolerance: pass where |onnx - ref| "
                                                "<= atol + rtol*|ref| everywhere (default: the precision's rule; the "
                                                "model's own fp32 noise floor passes too)")] = None,
@@ -316,6 +357,10 @@ def export_command(
                                                "--rtol)")] = None,
     profile: Annotated[bool, typer.Option("--profile", help="after a successful export, time each block of the "
                                                            "written ONNX on onnxruntime CPU (see `profile`)")] = False,
+    val: Annotated[Path | None, typer.Option("--val", help="labelled images (class folders, or a YOLO dataset yaml "
+                                                           "or images/ + labels/): top-1 / mAP of the original and "
+                                                           "of every graph, and MODEL.val.png (see `val`)",
+                                             show_default=False)] = None,
 ) -> None:
     """Export MODEL to ONNX (and a TensorRT engine with --to trt), then prove parity with the original."""
     def body() -> int:
@@ -333,7 +378,8 @@ def export_command(
             opt_shape=parse_shape("--opt-shape", opt_shape) if opt_shape else None,
             max_shape=parse_shape("--max-shape", max_shape) if max_shape else None, workspace_mb=workspace_mb,
             int8=int8, calib=calib, calib_count=calib_count, int8_budget=int8_budget,
-            rtol=rtol, atol=atol,
+            int8_budget_metric=int8_budget_metric,
+            rtol=rtol, atol=atol, val=val,
             **({"verify_with": tuple(verify_with)} if verify_with else {}))
         progress = None if quiet else RichProgress(_stderr())
         # Anything the model or a library prints goes to stderr: stdout carries only the report.
@@ -384,10 +430,9 @@ def _chart(costs: Any, path: Path) -> None:
 
 
 def _print_profile(costs: Any, out: Any) -> None:
-    from rich.markup import escape
 
     for line in costs.lines():
-        out.print(escape(flag_words(line)))
+        out.print(shown(line))
 
 
 @app.command("inspect")
@@ -419,10 +464,9 @@ def inspect_command(
             print(to_json(info))
         else:
             out = _stdout()
-            from rich.markup import escape
 
             for line in info.lines:
-                out.print(escape(flag_words(line)))
+                out.print(shown(line))
         return 0
 
     _run(body, debug=debug, json_out=json_out)
@@ -451,11 +495,10 @@ def check_command(
 
             print(to_json({**result.as_dict(), "lines": result.lines()}))
         else:
-            from rich.markup import escape
 
             out = _stdout()
             for line in result.lines():
-                out.print(escape(flag_words(line)))
+                out.print(shown(line))
         return 0 if result else EXIT_FAILED
 
     _run(body, debug=debug, json_out=json_out)

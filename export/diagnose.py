@@ -186,8 +186,9 @@ def block_paths(model: Any, replaced: list[str]) -> list[str]:
     return paths
 
 
-def node_scopes(node: Any) -> list[str]:
-    """The module paths the exporter tagged ``node`` with, outermost first (empty without dynamo scopes)."""
+def scope_names(node: Any) -> list[str] | None:
+    """The module paths the dynamo exporter tagged ``node`` with, outermost first; None where the node carries no
+    scope metadata (the TorchScript exporter), [] where it is unreadable."""
     for p in node.metadata_props:
         if p.key == SCOPES_KEY:
             try:
@@ -195,7 +196,12 @@ def node_scopes(node: Any) -> list[str]:
             except (ValueError, SyntaxError):
                 return []
             return [str(s) for s in value[:-1]] if isinstance(value, list) else []
-    return []
+    return None
+
+
+def node_scopes(node: Any) -> list[str]:
+    """The module paths the exporter tagged ``node`` with, outermost first (empty without dynamo scopes)."""
+    return scope_names(node) or []
 
 
 def has_scopes(model: Any) -> bool:

@@ -196,6 +196,29 @@ def fp32_nodes(model: onnx.ModelProto) -> set[str]:
     return keep | coords
 
 
+def _detach_kept_outputs(model: onnx.ModelProto, keep: set[str]) -> None:
+    """Put an Identity between a graph output and the node in ``keep`` that produces it (in place).
+
+    With fp32 outputs kept, the converter wraps a kept node's output in Cast(fp16) -> Cast(fp32) before the graph
+    output and then refuses its own cast pair ("The downstream node of the second cast node should be graph
+    output", onnxconverter-common 1.16); an fp16 Identity between them keeps the pair apart (the output is
+    rounded to fp16 once, as every fp16 graph's output is).
+    """
+    g = model.graph
+    producer = producers(g)
+    for out in g.output:
+        node = producer.get(out.name)
+        if node is None or node.name not in keep:
+            continue
+        inner = f"{out.name}__kept_fp32"
+        node.output[list(node.output).index(out.name)] = inner
+        for n in g.node:
+            for k, i in enumerate(n.input):
+                if i == out.name:
+                    n.input[k] = inner
+        g.node.append(onnx.helper.make_node("Identity", [inner], [out.name], name=f"{out.name}_kept_output"))
+
+
 def _retarget_float_casts(model: onnx.ModelProto) -> None:
     """A ``Cast(to=FLOAT)`` whose output the converter typed fp16 (e.g. ``torch.arange(w).type_as(x)`` in a
     dynamic anchor grid, Ultralytics' ``make_anchors``) casts to fp16 instead; left as is, onnxruntime refuses
@@ -210,7 +233,8 @@ def _retarget_float_casts(model: onnx.ModelProto) -> None:
                     a.i = TensorProto.FLOAT16
 
 
-def to_fp16(model: onnx.ModelProto, *, keep_io_types: bool = True, target: Target | None = None) -> onnx.ModelProto:
+def to_fp16(model: onnx.ModelProto, *, keep_io_types: bool = True, target: Target | None = None,
+            keep: Iterable[str] = ()) -> onnx.ModelProto:
     """Mixed-precision copy of ``model`` (the input is not modified); passes ``onnx.checker`` (plugin nodes
     aside, which have no ONNX schema).
 
@@ -218,6 +242,8 @@ def to_fp16(model: onnx.ModelProto, *, keep_io_types: bool = True, target: Targe
     float16 stay float32 (``Target.fp16_fp32_ops``), and every ``ModulatedDeformConv2d`` / ``DeformConv`` node
     gets inputs of one type its TensorRT plugin accepts (``trt_ops.PluginRule``; float32, which every line
     takes and which keeps the sampling coordinates exact). ``ValueError`` when no type satisfies the rule.
+    ``keep``: names of more nodes kept float32 (the blocks the fp16 fallback keeps, ``fallback.fp16_fallback``);
+    ``model``'s nodes must then be named uniquely already (``name_nodes``), so that the names still match.
     """
     from onnxconverter_common import float16
 
@@ -226,7 +252,9 @@ def to_fp16(model: onnx.ModelProto, *, keep_io_types: bool = True, target: Targe
     dedupe_value_info(work)
     isolate_consumed_outputs(work)
     name_nodes(work)
-    blocked = fp32_nodes(work)
+    blocked = fp32_nodes(work) | set(keep)
+    if keep and keep_io_types:
+        _detach_kept_outputs(work, set(keep))
     if target is not None:
         keep32 = target.fp16_fp32_ops()
         blocked |= {n.name for n in work.graph.node if n.op_type in keep32}

@@ -37,14 +37,24 @@ import numpy as np
 import onnx
 
 from .calibration import CalibrationSet, image_preprocess, read_calibration  # re-exported
+from .fallback import INPUT_LAYER, OUTPUT_LAYER, node_blocks
 from .graph import consumers, producers
+from .int8_measure import (  # re-exported: predicted_classes, top1
+    GraphPredictor,
+    MetricBudget,
+    accuracy,
+    held_out_metric,
+    metric_of,
+    predicted_classes,
+    run_graph,
+    top1,
+    torch_run,
+    worst,
+)
 from .metadata import set_metadata_entry
 
 # NVIDIA's placement: Q/DQ on the inputs of weighted operations only (module docstring).
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
-OUTSIDE = "(outside blocks)"
-INPUT_LAYER = "(input layer)"  # outside the blocks: weighted ops that read the graph input
-OUTPUT_LAYER = "(output layer)"  # outside the blocks: weighted ops whose result reaches an output unweighted
 
 
 @dataclass
@@ -57,10 +67,12 @@ class BlockSensitivity:
     top1_agreement: float | None = None
     fallback: bool = False
     why: str = ""
+    loss_points: float | None = None  # with a metric budget: points of the metric lost with only this block INT8
 
     def as_dict(self) -> dict[str, Any]:
         return {"block": self.block, "nodes": self.nodes, "rel_l2": self.rel_l2,
-                "top1_agreement": self.top1_agreement, "fallback": self.fallback, "why": self.why}
+                "top1_agreement": self.top1_agreement, "fallback": self.fallback, "why": self.why,
+                **({"loss_points": self.loss_points} if self.loss_points is not None else {})}
 
 
 @dataclass
@@ -87,6 +99,9 @@ class Int8Result:
     notes: list[str] = field(default_factory=list)
     held_out: list[str] = field(default_factory=list)  # the images verified (never used for calibration)
     preprocess: dict[str, Any] = field(default_factory=dict)  # how every image was read (runtime/infer.py)
+    # With a metric budget: its name, the original's value, the naive and final graphs' values and losses (points),
+    # and each step of the fallback loop (the parts kept, the metric then).
+    metric: dict[str, Any] | None = None
 
     def __bool__(self) -> bool:
         return self.passed
@@ -102,8 +117,14 @@ class Int8Result:
         top1 = f" top1_agreement={self.top1_agreement:.4f}" if self.top1_agreement is not None else ""
         if top1 and not self.top1_is_evidence:
             top1 += " (not evidence: the original predicts one class for every held-out image)"
-        return (f"{status} | int8 vs original | {self.held_out_images} held-out image(s) | rel_l2={self.rel_l2:.3e} "
-                f"(budget {self.budget:.1e}){top1} | fallback: {', '.join(self.fallback) or 'none'}")
+        if self.metric is not None and "loss_points" in self.metric:
+            m = self.metric
+            budget = (f"{m['name']} {m['value']:.4f} vs {m['reference']:.4f} original: {m['loss_points']:.2f} pt lost "
+                      f"(budget {m['budget_points']:g} pt) on {m['images']} image(s) | rel_l2={self.rel_l2:.3e}")
+        else:
+            budget = f"rel_l2={self.rel_l2:.3e} (budget {self.budget:.1e})"
+        return (f"{status} | int8 vs original | {self.held_out_images} held-out image(s) | {budget}{top1} | "
+                f"fallback: {', '.join(self.fallback) or 'none'}")
 
     def as_dict(self) -> dict[str, Any]:
         return {"calib_folder": self.calib_folder, "calibration_images": self.calibration_images,
@@ -114,7 +135,8 @@ class Int8Result:
                 "naive_rel_l2": self.naive_rel_l2, "naive_top1_agreement": self.naive_top1_agreement,
                 "quantized_nodes": self.quantized_nodes, "float_nodes": self.float_nodes,
                 "fallback": list(self.fallback), "sensitivity": [s.as_dict() for s in self.sensitivity],
-                "notes": list(self.notes), "held_out": list(self.held_out), "preprocess": dict(self.preprocess)}
+                "notes": list(self.notes), "held_out": list(self.held_out), "preprocess": dict(self.preprocess),
+                **({"metric": dict(self.metric)} if self.metric is not None else {})}
 
 
 def _reader(name: str, tensors: np.ndarray, batch: int) -> Any:
@@ -197,47 +219,6 @@ def _is_swish(node: onnx.NodeProto, readers: dict[str, list[onnx.NodeProto]]) ->
     return bool(muls) and all(node.input[0] in c.input for c in muls)
 
 
-def _name_scopes(node: onnx.NodeProto) -> list[str]:
-    """Module paths a node sits in: the dynamo exporter's scope metadata, else a TorchScript name ``/a/b/Op``."""
-    from .diagnose import node_scopes
-
-    scopes = node_scopes(node)
-    if scopes:
-        return scopes
-    if node.name.startswith("/"):
-        parts = [p for p in node.name.split("/")[1:-1] if p]
-        return [".".join(parts[:k]) for k in range(1, len(parts) + 1)]
-    return []
-
-
-def node_blocks(model: onnx.ModelProto, blocks: Sequence[str], scoped: onnx.ModelProto | None = None) -> dict[str, str]:
-    """Node name -> the (deepest) block path it belongs to, for the nodes of ``model`` inside ``blocks``.
-
-    A simplified graph loses the exporter's scope metadata; ``scoped`` (the graph before simplification) then
-    gives them through the node's name or one of its output names, which the simplifier keeps.
-    """
-    wanted = sorted(set(blocks), key=len, reverse=True)
-
-    def block_of(scopes: list[str]) -> str | None:
-        return next((b for b in wanted if b in scopes), None)
-
-    by_name: dict[str, str] = {}
-    by_output: dict[str, str] = {}
-    for source in ([scoped] if scoped is not None else []) + [model]:
-        for n in source.graph.node:
-            b = block_of(_name_scopes(n))
-            if b is not None:
-                by_name[n.name] = b
-                for o in n.output:
-                    by_output[o] = b
-    out: dict[str, str] = {}
-    for n in model.graph.node:
-        b = by_name.get(n.name) or next((by_output[o] for o in n.output if o in by_output), None)
-        if b is not None:
-            out[n.name] = b
-    return out
-
-
 # ---- quantization and measurement ------------------------------------------------------------------------------
 
 def quantize(model: onnx.ModelProto, calib: np.ndarray, batch: int, cache: Path, *,
@@ -311,74 +292,18 @@ def _quiet_logging() -> Iterator[None]:
         root.setLevel(level)
 
 
-def run_graph(model: onnx.ModelProto, tensors: np.ndarray, batch: int) -> list[np.ndarray]:
-    """Outputs of ``model`` on onnxruntime CPU for every image of ``tensors``, concatenated on the batch axis."""
-    from .runners import open_runner
-
-    runner = open_runner("onnxruntime", model)
-    name = runner.input_names[0]
-    return _batched(lambda x: [np.asarray(o) for o in runner.run({name: x})], tensors, batch)
-
-
-def torch_run(model: Any, tensors: np.ndarray, batch: int) -> list[np.ndarray]:
-    """Outputs of the original PyTorch model for every image of ``tensors``."""
-    import torch
-
-    from .inputs import torch_outputs
-
-    return _batched(lambda x: torch_outputs(model, torch.from_numpy(x)), tensors, batch)
-
-
-def _batched(fn: Any, tensors: np.ndarray, batch: int) -> list[np.ndarray]:
-    n, parts = len(tensors), []
-    for start in range(0, n, batch):
-        idx = [(start + k) % n for k in range(batch)]
-        valid = min(batch, n - start)
-        parts.append([np.asarray(o, dtype=np.float32)[:valid] for o in fn(tensors[idx])])
-    return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
-
-
-def _worst(reference: list[np.ndarray], got: list[np.ndarray]) -> tuple[float, float]:
-    from blocks_export.runtime.parity import compare
-
-    cmp = compare(reference, got, "int8")
-    return cmp.worst_rel_l2, min((o.cosine for o in cmp.outputs), default=0.0)
-
-
-def _top1s(outputs: list[np.ndarray]) -> np.ndarray | None:
-    """[N] argmax of a classifier's scores [N, K] (one output, K >= 2), else None."""
-    if len(outputs) != 1 or outputs[0].ndim != 2 or outputs[0].shape[1] < 2:
-        return None
-    return outputs[0].argmax(1)
-
-
-def top1(reference: list[np.ndarray], got: list[np.ndarray]) -> float | None:
-    """Argmax agreement of a classifier's scores [N, K] (one output), else None."""
-    ref = _top1s(reference)
-    return None if ref is None else float((ref == got[0].argmax(1)).mean())
-
-
-def predicted_classes(reference: list[np.ndarray]) -> int | None:
-    """How many distinct top-1 classes a classifier's scores [N, K] (one output) hold, else None."""
-    ref = _top1s(reference)
-    return None if ref is None else int(np.unique(ref).size)
-
-
-def _accuracy(out: list[np.ndarray], labels: list[int | None]) -> float | None:
-    if len(out) != 1 or out[0].ndim != 2 or not labels or any(lb is None for lb in labels):
-        return None
-    return float((out[0].argmax(1) == np.asarray(labels)).mean())
-
-
 def quantize_model(model: onnx.ModelProto, original: Any, data: CalibrationSet, batch: int, *, budget: float,
                    blocks: Sequence[str], scoped: onnx.ModelProto | None = None, fp16: bool = False,
-                   progress: Any = None) -> tuple[onnx.ModelProto, Int8Result]:
+                   metric: MetricBudget | None = None, progress: Any = None) -> tuple[onnx.ModelProto, Int8Result]:
     """The block-aware INT8 graph of ``model`` and its measurements against the ORIGINAL model (``original``).
 
-    ``blocks``: module paths of the model's blocks (the rewrite report's); each is quantized alone first.
+    ``blocks``: module paths of the model's blocks (the rewrite report's); each is quantized alone first, then
+    ``fallback.block_fallback`` keeps blocks floating point until the budget holds: the worst output's relative L2
+    on the held-out images (``budget``), or, with ``metric``, the points of top-1 / mAP lost on its data.
     ``fp16``: what stays out of INT8 runs in fp16 (the fp16 pass on the Q/DQ graph, its fp32 islands kept); the
-    sensitivity and fallback are measured on the fp32-float graph, the final graph on itself.
+    sensitivity and the fallback are measured on the graph as it is written.
     """
+    from .fallback import Measure, block_fallback, node_groups
     from .fp16 import name_nodes
 
     say = progress or (lambda _text: None)
@@ -388,7 +313,7 @@ def quantize_model(model: onnx.ModelProto, original: Any, data: CalibrationSet, 
     result = Int8Result(data.folder, len(data.calibration), len(data.held_out), budget, held_out=list(data.held_out),
                         preprocess=dict(data.preprocess))
     reference = torch_run(original, data.held_out_tensors, batch)
-    result.reference_accuracy = _accuracy(reference, data.labels)
+    result.reference_accuracy = accuracy(reference, data.labels)
     result.reference_classes = predicted_classes(reference)
     if result.reference_classes == 1:
         only = int(reference[0].argmax(1)[0])
@@ -399,59 +324,81 @@ def quantize_model(model: onnx.ModelProto, original: Any, data: CalibrationSet, 
     float_kept = int8_float_nodes(work)
     weighted = [n.name for n in work.graph.node if n.op_type in WEIGHTED_OPS]
     result.float_nodes = sum(1 for n in weighted if n in float_kept)
-    where = node_blocks(work, blocks, scoped)
-    groups: dict[str, list[str]] = {}
-    edges = _edge_layers(work)
-    for n in weighted:
-        if n not in float_kept:
-            groups.setdefault(where.get(n) or edges.get(n, OUTSIDE), []).append(n)
+    groups = node_groups(work, blocks, [n for n in weighted if n not in float_kept], scoped=scoped,
+                         edges=_edge_layers(work))
+    base_metric: tuple[str, float] | None = None
+    if metric is not None:
+        from .val.predict import TorchPredictor
+
+        say("metric of the original model")
+        base_metric = metric_of(TorchPredictor(original, metric.prep), metric.data)
     with tempfile.TemporaryDirectory(prefix="blocks-export-calib-") as tmp:
         cache = Path(tmp) / "ranges.json"
         say("calibrating (everything quantized: the naive graph)")
         # The widest tensor set first, so the cached ranges cover every later, smaller one.
         naive = quantize(work, data.calib_tensors, batch, cache, op_types=None)
         naive_out = run_graph(naive, data.held_out_tensors, batch)
-        result.naive_rel_l2 = _worst(reference, naive_out)[0]
+        result.naive_rel_l2 = worst(reference, naive_out)[0]
         result.naive_top1_agreement = top1(reference, naive_out)
-        order = [b for b in blocks if b in groups] + [g for g in (INPUT_LAYER, OUTSIDE, OUTPUT_LAYER) if g in groups]
-        for b in order:
-            say(f"sensitivity: {b}")
-            q = quantize(work, data.calib_tensors, batch, cache, nodes_to_quantize=groups[b])
-            out = run_graph(q, data.held_out_tensors, batch)
-            err = _worst(reference, out)[0]
-            row = BlockSensitivity(b, len(groups[b]), err, top1(reference, out))
-            if err > budget:
-                row.fallback = True
-                row.why = f"alone it moves the output by rel_l2 {err:.2e} > budget {budget:.1e}"
-                result.fallback.append(b)
-            result.sensitivity.append(row)
-        # Errors add up: while the whole graph is over the budget, the most sensitive quantized part goes back too.
-        remaining = sorted((r for r in result.sensitivity if not r.fallback), key=lambda r: r.rel_l2)
-        while True:
-            excluded = sorted(float_kept | {n for b in result.fallback for n in groups[b]})
-            say("quantizing" + (f" ({len(result.fallback)} part(s) floating point)" if result.fallback else ""))
-            final = quantize(work, data.calib_tensors, batch, cache, nodes_to_exclude=excluded)
+        if metric is not None and base_metric is not None:
+            naive_value = metric_of(GraphPredictor(naive, metric.prep, batch), metric.data)[1]
+            result.metric = {"name": base_metric[0], "reference": base_metric[1], "naive": naive_value,
+                             "naive_loss_points": 100 * (base_metric[1] - naive_value), **metric.as_dict()}
+
+        def build(kept: frozenset[str]) -> onnx.ModelProto:
+            excluded = sorted(float_kept | {n for b in kept for n in groups[b]})
+            graph = quantize(work, data.calib_tensors, batch, cache, nodes_to_exclude=excluded)
             if fp16:
                 from .fp16 import to_fp16
 
-                final = to_fp16(final)
-            out = run_graph(final, data.held_out_tensors, batch)
-            result.rel_l2, result.cosine = _worst(reference, out)
-            if result.rel_l2 <= budget or len(remaining) <= 1:
-                break
-            row = remaining.pop()
-            row.fallback = True
-            row.why = (f"rel_l2 {row.rel_l2:.2e} alone, the largest left, and the graph was at {result.rel_l2:.2e} "
-                       f"> budget {budget:.1e}")
-            result.fallback.append(row.block)
-    result.top1_agreement = top1(reference, out)
-    result.accuracy = _accuracy(out, data.labels)
+                graph = to_fp16(graph)
+            return graph
+
+        def measure(graph: onnx.ModelProto) -> Measure:
+            out = run_graph(graph, data.held_out_tensors, batch)
+            err, cosine = worst(reference, out)
+            detail: dict[str, Any] = {"rel_l2": err, "cosine": cosine, "top1_agreement": top1(reference, out),
+                                      "accuracy": accuracy(out, data.labels)}
+            if metric is None or base_metric is None:
+                return Measure(err, bool(err <= budget), detail)
+            value = metric_of(GraphPredictor(graph, metric.prep, batch), metric.data)[1]
+            loss = 100 * (base_metric[1] - value)  # points
+            detail |= {"metric": value, "loss_points": loss}
+            return Measure(loss, bool(loss <= metric.points), detail, tiebreak=err)
+
+        if metric is None:
+            describe, words = (lambda e: f"moves the output by rel_l2 {e:.2e}"), f"budget {budget:.1e}"
+        else:
+            name = base_metric[0] if base_metric is not None else "metric"
+            describe, words = (lambda e: f"costs {e:.2f} pt of {name}"), f"budget {metric.points:g} pt"
+        decided = block_fallback(groups, build, measure, describe=describe, budget=words, keep_last=False,
+                                 progress=say)
+    final, last = decided.graph, decided.measure
+    for row in decided.rows:
+        result.sensitivity.append(BlockSensitivity(row.block, row.nodes, float(row.detail["rel_l2"]),
+                                                   row.detail.get("top1_agreement"), row.kept, row.why))
+        if metric is not None:
+            result.sensitivity[-1].loss_points = row.error
+    result.fallback = decided.kept
+    result.rel_l2, result.cosine = float(last.detail["rel_l2"]), float(last.detail["cosine"])
+    result.top1_agreement = last.detail["top1_agreement"]
+    result.accuracy = last.detail["accuracy"]
     result.quantized_nodes = sum(len(v) for k, v in groups.items() if k not in result.fallback)
-    result.passed = bool(result.rel_l2 <= budget and np.isfinite(result.rel_l2))
-    if not result.passed:
-        result.notes.append(f"the INT8 graph moves the output by rel_l2 {result.rel_l2:.2e}, over the budget "
-                            f"{budget:.1e}, with every block over it already in floating point; raise "
-                            "`int8_budget`, or calibrate on more images like the deployment's")
+    if metric is None:
+        result.passed = bool(result.rel_l2 <= budget and np.isfinite(result.rel_l2))
+        if not result.passed:
+            result.notes.append(f"the INT8 graph moves the output by rel_l2 {result.rel_l2:.2e}, over the budget "
+                                f"{budget:.1e}, with every block over it already in floating point; raise "
+                                "`int8_budget`, or calibrate on more images like the deployment's")
+    else:
+        loss = float(last.error)
+        result.metric = {**(result.metric or {}), "value": last.detail["metric"], "loss_points": loss,
+                         "steps": [s.as_dict() for s in decided.steps]}
+        result.passed = bool(loss <= metric.points and np.isfinite(result.rel_l2))
+        if not result.passed:
+            result.notes.append(f"the INT8 graph loses {loss:.2f} points of {result.metric['name']}, over the budget "
+                                f"{metric.points:g}, with every block over it already in floating point; raise "
+                                "`int8_budget_metric`, or calibrate on more images like the deployment's")
     set_metadata_entry(final, "precision", "int8")
     return final, result
 
@@ -478,6 +425,7 @@ def _edge_layers(model: onnx.ModelProto) -> dict[str, str]:
     return out
 
 
-__all__ = ["BlockSensitivity", "CalibrationSet", "Int8Result", "WEIGHTED_OPS", "image_preprocess",
+__all__ = ["BlockSensitivity", "CalibrationSet", "Int8Result", "MetricBudget", "WEIGHTED_OPS", "held_out_metric",
+           "image_preprocess",
            "int8_float_nodes", "node_blocks", "predicted_classes", "quantize", "quantize_model", "read_calibration",
            "top1"]

@@ -19,9 +19,29 @@ from pathlib import Path
 
 from .errors import OutputError, OutputWriteError
 
+# Files written beside an output, named from it (the report, the engine sidecar, an EPContext model, external
+# weights, figures): their names must fit the folder's name limit as the output's own does.
+_DERIVED = (lambda p: p.stem + ".report.json", lambda p: p.name + ".json", lambda p: p.stem + ".engine.json",
+            lambda p: p.stem + "_ctx.onnx", lambda p: p.name + ".data", lambda p: p.stem + ".profile.png",
+            lambda p: p.stem + ".val.png")
 
-def check_output_path(path: Path, force: bool) -> None:
-    """Refuse, before any work is done, an output that cannot or must not be written."""
+
+_TMP_EXTRA = len("..XXXXXXXX.tmp")  # what the temporary name of a file adds to its name (``atomic_path``)
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows) or no answer: the common limit
+        return 255
+
+
+def check_output_path(path: Path, force: bool, *, derived: bool = False) -> None:
+    """Refuse, before any work is done, an output that cannot or must not be written. ``derived``: files are
+    also written beside it under names made from its own (``_DERIVED``): those must fit the name limit too."""
+    if path.is_symlink() and not path.exists():
+        raise OutputError(f"output {path} is a symbolic link to {os.readlink(path)!s}, which does not exist; remove "
+                          "the link or choose another `output`")
     if path.is_dir():
         raise OutputError(f"output {path} is a directory; give a file name with `output`")
     folder = path.parent
@@ -31,6 +51,11 @@ def check_output_path(path: Path, force: bool) -> None:
         raise OutputError(f"output folder {folder} is not writable; choose another `output`")
     if path.exists() and not force:
         raise OutputError(f"output {path} already exists; pass `force=True` to overwrite it")
+    limit = _name_max(folder)
+    longest = max((name(path) for name in _DERIVED), key=len) if derived else path.name
+    if len(longest.encode()) + _TMP_EXTRA > limit:  # each is written as ".NAME.XXXXXXXX.tmp" first
+        raise OutputError(f"output name {path.name[:40]}... is too long: {longest[-24:]!r} and its temporary "
+                          f"name pass the folder's {limit}-byte name limit; choose a shorter `output`")
 
 
 # Write failures that are the output location's fault, not a bug: reported as OutputError (exit 2).
@@ -117,12 +142,31 @@ def _remove_stale_folder(entry: os.DirEntry[str], now: float) -> bool:
     return True
 
 
+_NOTICES: dict[Path, str] = {}
+
+
+def _note_leftover(path: Path, age: float) -> None:
+    from blocks_export.runtime.infer import printable
+
+    _NOTICES.setdefault(path, f"left {printable(path)} alone: a temporary file of a run that was killed or is "
+                              f"still writing ({age / 60:.0f} min old); it is removed by the first run after it is "
+                              "a day old, or delete it yourself once no export is running")
+
+
+def take_notices() -> list[str]:
+    """The notes gathered since the last call (temporaries of other runs found and left), oldest first."""
+    notes = list(_NOTICES.values())
+    _NOTICES.clear()
+    return notes
+
+
 def remove_stale_temporaries(path: Path, now: float | None = None) -> list[Path]:
     """Remove our leftovers beside ``path`` older than a day: ``.NAME.XXXXXXXX.tmp`` files (our naming, for
     this very NAME) and ``.blocks-export.XXXXXXXX.tmp`` folders (multi-file outputs).
 
     Only regular files, and folders of regular files, owned by this user match (never a link, never a folder
-    holding anything else, never a name off our pattern); everything else is left.
+    holding anything else, never a name off our pattern); everything else is left. A younger file of ours for
+    NAME is left and noted (``take_notices``): the next run says which file it is.
     """
     path = Path(path)
     now = time.time() if now is None else now
@@ -144,8 +188,10 @@ def remove_stale_temporaries(path: Path, now: float | None = None) -> list[Path]
             continue
         try:
             st = entry.stat(follow_symlinks=False)
-            if (not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid()
-                    or now - st.st_mtime < STALE_TMP_SECONDS):
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+                continue
+            if now - st.st_mtime < STALE_TMP_SECONDS:  # a killed run's, or one still writing: say so, keep it
+                _note_leftover(Path(entry.path), now - st.st_mtime)
                 continue
             os.unlink(entry.path)
             removed.append(Path(entry.path))

@@ -46,8 +46,12 @@ class ExportOptions:
     calib: Path | None = None  # folder of calibration images (part of them is held out for verification)
     calib_count: int | None = None  # calibration images (None: ``calibration.DEFAULT_CALIB_COUNT``, at most 80 %)
     int8_budget: float | None = None  # worst output rel L2 vs the original (None: ``parity.RULES["int8"]``)
+    # Points of top-1 / mAP the INT8 graph may lose against the original on labelled held-out images (replaces
+    # ``int8_budget`` as the fallback's budget; ``int8.metric_budget``)
+    int8_budget_metric: float | None = None
     rtol: float | None = None  # the user's own tolerance, elementwise (``runtime/parity.py``); None: the rules table
     atol: float | None = None
+    val: Path | None = None  # labelled images: the original and every graph scored in top-1 / mAP (``val/step.py``)
 
     def __post_init__(self) -> None:
         from .runners import check_runtime_names
@@ -92,12 +96,17 @@ class ExportOptions:
         if self.int8 and self.calib is None:
             raise UsageError("`int8=True` needs calibration images: give a folder of images like the deployment's "
                              "with `calib=DIR` (random data is not calibration)")
-        if not self.int8 and (self.calib is not None or self.calib_count is not None or self.int8_budget is not None):
-            raise UsageError("`calib`, `calib_count` and `int8_budget` go with `int8=True`; add it or drop them")
+        if not self.int8 and (self.calib is not None or self.calib_count is not None or self.int8_budget is not None
+                              or self.int8_budget_metric is not None):
+            raise UsageError("`calib`, `calib_count`, `int8_budget` and `int8_budget_metric` go with `int8=True`; add "
+                             "it or drop them")
         if self.calib_count is not None and self.calib_count < 1:
             raise UsageError(f"`calib_count={self.calib_count}`: must be a positive number of images")
         if self.int8_budget is not None and not self.int8_budget > 0:
             raise UsageError(f"`int8_budget={self.int8_budget}`: must be a positive relative L2 error, e.g. 0.05")
+        if self.int8_budget_metric is not None and not 0 <= self.int8_budget_metric <= 100:
+            raise UsageError(f"`int8_budget_metric={self.int8_budget_metric}`: must be the points of top-1 or mAP "
+                             "the INT8 graph may lose, between 0 and 100, e.g. 0.5")
         if self.int8 and self.fp16_io:
             raise UsageError("`int8=True` with `fp16_io=True`: the INT8 graph keeps fp32 inputs and outputs; drop "
                              "`fp16_io=True`")

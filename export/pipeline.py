@@ -1,8 +1,9 @@
 """The export pipeline: it only sequences the steps of ``export/steps/`` (one module each) and decides what gets
 written.
 
-    PyTorch model:  load -> prepare -> rewrite -> export -> simplify -> [fp16] -> verify -> write -> [check]
-                    [-> engine -> engine parity]                 (int8: + calibration images, int8 after verify)
+    PyTorch model:  load -> prepare -> [val data] -> rewrite -> export -> simplify -> [fp16] -> verify -> write
+                    -> [check] -> [val] [-> engine -> engine parity]
+                                                                 (int8: + calibration images, int8 after verify)
     ONNX model:     load -> read onnx -> check -> engine -> engine parity
 
 Nothing is written before the output paths have been checked (``steps/plan.py``); the ONNX file and its report
@@ -22,7 +23,7 @@ from .errors import EXIT_FAILED, EXIT_OK, UsageError
 from .io import OutputUnit, output_unit
 from .options import ExportOptions
 from .report import Report, StepRecord
-from .steps import check, engine, export, precision, prepare, rewrite, simplify, verify, write
+from .steps import check, engine, export, precision, prepare, rewrite, simplify, val, verify, write
 from .steps import int8 as int8_steps
 from .steps.base import Progress, State, Step, StepLog, captured_warnings, run_steps
 from .steps.inspect import inspect_file
@@ -37,11 +38,11 @@ from .steps.plan import (
 )
 
 # The sequences. A new step is a module of export/steps/ and one entry here.
-PYTORCH_STEPS: tuple[Step, ...] = (prepare.prepare, rewrite.rewrite, export.export, simplify.simplify,
-                                   precision.fp16, verify.verify, write.write, check.check)
-INT8_STEPS: tuple[Step, ...] = (prepare.prepare, int8_steps.calibration, rewrite.rewrite, export.export,
+PYTORCH_STEPS: tuple[Step, ...] = (prepare.prepare, val.val_data, rewrite.rewrite, export.export, simplify.simplify,
+                                   precision.fp16, verify.verify, write.write, check.check, val.val)
+INT8_STEPS: tuple[Step, ...] = (prepare.prepare, int8_steps.calibration, val.val_data, rewrite.rewrite, export.export,
                                 simplify.simplify, int8_steps.fp16_in_int8, verify.verify, int8_steps.quantize,
-                                write.write, check.check)
+                                write.write, check.check, val.val)
 ENGINE_STEPS: tuple[Step, ...] = (engine.engine, engine.engine_parity)
 ONNX_STEPS: tuple[Step, ...] = (prepare.read_onnx, check.check)  # an .onnx input, to=trt
 ONNX_ENGINE_STEPS: tuple[Step, ...] = (engine.engine, engine.engine_parity_onnx)
@@ -75,6 +76,9 @@ def run_export(source: Path, options: ExportOptions, progress: Progress | None =
     check_options(options, target, lowering)
     if options.int8:
         int8_steps.check_options(options, target, lowering)
+    if options.val is not None and source.suffix.lower() == ".onnx":
+        raise UsageError(f"`val` scores the graphs an export makes from a PyTorch model; {source} is a graph "
+                         "already: score it with the `blocks-export val` command")
     if options.to == "onnx" and source.suffix.lower() == ".onnx":
         raise UsageError(f"{source} is already ONNX; use `to=trt` to build an engine, or `blocks-export check`")
     output = default_output(source, options)

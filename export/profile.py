@@ -28,7 +28,6 @@ numpy and onnxruntime only (no torch); matplotlib (extra ``plot``) for ``write_c
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import re
@@ -40,11 +39,11 @@ from typing import Any
 
 import numpy as np
 
+from .diagnose import scope_names
 from .errors import ExportFailed, one_line
 
 FORMAT = "blocks-export-profile/1"
 OUTSIDE = "outside blocks"
-SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 #: How close the parts must come to the measured whole for a profile to be called consistent (the acceptance
 #: test's rule; ``Profile.lines`` says when a profile is further off).
 GAP_LIMIT = 0.10
@@ -139,13 +138,9 @@ def module_paths(node: Any) -> list[str]:
     """Full module paths a node sits in, outermost first: the dynamo exporter's scope metadata, else the
     TorchScript exporter's node name (``/model.9/model.9.1/cv1/conv/Conv`` -> ``model.9``, ``model.9.1``,
     ``model.9.1.cv1``, ``model.9.1.cv1.conv``)."""
-    for p in node.metadata_props:
-        if p.key == SCOPES_KEY:
-            try:
-                value = ast.literal_eval(p.value)
-            except (ValueError, SyntaxError):
-                return []
-            return _absolute([str(s) for s in value[:-1] if s]) if isinstance(value, list) else []
+    scopes = scope_names(node)
+    if scopes is not None:
+        return _absolute([s for s in scopes if s])
     if node.name.startswith("/") and node.name.count("/") >= 2:
         return _absolute([s for s in node.name.split("/")[1:-1] if s])
     return []

@@ -19,9 +19,11 @@ if TYPE_CHECKING:
     from blocks_export.blocks.rewrite import RewriteReport
 
     from .check import CheckReport
+    from .fallback import Fp16Fallback
     from .int8 import Int8Result
     from .trt.build import EngineResult
     from .ultralytics import BoxAgreement
+    from .val.step import ExportValidation
     from .verify import VerifyResult
 
 FORMAT = "blocks-export-report/1"
@@ -61,10 +63,12 @@ class Report:
     verification: VerifyResult | None = None
     detections: BoxAgreement | None = None  # Ultralytics detectors: decoded-box agreement with PyTorch
     int8: Int8Result | None = None  # ``int8=True``: the INT8 graph vs the original on held-out images
+    fp16: Fp16Fallback | None = None  # ``fp16=True`` whose fp16 graph failed: the blocks kept fp32 and why
     onnx: str | None = None
     check: CheckReport | None = None
     engine: EngineResult | None = None
     engine_parity: VerifyResult | None = None  # the engine against the reference, where it can run here
+    val: ExportValidation | None = None  # ``val=DATA``: the original and every graph in the user's metric
     status: str = "?"
     exit_code: int | None = None
     steps: list[StepRecord] = field(default_factory=list)
@@ -89,6 +93,10 @@ class Report:
             d["detections"] = self.detections.as_dict()
         if self.int8 is not None:
             d["int8"] = self.int8.as_dict()
+        if self.fp16 is not None:
+            d["fp16"] = self.fp16.as_dict()
+        if self.val is not None:
+            d["val"] = self.val.as_dict()
         if self.onnx is not None:
             d["onnx"] = self.onnx
         if self.check is not None:
@@ -206,6 +214,8 @@ def render(report: Report, console: Any) -> None:
                 console.print(f"[dim]verification: {escape(n)}[/]")
         if ver.divergence is not None:
             console.print(escape(ver.divergence.line()))
+    for line in report.fp16.lines() if report.fp16 is not None else ():
+        console.print(f"[yellow]{escape(line)}[/]")
     if report.int8 is not None:
         render_int8(report.int8, console)
     engine = report.engine_parity
@@ -217,6 +227,8 @@ def render(report: Report, console: Any) -> None:
                           f"{'x'.join(map(str, row.shape))}): {verdict} worst rel L2 {worst}")
             for err in row.comparison.errors:
                 console.print(f"[red]  {err}[/]")
+    if report.val is not None:
+        render_val(report.val, console)
     if report.check is not None and not report.check:
         for line in report.check.lines():
             console.print(f"[red]{line}[/]")
@@ -232,17 +244,42 @@ def render_int8(result: Int8Result, console: Any) -> None:
     """The per-block sensitivity table and the INT8 verdict line."""
     from rich.table import Table
 
-    table = Table(title=f"INT8 sensitivity: one block quantized at a time (budget rel L2 {result.budget:.1e})",
-                  show_edge=False)
-    for col in ("block", "nodes", "rel L2", "top-1 agreement", "kept floating point"):
+    metric = result.metric
+    budget = (f"{metric['budget_points']:g} pt of {metric['name']}" if metric is not None
+              else f"rel L2 {result.budget:.1e}")
+    table = Table(title=f"INT8 sensitivity: one block quantized at a time (budget {budget})", show_edge=False)
+    lost = [f"{metric['name']} lost (pt)"] if metric is not None else []
+    for col in ("block", "nodes", "rel L2", *lost, "top-1 agreement", "kept floating point"):
         table.add_column(col)
     for s in result.sensitivity:
         agree = f"{s.top1_agreement:.4f}" if s.top1_agreement is not None else ""
         agree += " (not evidence)" if agree and not result.top1_is_evidence else ""
-        table.add_row(s.block, str(s.nodes), _fmt(s.rel_l2), agree, s.why if s.fallback else "no")
+        cost = [f"{s.loss_points:.2f}" if s.loss_points is not None else ""] if metric is not None else []
+        table.add_row(s.block, str(s.nodes), _fmt(s.rel_l2), *cost, agree, s.why if s.fallback else "no")
     console.print(table)
     if result.naive_rel_l2 is not None:
         console.print(f"[dim]int8: naive (everything quantized) rel_l2={_fmt(result.naive_rel_l2)}[/]")
+    if metric is not None and "naive" in metric:
+        console.print(f"[dim]int8: {metric['name']}: original {metric['reference']:.4f}, naive {metric['naive']:.4f} "
+                      f"({metric['naive_loss_points']:.2f} pt lost)[/]")
+    name = metric["name"] if metric is not None else ""
+    for step in metric.get("steps", []) if metric is not None else []:
+        kept = ", ".join(step["kept"]) or "none"
+        console.print(f"int8: floating point: {kept} -> {name} {step['metric']:.4f} "
+                      f"({step['loss_points']:.2f} pt lost), rel_l2={_fmt(step['rel_l2'])}")
     for n in result.notes:
         console.print(f"[dim]int8: {n}[/]")
     console.print(result.line())
+
+
+def render_val(val: ExportValidation, console: Any) -> None:
+    """The table of ``val=DATA`` (``val.render``), its notes and the figure beside the report."""
+    from rich.markup import escape
+
+    from .val import render
+
+    render(val.report, console)
+    for n in val.notes:
+        console.print(f"[dim]val: {escape(n)}[/]")
+    if val.plot is not None:
+        console.print(f"figure: {escape(val.plot)}")

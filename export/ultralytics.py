@@ -263,6 +263,9 @@ class UltralyticsAdapter:
     def runtime_metadata(self, model_info: Any, shape: tuple[int, ...]) -> dict[str, str]:
         return runtime_metadata(self.info)
 
+    def classes(self, model_info: Any) -> tuple[list[str] | None, str | None]:
+        return [str(self.info.names[k]) for k in sorted(self.info.names)], str(self.info.task)
+
     def check(self, original: Any, graph: Any, shape: tuple[int, ...], *, precision: str,
               fp16_io: bool) -> BoxAgreement | None:
         if self.info.task != "detect":

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from blocks_export.blocks.rewrite import RewriteReport
 
     from ..adapters import ModelAdapter
-    from ..int8 import CalibrationSet
+    from ..calibration import CalibrationSet
     from ..io import OutputUnit
     from ..load import LoadedModel
     from ..onnx_export import OnnxExport
@@ -48,6 +48,9 @@ class Progress:
         pass
 
     def message(self, text: str) -> None:  # noqa: B027 (optional hook: progress inside a long step)
+        pass
+
+    def count(self, done: int, total: int) -> None:  # noqa: B027 (optional hook: a long step's items done)
         pass
 
 
@@ -100,11 +103,15 @@ class State:
     example: Any = None  # prepare: torch.Tensor at ``shape``
     graph_precision: str = "fp32"  # prepare (fp32 | fp16), int8: what the written graph's metadata says
     calibration: CalibrationSet | None = None  # int8 calibration: calibration and held-out images
+    val_data: Any = None  # val data (``val=DATA``): the validation set, read and checked before the export
     model: Any = None  # rewrite: the model to export (the rewritten copy, or ``original``)
     rewrite_report: RewriteReport | None = None  # rewrite
     exported: OnnxExport | None = None  # export
     proto: Any = None  # export, then simplify, fp16, verify, int8: the onnx.ModelProto to write
     unsimplified: Any = None  # simplify: the graph before onnxslim when it changed it (verify's fallback)
+    # fp16, int8: the floating-point graph the fp16 / INT8 pass started from (verify's fp16 fallback converts it
+    # again with blocks kept fp32; ``val=DATA`` scores it too); None when neither pass ran
+    float_graph: Any = None
     verification: VerifyResult | None = None  # verify
     onnx_path: Path | None = None  # write (or the ONNX input): the file an engine is built from
     engine: EngineResult | None = None  # engine

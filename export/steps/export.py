@@ -58,13 +58,14 @@ def export(state: State) -> None:
     report.notes = list(exported.notes)
 
 
-def portable_twin(state: State) -> Any:
+def portable_twin(state: State, fp16: bool | None = None) -> Any:
     """The same model exported as this run exports it, with the ``portable`` DeformConv lowering: the export
-    step, then simplify and fp16 as the run asks (a ``ModelProto``). Reads what the export step reads."""
+    step, then simplify and fp16 as the run asks (a ``ModelProto``; ``fp16=False``: the float twin, for the fp16
+    fallback's fp32 check). Reads what the export step reads."""
     from .precision import fp16_graph
     from .simplify import simplified
 
     proto = export_graph(state, "portable", derive_ranges=True).model
     if state.options.simplify and not is_large(proto):
         proto = simplified(proto)[0]
-    return fp16_graph(proto, state.options, None) if state.options.fp16 else proto
+    return fp16_graph(proto, state.options, None) if (state.options.fp16 if fp16 is None else fp16) else proto

@@ -50,21 +50,27 @@ def calibration(state: State) -> None:
                                 [str(x) for x in labels] if labels else None)
         s.note = (f"{len(data.calibration)} for calibration, {len(data.held_out)} held out for verification "
                   f"({options.calib})")
+        if options.int8_budget_metric is not None:  # refused before the export when the images have no labels
+            from ..int8_measure import held_out_metric
+
+            held_out_metric(data, options.int8_budget_metric)
     state.calibration = data
 
 
-@step("fp16", applies=lambda state: state.options.fp16)
+@step("fp16", writes=("float_graph",), applies=lambda state: state.options.fp16)
 def fp16_in_int8(state: State) -> None:
+    state.float_graph = None  # no fp16 graph before verification: verify's fp16 fallback has nothing to convert
     state.log.skip("fp16", "with `int8=True` the fp16 pass runs on the INT8 graph (int8 step)")
 
 
 @step("int8", reads=("calibration", "failed", "proto", "original", "shape", "rewrite_report", "exported"),
-      writes=("proto", "graph_precision", "failed"))
+      writes=("proto", "float_graph", "graph_precision", "failed"))
 def quantize(state: State) -> None:
     """The block-aware Q/DQ graph, verified against the original model on held-out images."""
     from blocks_export.runtime.parity import RULES
 
     from ..int8 import quantize_model
+    from ..int8_measure import held_out_metric
 
     if state.failed:  # the floating-point graph already failed its verification: quantizing it proves nothing
         state.log.skip("int8", "the floating-point graph failed verification")
@@ -77,11 +83,13 @@ def quantize(state: State) -> None:
         try:
             graph, result = quantize_model(state.proto, state.original, state.calibration, state.shape[0],
                                            budget=budget, blocks=blocks, scoped=scoped, fp16=state.options.fp16,
+                                           metric=None if state.options.int8_budget_metric is None else
+                                           held_out_metric(state.calibration, state.options.int8_budget_metric),
                                            progress=state.log.progress.message)
         except (ValueError, RuntimeError) as e:
             raise ExportFailed(f"INT8 quantization failed: {one_line(e)}") from e
         state.report.int8 = result
-        state.proto, state.graph_precision = graph, "int8"
+        state.float_graph, state.proto, state.graph_precision = state.proto, graph, "int8"
         s.note = result.line()
         if not result:
             s.status = "failed"

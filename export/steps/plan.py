@@ -70,12 +70,12 @@ def check_outputs(source: Path, output: Path, onnx_out: Path, options: ExportOpt
     """Refuse an output that is the input, or a file there without ``force`` (every file the run writes)."""
     if output.resolve() == source.resolve():
         raise OutputError(f"output {output} is the input file; choose another `output`")
-    check_output_path(output, options.force)
+    check_output_path(output, options.force, derived=True)
     # A user's file named like the report is an output too; the report of the ONNX input that this run
     # continues (m.onnx -> m.engine share m.report.json) is replaced with the run's own, as before.
     check_output_path(report_path_for(output), report_force(options, source, output))
     if options.to == "trt" and source.suffix.lower() != ".onnx":
-        check_output_path(onnx_out, options.force)
+        check_output_path(onnx_out, options.force, derived=True)
         check_output_path(report_path_for(onnx_out), options.force)
     if options.to == "trt":  # the engine's sidecar and EPContext model are outputs too (the cache is not)
         from ..trt.sidecar import default_paths
@@ -83,6 +83,11 @@ def check_outputs(source: Path, output: Path, onnx_out: Path, options: ExportOpt
         for path in default_paths(output)[:2]:
             if path.resolve() != source.resolve():  # an EPContext input: the check step decides on it
                 check_output_path(path, options.force)
+    if options.val is not None:  # the data's layout, before the model is loaded; its labels once the model is
+        from ..val.step import check_val_path, figure_path
+
+        check_val_path(options.val)
+        check_output_path(figure_path(output), options.force)
 
 
 def report_force(options: ExportOptions, source: Path, output: Path) -> bool:

@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     from ..verify import VerifyResult
 
 
-@step("verify", reads=("loaded", "exported", "proto", "unsimplified", "shape", "original", "model", "example",
-                       "adapter", "rewrite_report"),
+@step("verify", reads=("loaded", "exported", "proto", "unsimplified", "float_graph", "shape", "original", "model",
+                       "example", "adapter", "rewrite_report"),
       writes=("verification", "proto", "failed"))
 def verify(state: State) -> None:
     from ...runtime.parity import user_rule
@@ -42,9 +42,11 @@ def verify(state: State) -> None:
         reference = ModelReference(state.original, fp16_io=options.fp16_io, fp16_floor=state.precision == "fp16",
                                    seed=SEED)
 
-        def run(graph: Any) -> VerifyResult:
-            return verify_on(options.verify_with, reference, graph, shapes, precision=state.precision, rule=rule,
-                             portable_twin=lambda: portable_twin(state))
+        def run(graph: Any, precision: str = state.precision) -> VerifyResult:
+            fp16 = precision == "fp16"  # the fp16 fallback verifies the float graph at fp32 (fp32 IO) first
+            return verify_on(options.verify_with, reference if fp16 == options.fp16 else ModelReference(state.original),
+                             graph, shapes, precision=precision, rule=user_rule(precision, options.rtol, options.atol),
+                             portable_twin=lambda: portable_twin(state, fp16=fp16))
 
         graph = state.proto
         verification = run(graph)
@@ -59,6 +61,16 @@ def verify(state: State) -> None:
                 graph, verification = plain, replace(retry, notes=(*retry.notes, why))
                 state.proto = graph
                 s.status = "warning"
+        if not verification and options.fp16 and state.float_graph is not None:  # blocks kept fp32 until it passes
+            from ..fallback import fp16_fallback
+
+            state.report.fp16, kept_graph, kept_verdict = fp16_fallback(
+                state.float_graph, [r.name for r in state.rewrite_report.replaced] if state.rewrite_report else [],
+                convert=lambda g, keep: fp16_graph(g, options, state.target, keep),
+                verify=run, scoped=exported.model, progress=state.log.progress.message)
+            if kept_graph is not None:
+                graph, verification = kept_graph, kept_verdict
+                state.proto = graph
         if not verification:
             failing = next(r for r in verification.runs if not r.comparison)
             verification = replace(verification, divergence=diagnose(state, verification, graph, failing.shape,

@@ -84,12 +84,7 @@ def _images_in(folder: Path) -> list[str]:
 def read_data(path: Path, model_names: list[str] | None, task: str | None = None) -> ValData:
     """The validation set at ``path`` (module docstring), checked against the model's class names and task."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"data {path} does not exist; give a folder of class folders, a detection dataset yaml "
-                         "or a folder with images/ and labels/ in `data`")
-    if path.is_file() and path.suffix.lower() not in (".yaml", ".yml"):
-        raise InputError(f"data {path} is a file but not a dataset yaml; give a .yaml (path, val, names) or a "
-                         "folder in `data`")
+    check_data_path(path)
     kind = "detect" if path.is_file() or (path / "images").is_dir() else "classify"
     if task in ("classify", "detect") and kind != task:
         what = {"classify": "a classification folder", "detect": "a detection set"}
@@ -102,6 +97,16 @@ def read_data(path: Path, model_names: list[str] | None, task: str | None = None
     else:
         data = _read_classify(path, model_names)
     return data
+
+
+def check_data_path(path: Path, option: str = "data") -> None:
+    """What needs no model: ``path`` exists and is a folder or a dataset yaml (``option``: the option that gave it)."""
+    if not path.exists():
+        raise InputError(f"data {path} does not exist; give a folder of class folders, a detection dataset yaml "
+                         f"or a folder with images/ and labels/ in `{option}`")
+    if path.is_file() and path.suffix.lower() not in (".yaml", ".yml"):
+        raise InputError(f"data {path} is a file but not a dataset yaml; give a .yaml (path, val, names) or a "
+                         f"folder in `{option}`")
 
 
 # ---- classification -------------------------------------------------------------------------------------------
@@ -289,4 +294,4 @@ def read_labels(path: str, nc: int) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64).reshape(-1, 5)
 
 
-__all__ = ["ClassifyData", "DetectData", "ValData", "read_data", "read_labels"]
+__all__ = ["ClassifyData", "DetectData", "ValData", "check_data_path", "read_data", "read_labels"]

@@ -97,6 +97,15 @@ class ClassifyMetric:
     name: str = "top1"
 
     def update(self, outputs: list[np.ndarray], labels: Sequence[int], **_: Any) -> None:
+        scores = self.check(outputs)
+        order = np.argsort(-scores.astype(np.float64), axis=1, kind="stable")
+        truth = np.asarray(labels)[:, None]
+        self.top1_hits += int((order[:, :1] == truth).any(axis=1).sum())
+        self.top5_hits += int((order[:, :5] == truth).any(axis=1).sum())
+        self.seen += len(labels)
+
+    def check(self, outputs: Sequence[Any]) -> np.ndarray:
+        """The class scores [N, classes] of ``outputs``; ``InputError`` where they are not."""
         scores = np.asarray(outputs[0])
         if scores.ndim != 2:
             raise InputError(f"the model's first output has shape {list(scores.shape)}, not class scores [N, classes]; "
@@ -104,11 +113,7 @@ class ClassifyMetric:
         if scores.shape[1] < self.nc:
             raise InputError(f"the data has {self.nc} classes but the model scores {scores.shape[1]}; give the "
                              "model's own classes")
-        order = np.argsort(-scores.astype(np.float64), axis=1, kind="stable")
-        truth = np.asarray(labels)[:, None]
-        self.top1_hits += int((order[:, :1] == truth).any(axis=1).sum())
-        self.top5_hits += int((order[:, :5] == truth).any(axis=1).sum())
-        self.seen += len(labels)
+        return scores
 
     def result(self) -> dict[str, float | None]:
         n = max(self.seen, 1)
@@ -129,10 +134,7 @@ class DetectMetric:
                prep: Any) -> None:
         from blocks_export.runtime import infer
 
-        out = np.asarray(outputs[0])
-        if not infer.is_detect_layout(out, None) or out.shape[1] - 4 < self.nc:
-            raise InputError(f"the model's first output has shape {list(out.shape)}, not the detect layout "
-                             f"[N, 4 + {self.nc} classes, anchors]; a detection set needs a YOLO detect model")
+        out = self.check(outputs)
         for dets, boxes, hw in zip(infer.detections(out, conf=VAL_CONF, iou=VAL_IOU, max_det=VAL_MAX_DET,
                                                     multi_label=True), labels, image_hw, strict=True):
             xyxy = np.array([d[0] for d in dets], dtype=np.float64).reshape(-1, 4)
@@ -142,6 +144,16 @@ class DetectMetric:
             self.predictions.append(np.concatenate([xyxy, scores], axis=1))
             self.truth.append(yolo_boxes(boxes, hw))
             self.images.append((int(hw[0]), int(hw[1])))
+
+    def check(self, outputs: Sequence[Any]) -> np.ndarray:
+        """The detect-layout output [N, 4 + classes, anchors] of ``outputs``; ``InputError`` where it is not."""
+        from blocks_export.runtime import infer
+
+        out = np.asarray(outputs[0])
+        if not infer.is_detect_layout(out, None) or out.shape[1] - 4 < self.nc:
+            raise InputError(f"the model's first output has shape {list(out.shape)}, not the detect layout "
+                             f"[N, 4 + {self.nc} classes, anchors]; a detection set needs a YOLO detect model")
+        return out
 
     def result(self) -> dict[str, float | None]:
         return dict(coco_map(self.images, self.truth, self.predictions, self.nc))

@@ -16,6 +16,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from blocks_export.export import profile as P
+from blocks_export.export.diagnose import SCOPES_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
 EXE = Path(sys.executable).parent / "blocks-export"
@@ -151,7 +152,7 @@ def test_profile_of_the_torchscript_fp16_detector_places_the_casts_and_lists_eve
 def _node(op: str, inputs: list[str], outputs: list[str], name: str, scopes: list[str] | None = None):
     n = helper.make_node(op, inputs, outputs, name=name)
     if scopes is not None:
-        n.metadata_props.add(key=P.SCOPES_KEY, value=repr(scopes + ["op"]))
+        n.metadata_props.add(key=SCOPES_KEY, value=repr(scopes + ["op"]))
     return n
 
 
@@ -212,9 +213,9 @@ def test_every_kernel_of_a_small_twin_graph_is_placed_in_its_block(tmp_path):
     model = program.model_proto
     model.metadata_props.add(key="blocks_export.blocks", value=json.dumps([{"name": "mix", "recognized_as": "ACmix"}]))
     for n in model.graph.node:  # the whole graph is one block instance named "mix", as if nested in a model
-        kept = [(p.key, p.value) for p in n.metadata_props if p.key != P.SCOPES_KEY]
+        kept = [(p.key, p.value) for p in n.metadata_props if p.key != SCOPES_KEY]
         del n.metadata_props[:]
-        for key, value in [*kept, (P.SCOPES_KEY, repr(["mix", "op"]))]:
+        for key, value in [*kept, (SCOPES_KEY, repr(["mix", "op"]))]:
             n.metadata_props.add(key=key, value=value)
     onnx.save(model, tmp_path / "twin.onnx")
     costs = P.profile_onnx(tmp_path / "twin.onnx", runs=2, warmup=1, threads=1)
@@ -272,7 +273,7 @@ def test_a_trtexec_profile_of_the_detector_maps_onto_its_blocks(detector, tmp_pa
     total = sum(per_node.values()) + 0.5
     assert doc["whole_ms"] == pytest.approx(total) and doc["parts_ms"] == pytest.approx(total)
     # ACmix's nodes, by the exporter's scopes read here directly: at least their time is in its row
-    acmix = [n.name for n in model.graph.node if any(p.key == P.SCOPES_KEY and "'backbone.9'" in p.value
+    acmix = [n.name for n in model.graph.node if any(p.key == SCOPES_KEY and "'backbone.9'" in p.value
                                                       for p in n.metadata_props)]
     row = next(p for p in doc["parts"] if p["name"] == "backbone.9")
     assert len(acmix) > 10 and row["ms"] >= 0.01 * len(acmix) - 1e-9

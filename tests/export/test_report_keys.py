@@ -154,6 +154,22 @@ def test_an_int8_export_keeps_its_report_keys(refnet_pt: Path, tmp_path: Path) -
     assert_pinned("int8", report)
 
 
+def test_an_int8_export_with_a_metric_budget_keeps_its_report_keys(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    digits = sorted((root / "sample_models" / "images").glob("digit_*.png"))
+    for png in digits * 2:  # label-named folders: the held-out images carry their labels
+        label = png.name.split("_")[1]
+        (tmp_path / "calib" / label).mkdir(parents=True, exist_ok=True)
+        target = tmp_path / "calib" / label / png.name
+        (target.with_name(f"b_{png.name}") if target.exists() else target).write_bytes(png.read_bytes())
+    code, report = export(root / "sample_models" / "classifier.pt", "--trust-pickle", "--int8", "--calib",
+                          tmp_path / "calib", "--calib-count", "12", "--int8-budget-metric", "100",
+                          "-o", tmp_path / "c.onnx")
+    assert code == 0, report
+    assert report["int8"]["metric"]["images"] == 8
+    assert_pinned("int8_metric", report)
+
+
 def test_an_ultralytics_detector_keeps_its_report_keys_with_the_box_check(tmp_path: Path) -> None:
     pytest.importorskip("ultralytics")
     import ultralytics_models as um
@@ -163,3 +179,17 @@ def test_an_ultralytics_detector_keeps_its_report_keys_with_the_box_check(tmp_pa
     assert code == 0, report
     assert report["detections"]["passed"]
     assert_pinned("ultralytics_detect", report)
+
+
+
+def test_an_export_with_val_keeps_its_report_keys(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for label in ("3", "7"):
+        (tmp_path / "val" / label).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray((rng.random((32, 32)) * 255).astype(np.uint8)).save(tmp_path / "val" / label / f"{i}.png")
+    classifier = Path(__file__).resolve().parents[2] / "sample_models" / "classifier.pt"
+    code, report = export(classifier, "--trust-pickle", "--fp16", "--val", tmp_path / "val", "-o", tmp_path / "c.onnx")
+    assert code == 0, report
+    assert [r["precision"] for r in report["val"]["results"]] == ["fp32", "fp32", "fp16"]
+    assert_pinned("val", report)

@@ -5,6 +5,7 @@ with its own onnxruntime run and preprocessing; bad data refused in one line, ex
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -196,3 +197,130 @@ def test_a_detection_set_for_a_classifier_is_refused(tmp_path: Path, graphs: dic
     result = invoke("val", graphs["fp32"], "--data", _detect_set(tmp_path / "d"), "--json")
     assert result.exit_code == 2
     assert "classify model" in json.loads(result.stdout)["error"]
+
+
+# ---- export --val: the run's own graphs in the user's metric -----------------------------------------------------
+
+def test_export_val_scores_the_original_and_every_graph_of_the_run(tmp_path: Path, digits: dict[str, Path],
+                                                                   graphs: dict[str, Path]) -> None:
+    """``--fp16 --int8 --val``: the written INT8 graph, and the fp32 and fp16 graphs the run made on the way, each
+    scored against the original; every top-1 equals this test's own (the unwritten graphs are the ones the CLI
+    writes with no flag and with --fp16, exported in the fixture)."""
+    out = tmp_path / "c.onnx"
+    result = invoke(SAMPLES / "classifier.pt", "--trust-pickle", "--fp16", "--int8", "--calib", digits["calib"],
+                    "--calib-count", 80, "--val", digits["val"], "-o", out, "--json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert json.loads((tmp_path / "c.report.json").read_text())["val"] == report["val"]
+    val = report["val"]
+    assert val["task"] == "classify" and val["images"] == 360 and val["notes"] == []
+    names = ["original (PyTorch)", "c fp32 (not written)", "c fp16 (not written)", "c.onnx"]
+    assert [r["graph"] for r in val["results"]] == names
+    assert [r["precision"] for r in val["results"]] == ["fp32", "fp32", "fp16", "int8"]
+
+    x, y = _own_images(digits["val"])
+    model = torch.load(SAMPLES / "classifier.pt", weights_only=False).eval()
+    with torch.no_grad():
+        original = float((model(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
+    own = [original, *(float((_own_top1(p, x) == y).mean()) for p in (graphs["fp32"], graphs["fp16"], out))]
+    for r, top1 in zip(val["results"], own, strict=True):
+        assert r["metric"] == "top1" and r["images"] == 360 and r["latency_ms"] > 0, r
+        assert r["value"] == pytest.approx(top1, abs=1e-12), r["graph"]
+        assert r["change"] == (None if r["reference"] else pytest.approx(top1 - original)), r["graph"]
+    assert val["results"][0]["reference"] and original > 0.98
+    figure = tmp_path / "c.val.png"
+    assert val["plot"] == str(figure) and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report["steps"][-1]["name"] == "val" and report["status"] == "PASSED"
+
+
+def test_export_val_prints_the_table_and_the_figure(tmp_path: Path, digits: dict[str, Path],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """An fp32 run scores the original and its one graph; the terminal shows the table and where the figure is;
+    without matplotlib the export still passes and says in one note why there is no figure."""
+    some = tmp_path / "some"
+    for digit in ("3", "7"):
+        shutil.copytree(digits["val"] / digit, some / digit)
+    x, y = _own_images(some)
+    out = tmp_path / "f.onnx"
+    result = invoke(SAMPLES / "classifier.pt", "--trust-pickle", "--val", some, "-o", out)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    own = float((_own_top1(out, x) == y).mean())
+    (row,) = [line for line in result.stdout.splitlines() if " f.onnx " in line]
+    assert f"{own:.4f}" in row and f" {len(y)} " in row
+    assert any(line.startswith("original (PyTorch)") or " original (PyTorch) " in line
+               for line in result.stdout.splitlines())
+    assert f"figure: {tmp_path / 'f.val.png'}" in result.stdout and (tmp_path / "f.val.png").is_file()
+
+    from blocks_export.export.errors import RuntimeMissing
+    from blocks_export.export.val import plot
+
+    def no_matplotlib() -> None:
+        raise RuntimeMissing(f"the figure needs matplotlib: {plot.PLOT_HINT}")
+
+    monkeypatch.setattr(plot, "_pyplot", no_matplotlib)
+    again = invoke(SAMPLES / "classifier.pt", "--trust-pickle", "--val", some, "-o", tmp_path / "g.onnx", "--json")
+    assert again.exit_code == 0, again.stdout + again.stderr
+    val = json.loads(again.stdout)["val"]
+    assert val["plot"] is None and not (tmp_path / "g.val.png").exists()
+    assert val["notes"] == [f"no figure: the figure needs matplotlib: {plot.PLOT_HINT}"]
+    assert [r["value"] for r in val["results"]][1] == pytest.approx(own, abs=1e-12)
+
+
+@pytest.mark.parametrize("case", ["missing", "loose images", "unknown class", "unreadable image",
+                                  "empty class folders", "not a yaml", "detection set"])
+def test_export_val_bad_data_is_refused_before_the_export(tmp_path: Path, case: str) -> None:
+    data = _detect_set(tmp_path / case) if case == "detection set" else _bad(tmp_path, case)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    result = invoke(SAMPLES / "classifier.pt", "--trust-pickle", "--val", data, "-o", tmp_path / "c.onnx")
+    assert result.exit_code == 2, (case, result.stdout, result.stderr)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("blocks-export: error: ")]
+    assert len(errors) == 1 and "--val" in errors[0], result.stderr
+    steps = [line.split()[1] for line in result.stderr.splitlines() if line[:1] in "✓✗!-" and len(line.split()) > 1]
+    assert "export" not in steps and "rewrite" not in steps, steps  # refused before any export work
+    assert result.stdout == ""
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_export_val_refuses_a_model_whose_output_is_not_class_scores_before_the_export(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = tmp_path / "features.pt"
+    torch.save(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval(), model)
+    data = tmp_path / "classes"
+    for label in ("a", "b"):
+        (data / label).mkdir(parents=True)
+        Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(data / label / "x.png")
+    result = invoke(model, "--trust-pickle", "--imgsz", 16, "--val", data, "-o", tmp_path / "f.onnx")
+    assert result.exit_code == 2, result.stdout + result.stderr
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("blocks-export: error: ")]
+    assert "not class scores" in error and "--val" in error
+    assert not (tmp_path / "f.onnx").exists() and not (tmp_path / "f.report.json").exists()
+    steps = [line.split()[1] for line in result.stderr.splitlines() if line[:1] in "✓✗!-" and len(line.split()) > 1]
+    assert "export" not in steps, steps
+
+
+def test_the_export_progress_turns_into_a_bar_while_val_counts_images() -> None:
+    import io
+    import re
+
+    from rich.console import Console
+
+    from blocks_export.export.cli import RichProgress
+    from blocks_export.export.report import StepRecord
+
+    out = io.StringIO()
+    progress = RichProgress(Console(file=out, force_terminal=True, width=100))
+    progress.start("val")
+    for done in (16, 32):
+        progress.count(done, 360)
+    progress.done(StepRecord("val", seconds=1.5))
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())  # no terminal control sequences
+    assert "32/360" in text and "━" in text  # the bar, with images done of all
+    assert text.rstrip().endswith("1.50s") and "val" in text.splitlines()[-1]  # then the step's line, as always
+
+
+def test_export_val_of_an_onnx_input_points_to_the_val_command(tmp_path: Path, digits: dict[str, Path]) -> None:
+    result = invoke(SAMPLES / "classifier.onnx", "--to", "trt", "--val", digits["val"], "-o", tmp_path / "c.engine")
+    assert result.exit_code == 2, result.stdout + result.stderr
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("blocks-export: error: ")]
+    assert "--val" in error and "`blocks-export val`" in error
+    assert list(tmp_path.iterdir()) == []

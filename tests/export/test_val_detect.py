@@ -67,3 +67,25 @@ def test_map_of_the_original_and_its_graphs(tmp_path: Path, detect_checkpoint: P
                                                                plots=False, verbose=False, device="cpu", workers=0)
     assert abs(theirs.box.map - fp32["value"]) <= 0.03, (theirs.box.map, fp32["value"])
     assert abs(theirs.box.map50 - fp32["metrics"]["map50"]) <= 0.03, (theirs.box.map50, fp32["metrics"])
+
+
+def test_export_val_reports_map_of_the_original_and_the_graph(tmp_path: Path, detect_checkpoint: Path) -> None:  # noqa: F811
+    """``export --val data.yaml`` on the fitted detector: mAP50-95 / mAP50 of the original and of the written graph
+    in the report, the graph's equal to what ``val`` measures on the written file."""
+    data = write_shapes_dataset(tmp_path / "shapes", count=16, seed=1)
+    out = tmp_path / "det.onnx"
+    result = invoke(detect_checkpoint, "--trust-pickle", "--imgsz", IMGSZ, "--val", data, "-o", out, "--json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    val = json.loads(result.stdout)["val"]
+    assert val["task"] == "detect" and val["images"] == 16 and val["objects"] >= 16
+    assert val["settings"]["evaluator"] == "faster-coco-eval"
+    original, graph = val["results"]
+    assert original["graph"] == "original (PyTorch)" and graph["graph"] == "det.onnx"
+    assert original["metric"] == graph["metric"] == "map50_95"
+    assert original["metrics"]["map50"] > 0.3 and original["value"] > 0.1, original  # the fitted head finds shapes
+    assert graph["value"] == pytest.approx(original["value"], abs=2e-3)
+    assert graph["change"] == pytest.approx(graph["value"] - original["value"])
+    alone = invoke("val", out, "--data", data, "--json")  # the written file, scored on its own
+    assert alone.exit_code == 0, alone.stdout + alone.stderr
+    assert json.loads(alone.stdout)["results"][0]["metrics"] == pytest.approx(graph["metrics"], abs=1e-9)
+    assert (tmp_path / "det.val.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

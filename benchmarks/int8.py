@@ -30,7 +30,7 @@ import onnxruntime as ort  # noqa: E402
 from PIL import Image  # noqa: E402
 from timing import measure_interleaved  # noqa: E402
 
-from blocks_export.export import int8  # noqa: E402
+from blocks_export.export import calibration, int8  # noqa: E402
 from blocks_export.export.options import ExportOptions  # noqa: E402
 from blocks_export.export.pipeline import run_export  # noqa: E402
 from blocks_export.runtime import infer  # noqa: E402
@@ -81,7 +81,7 @@ def classifier(work: Path, threads: int) -> dict:
     labels = split.test_labels
 
     # Naive INT8: everything onnxruntime quantizes by default, same calibration images, same preprocessing.
-    data = int8.read_calibration(calib, prep, 1, 200)
+    data = calibration.read_calibration(calib, prep, 1, 200)
     with tempfile.TemporaryDirectory() as tmp:
         naive = int8.quantize(model, data.calib_tensors, 1, Path(tmp) / "ranges.json", op_types=None)
     naive_out = work / "classifier_naive_int8.onnx"

@@ -14,10 +14,9 @@ floating point, read from the same walk the fp16 pass uses (``fp16.fp32_nodes``:
 what INT8 adds (``BlockSpec.int8_float_ops``: the sigmoid gates and what computes their logits;
 ``BlockSpec.int8_float_inputs``: the convolution that computes DeformConv offsets and masks).
 
-Calibration images are read and preprocessed by ``runtime/infer.py``'s own functions (``read_image``,
-``make_preprocess``, ``preprocess_image``) from the metadata the exported graph carries, so the graph is
-calibrated on exactly what the runtime will feed it. The folder is split, after a seeded shuffle, into the
-calibration images (``calib_count``) and held-out images that verify the result against the ORIGINAL model.
+Calibration images (``calibration.py``) are read and preprocessed by ``runtime/infer.py``'s own functions from
+the metadata the exported graph carries, so the graph is calibrated on exactly what the runtime will feed it,
+and split into the calibration images and held-out images that verify the result against the ORIGINAL model.
 
 Sensitivity: each block is quantized alone (the rest floating point) and its output error on the held-out
 images reported; with a budget (``int8_budget``, on the worst output relative L2), a block over it stays in
@@ -27,9 +26,7 @@ floating point in the final graph (``fallback``).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
-import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -39,31 +36,25 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .errors import InputError, UsageError, one_line
+from .calibration import CalibrationSet, image_preprocess, read_calibration  # re-exported
 from .fallback import INPUT_LAYER, OUTPUT_LAYER, node_blocks
 from .graph import consumers, producers
+from .int8_measure import (  # re-exported: predicted_classes, top1
+    GraphPredictor,
+    MetricBudget,
+    accuracy,
+    held_out_metric,
+    metric_of,
+    predicted_classes,
+    run_graph,
+    top1,
+    torch_run,
+    worst,
+)
 from .metadata import set_metadata_entry
 
 # NVIDIA's placement: Q/DQ on the inputs of weighted operations only (module docstring).
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
-DEFAULT_CALIB_COUNT = 128
-MAX_HELD_OUT = 64  # held-out images verified (each one is a run of the original model and of each candidate)
-SEED = 0
-
-
-@dataclass
-class CalibrationSet:
-    """Calibration and held-out tensors [N, C, H, W] float32, from the images of one folder."""
-
-    folder: str
-    calibration: list[str]
-    held_out: list[str]
-    calib_tensors: np.ndarray
-    held_out_tensors: np.ndarray
-    labels: list[int | None] = field(default_factory=list)  # held-out labels, from label-named subfolders
-    preprocess: dict[str, Any] = field(default_factory=dict)  # the runtime's settings the images were read with
-    names: list[str] = field(default_factory=list)  # the model's class names the labels index
-    prep: Any = None  # the runtime's ``Preprocess`` the images were read with
 
 
 @dataclass
@@ -146,102 +137,6 @@ class Int8Result:
                 "fallback": list(self.fallback), "sensitivity": [s.as_dict() for s in self.sensitivity],
                 "notes": list(self.notes), "held_out": list(self.held_out), "preprocess": dict(self.preprocess),
                 **({"metric": dict(self.metric)} if self.metric is not None else {})}
-
-
-# ---- calibration images ----------------------------------------------------------------------------------------
-
-def _image_files(folder: Path) -> list[tuple[str, str | None]]:
-    """(path, label-folder name or None) of the images in ``folder`` and its direct subfolders, sorted. Only
-    names with an image extension are looked at, and only regular files (a link to one counts) are kept: a FIFO
-    or device named ``.png`` is skipped, never opened; an entry that cannot be looked at (a link loop, a
-    permission) is one line that names it."""
-    from blocks_export.runtime.infer import IMAGE_EXTENSIONS
-
-    def scan(where: str) -> list[os.DirEntry[str]]:
-        try:
-            return sorted(os.scandir(where), key=lambda e: e.name)
-        except OSError as e:
-            raise InputError(f"calibration folder {where} cannot be read ({one_line(e)}); check `calib`") from None
-
-    def is_image(entry: os.DirEntry[str]) -> bool:
-        if not entry.name.lower().endswith(IMAGE_EXTENSIONS):
-            return False
-        try:
-            return entry.is_file()
-        except OSError as e:  # ELOOP, EACCES: is_file() raises all but FileNotFoundError
-            raise InputError(f"calibration image {entry.path} cannot be looked at ({e.strerror}); remove it or "
-                             "fix the link") from None
-
-    found: list[tuple[str, str | None]] = []
-    for entry in scan(str(folder)):
-        if entry.is_dir(follow_symlinks=False):
-            found += [(s.path, entry.name) for s in scan(entry.path) if is_image(s)]
-        elif is_image(entry):
-            found.append((entry.path, None))
-    return found
-
-
-def image_preprocess(metadata: dict[str, str], input_shape: Sequence[int]) -> Any:
-    """The runtime's ``Preprocess`` for a graph with ``metadata`` (``blocks_export.*`` strings) and input shape."""
-    from blocks_export.runtime.infer import BadInput, make_preprocess, parse_meta
-
-    try:
-        return make_preprocess(parse_meta(metadata), list(input_shape), None)
-    except BadInput as e:
-        raise InputError(f"calibration images cannot be preprocessed: {e}") from None
-
-
-def read_calibration(folder: Path, prep: Any, channels: int, calib_count: int | None,
-                     label_names: Sequence[str] | None = None) -> CalibrationSet:
-    """Split ``folder``'s images (seeded shuffle) into calibration and held-out sets and preprocess them with the
-    runtime's code (each image converted to the model's colour as Pillow's ``convert`` does). Bad input (no folder,
-    no images, too few, unreadable images) is one line."""
-    from blocks_export.runtime.infer import BadInput, preprocess_image, read_image
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"calibration folder {folder} does not exist or is not a folder; check `calib`")
-    files = _image_files(folder)
-    if not files:
-        raise InputError(f"calibration folder {folder} holds no images (.png, .jpg, ...); give a folder of images "
-                         "like the ones the model will see in `calib`")
-    if channels not in (1, 3):
-        raise InputError(f"the model input has {channels} channels; calibration from images needs 1 (grayscale) "
-                         "or 3 (RGB)")
-    n = len(files)
-    if calib_count is not None:
-        if calib_count < 1:
-            raise UsageError(f"`calib_count={calib_count}`: must be a positive number of images")
-        if calib_count >= n:
-            raise InputError(f"calibration folder {folder} holds {n} image(s); `calib_count={calib_count}` needs "
-                             f"{calib_count} plus at least one held out for verification; add images or lower it")
-        count = calib_count
-    else:
-        if n < 2:
-            raise InputError(f"calibration folder {folder} holds 1 image; calibration and held-out verification "
-                             "need at least 2")
-        count = min(DEFAULT_CALIB_COUNT, n - max(1, n // 5))
-    order = np.random.default_rng(SEED).permutation(n)
-    chosen = [files[i] for i in order]
-    calib, held = chosen[:count], chosen[count:count + MAX_HELD_OUT]
-
-    def load(items: list[tuple[str, str | None]]) -> np.ndarray:
-        tensors = []
-        for path, _ in items:
-            try:
-                img = read_image(path)  # grayscale, RGBA, palette, 16-bit: as Pillow's convert does (runtime's code)
-            except BadInput as e:
-                raise InputError(f"calibration image: {e}") from None
-            tensors.append(preprocess_image(img, prep))  # to the model's colour (prep.color), as the runtime does
-        return np.stack(tensors).astype(np.float32)  # (N, C, H, W)
-
-    labels: list[int | None] = []
-    names = list(label_names or [])
-    for _, sub in held:
-        labels.append(names.index(sub) if sub is not None and sub in names else None)
-    return CalibrationSet(str(folder), [p for p, _ in calib], [p for p, _ in held], load(calib), load(held), labels,
-                          dataclasses.asdict(prep) if dataclasses.is_dataclass(prep) and not isinstance(prep, type) else {},
-                          names, prep)
 
 
 def _reader(name: str, tensors: np.ndarray, batch: int) -> Any:
@@ -397,128 +292,6 @@ def _quiet_logging() -> Iterator[None]:
         root.setLevel(level)
 
 
-def run_graph(model: onnx.ModelProto, tensors: np.ndarray, batch: int) -> list[np.ndarray]:
-    """Outputs of ``model`` on onnxruntime CPU for every image of ``tensors``, concatenated on the batch axis."""
-    from .runners import open_runner
-
-    runner = open_runner("onnxruntime", model)
-    name = runner.input_names[0]
-    return _batched(lambda x: [np.asarray(o) for o in runner.run({name: x})], tensors, batch)
-
-
-def torch_run(model: Any, tensors: np.ndarray, batch: int) -> list[np.ndarray]:
-    """Outputs of the original PyTorch model for every image of ``tensors``."""
-    import torch
-
-    from .inputs import torch_outputs
-
-    return _batched(lambda x: torch_outputs(model, torch.from_numpy(x)), tensors, batch)
-
-
-def _batched(fn: Any, tensors: np.ndarray, batch: int) -> list[np.ndarray]:
-    n, parts = len(tensors), []
-    for start in range(0, n, batch):
-        idx = [(start + k) % n for k in range(batch)]
-        valid = min(batch, n - start)
-        parts.append([np.asarray(o, dtype=np.float32)[:valid] for o in fn(tensors[idx])])
-    return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
-
-
-def _worst(reference: list[np.ndarray], got: list[np.ndarray]) -> tuple[float, float]:
-    from blocks_export.runtime.parity import compare
-
-    cmp = compare(reference, got, "int8")
-    return cmp.worst_rel_l2, min((o.cosine for o in cmp.outputs), default=0.0)
-
-
-def _top1s(outputs: list[np.ndarray]) -> np.ndarray | None:
-    """[N] argmax of a classifier's scores [N, K] (one output, K >= 2), else None."""
-    if len(outputs) != 1 or outputs[0].ndim != 2 or outputs[0].shape[1] < 2:
-        return None
-    return outputs[0].argmax(1)
-
-
-def top1(reference: list[np.ndarray], got: list[np.ndarray]) -> float | None:
-    """Argmax agreement of a classifier's scores [N, K] (one output), else None."""
-    ref = _top1s(reference)
-    return None if ref is None else float((ref == got[0].argmax(1)).mean())
-
-
-def predicted_classes(reference: list[np.ndarray]) -> int | None:
-    """How many distinct top-1 classes a classifier's scores [N, K] (one output) hold, else None."""
-    ref = _top1s(reference)
-    return None if ref is None else int(np.unique(ref).size)
-
-
-def _accuracy(out: list[np.ndarray], labels: list[int | None]) -> float | None:
-    if len(out) != 1 or out[0].ndim != 2 or not labels or any(lb is None for lb in labels):
-        return None
-    return float((out[0].argmax(1) == np.asarray(labels)).mean())
-
-
-@dataclass
-class MetricBudget:
-    """``int8_budget_metric``: at most ``points`` of the data's metric (top-1, or mAP50-95 for a detector) lost
-    against the original model, measured with ``val.evaluate`` on ``data`` (a ``val`` ``ClassifyData`` or
-    ``DetectData``) preprocessed as ``prep`` (the runtime's ``Preprocess``)."""
-
-    points: float
-    data: Any
-    prep: Any
-    source: str = ""  # where the labelled images come from, in words
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"budget_points": self.points, "data": self.source or str(getattr(self.data, "source", "")),
-                "images": len(self.data.images)}
-
-
-@dataclass
-class _GraphPredictor:
-    """A candidate graph for ``val.evaluate`` (its ``Predictor`` interface): onnxruntime CPU, the export's
-    preprocessing (the graph carries no metadata yet)."""
-
-    model: onnx.ModelProto
-    prep: Any
-    batch: int
-    name: str = "int8"
-    precision: str = "int8"
-    labels: list[str] | None = None
-    task: str | None = None
-
-    runner: Any = None
-
-    def predict(self, images: np.ndarray) -> list[np.ndarray]:
-        if self.runner is None:
-            from .runners import open_runner
-
-            self.runner = open_runner("onnxruntime", self.model)
-        name = self.runner.input_names[0]
-        return _batched(lambda x: [np.asarray(o) for o in self.runner.run({name: x})], images, self.batch)
-
-
-def held_out_metric(data: CalibrationSet, points: float) -> MetricBudget:
-    """``int8_budget_metric`` on the held-out split of the calibration folder: top-1 against the label-named
-    subfolders its images sit in. ``InputError`` when a held-out image has no label."""
-    from .val.data import ClassifyData
-
-    unlabelled = [p for p, lb in zip(data.held_out, data.labels, strict=False) if lb is None]
-    if not data.names or unlabelled or len(data.labels) != len(data.held_out):
-        where = f" ({unlabelled[0]})" if unlabelled else ""
-        raise InputError(f"`int8_budget_metric` needs labelled held-out images, and {data.folder} has images "
-                         f"outside a folder named after one of the model's classes{where}: put each image in a "
-                         "subfolder named after its class, or use `int8_budget`")
-    labels = [int(lb) for lb in data.labels if lb is not None]
-    return MetricBudget(points, ClassifyData(data.folder, list(data.names), list(data.held_out), labels), data.prep,
-                        f"{len(labels)} held-out image(s) of {data.folder}")
-
-
-def _metric_of(predictor: Any, data: Any) -> tuple[str, float]:
-    from .val.evaluate import evaluate
-
-    r = evaluate(data, [predictor], batch=32, reference=None).results[0]
-    return r.metric, r.value
-
-
 def quantize_model(model: onnx.ModelProto, original: Any, data: CalibrationSet, batch: int, *, budget: float,
                    blocks: Sequence[str], scoped: onnx.ModelProto | None = None, fp16: bool = False,
                    metric: MetricBudget | None = None, progress: Any = None) -> tuple[onnx.ModelProto, Int8Result]:
@@ -540,7 +313,7 @@ def quantize_model(model: onnx.ModelProto, original: Any, data: CalibrationSet, 
     result = Int8Result(data.folder, len(data.calibration), len(data.held_out), budget, held_out=list(data.held_out),
                         preprocess=dict(data.preprocess))
     reference = torch_run(original, data.held_out_tensors, batch)
-    result.reference_accuracy = _accuracy(reference, data.labels)
+    result.reference_accuracy = accuracy(reference, data.labels)
     result.reference_classes = predicted_classes(reference)
     if result.reference_classes == 1:
         only = int(reference[0].argmax(1)[0])
@@ -558,17 +331,17 @@ def quantize_model(model: onnx.ModelProto, original: Any, data: CalibrationSet, 
         from .val.predict import TorchPredictor
 
         say("metric of the original model")
-        base_metric = _metric_of(TorchPredictor(original, metric.prep), metric.data)
+        base_metric = metric_of(TorchPredictor(original, metric.prep), metric.data)
     with tempfile.TemporaryDirectory(prefix="blocks-export-calib-") as tmp:
         cache = Path(tmp) / "ranges.json"
         say("calibrating (everything quantized: the naive graph)")
         # The widest tensor set first, so the cached ranges cover every later, smaller one.
         naive = quantize(work, data.calib_tensors, batch, cache, op_types=None)
         naive_out = run_graph(naive, data.held_out_tensors, batch)
-        result.naive_rel_l2 = _worst(reference, naive_out)[0]
+        result.naive_rel_l2 = worst(reference, naive_out)[0]
         result.naive_top1_agreement = top1(reference, naive_out)
         if metric is not None and base_metric is not None:
-            naive_value = _metric_of(_GraphPredictor(naive, metric.prep, batch), metric.data)[1]
+            naive_value = metric_of(GraphPredictor(naive, metric.prep, batch), metric.data)[1]
             result.metric = {"name": base_metric[0], "reference": base_metric[1], "naive": naive_value,
                              "naive_loss_points": 100 * (base_metric[1] - naive_value), **metric.as_dict()}
 
@@ -583,12 +356,12 @@ def quantize_model(model: onnx.ModelProto, original: Any, data: CalibrationSet, 
 
         def measure(graph: onnx.ModelProto) -> Measure:
             out = run_graph(graph, data.held_out_tensors, batch)
-            err, cosine = _worst(reference, out)
+            err, cosine = worst(reference, out)
             detail: dict[str, Any] = {"rel_l2": err, "cosine": cosine, "top1_agreement": top1(reference, out),
-                                      "accuracy": _accuracy(out, data.labels)}
+                                      "accuracy": accuracy(out, data.labels)}
             if metric is None or base_metric is None:
                 return Measure(err, bool(err <= budget), detail)
-            value = _metric_of(_GraphPredictor(graph, metric.prep, batch), metric.data)[1]
+            value = metric_of(GraphPredictor(graph, metric.prep, batch), metric.data)[1]
             loss = 100 * (base_metric[1] - value)  # points
             detail |= {"metric": value, "loss_points": loss}
             return Measure(loss, bool(loss <= metric.points), detail, tiebreak=err)
@@ -652,18 +425,7 @@ def _edge_layers(model: onnx.ModelProto) -> dict[str, str]:
     return out
 
 
-def metadata_for(preprocess: Any, task: Any = None) -> dict[str, str]:
-    """``blocks_export.*`` strings that ``runtime.infer.parse_meta`` reads, from the model's metadata values."""
-    from blocks_export.runtime.infer import encode_meta
-
-    meta: dict[str, Any] = {}
-    if isinstance(preprocess, dict):
-        meta["preprocess"] = preprocess
-    if isinstance(task, str):
-        meta["task"] = task
-    return encode_meta(meta)
-
-
-__all__ = ["BlockSensitivity", "CalibrationSet", "Int8Result", "WEIGHTED_OPS", "image_preprocess",
+__all__ = ["BlockSensitivity", "CalibrationSet", "Int8Result", "MetricBudget", "WEIGHTED_OPS", "held_out_metric",
+           "image_preprocess",
            "int8_float_nodes", "node_blocks", "predicted_classes", "quantize", "quantize_model", "read_calibration",
            "top1"]

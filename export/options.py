@@ -44,7 +44,7 @@ class ExportOptions:
     verify_with: tuple[str, ...] = ("onnxruntime",)  # runtimes that verify the graph (``export/runners.py``)
     int8: bool = False  # explicit-quantization INT8 (Q/DQ) graph, calibrated on the images in ``calib``
     calib: Path | None = None  # folder of calibration images (part of them is held out for verification)
-    calib_count: int | None = None  # calibration images (None: ``int8.DEFAULT_CALIB_COUNT``, at most 80 %)
+    calib_count: int | None = None  # calibration images (None: ``calibration.DEFAULT_CALIB_COUNT``, at most 80 %)
     int8_budget: float | None = None  # worst output rel L2 vs the original (None: ``parity.RULES["int8"]``)
     # Points of top-1 / mAP the INT8 graph may lose against the original on labelled held-out images (replaces
     # ``int8_budget`` as the fallback's budget; ``int8.metric_budget``)

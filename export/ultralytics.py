@@ -246,6 +246,33 @@ def finish_graph(model: Any, info: UltralyticsInfo, opset: int) -> None:
     model.ir_version = min(model.ir_version, 10)
 
 
+@dataclass(frozen=True)
+class UltralyticsAdapter:
+    """The export's ``adapters.ModelAdapter`` for an Ultralytics model: Ultralytics' IO names and metadata, its
+    runtime preprocessing, and, for a detector, decoded boxes checked against PyTorch's on the same images."""
+
+    info: UltralyticsInfo
+    name: str = "ultralytics"
+
+    def name_io(self, exported: Any) -> Any:
+        return name_io(exported, self.info)
+
+    def finish_graph(self, model: Any, opset: int) -> None:
+        finish_graph(model, self.info, opset)
+
+    def runtime_metadata(self, model_info: Any, shape: tuple[int, ...]) -> dict[str, str]:
+        return runtime_metadata(self.info)
+
+    def classes(self, model_info: Any) -> tuple[list[str] | None, str | None]:
+        return [str(self.info.names[k]) for k in sorted(self.info.names)], str(self.info.task)
+
+    def check(self, original: Any, graph: Any, shape: tuple[int, ...], *, precision: str,
+              fp16_io: bool) -> BoxAgreement | None:
+        if self.info.task != "detect":
+            return None
+        return box_agreement(original, graph, sample_images(shape), precision=precision, fp16_io=fp16_io)
+
+
 # --- detections in the user's terms -------------------------------------------------------------------------
 
 def _decoder() -> Any:
@@ -465,5 +492,6 @@ def sample_images(shape: tuple[int, ...], count: int = 2, seed: int = 0) -> list
     return out
 
 
-__all__ = ["BoxAgreement", "INPUT_NAME", "TASK_OF_CLASS", "UltralyticsInfo", "box_agreement", "finish_graph",
+__all__ = ["BoxAgreement", "INPUT_NAME", "TASK_OF_CLASS", "UltralyticsAdapter", "UltralyticsInfo", "box_agreement",
+           "finish_graph",
            "match_detections", "name_io", "prepare", "runtime_metadata", "sample_images", "task_of"]

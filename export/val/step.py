@@ -12,7 +12,7 @@ metric. With ``--fp16 --int8`` the fp16 row is the fp16 pass on the fp32 graph (
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,11 +85,9 @@ def _check_image(path: str) -> None:
         raise InputError(f"cannot read image {path} ({one_line(e)}); fix or remove the file (`val`)") from None
 
 
-def model_classes(metadata: dict[str, Any], ultra: Any = None) -> tuple[list[str] | None, str | None]:
-    """Class names and task of the model being exported: an Ultralytics model's own, else its checkpoint
-    metadata's (the entries the written graph will carry)."""
-    if ultra is not None:
-        return [str(ultra.names[k]) for k in sorted(ultra.names)], str(ultra.task)
+def model_classes(metadata: Mapping[str, Any]) -> tuple[list[str] | None, str | None]:
+    """Class names and task of a model from its checkpoint metadata (the entries the written graph will carry);
+    a model family's own come from its adapter (``adapters.ModelAdapter.classes``)."""
     labels = metadata.get("labels")
     task = metadata.get("task")
     return ([str(x) for x in labels] if isinstance(labels, list | tuple) and labels else None,

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 sys.path.insert(0, str(Path(__file__).parent))
 import export_models  # noqa: E402
 
+import blocks_export.blocks as blocks_package  # noqa: E402
 from blocks_export.blocks import rewrite_model
-from blocks_export.export import pipeline  # noqa: E402
 from blocks_export.export.cli import app, with_default_command  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,7 +74,7 @@ def test_stock_coordinate_attention_fails_verification_keeps_the_onnx_and_names_
     src = tmp_path / "ca.pt"
     torch.save(export_models.build(export_models.CANet), src)
     # The stock export path: a rewriter that knows no blocks.
-    monkeypatch.setattr(pipeline, "rewrite", lambda model, example: rewrite_model(model, example, {}, {}))
+    monkeypatch.setattr(blocks_package, "rewrite_model", lambda model, example: rewrite_model(model, example, {}, {}))
     result = invoke(src, "--to", "onnx", "--trust-pickle", "--imgsz", "20,24", "--dynamic", "--json")
     assert result.exit_code == 1
     report = json.loads(result.stdout)

@@ -132,7 +132,7 @@ class SpdLookalike(nn.Module):
 
 def test_channel_guess_divides_by_space_to_depth_blocks_found_by_what_they_compute() -> None:
     from blocks_export.blocks import SPDConv, channel_factor, space_to_depth, to_export
-    from blocks_export.export.pipeline import channel_candidates
+    from blocks_export.export.steps.prepare import channel_candidates
 
     assert channel_candidates(nn.Sequential(Downsample(), nn.ReLU()))[0] == 5
     assert channel_candidates(nn.Sequential(SPDConv(6, 8), nn.ReLU()))[0] == 6

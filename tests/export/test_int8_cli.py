@@ -270,7 +270,7 @@ def _pillow_rgb(path: Path) -> np.ndarray:
 
 
 def test_calibration_reads_every_image_mode_as_pillow_converts_it_to_rgb(tmp_path: Path) -> None:
-    from blocks_export.export.int8 import read_calibration
+    from blocks_export.export.calibration import read_calibration
     from blocks_export.runtime.infer import Preprocess
 
     calib = tmp_path / "mixed"

@@ -129,15 +129,15 @@ def test_models_over_the_protobuf_limit_are_saved_with_external_data(tmp_path: P
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     from onnx import TensorProto, helper, numpy_helper
 
-    from blocks_export.export import pipeline
+    from blocks_export.export.steps import base, write
 
     weight = numpy_helper.from_array(np.arange(4096, dtype=np.float32).reshape(1, 4096), "w")
     graph = helper.make_graph([helper.make_node("MatMul", ["images", "w"], ["output0"])], "g",
                               [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 1])],
                               [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 4096])], [weight])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    monkeypatch.setattr(pipeline, "EXTERNAL_DATA_BYTES", 1000)  # a 16 KB tensor stands for > 2 GB
-    written = pipeline.save_onnx(model, tmp_path / "big.onnx")
+    monkeypatch.setattr(base, "EXTERNAL_DATA_BYTES", 1000)  # a 16 KB tensor stands for > 2 GB
+    written = write.save_onnx(model, tmp_path / "big.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"] == sorted(p.name for p in written)
     assert (tmp_path / "big.onnx").stat().st_size < 4096
     out = cpu_session(str(tmp_path / "big.onnx")).run(None, {"images": np.ones((1, 1), np.float32)})[0]

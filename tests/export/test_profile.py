@@ -17,6 +17,7 @@ from onnx import TensorProto, helper
 
 from blocks_export.export import profile as P
 from blocks_export.export.diagnose import SCOPES_KEY
+from blocks_export.export.profile_blocks import _ort_origin
 
 ROOT = Path(__file__).resolve().parents[2]
 EXE = Path(sys.executable).parent / "blocks-export"
@@ -197,7 +198,7 @@ def test_nodes_without_a_path_take_the_block_their_neighbours_share():
     ("ReorderOutput_token_81", "ReorderOutput"), ("node_Conv_3", "node_Conv_3"),
 ])
 def test_onnxruntime_optimiser_names_lead_back_to_the_written_node(name, origin):
-    assert P._ort_origin(name) == origin
+    assert _ort_origin(name) == origin
 
 
 def test_every_kernel_of_a_small_twin_graph_is_placed_in_its_block(tmp_path):
@@ -339,7 +340,8 @@ def test_engine_profile_on_real_tensorrt(detector, tmp_path):
 
 
 def test_profile_module_type_checks_against_tensorrt_stubs():
-    proc = subprocess.run(["bash", str(ROOT / ".ci" / "mypy-trt"), "export/profile.py"], cwd=ROOT,
+    proc = subprocess.run(["bash", str(ROOT / ".ci" / "mypy-trt"), "export/profile.py",
+                           "export/profile_trt.py"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHON": sys.executable})
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

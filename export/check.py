@@ -6,7 +6,7 @@ the parser documents as unsupported, constant-input requirements, custom domains
 types. Each issue names the node, its op, why, and the fix. ``bool(report)`` is pass.
 
 The rules are ``check_rules`` (per operator type, domain and plugin) and ``check_qdq`` (quantization), given a
-``check_context._Context``; this module walks the graph, checks the opset and the data types, and builds the
+``check_context.CheckContext``; this module walks the graph, checks the opset and the data types, and builds the
 report. Reading the file, and refusing one no runtime loads, is ``onnx_file``.
 
 Sources (cited per rule): onnx-tensorrt ``docs/operators.md`` of the 8.5-GA, 8.6-GA and 10.1-GA branches
@@ -27,12 +27,11 @@ from onnx import TensorProto
 
 from blocks_export.plugins.onnx_graph import subgraphs
 
-from .check_context import Issue, _Context
-from .check_qdq import _index_graph
-from .check_rules import RULES, STANDARD_DOMAINS, _check_ort_node, _check_trt_node
+from .check_context import CheckContext, Issue
+from .check_qdq import index_graph
+from .check_rules import RULES, STANDARD_DOMAINS, check_ort_node, check_trt_node
 from .graph import infer_shapes
-from .onnx_file import _load
-from .onnx_file import read_onnx as read_onnx  # re-exported: the pipeline and val.predict read files with it
+from .onnx_file import load_onnx
 from .targets import get_target
 
 
@@ -93,7 +92,7 @@ _BAD_TYPES_8 = {TensorProto.BFLOAT16, TensorProto.FLOAT8E4M3FN, TensorProto.FLOA
                 TensorProto.FLOAT8E5M2FNUZ, TensorProto.INT4, TensorProto.UINT4}
 
 
-def _check_types(ctx: _Context, model: onnx.ModelProto) -> None:
+def _check_types(ctx: CheckContext, model: onnx.ModelProto) -> None:
     g = model.graph
     typed = [(v.name, v.type.tensor_type.elem_type) for v in (*g.input, *g.output, *g.value_info)]
     typed += [(t.name, t.data_type) for t in g.initializer]
@@ -112,8 +111,8 @@ def _check_types(ctx: _Context, model: onnx.ModelProto) -> None:
                                       "export in float32"))
 
 
-def _visit(ctx: _Context, graph: onnx.GraphProto, functions: dict[tuple[str, str], onnx.FunctionProto],
-           check_node: Callable[[_Context, onnx.NodeProto], None], seen: set[tuple[str, str]]) -> int:
+def _visit(ctx: CheckContext, graph: onnx.GraphProto, functions: dict[tuple[str, str], onnx.FunctionProto],
+           check_node: Callable[[CheckContext, onnx.NodeProto], None], seen: set[tuple[str, str]]) -> int:
     count = 0
     for node in graph.node:
         count += 1
@@ -137,11 +136,11 @@ def _visit(ctx: _Context, graph: onnx.GraphProto, functions: dict[tuple[str, str
 def check_model(model: onnx.ModelProto | str | os.PathLike[str], target: str) -> CheckReport:
     """Check every node of ``model`` against ``target``'s ONNX support (see the module docstring)."""
     tgt = get_target(target)
-    proto = _load(model)
+    proto = load_onnx(model)
     opset = next((o.version for o in proto.opset_import if o.domain in STANDARD_DOMAINS), 0)
     inferred = _infer(proto)
-    ctx = _Context(tgt, tgt.table, opset, _constants(proto.graph), _ranks(inferred), model=proto)
-    _index_graph(ctx, proto.graph)
+    ctx = CheckContext(tgt, tgt.table, opset, _constants(proto.graph), _ranks(inferred), model=proto)
+    index_graph(ctx, proto.graph)
     if tgt.max_opset and opset > tgt.max_opset:
         ctx.issues.append(Issue("(model)", "opset_import", f"default-domain opset {opset} is newer than "
                                 f"{ctx.trt}'s parser supports (up to {tgt.max_opset})",
@@ -152,7 +151,7 @@ def check_model(model: onnx.ModelProto | str | os.PathLike[str], target: str) ->
                                 f"ONNX opset onnx {onnx.__version__} knows (up to {onnx.defs.onnx_opset_version()})",
                                 f"export with `target={tgt.name}` (opset {tgt.opset})"))
     functions = {(f.domain, f.name): f for f in proto.functions}
-    check_node = _check_trt_node if tgt.is_tensorrt else _check_ort_node
+    check_node = check_trt_node if tgt.is_tensorrt else check_ort_node
     count = _visit(ctx, proto.graph, functions, check_node, set())
     if tgt.is_tensorrt:
         _check_types(ctx, inferred)

@@ -1,4 +1,4 @@
-"""What a target-check rule is given and what it records: ``_Context`` (the target's parser table, the graph's
+"""What a target-check rule is given and what it records: ``CheckContext`` (the target's parser table, the graph's
 opset, constants, ranks, initializers, producers and consumers) and ``Issue`` (one thing the target cannot run).
 
 The small readers every rule shares (a node's attribute, its n-th input, "this input must be a constant") live
@@ -29,7 +29,7 @@ class Issue(NamedTuple):
 
 
 @dataclass
-class _Context:
+class CheckContext:
     target: Target
     parser: ParserTable | None  # the target's TensorRT parser table (None: onnxruntime)
     opset: int
@@ -71,7 +71,7 @@ def _name(node: onnx.NodeProto) -> str:
     return node.name or (f"<unnamed, output {node.output[0]}>" if node.output else "<unnamed>")
 
 
-def _attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+def node_attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
     for a in node.attribute:
         if a.name == name:
             value = onnx.helper.get_attribute_value(a)
@@ -79,17 +79,17 @@ def _attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
     return default
 
 
-def _input(node: onnx.NodeProto, index: int) -> str:
+def node_input(node: onnx.NodeProto, index: int) -> str:
     return node.input[index] if len(node.input) > index else ""
 
 
-def _require_constant(ctx: _Context, node: onnx.NodeProto, index: int, what: str, source: str) -> None:
-    name = _input(node, index)
+def require_constant(ctx: CheckContext, node: onnx.NodeProto, index: int, what: str, source: str) -> None:
+    name = node_input(node, index)
     if name and name not in ctx.constants:
         ctx.fail(node, f"`{what}` is computed at run time; {ctx.trt}'s parser needs it as an initializer ({source})",
                  "constant-fold the graph (simplify is on by default: drop `simplify=False`) or export at static "
                  "shapes")
 
 
-def _table_doc(ctx: _Context) -> str:
+def table_doc(ctx: CheckContext) -> str:
     return ctx.parser.source if ctx.parser is not None else "the parser's operator table"

@@ -2,7 +2,7 @@
 weights and refuse, in one line (``InputError``), what no runtime loads.
 
 ``read_onnx`` refuses an empty, corrupt or truncated file and a graph no runtime loads (IR version, dangling
-inputs, cycles, untyped outputs); ``_load`` adds the external-data files beside the model, tensors that hold
+inputs, cycles, untyped outputs); ``load_onnx`` adds the external-data files beside the model, tensors that hold
 less data than they declare, and onnx's full checker. Reads the file (and the names of its external-data
 files); writes nothing.
 """
@@ -40,7 +40,7 @@ def read_onnx(model: str | os.PathLike[str]) -> onnx.ModelProto:
     return proto
 
 
-def _load(model: onnx.ModelProto | str | os.PathLike[str]) -> onnx.ModelProto:
+def load_onnx(model: onnx.ModelProto | str | os.PathLike[str]) -> onnx.ModelProto:
     """The model at ``model``; ``InputError`` (one line) for a file that is not a usable ONNX model."""
     if isinstance(model, onnx.ModelProto):
         _check_tensor_data(model, "the model")

@@ -24,7 +24,7 @@ from typing import Any
 
 from .errors import ExportFailed, one_line
 from .profile_blocks import block_instances, module_paths, node_blocks, optimized_node_blocks
-from .profile_inputs import ShapeNeeded, _load, export_shapes, make_inputs
+from .profile_inputs import ShapeNeeded, export_shapes, load_graph, make_inputs
 from .profile_table import (
     FORMAT,
     GAP_LIMIT,
@@ -32,8 +32,8 @@ from .profile_table import (
     PLOT_HINT,
     Part,
     Profile,
-    _parts,
     chart_path,
+    profile_parts,
     write_chart,
 )
 from .profile_trt import Layer, layer_nodes, profile_engine, read_trtexec_profile, trt_layer_profile
@@ -50,7 +50,7 @@ def profile_onnx(path: str | os.PathLike[str], *, runs: int = 20, warmup: int = 
     if runs < 1 or warmup < 0:
         raise ValueError(f"`runs`={runs} and `warmup`={warmup}: need at least one run and no negative warm-up")
     path = Path(path)
-    written = _load(path)
+    written = load_graph(path)
     if has_plugin_nodes(written):
         raise ValueError(f"{path.name} has TensorRT plugin nodes (ModulatedDeformConv2d): onnxruntime runs them "
                          "only through a slow reference op, so their time means nothing; profile the "
@@ -92,7 +92,7 @@ def profile_onnx(path: str | os.PathLike[str], *, runs: int = 20, warmup: int = 
                      f"e.g. {unknown[0]}) placed by the kernels run before and after them")
     runtime = (f"onnxruntime {ort.__version__} CPUExecutionProvider, "
                f"{threads if threads is not None else 'default'} intra-op threads")
-    return Profile(path.name, runtime, shapes, runs, warmup, whole, _parts(times, counts, instances), notes)
+    return Profile(path.name, runtime, shapes, runs, warmup, whole, profile_parts(times, counts, instances), notes)
 
 
 def _ort_runs(events: list[dict[str, Any]], warmup: int) -> tuple[float, dict[str, float], list[str]]:

@@ -63,7 +63,7 @@ def make_inputs(model: Any, shapes: Mapping[str, Sequence[int]], seed: int = 0) 
     return feeds
 
 
-def _load(path: Path) -> Any:
+def load_graph(path: Path) -> Any:
     import onnx
 
     try:

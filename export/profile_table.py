@@ -91,7 +91,7 @@ class Profile:
         return out
 
 
-def _parts(times: Mapping[str, float], counts: Mapping[str, int], instances: Sequence[tuple[str, str]]
+def profile_parts(times: Mapping[str, float], counts: Mapping[str, int], instances: Sequence[tuple[str, str]]
            ) -> list[Part]:
     """Block rows in the order of ``instances`` (every instance, 0 ms when none of its nodes ran), then the
     blocks found without metadata, then OUTSIDE."""

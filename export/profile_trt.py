@@ -22,13 +22,12 @@ from typing import Any
 import numpy as np
 
 from .profile_blocks import block_instances, node_blocks
-from .profile_inputs import _load, export_shapes, make_inputs
-from .profile_table import OUTSIDE, Profile, _parts
+from .profile_inputs import export_shapes, load_graph, make_inputs
+from .profile_table import OUTSIDE, Profile, profile_parts
 
 _FOREIGN = re.compile(r"\{?ForeignNode\[(.+?)\.\.\.(.+?)\]\}?")
 _REFORMAT = re.compile(r"^Reformatting CopyNode for (?:Input|Output) Tensor \d+ to (.+)$")
 _METADATA = re.compile(r"\[ONNX Layer: ([^\]]+)\]")
-_MYELIN_SUFFIX = re.compile(r"(_myl\d+_\d+)$")
 
 
 def layer_nodes(layer: str, metadata: str, order: Mapping[str, int]) -> list[str]:
@@ -99,7 +98,7 @@ def trt_layer_profile(model: Any, layers: Sequence[Layer], *, model_name: str, r
     if whole_ms is None:
         notes.append("the whole is the sum of the layer times (the profile records no end-to-end time)")
     return Profile(model_name, runtime, {k: list(v) for k, v in inputs.items()}, runs, warmup,
-                   total if whole_ms is None else whole_ms, _parts(times, counts, instances), notes)
+                   total if whole_ms is None else whole_ms, profile_parts(times, counts, instances), notes)
 
 
 def read_trtexec_profile(model_path: str | os.PathLike[str], profile_path: str | os.PathLike[str],
@@ -108,7 +107,7 @@ def read_trtexec_profile(model_path: str | os.PathLike[str], profile_path: str |
     one ``{"name", "averageMs", ...}`` per layer), optionally with ``--exportLayerInfo``'s JSON for the layers'
     metadata (``{"Layers": [{"Name", "Metadata"}, ...]}``, detailed profiling verbosity)."""
 
-    model = _load(Path(model_path))
+    model = load_graph(Path(model_path))
     try:
         data = json.loads(Path(profile_path).read_text())
     except (OSError, ValueError) as e:
@@ -149,7 +148,7 @@ def profile_engine(engine_path: str | os.PathLike[str], model_path: str | os.Pat
     api.load_tensorrt(None)
     import tensorrt as trt
 
-    model = _load(Path(model_path))
+    model = load_graph(Path(model_path))
     shapes = export_shapes(model, shape)
     feeds = make_inputs(model, shapes, seed)
     memory = device_memory()

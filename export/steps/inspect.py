@@ -51,7 +51,7 @@ def inspect_file(source: Path, options: ExportOptions, progress: Progress | None
                   f"PLAN       | target {target.name} ({target.description}) | opset {info.opset} | "
                   f"DeformConv lowering {lowering} | output {default_output(source, options)}"]
     if loaded.kind == "onnx":
-        from ..check import read_onnx
+        from ..onnx_file import read_onnx
 
         model = read_onnx(source)  # a corrupt, truncated or absurdly nested file: one line, exit 2
         info.ops = sorted({n.op_type for n in model.graph.node})

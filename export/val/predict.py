@@ -55,7 +55,7 @@ class OnnxPredictor:
 
         from blocks_export.runtime import infer
 
-        from ..check import read_onnx
+        from ..onnx_file import read_onnx
 
         if isinstance(self.model, str | os.PathLike):
             path = Path(self.model)

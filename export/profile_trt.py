@@ -143,7 +143,7 @@ def profile_engine(engine_path: str | os.PathLike[str], model_path: str | os.Pat
     import time
 
     from .trt import api
-    from .trt.run import device_memory
+    from .trt.run import bind_engine, device_memory
 
     api.load_tensorrt(None)
     import tensorrt as trt
@@ -152,24 +152,8 @@ def profile_engine(engine_path: str | os.PathLike[str], model_path: str | os.Pat
     shapes = export_shapes(model, shape)
     feeds = make_inputs(model, shapes, seed)
     memory = device_memory()
-    errors: list[str] = []
-    logger = api.logger(errors, [])
-    api.init_plugins(logger, errors)
-    engine = trt.Runtime(logger).deserialize_cuda_engine(Path(engine_path).read_bytes())
-    if engine is None:
-        raise api.EngineBuildError(f"could not deserialize {engine_path}: " + "; ".join(errors))
-    context = engine.create_execution_context()
-    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-    for name in names:
-        if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-            array = np.ascontiguousarray(feeds[name])
-            context.set_input_shape(name, tuple(array.shape))
-            context.set_tensor_address(name, memory.upload(name, array))
-    for name in names:
-        if engine.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT:
-            dims = context.get_tensor_shape(name)
-            dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
-            context.set_tensor_address(name, memory.empty(name, [dims[i] for i in range(len(dims))], dtype))
+    bound = bind_engine(Path(engine_path), feeds, memory)
+    engine, context, errors = bound.engine, bound.context, bound.errors
 
     timed: dict[str, list[float]] = {}
     order: list[str] = []

@@ -10,6 +10,7 @@ Needs TensorRT 8.5+ (named IO tensors, ``execute_async_v3``) and device memory f
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -81,14 +82,21 @@ def device_memory() -> DeviceMemory:
     return TorchCuda()
 
 
-def run_engine(engine_path: Path, feeds: Mapping[str, np.ndarray], *, verify: bool = True) -> dict[str, np.ndarray]:
-    """Run a serialized engine once (TensorRT runtime, ``device_memory`` for the IO tensors)."""
-    api.load_tensorrt(None)
+@dataclass
+class BoundEngine:
+    """A deserialized engine with its execution context, its IO tensors bound in device memory."""
+
+    engine: Any
+    context: Any
+    outputs: list[str]  # output tensor names, in the engine's order
+    errors: list[str]  # what TensorRT's logger said (for the message when a run fails)
+
+
+def bind_engine(engine_path: Path, feeds: Mapping[str, np.ndarray], memory: DeviceMemory) -> BoundEngine:
+    """Deserialize ``engine_path`` (plugins registered) and bind ``feeds`` and empty output buffers in ``memory``;
+    TensorRT is loaded by the caller. ``EngineBuildError`` when it cannot be deserialized."""
     import tensorrt as trt
 
-    verify_engine(engine_path, tensorrt_version=str(trt.__version__),
-                  compute_capability=api.cuda_device(None).compute_capability, verify=verify)
-    memory = device_memory()
     errors: list[str] = []
     logger = api.logger(errors, [])
     api.init_plugins(logger, errors)
@@ -107,7 +115,19 @@ def run_engine(engine_path: Path, feeds: Mapping[str, np.ndarray], *, verify: bo
         shape = context.get_tensor_shape(name)
         dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
         context.set_tensor_address(name, memory.empty(name, [shape[i] for i in range(len(shape))], dtype))
-    if not context.execute_async_v3(memory.stream):
-        raise EngineBuildError(f"TensorRT could not run {engine_path}: " + "; ".join(errors))
+    return BoundEngine(engine, context, outputs, errors)
+
+
+def run_engine(engine_path: Path, feeds: Mapping[str, np.ndarray], *, verify: bool = True) -> dict[str, np.ndarray]:
+    """Run a serialized engine once (TensorRT runtime, ``device_memory`` for the IO tensors)."""
+    api.load_tensorrt(None)
+    import tensorrt as trt
+
+    verify_engine(engine_path, tensorrt_version=str(trt.__version__),
+                  compute_capability=api.cuda_device(None).compute_capability, verify=verify)
+    memory = device_memory()
+    bound = bind_engine(engine_path, feeds, memory)
+    if not bound.context.execute_async_v3(memory.stream):
+        raise EngineBuildError(f"TensorRT could not run {engine_path}: " + "; ".join(bound.errors))
     memory.synchronize()
-    return {n: memory.download(n) for n in outputs}
+    return {n: memory.download(n) for n in bound.outputs}

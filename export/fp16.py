@@ -56,6 +56,7 @@ LOGIT_OPS = frozenset({
 # Ops that apply softmax weights (one step forward from a softmax, walk 2).
 WEIGHTING_OPS = frozenset({"MatMul", "Mul", "ReduceSum", "Einsum"})
 LARGE_REDUCTION = 1024
+FP16_MAX = 65504.0  # the largest finite float16
 REDUCTIONS = frozenset({"ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2"})
 # Element-wise and layout ops of coordinate arithmetic (walk 4).
 COORD_OPS = frozenset({
@@ -260,8 +261,10 @@ def to_fp16(model: onnx.ModelProto, *, keep_io_types: bool = True, target: Targe
         blocked |= {n.name for n in work.graph.node if n.op_type in keep32}
     # Passing op_block_list replaces the library's default list, so extend it instead.
     op_block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | BLOCKED_OPS)
+    # max_finite_val: fp16's own largest value (the library's default, 1e4, would clamp representable weights)
     out = float16.convert_float_to_float16(work, keep_io_types=keep_io_types, disable_shape_infer=False,
-                                           op_block_list=op_block, node_block_list=sorted(blocked))
+                                           op_block_list=op_block, node_block_list=sorted(blocked),
+                                           max_finite_val=FP16_MAX)
     _retarget_float_casts(out)
     for _ in range(8):  # each round's Casts can change the types downstream; stale type hints go first
         if not cast_mixed_inputs(out, blocked):

@@ -177,3 +177,22 @@ def test_graph_output_that_feeds_another_node_keeps_a_consistent_type():
     got = cpu_session(model16).run(None, {"x": xs})
     for a, b in zip(want, got, strict=True):
         assert b.dtype == np.float32 and rel_l2(a, b) <= RULES["fp16"].rel_l2
+
+
+def test_weights_fp16_can_hold_are_not_clamped() -> None:
+    """A weight of 3e4 fits float16 (largest 65504): the fp16 graph keeps it, and its output matches fp32 (the
+    converter's own default clamps at 1e4, a third of it)."""
+    rng = np.random.default_rng(3)
+    w = (rng.uniform(2e4, 6e4, size=(1, 4)) * rng.choice([-1, 1], size=(1, 4))).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+                              [onnx.numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    half = to_fp16(model)
+    stored = next(onnx.numpy_helper.to_array(t) for t in half.graph.initializer if t.name == "w")
+    assert stored.dtype == np.float16
+    np.testing.assert_allclose(stored.astype(np.float32), w, rtol=1e-3)
+    x = rng.uniform(0.5, 1.0, size=(2, 4)).astype(np.float32)
+    got = cpu_session(half.SerializeToString()).run(None, {"x": x})[0]
+    assert rel_l2(x * w, got) < RULES["fp16"].rel_l2

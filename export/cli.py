@@ -13,19 +13,31 @@ from . import interrupts  # isort: skip
 import contextlib
 import signal
 import sys
-import traceback
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from .errors import EXIT_FAILED, EXIT_SIGINT, EXIT_USAGE, OPTION_REF, ExportError, Interrupted, UsageError
+from .cli_args import (
+    ArchKwargsOpt,
+    ArchOpt,
+    BatchOpt,
+    DebugOpt,
+    DeformConvOpt,
+    InspectModelArg,
+    InspectTargetOpt,
+    JsonOpt,
+    ModelArg,
+    TargetOpt,
+    TrustPickleOpt,
+    parse_arch_kwargs,
+)
+from .cli_profile import _chart, _print_profile, _profile_written, _with_profile
+from .cli_run import PROG, _run, _stderr, _stdout
+from .cli_words import _InFlagWords, error_text, flag_words, shown
+from .errors import EXIT_FAILED, EXIT_SIGINT, EXIT_USAGE, Interrupted, UsageError
 from .pipeline import Progress  # light: torch and onnx are imported by the steps, not here
-from .targets import TARGETS  # light: plain data
-from .trt.api import Rebuild, TensorRTUnavailable  # light: tensorrt is imported when a build starts
 
-PROG = "blocks-export"
 COMMANDS = ("export", "inspect", "check", "val", "profile")
 _TOP_LEVEL_FLAGS = ("--help", "-h")
 
@@ -40,26 +52,6 @@ def with_default_command(argv: list[str]) -> list[str]:
     if not argv or argv[0] in COMMANDS or argv[0] in _TOP_LEVEL_FLAGS:
         return argv
     return ["export", *argv]
-
-
-def _stderr() -> Any:
-    from rich.console import Console
-
-    return Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-#: Console width when stdout is not a terminal: rich would cut tables at 80 columns (shapes become ``1x3x1…``);
-#: a table takes only the width it needs, so a wide console means never cut.
-PIPE_WIDTH = 1000
-
-
-def _stdout() -> Any:
-    from rich.console import Console
-
-    console = Console(highlight=False, soft_wrap=True)
-    if not console.is_terminal:
-        console = Console(highlight=False, soft_wrap=True, width=PIPE_WIDTH)
-    return console
 
 
 class RichProgress(Progress):
@@ -103,202 +95,6 @@ class RichProgress(Progress):
         if self._status is not None:
             (self._status[0] if isinstance(self._status, tuple) else self._status).stop()
             self._status = None
-
-
-@contextlib.contextmanager
-def _sigterm_as_exception() -> Iterator[None]:
-    """SIGTERM raises ``Interrupted`` so that atomic writes clean up, as SIGINT does with KeyboardInterrupt
-    (in-process callers; the program itself has ``interrupts``' handlers)."""
-    if interrupts.installed():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise Interrupted()
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (e.g. inside a test runner thread): nothing to install
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _error_json(message: str, code: int) -> str:
-    import json
-
-    return json.dumps({"format": "blocks-export-report/1", "status": "ERROR", "exit_code": code, "error": message})
-
-
-def _print_notices(err: Any) -> None:
-    """Say which temporaries of other runs were found beside the outputs and left (see ``io.take_notices``)."""
-    from .io import take_notices
-
-    for note in take_notices():
-        err.print(f"{PROG}: note: {shown(note)}")
-
-
-def _run(fn: Callable[[], int], *, debug: bool, json_out: bool) -> None:
-    """Run a command body; map exceptions to one line on stderr and the documented exit code."""
-    err = _stderr()
-    try:
-        with _sigterm_as_exception():
-            try:
-                code = fn()
-            finally:
-                _print_notices(err)
-    except ExportError as e:
-        if debug:
-            traceback.print_exc()
-        code = e.exit_code
-        _refuse(error_text(e), code, json_out, err)
-    except KeyboardInterrupt:
-        code = EXIT_SIGINT
-        _refuse(interrupts.message_for(signal.SIGINT), code, json_out, err)
-    except Interrupted as e:
-        code = e.exit_code
-        _refuse(interrupts.message_for(signal.SIGTERM), code, json_out, err)
-    except Exception as e:
-        signum = interrupts.received()
-        if signum is not None:  # a consequence of the signal (a library turned it into another error)
-            code = interrupts.exit_code_for(signum)
-            _refuse(interrupts.message_for(signum), code, json_out, err)
-            raise typer.Exit(code) from None
-        # an unexpected failure: still one line unless --debug
-        if debug:
-            traceback.print_exc()
-        code = EXIT_FAILED
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        _refuse(f"unexpected error: {type(e).__name__}: {first} (rerun with --debug for the traceback)", code,
-                json_out, err)
-    raise typer.Exit(code)
-
-
-#: Option names of the library's words (``errors.OPTION_REF``) that are not spelled ``--name-with-dashes`` here.
-_FLAG_SPELLING = {"output": "-o/--output"}
-#: Names the CLI has a flag for: the ``ExportOptions`` fields and the CLI's own switches.
-_FLAGS = frozenset({"to", "output", "imgsz", "batch", "dynamic", "opset", "target", "deform_conv", "fp16", "fp16_io",
-                    "exporter", "simplify", "verify", "trust_pickle", "arch", "arch_kwargs", "force", "quiet", "json",
-                    "min_shape", "opt_shape", "max_shape", "workspace_mb", "verify_with", "debug", "channels",
-                    "int8", "calib", "calib_count", "int8_budget", "int8_budget_metric", "rtol", "atol", "data", "runs",
-                    "warmup", "threads", "val"})
-
-
-def flag_words(text: str) -> str:
-    """Library words to the CLI's: ```fp16=True``` -> ``--fp16``, ```simplify=False``` -> ``--no-simplify``,
-    ```deform_conv=portable``` -> ``--deform-conv portable``, ```output``` -> ``-o/--output``."""
-    def spell(m: Any) -> str:
-        name, value = m.group(1), m.group(2)
-        if name not in _FLAGS:
-            return str(m.group(0))
-        flag = _FLAG_SPELLING.get(name, "--" + name.replace("_", "-"))
-        if value is None or value == "True":
-            return flag
-        if value == "False":
-            return "--no-" + name.replace("_", "-")
-        return f"{flag} {value}"
-
-    return OPTION_REF.sub(spell, text)
-
-
-def jetson_command(rebuild: Rebuild) -> str:
-    """The ``blocks-export`` command line that builds the same engine on the device."""
-    return " ".join(["blocks-export", rebuild.onnx, *(flag_words(f"`{name}={value}`") for name, value in
-                                                      rebuild.options())])
-
-
-def shown(text: str) -> str:
-    """``text`` for the terminal: in the CLI's words, control and bidi characters of file names, node names,
-    labels and doc strings escaped (no escape sequence is acted on, a newline does not split a line), rich
-    markup characters literal."""
-    from rich.markup import escape
-
-    from blocks_export.runtime.infer import printable
-
-    return str(escape(printable(flag_words(text))))
-
-
-def error_text(e: ExportError) -> str:
-    """A library error in the CLI's words; TensorRT or a GPU missing ends with the command to run on the Jetson."""
-    if isinstance(e, TensorRTUnavailable) and e.rebuild is not None:
-        return flag_words(f"{e.reason}; on the Jetson run: {jetson_command(e.rebuild)}")
-    return flag_words(str(e))
-
-
-class _InFlagWords:
-    """A console whose printed strings are in the CLI's words (see ``flag_words``)."""
-
-    def __init__(self, console: Any) -> None:
-        self._console = console
-
-    def print(self, *objects: Any, **kwargs: Any) -> None:
-        self._console.print(*(flag_words(o) if isinstance(o, str) else o for o in objects), **kwargs)
-
-
-def _refuse(message: str, code: int, json_out: bool, err: Any) -> None:
-    from rich.markup import escape
-
-    from blocks_export.runtime.infer import printable
-
-    message = printable(flag_words(message))  # one line, no escape sequence of a file or model name acted on
-    err.print(f"{PROG}: error: {escape(message)}")
-    if json_out:
-        print(_error_json(message, code))
-
-
-ModelArg = Annotated[Path, typer.Argument(help="model file: .pt/.pth (module, checkpoint or state_dict), "
-                                               "TorchScript, torch.export .pt2, or .onnx (with --to trt)",
-                                          show_default=False)]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print only the JSON report on stdout")]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="show tracebacks")]
-InspectModelArg = Annotated[Path, typer.Argument(help="model file: .pt/.pth (module, checkpoint or state_dict), "
-                                                      "TorchScript, torch.export .pt2, or .onnx",
-                                                 show_default=False)]
-BatchOpt = Annotated[int, typer.Option("--batch", help="batch size of the export shape")]
-DeformConvOpt = Annotated[str, typer.Option("--deform-conv", help="DeformConv lowering: auto (the target's), std, "
-                                                                  "portable or plugin")]
-TrustPickleOpt = Annotated[bool, typer.Option("--trust-pickle", help="allow unpickling that runs code from the "
-                                                                     "file (only for files you trust)")]
-ArchOpt = Annotated[str | None, typer.Option("--arch", help="MODULE:CALLABLE building the model for a "
-                                                            "state_dict file")]
-ArchKwargsOpt = Annotated[str | None, typer.Option("--arch-kwargs", help="keyword arguments for the --arch "
-                                                                         "callable, as a JSON object, e.g. "
-                                                                         "'{\"num_classes\": 10}'")]
-TargetOpt = Annotated[str | None, typer.Option("--target", help=f"{', '.join(TARGETS)} "
-                                                                "(default: ort; jetpack6 with --to trt)")]
-
-InspectTargetOpt = Annotated[str | None, typer.Option("--target", help=f"{', '.join(TARGETS)} (default: ort)")]
-
-
-def parse_arch_kwargs(text: str | None, arch: str | None) -> dict[str, object]:
-    """``--arch-kwargs`` as a JSON object (parsed, never evaluated)."""
-    import json
-
-    if arch is not None:
-        from .load import parse_arch
-
-        parse_arch(arch)  # a malformed MODULE:CALLABLE is refused before anything is loaded
-    if text is None:
-        return {}
-    if arch is None:
-        raise UsageError("--arch-kwargs needs --arch MODULE:CALLABLE (the callable it is passed to)")
-    shown = repr(text) if len(text) <= 80 else f"{text[:60]!r}... ({len(text)} characters)"
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UsageError(f"--arch-kwargs {shown}: not JSON ({e.msg} at character {e.pos}); "
-                         "expected an object such as '{\"num_classes\": 10}'") from None
-    except (ValueError, RecursionError) as e:  # a number past Python's digit limit, nesting past the stack
-        why = "nested too deeply" if isinstance(e, RecursionError) else (str(e).split(";")[0] or "bad number")
-        raise UsageError(f"--arch-kwargs {shown}: cannot be read ({why}); pass a flat JSON object such as "
-                         "'{\"num_classes\": 10}'") from None
-    if not isinstance(value, dict):
-        raise UsageError(f"--arch-kwargs {shown}: expected a JSON object of keyword arguments, "
-                         f"not a {type(value).__name__}")
-    return value
 
 
 @app.command("export")
@@ -396,43 +192,6 @@ def export_command(
         return result.exit_code
 
     _run(body, debug=debug, json_out=json_out)
-
-
-def _profile_written(result: Any, quiet: bool) -> Any:
-    """The per-block profile of the ONNX an export wrote (``--profile``), its bar chart beside it."""
-    from .profile import chart_path, profile_onnx
-
-    written = result.report.onnx or (str(result.output) if result.output is not None else None)
-    if written is None or not str(written).endswith(".onnx"):
-        return None
-    if not quiet:
-        _stderr().print("[dim]profiling the written ONNX on onnxruntime CPU ...[/]")
-    costs = profile_onnx(written)
-    _chart(costs, chart_path(written))
-    return costs
-
-
-def _with_profile(report_json: str, costs: Any) -> str:
-    import json
-
-    doc = json.loads(report_json)
-    doc["profile"] = costs.as_dict()
-    return json.dumps(doc, indent=2)
-
-
-def _chart(costs: Any, path: Path) -> None:
-    """Write the bar chart (sets ``costs.chart``), or say in a note how to get one."""
-    from .profile import PLOT_HINT, write_chart
-
-    costs.chart = write_chart(costs, path)
-    if costs.chart is None:
-        costs.notes.append(PLOT_HINT)
-
-
-def _print_profile(costs: Any, out: Any) -> None:
-
-    for line in costs.lines():
-        out.print(shown(line))
 
 
 @app.command("inspect")
@@ -664,4 +423,4 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     main()
 
-__all__ = ["EXIT_USAGE", "app", "main", "with_default_command"]
+__all__ = ["EXIT_USAGE", "app", "error_text", "flag_words", "main", "with_default_command"]

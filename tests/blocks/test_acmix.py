@@ -15,7 +15,8 @@ from torch import nn
 
 from blocks_export.blocks import ACmix, ACmixExport, acmix_onnx, randomize_
 from blocks_export.blocks import to_export as to_export_any
-from blocks_export.blocks.acmix import _coordinates, position, to_export, window_mask
+from blocks_export.blocks.acmix import position, to_export
+from blocks_export.blocks.acmix_attention import _coordinates, window_mask
 from blocks_export.runtime.parity import rel_l2
 
 
@@ -344,7 +345,7 @@ def test_a_pasted_model_rewritten_and_exported_with_or_without_the_table_stays_d
 @pytest.mark.parametrize(("cfg", "shape"), [((8, 8, 7, 4, 1), (2, 8, 9, 11)), ((8, 16, 7, 4, 2), (2, 8, 10, 18)),
                                             ((6, 8, 3, 4, 1), (4, 6, 2, 3)), ((6, 6, 5, 3, 2), (3, 6, 4, 8))])
 def test_window_attention_taps_equals_the_reference_fp64(cfg, shape):
-    from blocks_export.blocks.acmix import window_attention_taps
+    from blocks_export.blocks.acmix_attention import window_attention_taps
 
     ref, twin = make_pair(*cfg, seed=sum(shape))
     x = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
@@ -357,7 +358,7 @@ def test_window_attention_taps_equals_the_reference_fp64(cfg, shape):
 
 @pytest.mark.parametrize("stride", [1, 2])
 def test_window_attention_taps_traced_from_a_batch1_example_stays_dynamic(stride):
-    from blocks_export.blocks.acmix import window_attention_taps
+    from blocks_export.blocks.acmix_attention import window_attention_taps
 
     ref, twin = make_pair(8, 8, 7, 2, stride, seed=2, dtype=torch.float32)
 

@@ -1,4 +1,5 @@
-"""Only ``export/cli.py`` speaks in ``--flag`` words; the library names options as ``errors.OPTION_REF`` facts."""
+"""Only the command line (``export/cli.py`` and its ``cli_*.py`` modules) speaks in ``--flag`` words; the library
+names options as ``errors.OPTION_REF`` facts."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from blocks_export.export.cli import flag_words
+from blocks_export.export.cli_words import flag_words
 from blocks_export.export.errors import UsageError
 from blocks_export.export.options import ExportOptions, parse_imgsz
 
 ROOT = Path(__file__).resolve().parents[2]
 FLAG = re.compile(r"--[a-z]")
-# export/cli.py turns the library's words into flags; runtime/infer.py is a CLI of its own (copied alone to devices).
-EXEMPT = {ROOT / "export" / "cli.py"}
+# The command line turns the library's words into flags; runtime/infer.py is a CLI of its own (copied alone to
+# devices).
+EXEMPT = {ROOT / "export" / name for name in ("cli.py", "cli_args.py", "cli_profile.py", "cli_run.py",
+                                              "cli_words.py")}
 
 
 def _docstrings(tree: ast.AST) -> set[int]:

@@ -237,8 +237,9 @@ class ACmixExport(nn.Module):
                           3: Dim("width")},), custom_translation_table=acmix_onnx.translation_table())
 
     (a batch-1 16x16 example keeps all three dynamic). Without the table the exporter decomposes the op into
-    ``window_attention`` (``acmix_attention._window_attention_decomposition``): the same function in a bigger graph. The TorchScript exporter traces ``window_attention``
-    itself. Input checks run in eager mode only.
+    ``window_attention_taps`` (``acmix_attention``), the same attention without window blocking, so a trace on
+    symbolic sizes asks no guard on a block count (a bigger graph). The TorchScript exporter traces
+    ``window_attention`` itself. Input checks run in eager mode only.
     """
 
     window_mask: torch.Tensor

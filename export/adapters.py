@@ -10,11 +10,12 @@ passed parity (Ultralytics detectors: decoded boxes). ``PlainModel``, the defaul
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from .boxes import BoxAgreement
     from .onnx_export import OnnxExport
-    from .ultralytics import BoxAgreement
 
 
 class ModelAdapter(Protocol):
@@ -38,8 +39,9 @@ class ModelAdapter(Protocol):
         ...
 
     def check(self, original: Any, graph: Any, shape: tuple[int, ...], *, precision: str,
-              fp16_io: bool) -> BoxAgreement | None:
-        """The family's own check of a graph that passed parity (the report's ``detections``), or None."""
+              fp16_io: bool, images: Path | None = None) -> BoxAgreement | None:
+        """The family's own check of a graph that passed parity (the report's ``detections``), or None;
+        ``images``: the user's pictures for it (``boxes.box_images``), else the family's own."""
         ...
 
 
@@ -75,7 +77,7 @@ class PlainModel:
         return model_classes(model_info)
 
     def check(self, original: Any, graph: Any, shape: tuple[int, ...], *, precision: str,
-              fp16_io: bool) -> BoxAgreement | None:
+              fp16_io: bool, images: Path | None = None) -> BoxAgreement | None:
         return None
 
 

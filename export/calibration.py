@@ -39,18 +39,18 @@ class CalibrationSet:
     prep: Any = None  # the runtime's ``Preprocess`` the images were read with
 
 
-def _image_files(folder: Path) -> list[tuple[str, str | None]]:
+def image_files(folder: Path, what: str = "calibration", option: str = "calib") -> list[tuple[str, str | None]]:
     """(path, label-folder name or None) of the images in ``folder`` and its direct subfolders, sorted. Only
     names with an image extension are looked at, and only regular files (a link to one counts) are kept: a FIFO
     or device named ``.png`` is skipped, never opened; an entry that cannot be looked at (a link loop, a
-    permission) is one line that names it."""
+    permission) is one line that names it (``what`` the images are for, the ``option`` that named the folder)."""
     from blocks_export.runtime.infer import IMAGE_EXTENSIONS
 
     def scan(where: str) -> list[os.DirEntry[str]]:
         try:
             return sorted(os.scandir(where), key=lambda e: e.name)
         except OSError as e:
-            raise InputError(f"calibration folder {where} cannot be read ({one_line(e)}); check `calib`") from None
+            raise InputError(f"{what} folder {where} cannot be read ({one_line(e)}); check `{option}`") from None
 
     def is_image(entry: os.DirEntry[str]) -> bool:
         if not entry.name.lower().endswith(IMAGE_EXTENSIONS):
@@ -58,7 +58,7 @@ def _image_files(folder: Path) -> list[tuple[str, str | None]]:
         try:
             return entry.is_file()
         except OSError as e:  # ELOOP, EACCES: is_file() raises all but FileNotFoundError
-            raise InputError(f"calibration image {entry.path} cannot be looked at ({e.strerror}); remove it or "
+            raise InputError(f"{what} image {entry.path} cannot be looked at ({e.strerror}); remove it or "
                              "fix the link") from None
 
     found: list[tuple[str, str | None]] = []
@@ -90,7 +90,7 @@ def read_calibration(folder: Path, prep: Any, channels: int, calib_count: int | 
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"calibration folder {folder} does not exist or is not a folder; check `calib`")
-    files = _image_files(folder)
+    files = image_files(folder)
     if not files:
         raise InputError(f"calibration folder {folder} holds no images (.png, .jpg, ...); give a folder of images "
                          "like the ones the model will see in `calib`")

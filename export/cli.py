@@ -157,6 +157,10 @@ def export_command(
                                                            "or images/ + labels/): top-1 / mAP of the original and "
                                                            "of every graph, and MODEL.val.png (see `val`)",
                                              show_default=False)] = None,
+    images: Annotated[Path | None, typer.Option("--images", help="Ultralytics detectors: folder of pictures the box "
+                                                                 "check compares boxes on (its first 8 by name; "
+                                                                 "default: synthetic images)",
+                                                 show_default=False)] = None,
 ) -> None:
     """Export MODEL to ONNX (and a TensorRT engine with --to trt), then prove parity with the original."""
     def body() -> int:
@@ -175,7 +179,7 @@ def export_command(
             max_shape=parse_shape("--max-shape", max_shape) if max_shape else None, workspace_mb=workspace_mb,
             int8=int8, calib=calib, calib_count=calib_count, int8_budget=int8_budget,
             int8_budget_metric=int8_budget_metric,
-            rtol=rtol, atol=atol, val=val,
+            rtol=rtol, atol=atol, val=val, images=images,
             **({"verify_with": tuple(verify_with)} if verify_with else {}))
         progress = None if quiet else RichProgress(_stderr())
         # Anything the model or a library prints goes to stderr: stdout carries only the report.

@@ -16,7 +16,7 @@ _FLAGS = frozenset({"to", "output", "imgsz", "batch", "dynamic", "opset", "targe
                     "exporter", "simplify", "verify", "trust_pickle", "arch", "arch_kwargs", "force", "quiet", "json",
                     "min_shape", "opt_shape", "max_shape", "workspace_mb", "verify_with", "debug", "channels",
                     "int8", "calib", "calib_count", "int8_budget", "int8_budget_metric", "rtol", "atol", "data", "runs",
-                    "warmup", "threads", "val"})
+                    "warmup", "threads", "val", "images"})
 
 
 def flag_words(text: str) -> str:

@@ -51,6 +51,7 @@ class ExportOptions:
     int8_budget_metric: float | None = None
     rtol: float | None = None  # the user's own tolerance, elementwise (``runtime/parity.py``); None: the rules table
     atol: float | None = None
+    images: Path | None = None  # a detector's box check runs on these pictures (None: synthetic; ``export/boxes.py``)
     val: Path | None = None  # labelled images: the original and every graph scored in top-1 / mAP (``val/step.py``)
 
     def __post_init__(self) -> None:

@@ -18,11 +18,11 @@ from .io import atomic_write_text
 if TYPE_CHECKING:
     from blocks_export.blocks.rewrite import RewriteReport
 
+    from .boxes import BoxAgreement
     from .check import CheckReport
     from .fallback import Fp16Fallback
     from .int8 import Int8Result
     from .trt.build import EngineResult
-    from .ultralytics import BoxAgreement
     from .val.step import ExportValidation
     from .verify import VerifyResult
 

@@ -83,6 +83,10 @@ def check_outputs(source: Path, output: Path, onnx_out: Path, options: ExportOpt
         for path in default_paths(output)[:2]:
             if path.resolve() != source.resolve():  # an EPContext input: the check step decides on it
                 check_output_path(path, options.force)
+    if options.images is not None:  # the box check's pictures: a missing or empty folder costs no export
+        from ..boxes import box_image_files
+
+        box_image_files(options.images)
     if options.val is not None:  # the data's layout, before the model is loaded; its labels once the model is
         from ..val.step import check_val_path, figure_path
 

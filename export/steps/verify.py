@@ -82,7 +82,10 @@ def verify(state: State) -> None:
             kept = "; kept the unsimplified graph" if s.status == "warning" else ""
             s.note = f"{len(shapes)} shape(s) passed on {', '.join(options.verify_with)}{kept}"
         own = adapter.check(state.original, graph, state.shape, precision=state.precision,
-                            fp16_io=options.fp16_io) if verification else None
+                            fp16_io=options.fp16_io, images=options.images) if verification else None
+        if verification and own is None and options.images is not None:
+            state.report.warnings.append(f"`images` ({options.images}) feeds a detector's box check; this model "
+                                         f"({adapter.name}) has none, so they were not used")
         if own is not None:
             state.report.detections = own
             s.note = f"{s.note}; {own.line()}"

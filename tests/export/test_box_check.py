@@ -21,14 +21,15 @@ import onnx
 import pytest
 import torch
 from onnx import numpy_helper
+from PIL import Image
 from typer.testing import CliRunner
 
 pytest.importorskip("ultralytics")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ultralytics_models as um  # noqa: E402
-from detect_fixture import IMGSZ, detect_checkpoint  # noqa: E402, F401 (a fixture)
+from detect_fixture import IMGSZ, detect_checkpoint, shapes_image  # noqa: E402, F401 (a fixture)
 
-from blocks_export.export import ultralytics  # noqa: E402
+from blocks_export.export import boxes, ultralytics  # noqa: E402
 from blocks_export.export.cli import app, with_default_command  # noqa: E402
 from blocks_export.plugins.ort_cpu import cpu_session  # noqa: E402
 
@@ -43,7 +44,7 @@ def own_top_score_diff(onnx_path: Path, model: torch.nn.Module, shape: tuple[int
     """This test's own run: the largest class-score difference at the k best-scoring anchors per image."""
     sess = cpu_session(onnx_path.read_bytes())
     worst = 0.0
-    for x in ultralytics.sample_images(shape):
+    for x in boxes.sample_images(shape):
         with torch.no_grad():
             ref = model(x)
         ref = (ref[0] if isinstance(ref, list | tuple) else ref)[0].double().numpy()
@@ -85,9 +86,9 @@ def test_a_detector_that_detects_nothing_has_its_candidates_compared_not_a_vacuo
     code, report, output = export(src, tmp_path / "s.onnx", "--imgsz", 64)
     det = report["detections"]
     assert code == 0 and det["compared"] == "candidates", det
-    assert det["reference_boxes"] == ultralytics.TOP_K * det["images"] > 0 and det["passed"] is True
+    assert det["reference_boxes"] == boxes.TOP_K * det["images"] > 0 and det["passed"] is True
     assert "0/0" not in output and "top-20 candidates agree" in output
-    assert own_top_score_diff(tmp_path / "s.onnx", prepared(src, 64), (1, 3, 64, 64), ultralytics.TOP_K) <= 1e-4
+    assert own_top_score_diff(tmp_path / "s.onnx", prepared(src, 64), (1, 3, 64, 64), boxes.TOP_K) <= 1e-4
 
 
 def test_a_wrong_graph_fails_the_box_check_under_the_floor(detect_checkpoint: Path, tmp_path: Path) -> None:  # noqa: F811
@@ -98,6 +99,29 @@ def test_a_wrong_graph_fails_the_box_check_under_the_floor(detect_checkpoint: Pa
     last_conv = [n for n in graph.graph.node if n.op_type == "Conv"][-1]  # a class-score 1x1 conv of Detect
     w = inits[last_conv.input[1]]
     w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * np.float32(1.01), w.name))
-    agreement = ultralytics.box_agreement(prepared(detect_checkpoint, IMGSZ), graph, ultralytics.sample_images((1, 3, IMGSZ, IMGSZ)),
+    agreement = boxes.box_agreement(prepared(detect_checkpoint, IMGSZ), graph, boxes.sample_images((1, 3, IMGSZ, IMGSZ)),
                                           precision="fp32")
     assert agreement.reference_boxes > 0 and not agreement, agreement.as_dict()
+
+
+def test_the_box_check_runs_on_the_images_given_with_images(detect_checkpoint: Path, tmp_path: Path) -> None:  # noqa: F811
+    """``--images DIR``: the box check letterboxes the folder's pictures (of other sizes than the export's) and
+    compares the boxes the detector finds on them; the report names the folder. A missing folder is refused
+    before any export work (no file written)."""
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    rng = np.random.default_rng(7)
+    for i, hw in enumerate(((120, 200), (200, 150), (160, 160))):
+        Image.fromarray(shapes_image(rng, hw)[0]).save(folder / f"p{i}.png")
+    code, report, output = export(detect_checkpoint, tmp_path / "d.onnx", "--imgsz", IMGSZ, "--images", folder)
+    det = report["detections"]
+    assert code == 0 and det["passed"] is True, det
+    assert det["images"] == 3 and det["images_from"] == str(folder)
+    assert det["compared"] == "boxes" and det["reference_boxes"] > 0 and det["matched"] == det["reference_boxes"]
+    assert "on 3 image(s)" in output
+
+    result = CliRunner().invoke(app, with_default_command(
+        [str(detect_checkpoint), "--trust-pickle", "-o", str(tmp_path / "e.onnx"), "--imgsz", str(IMGSZ),
+         "--images", str(tmp_path / "none")]))
+    assert result.exit_code == 2 and "box-check folder" in result.output, result.output
+    assert not (tmp_path / "e.onnx").exists()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -67,6 +68,18 @@ def test_json_report_is_the_only_stdout_and_quiet_silences_progress(tmp_path: Pa
     assert report["check"]["passed"] and report["target"] == "jetpack6"  # the static check runs for TensorRT targets
     assert report == json.loads((tmp_path / "r.report.json").read_text())
     assert result.stderr == ""
+
+
+def test_images_for_a_model_without_a_box_check_are_not_used_and_the_report_says_so(tmp_path: Path,
+                                                                                       refnet_pt: Path) -> None:
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(pictures / "a.png")
+    result = invoke(refnet_pt, "--trust-pickle", "-o", tmp_path / "r.onnx", "--images", pictures, "--json", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report.get("detections") is None
+    assert any("`images`" in w and "not used" in w for w in report["warnings"]), report["warnings"]
 
 
 def test_stock_coordinate_attention_fails_verification_keeps_the_onnx_and_names_the_block(

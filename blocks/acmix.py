@@ -30,9 +30,9 @@ from ._match import (
 from ._spec import BlockSpec, Example
 from .acmix_attention import (
     EXTRA_PLANES,
-    _channels_first,
-    _pixels,
     attention_block,
+    channels_first,
+    pixel_rows,
     window_attention,
     window_mask,
 )
@@ -270,9 +270,9 @@ class ACmixExport(nn.Module):
         out_conv = self.dep_conv(self.f(x))  # (N, out, Ho, Wo)
         if self.kernel_att == 1:  # one-tap window: softmax is 1, attention returns rate1 * v
             xs = x[:, :, ::s, ::s] if s > 1 else x
-            v = torch.matmul(_pixels(torch.cat([xs, torch.ones_like(xs[:, :1])], dim=1)),
+            v = torch.matmul(pixel_rows(torch.cat([xs, torch.ones_like(xs[:, :1])], dim=1)),
                              self.wv[:, :self.in_planes + 1])  # (N, head, Ho*Wo, d)
-            return _channels_first(v, xs) + out_conv
+            return channels_first(v, xs) + out_conv
         if torch.compiler.is_compiling():
             # torch.export: one opaque op whose output size is the conv path's, so the traced sizes stay plain
             # symbols; its ONNX graph comes from ``acmix_onnx`` (``SPEC.onnx_translations``), or from its

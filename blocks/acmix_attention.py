@@ -29,10 +29,10 @@ def window_attention(x: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, wv: to
     p = (kernel_att - 1) // 2
     h, w = x.shape[2], x.shape[3]
     ext = _extended(x)  # (N, in + 3, H, W)
-    pixels = _pixels(ext)  # (N, 1, H*W, in + 3)
+    pixels = pixel_rows(ext)  # (N, 1, H*W, in + 3)
     k, v = torch.matmul(pixels, wk), torch.matmul(pixels, wv)  # (N, hd, H*W, d)
     xq = ext[:, :, ::s, ::s] if s > 1 else ext
-    q = torch.matmul(_pixels(xq), wq) if s > 1 else torch.matmul(pixels, wq)  # (N, hd, Ho*Wo, d)
+    q = torch.matmul(pixel_rows(xq), wq) if s > 1 else torch.matmul(pixels, wq)  # (N, hd, Ho*Wo, d)
     ho, wo = xq.shape[2], xq.shape[3]
     # Block starts (input rows/columns 0, S, 2S, ...: ceil(H / S) = ceil(Ho / B) blocks; query rows 0, B, 2B, ...)
     # and the offsets of the queries and halo pixels in a block, as ramps over existing tensors: no tensor is
@@ -94,12 +94,12 @@ def _extended(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, torch.ones_like(x[:, :1]), _coordinates(x)], dim=1)
 
 
-def _pixels(t: torch.Tensor) -> torch.Tensor:
+def pixel_rows(t: torch.Tensor) -> torch.Tensor:
     """(N, c, H, W) -> (N, 1, H*W, c): one row per pixel, for a MatMul with per-head weights [head, c, c']."""
     return t.permute(0, 2, 3, 1).flatten(1, 2).unsqueeze(1)
 
 
-def _channels_first(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def channels_first(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """(N, head, H*W, d) -> (N, head*d, H, W), H and W read from ``like``."""
     return t.transpose(-1, -2).flatten(1, 2).reshape(like.shape[0], -1, like.shape[2], like.shape[3])
 

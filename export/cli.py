@@ -32,9 +32,9 @@ from .cli_args import (
     TrustPickleOpt,
     parse_arch_kwargs,
 )
-from .cli_profile import _chart, _print_profile, _profile_written, _with_profile
-from .cli_run import PROG, _run, _stderr, _stdout
-from .cli_words import _InFlagWords, error_text, flag_words, shown
+from .cli_profile import print_profile, profile_chart, profile_written, with_profile
+from .cli_run import PROG, run_command, stderr_console, stdout_console
+from .cli_words import InFlagWords, error_text, flag_words, shown
 from .errors import EXIT_FAILED, EXIT_SIGINT, EXIT_USAGE, Interrupted, UsageError
 from .pipeline import Progress  # light: torch and onnx are imported by the steps, not here
 
@@ -181,21 +181,21 @@ def export_command(
             int8_budget_metric=int8_budget_metric,
             rtol=rtol, atol=atol, val=val, images=images,
             **({"verify_with": tuple(verify_with)} if verify_with else {}))
-        progress = None if quiet else RichProgress(_stderr())
+        progress = None if quiet else RichProgress(stderr_console())
         # Anything the model or a library prints goes to stderr: stdout carries only the report.
         with contextlib.redirect_stdout(sys.stderr):
             result = run_export(model, options, progress)
-        costs = _profile_written(result, quiet=quiet or json_out) if profile and result.passed else None
+        costs = profile_written(result, quiet=quiet or json_out) if profile and result.passed else None
         if json_out:
             text = to_json(result.report)  # the report file's document, in the library's words
-            print(text if costs is None else _with_profile(text, costs))
+            print(text if costs is None else with_profile(text, costs))
         elif not quiet:
-            render(result.report, _InFlagWords(_stdout()))
+            render(result.report, InFlagWords(stdout_console()))
         if costs is not None and not json_out:
-            _print_profile(costs, _stdout())
+            print_profile(costs, stdout_console())
         return result.exit_code
 
-    _run(body, debug=debug, json_out=json_out)
+    run_command(body, debug=debug, json_out=json_out)
 
 
 @app.command("inspect")
@@ -220,19 +220,19 @@ def inspect_command(
                                 deform_conv=deform_conv, trust_pickle=trust_pickle, arch=arch,
                                 arch_kwargs=parse_arch_kwargs(arch_kwargs, arch))
         with contextlib.redirect_stdout(sys.stderr):
-            info = inspect_file(model, options, None if json_out else RichProgress(_stderr()))
+            info = inspect_file(model, options, None if json_out else RichProgress(stderr_console()))
         if json_out:
             from .report import to_json
 
             print(to_json(info))
         else:
-            out = _stdout()
+            out = stdout_console()
 
             for line in info.lines:
                 out.print(shown(line))
         return 0
 
-    _run(body, debug=debug, json_out=json_out)
+    run_command(body, debug=debug, json_out=json_out)
 
 
 @app.command("check")
@@ -259,12 +259,12 @@ def check_command(
             print(to_json({**result.as_dict(), "lines": result.lines()}))
         else:
 
-            out = _stdout()
+            out = stdout_console()
             for line in result.lines():
                 out.print(shown(line))
         return 0 if result else EXIT_FAILED
 
-    _run(body, debug=debug, json_out=json_out)
+    run_command(body, debug=debug, json_out=json_out)
 
 
 @app.command("val")
@@ -304,7 +304,7 @@ def val_command(
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
             bar = Progress("validating", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                           console=_stderr(), transient=True)
+                           console=stderr_console(), transient=True)
             task = bar.add_task("val", total=None)
 
             def progress(done: int, total: int) -> None:
@@ -320,7 +320,7 @@ def val_command(
         if json_out:
             print(to_json({**report.as_dict(), "plot": str(plot) if plot is not None else None}))
         elif not quiet:
-            out = _stdout()
+            out = stdout_console()
             render(report, out)
             if plot is not None:
                 from rich.markup import escape
@@ -328,7 +328,7 @@ def val_command(
                 out.print(f"figure: {escape(str(plot))}")
         return 0
 
-    _run(body, debug=debug, json_out=json_out)
+    run_command(body, debug=debug, json_out=json_out)
 
 
 @app.command("profile")
@@ -381,16 +381,16 @@ def profile_command(
         except ValueError as e:
             raise UsageError(str(e)) from e
         if plot:
-            _chart(costs, chart_path(model))
+            profile_chart(costs, chart_path(model))
         if json_out:
             import json
 
             print(json.dumps(costs.as_dict(), indent=2))
         else:
-            _print_profile(costs, _stdout())
+            print_profile(costs, stdout_console())
         return 0
 
-    _run(body, debug=debug, json_out=json_out)
+    run_command(body, debug=debug, json_out=json_out)
 
 
 def main(argv: list[str] | None = None) -> None:

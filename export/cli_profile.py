@@ -8,11 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .cli_run import _stderr
+from .cli_run import stderr_console
 from .cli_words import shown
 
 
-def _profile_written(result: Any, quiet: bool) -> Any:
+def profile_written(result: Any, quiet: bool) -> Any:
     """The per-block profile of the ONNX an export wrote (``--profile``), its bar chart beside it."""
     from .profile import chart_path, profile_onnx
 
@@ -20,13 +20,13 @@ def _profile_written(result: Any, quiet: bool) -> Any:
     if written is None or not str(written).endswith(".onnx"):
         return None
     if not quiet:
-        _stderr().print("[dim]profiling the written ONNX on onnxruntime CPU ...[/]")
+        stderr_console().print("[dim]profiling the written ONNX on onnxruntime CPU ...[/]")
     costs = profile_onnx(written)
-    _chart(costs, chart_path(written))
+    profile_chart(costs, chart_path(written))
     return costs
 
 
-def _with_profile(report_json: str, costs: Any) -> str:
+def with_profile(report_json: str, costs: Any) -> str:
     import json
 
     doc = json.loads(report_json)
@@ -34,7 +34,7 @@ def _with_profile(report_json: str, costs: Any) -> str:
     return json.dumps(doc, indent=2)
 
 
-def _chart(costs: Any, path: Path) -> None:
+def profile_chart(costs: Any, path: Path) -> None:
     """Write the bar chart (sets ``costs.chart``), or say in a note how to get one."""
     from .profile import PLOT_HINT, write_chart
 
@@ -43,7 +43,7 @@ def _chart(costs: Any, path: Path) -> None:
         costs.notes.append(PLOT_HINT)
 
 
-def _print_profile(costs: Any, out: Any) -> None:
+def print_profile(costs: Any, out: Any) -> None:
 
     for line in costs.lines():
         out.print(shown(line))

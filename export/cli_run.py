@@ -20,7 +20,7 @@ from .errors import EXIT_FAILED, EXIT_SIGINT, ExportError, Interrupted
 PROG = "blocks-export"
 
 
-def _stderr() -> Any:
+def stderr_console() -> Any:
     from rich.console import Console
 
     return Console(stderr=True, highlight=False, soft_wrap=True)
@@ -31,7 +31,7 @@ def _stderr() -> Any:
 PIPE_WIDTH = 1000
 
 
-def _stdout() -> Any:
+def stdout_console() -> Any:
     from rich.console import Console
 
     console = Console(highlight=False, soft_wrap=True)
@@ -76,9 +76,9 @@ def _print_notices(err: Any) -> None:
         err.print(f"{PROG}: note: {shown(note)}")
 
 
-def _run(fn: Callable[[], int], *, debug: bool, json_out: bool) -> None:
+def run_command(fn: Callable[[], int], *, debug: bool, json_out: bool) -> None:
     """Run a command body; map exceptions to one line on stderr and the documented exit code."""
-    err = _stderr()
+    err = stderr_console()
     try:
         with _sigterm_as_exception():
             try:

@@ -60,7 +60,7 @@ def error_text(e: ExportError) -> str:
     return flag_words(str(e))
 
 
-class _InFlagWords:
+class InFlagWords:
     """A console whose printed strings are in the CLI's words (see ``flag_words``)."""
 
     def __init__(self, console: Any) -> None:

@@ -6,7 +6,7 @@ What a file holds is decided before anything is unpickled with code execution en
   ``constants.pkl``; ``torch.jit.load`` rebuilds TorchScript, it does not run Python from the file),
   ``torch.export`` programs (``archive_format``, ``models/*.json``), ``torch.save`` checkpoints (``data.pkl``);
 - a ``torch.export`` program is opened only with ``trust_pickle=True``: ``torch.export.load`` turns bytes of the
-  file into running code at several places, pickles or not (see ``pickle_scan._refuse_exported_program``);
+  file into running code at several places, pickles or not (see ``pickle_scan.refuse_exported_program``);
 - checkpoints go through ``torch.load(weights_only=True)`` first (PyTorch's restricted unpickler: tensors,
   containers and primitive types only). If that refuses the file, its pickle stream is read with
   ``pickletools.genops`` (a disassembler, it executes nothing) to name the globals it needs; a full
@@ -29,14 +29,14 @@ from typing import Any
 from ..runtime.infer import sha256_file
 from .errors import InputError
 from .pickle_scan import (
-    _ZIP_ERRORS,
-    _globals_in,
-    _looks_like_zip,
-    _pickle_stream,
-    _refuse_code,
-    _refuse_exported_program,
+    ZIP_ERRORS,
     check_zip_envelope,
     gate_archive,
+    globals_in,
+    looks_like_zip,
+    pickle_stream,
+    refuse_code,
+    refuse_exported_program,
     unsafe_globals,
     zip_kind,
 )
@@ -266,11 +266,11 @@ def load_model(path: Path, *, trust_pickle: bool = False, arch: str | None = Non
 
     import torch
 
-    if _looks_like_zip(path):
+    if looks_like_zip(path):
         check_zip_envelope(path)
     kind = zip_kind(path)
     if kind == "exported_program" and not trust_pickle:
-        raise _refuse_exported_program(path)
+        raise refuse_exported_program(path)
     if kind == "torchscript":
         gate_archive(path, kind, trust_pickle)
     if kind == "torchscript":
@@ -318,20 +318,20 @@ def _load_untrusted(path: Path, trust_pickle: bool, error: Exception) -> Any:
     import torch
 
     try:
-        stream = _pickle_stream(path)
-    except _ZIP_ERRORS as e:
+        stream = pickle_stream(path)
+    except ZIP_ERRORS as e:
         raise InputError(f"{path}: not a PyTorch checkpoint (the pickle stream is unreadable); it may be "
                          "corrupted or not a model file") from e
     needed = unsafe_globals(stream)
     if not needed:
         try:
-            _globals_in(stream)
+            globals_in(stream)
         except ValueError as e:
             raise InputError(f"{path}: not a PyTorch checkpoint (the pickle stream is unreadable); it may be "
                              "corrupted or not a model file") from e
     if not trust_pickle:
         if needed:
-            raise _refuse_code(path, needed)
+            raise refuse_code(path, needed)
         # The weights-only loader is the gate; when neither reader names a global, its own reason is shown.
         reason = " ".join((str(error).strip().splitlines() or [""])[:1])[:160]
         raise InputError(f"{path}: PyTorch's weights-only loader refuses this file ({reason}); pass "

@@ -34,7 +34,7 @@ ZIP_INFLATE_FACTOR = 4
 ZIP_INFLATE_FLOOR = 64 << 20
 
 
-def _looks_like_zip(path: Path) -> bool:
+def looks_like_zip(path: Path) -> bool:
     """``zipfile.is_zipfile``, which itself raises on some crafted end records (a multi-disk zip64 locator)."""
     try:
         return zipfile.is_zipfile(path)
@@ -42,7 +42,7 @@ def _looks_like_zip(path: Path) -> bool:
         return True
 
 
-_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, UnicodeDecodeError, OSError, EOFError, ValueError,
+ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, UnicodeDecodeError, OSError, EOFError, ValueError,
                NotImplementedError, OverflowError, IndexError, KeyError, struct.error, zlib.error)
 
 
@@ -55,7 +55,7 @@ def check_zip_envelope(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as z:
             infos = z.infolist()
-    except _ZIP_ERRORS as e:
+    except ZIP_ERRORS as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
         raise InputError(f"{path}: not a readable zip archive ({reason}); it may be truncated or corrupted") from e
     size = path.stat().st_size
@@ -70,12 +70,12 @@ def check_zip_envelope(path: Path) -> None:
 
 def zip_kind(path: Path) -> str | None:
     """"torchscript", "exported_program", "checkpoint" or None (not a zip archive PyTorch wrote)."""
-    if not _looks_like_zip(path):
+    if not looks_like_zip(path):
         return None
     try:
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
-    except _ZIP_ERRORS:
+    except ZIP_ERRORS:
         return None
     # torch archives put every entry under one top folder: "<name>/data.pkl", "<name>/code/...".
     rel = {n.split("/", 1)[1] if "/" in n else n for n in names}
@@ -88,9 +88,9 @@ def zip_kind(path: Path) -> str | None:
     return None
 
 
-def _pickle_stream(path: Path) -> bytes:
+def pickle_stream(path: Path) -> bytes:
     """The pickle that holds the checkpoint's object (zip: ``*/data.pkl``; legacy: the whole file)."""
-    if _looks_like_zip(path):
+    if looks_like_zip(path):
         with zipfile.ZipFile(path) as z:
             name = next((n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
             if name is None:
@@ -99,7 +99,7 @@ def _pickle_stream(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def _globals_in(stream: bytes) -> list[str]:
+def globals_in(stream: bytes) -> list[str]:
     """Globals (``module.name``) that unpickling ``stream`` would import, found without unpickling it.
 
     Legacy files hold several pickles back to back (magic number, protocol, system info, the object, storage
@@ -239,7 +239,7 @@ def unsafe_globals(data: bytes, *, torchscript: bool = False) -> list[str]:
     """
     names = _replayed_globals(io.BytesIO(data))
     with contextlib.suppress(ValueError):
-        names += _globals_in(data)
+        names += globals_in(data)
     names = [n for n in names if _is_name(n)]
     if torchscript:
         names = [n for n in names if not n.startswith(("__torch__.", "torch."))]
@@ -266,7 +266,7 @@ def _zip_unsafe_globals(source: Any, label: str, *, torchscript: bool, depth: in
                 try:
                     member, found = _zip_unsafe_globals(io.BytesIO(data), where, torchscript=torchscript,
                                                         depth=depth + 1)
-                except (*_ZIP_ERRORS, RuntimeError):
+                except (*ZIP_ERRORS, RuntimeError):
                     member, found = where, unsafe_globals(data, torchscript=torchscript)
             else:
                 member, found = where, unsafe_globals(data, torchscript=torchscript)
@@ -275,7 +275,7 @@ def _zip_unsafe_globals(source: Any, label: str, *, torchscript: bool, depth: in
     return "", []
 
 
-def _refuse_code(path: Path, needed: list[str], where: str = "") -> InputError:
+def refuse_code(path: Path, needed: list[str], where: str = "") -> InputError:
     shown = ", ".join(needed[:3]) + (f" and {len(needed) - 3} more" if len(needed) > 3 else "")
     inside = f" ({where})" if where else ""
     return InputError(f"{path}: loading this file would run code from it (it pickles {shown}{inside}); "
@@ -288,14 +288,14 @@ def gate_archive(path: Path, kind: str, trust_pickle: bool) -> None:
         return
     try:
         where, needed = _zip_unsafe_globals(path, "", torchscript=kind == "torchscript")
-    except (*_ZIP_ERRORS, RuntimeError) as e:
+    except (*ZIP_ERRORS, RuntimeError) as e:
         raise InputError(f"{path}: not a readable zip archive ({type(e).__name__}); it may be truncated or "
                          "corrupted") from e
     if needed:
-        raise _refuse_code(path, needed, where)
+        raise refuse_code(path, needed, where)
 
 
-def _refuse_exported_program(path: Path) -> InputError:
+def refuse_exported_program(path: Path) -> InputError:
     """Why a ``torch.export`` program needs trust, whatever its members hold.
 
     ``torch.export.load`` (torch 2.14, torch/export/pt2_archive/_package.py and torch/_export/serde/serialize.py)

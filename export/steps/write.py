@@ -4,6 +4,7 @@ graph, then the ONNX file, staged in the run's output unit (it lands with its re
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -40,20 +41,16 @@ def save_onnx(model: Any, path: Path, force: bool = True, unit: OutputUnit | Non
     With ``unit``, the files are only staged in it: they land when the unit is committed (with the report)."""
     import onnx
 
-    data_name = path.name + ".data"
-    if unit is not None:
-        if not is_large(model):
-            onnx.save_model(model, str(unit.stage(path)))
-            return [path]
-        tmpdir = unit.stage_folder(path.parent, [data_name, path.name])
-        onnx.save_model(model, str(tmpdir / path.name), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data_name, size_threshold=1024)
-        return [path, path.parent / data_name]
     if not is_large(model):
-        with atomic_path(path, force) as tmp:
+        file = contextlib.nullcontext(unit.stage(path)) if unit is not None else atomic_path(path, force)
+        with file as tmp:
             onnx.save_model(model, str(tmp))
         return [path]
-    with atomic_folder_files(path.parent, [data_name, path.name], force) as tmpdir:
+    data_name = path.name + ".data"
+    names = [data_name, path.name]
+    folder = contextlib.nullcontext(unit.stage_folder(path.parent, names)) if unit is not None else \
+        atomic_folder_files(path.parent, names, force)
+    with folder as tmpdir:
         onnx.save_model(model, str(tmpdir / path.name), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=data_name, size_threshold=1024)
     return [path, path.parent / data_name]

@@ -125,10 +125,12 @@ def test_state_dict_export_and_simplifier_failure_falls_back(tmp_path: Path, mon
     assert rel_l2(model(x), _ort(src.with_suffix(".onnx"), x)) <= 1e-5
 
 
-def test_models_over_the_protobuf_limit_are_saved_with_external_data(tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("staged", [False, True], ids=["alone", "in an output unit"])
+def test_models_over_the_protobuf_limit_are_saved_with_external_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     staged: bool) -> None:
     from onnx import TensorProto, helper, numpy_helper
 
+    from blocks_export.export.io import output_unit
     from blocks_export.export.steps import base, write
 
     weight = numpy_helper.from_array(np.arange(4096, dtype=np.float32).reshape(1, 4096), "w")
@@ -137,7 +139,13 @@ def test_models_over_the_protobuf_limit_are_saved_with_external_data(tmp_path: P
                               [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 4096])], [weight])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     monkeypatch.setattr(base, "EXTERNAL_DATA_BYTES", 1000)  # a 16 KB tensor stands for > 2 GB
-    written = write.save_onnx(model, tmp_path / "big.onnx")
+    if staged:  # the export's way: staged with the report, landing on commit
+        with output_unit(False) as unit:
+            written = write.save_onnx(model, tmp_path / "big.onnx", False, unit)
+            assert not (tmp_path / "big.onnx").exists() and not (tmp_path / "big.onnx.data").exists()
+            unit.commit()
+    else:
+        written = write.save_onnx(model, tmp_path / "big.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"] == sorted(p.name for p in written)
     assert (tmp_path / "big.onnx").stat().st_size < 4096
     out = cpu_session(str(tmp_path / "big.onnx")).run(None, {"images": np.ones((1, 1), np.float32)})[0]

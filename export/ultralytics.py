@@ -268,11 +268,9 @@ class UltralyticsAdapter:
 
         if self.info.task != "detect":
             return None
-        if images is None:
-            return box_agreement(original, graph, sample_images(shape), precision=precision, fp16_io=fp16_io)
-        agreement = box_agreement(original, graph, box_images(images, shape, runtime_metadata(self.info)),
-                                  precision=precision, fp16_io=fp16_io)
-        agreement.images_from = str(images)
+        pictures = sample_images(shape) if images is None else box_images(images, shape, runtime_metadata(self.info))
+        agreement = box_agreement(original, graph, pictures, precision=precision, fp16_io=fp16_io)
+        agreement.images_from = "synthetic" if images is None else str(images)
         return agreement
 
 

@@ -157,8 +157,6 @@ def export_imgsz(options: ExportOptions, loaded: LoadedModel) -> tuple[int, int]
 
 def probe_input(model: Any, shape: tuple[int, ...], path: Path, flags: str = "`imgsz`/`batch`") -> None:
     """Run the model once at the export shape; a shape it cannot take is bad input, said in one line."""
-    import torch
-
     from ..inputs import make_input, torch_outputs
 
     try:
@@ -169,7 +167,6 @@ def probe_input(model: Any, shape: tuple[int, ...], path: Path, flags: str = "`i
                          f"choose another {flags}") from e
     if not outs:
         raise InputError(f"{path}: the model returns no tensor; nothing to export")
-    del torch
 
 
 def program_input_shape(program: Any) -> tuple[int, ...]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -77,20 +77,28 @@ def _cast_plain_tensors(model: Any) -> None:
                 setattr(module, key, value.double())
 
 
-def float64_copy(model: Any) -> tuple[Any | None, str | None]:
-    """``(a float64 deep copy of model, None)``, or ``(None, why not)`` (a TorchScript/torch.export input, a
-    model that cannot be copied or cast). Parameters, buffers and plain tensor attributes are cast; the copy is run
-    under ``float64_default`` (``torch_outputs64``)."""
+def _cast_copy(model: Any, cast: Callable[[Any], Any]) -> tuple[Any | None, str | None]:
+    """``(cast(a deep copy of model), None)``, or ``(None, why not)`` (a TorchScript/torch.export input, a model
+    that cannot be copied or cast)."""
     import torch
 
     if not isinstance(model, torch.nn.Module) or isinstance(model, torch.jit.ScriptModule):
         return None, "the input is not a PyTorch module"
     try:
-        model64 = copy.deepcopy(model).double()
-        _cast_plain_tensors(model64)
-        return model64, None
+        return cast(copy.deepcopy(model)), None
     except Exception as e:
         return None, one_line(e)
+
+
+def float64_copy(model: Any) -> tuple[Any | None, str | None]:
+    """``(a float64 deep copy of model, None)``, or ``(None, why not)``. Parameters, buffers and plain tensor
+    attributes are cast; the copy is run under ``float64_default`` (``torch_outputs64``)."""
+    def cast(copied: Any) -> Any:
+        copied = copied.double()
+        _cast_plain_tensors(copied)
+        return copied
+
+    return _cast_copy(model, cast)
 
 
 def torch_outputs64(model64: Any, x: Any) -> list[np.ndarray]:
@@ -105,14 +113,7 @@ def torch_outputs64(model64: Any, x: Any) -> list[np.ndarray]:
 
 def half_copy(model: Any) -> tuple[Any | None, str | None]:
     """``(an fp16 deep copy of model, None)`` for PyTorch's own half-precision run, or ``(None, why not)``."""
-    import torch
-
-    if not isinstance(model, torch.nn.Module) or isinstance(model, torch.jit.ScriptModule):
-        return None, "the input is not a PyTorch module"
-    try:
-        return copy.deepcopy(model).half(), None
-    except Exception as e:
-        return None, one_line(e)
+    return _cast_copy(model, lambda copied: copied.half())
 
 
 def torch_outputs16(model16: Any, x: Any) -> list[np.ndarray]:
